@@ -1,0 +1,87 @@
+//! The one mapping from failures to HTTP answers, always in the SPEC error shape
+//! `{"error":{"code","message"}}`. Internal causes are logged once, here, and never
+//! sent to the client.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::json;
+
+use crate::ingest::{IngestError, NormalizeError};
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, code, message)
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::build(self.status)
+            .json(json!({"error": {"code": self.code, "message": self.message}}))
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(_) => {
+                tracing::error!(error = %e, "store unavailable");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "the store is unavailable; try again later",
+                )
+            }
+            StoreError::Corrupt(_) => {
+                tracing::error!(error = %e, "store holds invalid data");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error",
+                )
+            }
+        }
+    }
+}
+
+impl From<IngestError> for ApiError {
+    fn from(e: IngestError) -> Self {
+        let message = e.to_string();
+        match e {
+            IngestError::UnknownSource(_) => ApiError::not_found("unknown_source", message),
+            IngestError::Signature(_) => {
+                ApiError::new(StatusCode::UNAUTHORIZED, "invalid_signature", message)
+            }
+            IngestError::Body(NormalizeError::Json(_) | NormalizeError::TooDeep) => {
+                ApiError::bad_request("malformed_json", message)
+            }
+            IngestError::Body(_) => ApiError::bad_request("invalid_event", message),
+            IngestError::Store(s) => s.into(),
+        }
+    }
+}

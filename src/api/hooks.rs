@@ -1,0 +1,142 @@
+//! `POST /hooks/{source}`: the HTTP side of ingest. Checks what HTTP alone can tell
+//! (source known, size, media type) before reading the body, then hands the raw
+//! bytes to the ingest pipeline.
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap};
+use actix_web::{HttpRequest, HttpResponse, web};
+use futures_util::StreamExt;
+use serde_json::json;
+
+use super::{ApiError, AppState};
+use crate::ingest::{Headers, IngestError};
+
+impl Headers for HeaderMap {
+    fn get(&self, name: &str) -> Option<&str> {
+        HeaderMap::get(self, name).and_then(|v| v.to_str().ok())
+    }
+}
+
+pub async fn receive(
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let source = path.into_inner();
+    let ingest = &state.ingest;
+    if let Err(e) = precheck(&req, &source, &state) {
+        ingest.audit_rejection(&source, &e.message).await;
+        return Err(e);
+    }
+    let body = match read_body(payload, state.max_body_bytes).await {
+        Ok(b) => b,
+        Err(e) => {
+            ingest.audit_rejection(&source, &e.message).await;
+            return Err(e);
+        }
+    };
+    let receipt = ingest.receive(&source, req.headers(), &body).await?;
+    tracing::info!(
+        source,
+        events = receipt.events.len(),
+        jobs = receipt.events.iter().map(|e| e.jobs.len()).sum::<usize>(),
+        duplicate = receipt.all_duplicates(),
+        "webhook accepted"
+    );
+    let status = if receipt.all_duplicates() {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    let first = receipt.events.first();
+    let mut answer = json!({
+        "event_id": first.map(|e| e.event_id.as_str()),
+        "jobs": receipt.events.iter().flat_map(|e| &e.jobs).collect::<Vec<_>>(),
+        "duplicate": receipt.all_duplicates(),
+    });
+    if receipt.events.len() > 1 {
+        answer["events"] = json!(receipt.events);
+    }
+    Ok(HttpResponse::build(status).json(answer))
+}
+
+fn precheck(req: &HttpRequest, source: &str, state: &AppState) -> Result<(), ApiError> {
+    if state.ingest.sources.get(source).is_none() {
+        return Err(IngestError::UnknownSource(source.to_string()).into());
+    }
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > state.max_body_bytes as u64) {
+        return Err(too_large(state.max_body_bytes));
+    }
+    let content_type = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !is_json(content_type) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "the body must be JSON (application/json or application/*+json)",
+        ));
+    }
+    Ok(())
+}
+
+/// `application/json` and any `application/*+json`, parameters ignored.
+fn is_json(content_type: &str) -> bool {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!("the body exceeds {limit} bytes"),
+    )
+}
+
+/// Reads the body, refusing as soon as it passes the limit (chunked bodies declare
+/// no length up front).
+async fn read_body(mut payload: web::Payload, limit: usize) -> Result<web::Bytes, ApiError> {
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::bad_request("unreadable_body", format!("cannot read the body: {e}"))
+        })?;
+        if body.len() + chunk.len() > limit {
+            return Err(too_large(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_json;
+
+    #[test]
+    fn json_media_types() {
+        assert!(is_json("application/json"));
+        assert!(is_json("application/json; charset=utf-8"));
+        assert!(is_json(
+            "application/vnd.docker.distribution.events.v1+json"
+        ));
+        assert!(!is_json("text/plain"));
+        assert!(!is_json(""));
+        assert!(!is_json("application/jsonx"));
+    }
+}

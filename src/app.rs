@@ -1,0 +1,129 @@
+//! Wiring: opens the store, then starts the HTTP server and the workers on it, and
+//! stops them in order.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{App, HttpServer, dev::ServerHandle, web};
+use anyhow::Context as _;
+use tracing_actix_web::TracingLogger;
+
+use crate::api::{self, AppState};
+use crate::config::Config;
+use crate::ingest::{Ingest, Sources};
+use crate::rules::RuleSet;
+use crate::store;
+use crate::targets::Targets;
+use crate::worker;
+
+/// Which halves of the service this process runs (`serve --no-workers`,
+/// `--workers-only` for split deployments).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    All,
+    HttpOnly,
+    WorkersOnly,
+}
+
+/// A started service.
+pub struct Running {
+    /// The bound address (useful when the config asked for port 0).
+    pub addr: Option<SocketAddr>,
+    server: Option<(ServerHandle, tokio::task::JoinHandle<std::io::Result<()>>)>,
+    workers: Option<worker::Pool>,
+    grace: Duration,
+}
+
+pub async fn start(config: Config, rules: RuleSet, mode: Mode) -> anyhow::Result<Running> {
+    let store = store::open(&config.store)
+        .await
+        .with_context(|| format!("cannot open the store {:?}", config.store))?;
+    let rules = Arc::new(rules);
+    let grace = config.server.shutdown_grace;
+
+    let workers = if mode == Mode::HttpOnly {
+        None
+    } else {
+        let targets = Targets::from_config(&config).context("cannot build the HTTP clients")?;
+        Some(worker::Pool::start(Arc::new(worker::Context {
+            store: store.clone(),
+            targets,
+            rules: rules.clone(),
+            config: config.worker.clone(),
+            default_retry: config.defaults.retry,
+        })))
+    };
+
+    let (addr, server) = if mode == Mode::WorkersOnly {
+        (None, None)
+    } else {
+        let state = web::Data::new(AppState {
+            ingest: Ingest {
+                sources: Sources::from_config(&config),
+                rules,
+                store: store.clone(),
+                dedupe_window: config.defaults.dedupe_window,
+            },
+            store,
+            admin_tokens: config.admin_tokens.clone(),
+            max_body_bytes: config.server.max_body_bytes,
+        });
+        let server = HttpServer::new(move || {
+            App::new()
+                .wrap(TracingLogger::default())
+                .app_data(state.clone())
+                .configure(api::routes)
+        })
+        // Signals are handled by `run_until_signal`, which also stops the workers.
+        .disable_signals()
+        .shutdown_timeout(grace.as_secs())
+        .bind(config.server.listen)
+        .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+        let addr = server.addrs().first().copied();
+        let server = server.run();
+        let handle = server.handle();
+        (addr, Some((handle, tokio::spawn(server))))
+    };
+    if let Some(a) = addr {
+        tracing::info!(listen = %a, ?mode, "gantry is serving");
+    }
+    Ok(Running {
+        addr,
+        server,
+        workers,
+        grace,
+    })
+}
+
+impl Running {
+    /// Runs until SIGTERM or SIGINT, then stops gracefully.
+    pub async fn run_until_signal(self) -> anyhow::Result<()> {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("cannot listen for SIGTERM")?;
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        }
+        self.stop().await;
+        Ok(())
+    }
+
+    /// Stops accepting requests and leasing jobs; lets running requests and attempts
+    /// finish within the grace period.
+    pub async fn stop(self) {
+        let server = async {
+            if let Some((handle, task)) = self.server {
+                handle.stop(true).await;
+                let _ = task.await;
+            }
+        };
+        let workers = async {
+            if let Some(pool) = self.workers {
+                pool.shutdown(self.grace).await;
+            }
+        };
+        tokio::join!(server, workers);
+        tracing::info!("gantry stopped");
+    }
+}

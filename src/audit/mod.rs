@@ -1,0 +1,264 @@
+//! The audit trail: one record per decision (request received or refused, job
+//! planned, attempt made, job finished), each hash-chained to the one before it so
+//! that an edit, deletion or reordering is detectable.
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::domain::{
+    Action, AttemptRecord, Event, Job, JobError, Millis, NewJob, Outcome, bounded, now_millis,
+};
+
+/// Upstream messages and reasons are kept, but bounded.
+pub const MAX_MESSAGE: usize = 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum AuditKind {
+    #[serde(rename = "event.received")]
+    EventReceived,
+    #[serde(rename = "event.duplicate")]
+    EventDuplicate,
+    #[serde(rename = "event.rejected")]
+    EventRejected,
+    #[serde(rename = "job.created")]
+    JobCreated,
+    #[serde(rename = "job.attempt")]
+    JobAttempt,
+    #[serde(rename = "job.succeeded")]
+    JobSucceeded,
+    #[serde(rename = "job.retrying")]
+    JobRetrying,
+    #[serde(rename = "job.failed")]
+    JobFailed,
+    #[serde(rename = "job.retried")]
+    JobRetried,
+    #[serde(rename = "job.cancelled")]
+    JobCancelled,
+}
+
+impl AuditKind {
+    pub const ALL: [AuditKind; 10] = [
+        AuditKind::EventReceived,
+        AuditKind::EventDuplicate,
+        AuditKind::EventRejected,
+        AuditKind::JobCreated,
+        AuditKind::JobAttempt,
+        AuditKind::JobSucceeded,
+        AuditKind::JobRetrying,
+        AuditKind::JobFailed,
+        AuditKind::JobRetried,
+        AuditKind::JobCancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditKind::EventReceived => "event.received",
+            AuditKind::EventDuplicate => "event.duplicate",
+            AuditKind::EventRejected => "event.rejected",
+            AuditKind::JobCreated => "job.created",
+            AuditKind::JobAttempt => "job.attempt",
+            AuditKind::JobSucceeded => "job.succeeded",
+            AuditKind::JobRetrying => "job.retrying",
+            AuditKind::JobFailed => "job.failed",
+            AuditKind::JobRetried => "job.retried",
+            AuditKind::JobCancelled => "job.cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<AuditKind> {
+        AuditKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// Who, what, when, outcome and why of one decision. Field order is the canonical
+/// order the hash is computed over.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditEntry {
+    #[serde(serialize_with = "as_rfc3339")]
+    pub at: Millis,
+    pub kind: AuditKind,
+    /// The source name for events, the token name for operator actions, `worker`.
+    pub actor: String,
+    pub event_id: Option<String>,
+    pub job_id: Option<String>,
+    pub rule: Option<String>,
+    pub target: Option<String>,
+    pub repo: Option<String>,
+    pub image: Option<String>,
+    pub tag: Option<String>,
+    pub digest: Option<String>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub outcome: Option<String>,
+    pub upstream_status: Option<u16>,
+    pub message: Option<String>,
+}
+
+/// A stored record: its place in the chain and the hashes that bind it there.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditRecord {
+    pub seq: i64,
+    #[serde(flatten)]
+    pub entry: AuditEntry,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// The hash of the record before the first.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+impl AuditEntry {
+    fn new(kind: AuditKind, actor: &str) -> Self {
+        AuditEntry {
+            at: now_millis(),
+            kind,
+            actor: actor.to_string(),
+            event_id: None,
+            job_id: None,
+            rule: None,
+            target: None,
+            repo: None,
+            image: None,
+            tag: None,
+            digest: None,
+            from: None,
+            to: None,
+            outcome: None,
+            upstream_status: None,
+            message: None,
+        }
+    }
+
+    fn about_event(mut self, event: &Event) -> Self {
+        self.event_id = Some(event.id.clone());
+        self.repo = event.subject.repo.clone();
+        self.image = event.subject.image.clone();
+        self.tag = event.subject.tag.clone();
+        self.digest = event.subject.digest.clone();
+        self
+    }
+
+    fn about_action(mut self, action: Option<&Action>) -> Self {
+        if let Some(a) = action {
+            let (from, to) = a.describe();
+            self.from = Some(from);
+            self.to = Some(to);
+        }
+        self
+    }
+
+    fn saying(mut self, message: &str) -> Self {
+        self.message = Some(bounded(message, MAX_MESSAGE));
+        self
+    }
+
+    pub fn received(event: &Event) -> Self {
+        AuditEntry::new(AuditKind::EventReceived, &event.source)
+            .about_event(event)
+            .saying(&format!("{} delivery {}", event.kind, event.delivery_id))
+    }
+
+    pub fn duplicate(event: &Event, original_event_id: &str) -> Self {
+        let mut e = AuditEntry::new(AuditKind::EventDuplicate, &event.source)
+            .about_event(event)
+            .saying(&format!(
+                "delivery {} already stored as event {original_event_id}",
+                event.delivery_id
+            ));
+        e.event_id = Some(original_event_id.to_string());
+        e
+    }
+
+    pub fn rejected(source: &str, reason: &str) -> Self {
+        AuditEntry::new(AuditKind::EventRejected, &bounded(source, 128)).saying(reason)
+    }
+
+    pub fn job_created(event: &Event, job: &NewJob) -> Self {
+        let mut e = AuditEntry::new(AuditKind::JobCreated, &event.source)
+            .about_event(event)
+            .about_action(job.action.as_ref().ok());
+        e.job_id = Some(job.id.clone());
+        e.rule = Some(job.rule.clone());
+        e.target = Some(job.target.clone());
+        match &job.action {
+            Ok(_) => e,
+            Err(err) => {
+                e.kind = AuditKind::JobFailed;
+                e.saying(&format!("{}: {}", err.code.as_str(), err.message))
+            }
+        }
+    }
+
+    /// The record of one attempt of `job` by a worker.
+    pub fn attempt(job: &Job, attempt: &AttemptRecord) -> Self {
+        let mut e = AuditEntry::for_job(AuditKind::JobAttempt, "worker", job);
+        e.upstream_status = attempt.upstream_status;
+        match &attempt.error {
+            Some(err) => e.saying(&format!(
+                "attempt {}: {}: {}",
+                attempt.n,
+                err.code.as_str(),
+                err.message
+            )),
+            None => e.saying(&format!("attempt {} succeeded", attempt.n)),
+        }
+    }
+
+    pub fn succeeded(job: &Job, outcome: Outcome) -> Self {
+        let mut e = AuditEntry::for_job(AuditKind::JobSucceeded, "worker", job);
+        e.outcome = Some(outcome.as_str().to_string());
+        e
+    }
+
+    pub fn retrying(job: &Job, next_attempt_at: Millis) -> Self {
+        AuditEntry::for_job(AuditKind::JobRetrying, "worker", job).saying(&format!(
+            "next attempt at {}",
+            crate::domain::rfc3339(next_attempt_at)
+        ))
+    }
+
+    pub fn failed(job: &Job, error: &JobError) -> Self {
+        AuditEntry::for_job(AuditKind::JobFailed, "worker", job).saying(&format!(
+            "{}: {}",
+            error.code.as_str(),
+            error.message
+        ))
+    }
+
+    /// An operator's action, by the name of the token that made it.
+    pub fn operator(kind: AuditKind, token_name: &str, job: &Job) -> Self {
+        AuditEntry::for_job(kind, token_name, job)
+    }
+
+    fn for_job(kind: AuditKind, actor: &str, job: &Job) -> Self {
+        let mut e = AuditEntry::new(kind, actor).about_action(job.action.as_ref());
+        e.event_id = Some(job.event_id.clone());
+        e.job_id = Some(job.id.clone());
+        e.rule = Some(job.rule.clone());
+        e.target = Some(job.target.clone());
+        if let Some(Action::Promote { from, .. }) = &job.action {
+            e.repo = Some(from.repo.clone());
+            e.image = Some(from.image.clone());
+            e.tag = Some(from.tag.clone());
+            e.digest = from.digest.clone();
+        }
+        e
+    }
+}
+
+/// The chain hash of a record: SHA-256 over the previous hash, the sequence and the
+/// canonical JSON of the entry (fields in declaration order).
+pub fn chain_hash(prev_hash: &str, seq: i64, entry: &AuditEntry) -> String {
+    let canonical = serde_json::to_vec(entry).unwrap_or_default();
+    let mut h = Sha256::new();
+    h.update(prev_hash.as_bytes());
+    h.update(b"\n");
+    h.update(seq.to_string().as_bytes());
+    h.update(b"\n");
+    h.update(&canonical);
+    hex::encode(h.finalize())
+}
+
+fn as_rfc3339<S: serde::Serializer>(ms: &Millis, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&crate::domain::rfc3339(*ms))
+}

@@ -1,0 +1,270 @@
+//! The command line: `serve`, `check`, `simulate`. Exit codes: 0 ok, 1 failure,
+//! 2 usage or config error.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::json;
+
+use crate::app::{self, Mode};
+use crate::config::{self, Config, ConfigError, ConfigPath, Problem};
+use crate::domain::{Action, now_millis};
+use crate::ingest::{Sources, Verified, plan_jobs};
+use crate::rules::RuleSet;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "gantry",
+    version,
+    about = "Signed webhooks in, promotions out."
+)]
+struct Cli {
+    /// Config file [default: config/gantry.toml, else the embedded defaults]
+    #[arg(long, global = true, env = "GANTRY_CONFIG")]
+    config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the HTTP server and the workers.
+    Serve {
+        /// Serve HTTP only; leave the jobs to workers-only processes.
+        #[arg(long, conflicts_with = "workers_only")]
+        no_workers: bool,
+        /// Run the workers only, without the HTTP server.
+        #[arg(long)]
+        workers_only: bool,
+    },
+    /// Validate the config: parse it, resolve secrets, compile every rule.
+    Check,
+    /// Show, offline, which promotions an event would queue.
+    Simulate {
+        /// The source the event would arrive on.
+        #[arg(long)]
+        source: String,
+        /// A file holding the request body.
+        #[arg(long)]
+        event: PathBuf,
+        /// A request header as `Name: value`; repeatable.
+        #[arg(long = "header", value_name = "K:V")]
+        headers: Vec<String>,
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
+    },
+}
+
+/// Why a command failed, which decides its exit code.
+enum Failure {
+    /// Exit 2: the config or the usage is wrong.
+    Config(String),
+    /// Exit 1: anything else.
+    Other(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::Other(e)
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let path = match &cli.config {
+        Some(p) => ConfigPath::Explicit(p.clone()),
+        None => ConfigPath::Default,
+    };
+    let result = match cli.command {
+        Command::Serve {
+            no_workers,
+            workers_only,
+        } => {
+            let mode = match (no_workers, workers_only) {
+                (true, _) => Mode::HttpOnly,
+                (_, true) => Mode::WorkersOnly,
+                _ => Mode::All,
+            };
+            serve(&path, mode)
+        }
+        Command::Check => check(&path),
+        Command::Simulate {
+            source,
+            event,
+            headers,
+            output,
+        } => simulate(&path, &source, &event, &headers, output),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Config(message)) => {
+            eprintln!("{message}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Other(e)) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Loads the config and compiles the rules, printing warnings to stderr.
+fn load(path: &ConfigPath) -> Result<(Config, RuleSet, Vec<Problem>), Failure> {
+    let env: HashMap<String, String> = std::env::vars().collect();
+    let loaded = config::load(path, &env).map_err(|e| match e {
+        ConfigError::Missing(_) => Failure::Config(format!("error: {e}")),
+        ConfigError::Invalid(problems) => Failure::Config(problems.to_string()),
+    })?;
+    let rules = RuleSet::compile(&loaded.config).map_err(|problems| {
+        let all = config::Problems(loaded.warnings.iter().cloned().chain(problems).collect());
+        Failure::Config(all.to_string())
+    })?;
+    Ok((loaded.config, rules, loaded.warnings))
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // JSON for log collectors; plain lines for a person at a terminal.
+    if std::io::stderr().is_terminal() {
+        builder.init();
+    } else {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init();
+    }
+}
+
+fn serve(path: &ConfigPath, mode: Mode) -> Result<(), Failure> {
+    init_logging();
+    let (config, rules, warnings) = load(path)?;
+    for w in &warnings {
+        tracing::warn!(location = %w.location, "{}", w.message);
+    }
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let running = app::start(config, rules, mode).await?;
+        running.run_until_signal().await
+    })?;
+    Ok(())
+}
+
+fn check(path: &ConfigPath) -> Result<(), Failure> {
+    let (config, rules, warnings) = load(path)?;
+    for w in &warnings {
+        println!("{w}");
+    }
+    println!(
+        "ok: {} sources, {} targets, {} rules",
+        config.sources.len(),
+        config.targets.len(),
+        rules.rules().len()
+    );
+    Ok(())
+}
+
+fn simulate(
+    path: &ConfigPath,
+    source_name: &str,
+    event_file: &PathBuf,
+    raw_headers: &[String],
+    output: Output,
+) -> Result<(), Failure> {
+    let (config, rules, warnings) = load(path)?;
+    for w in &warnings {
+        eprintln!("{w}");
+    }
+    let sources = Sources::from_config(&config);
+    let source = sources
+        .get(source_name)
+        .ok_or_else(|| Failure::Config(format!("error: unknown source `{source_name}`")))?;
+    let headers = raw_headers
+        .iter()
+        .map(|h| {
+            h.split_once(':')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .ok_or_else(|| Failure::Config(format!("error: `{h}` is not `Name: value`")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let body = std::fs::read(event_file)
+        .with_context(|| format!("cannot read {}", event_file.display()))?;
+    let events = source
+        .normalizer
+        .normalize(
+            &source.name,
+            Verified::trusted_local_file(&body),
+            &headers,
+            now_millis(),
+        )
+        .map_err(|e| Failure::Other(anyhow::anyhow!("{}: {e}", event_file.display())))?;
+
+    for event in &events {
+        let jobs = plan_jobs(&rules, event);
+        match output {
+            Output::Json => {
+                let promotions: Vec<_> = jobs
+                    .iter()
+                    .map(|j| match &j.action {
+                        Ok(a) => json!({"rule": j.rule, "target": j.target, "action": a}),
+                        Err(e) => json!({"rule": j.rule, "target": j.target, "error": e}),
+                    })
+                    .collect();
+                let line = json!({
+                    "event": {"source": event.source, "type": event.kind,
+                              "delivery_id": event.delivery_id, "subject": event.subject},
+                    "promotions": promotions,
+                });
+                println!("{line}");
+            }
+            Output::Table => {
+                println!(
+                    "event {} from {} (delivery {})",
+                    event.kind, event.source, event.delivery_id
+                );
+                let subject: Vec<String> = config::Field::ALL
+                    .iter()
+                    .filter_map(|f| Some(format!("{}={}", f.name(), event.subject.get(*f)?)))
+                    .collect();
+                println!("  {}", subject.join(" "));
+                if jobs.is_empty() {
+                    println!("  no rule matches: nothing would be queued");
+                }
+                for j in &jobs {
+                    match &j.action {
+                        Ok(action @ Action::Promote { copy, .. }) => {
+                            let (from, to) = action.describe();
+                            let how = if *copy { "copy" } else { "move" };
+                            println!(
+                                "  rule {} → promote on {}: {from} → {to} ({how})",
+                                j.rule, j.target
+                            );
+                        }
+                        Err(e) => println!(
+                            "  rule {} → would fail: {}: {}",
+                            j.rule,
+                            e.code.as_str(),
+                            e.message
+                        ),
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}

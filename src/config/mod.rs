@@ -1,0 +1,837 @@
+//! Configuration: layered loading (embedded defaults → file → `GANTRY__SECTION__KEY`
+//! environment) and validation into typed values before anything runs.
+//!
+//! Loading never stops at the first problem it can survive: `gantry check` wants every
+//! problem in one run, each named by the source/target/rule and key it concerns.
+
+mod raw;
+pub mod secret;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use raw::{OneOrMany, RawAction, RawMatch, RawRule};
+pub use secret::Secret;
+
+const EMBEDDED_DEFAULTS: &str = include_str!("defaults.toml");
+
+/// The default config file, used when it exists and no other was named.
+pub const DEFAULT_PATH: &str = "config/gantry.toml";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Read,
+    Operate,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Generic,
+    Artifactory,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SchemeKind {
+    HmacSha256,
+    Token,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    #[default]
+    Hex,
+    Base64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetKind {
+    Artifactory,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ActionKind {
+    Promote,
+}
+
+/// The subject fields every normalized event carries (SPEC §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Field {
+    Repo,
+    Image,
+    Tag,
+    Digest,
+    Path,
+    BuildName,
+    BuildNumber,
+}
+
+impl Field {
+    pub const ALL: [Field; 7] = [
+        Field::Repo,
+        Field::Image,
+        Field::Tag,
+        Field::Digest,
+        Field::Path,
+        Field::BuildName,
+        Field::BuildNumber,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Field::Repo => "repo",
+            Field::Image => "image",
+            Field::Tag => "tag",
+            Field::Digest => "digest",
+            Field::Path => "path",
+            Field::BuildName => "build_name",
+            Field::BuildNumber => "build_number",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Field> {
+        Field::ALL.into_iter().find(|f| f.name() == name)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub store: StoreUrl,
+    pub defaults: Defaults,
+    pub worker: WorkerConfig,
+    pub admin_tokens: Vec<AdminToken>,
+    pub sources: Vec<SourceConfig>,
+    pub targets: Vec<TargetConfig>,
+    pub rules: Vec<RuleConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub max_body_bytes: usize,
+    /// How long running attempts may take to finish after SIGTERM.
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    Sqlite(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct Defaults {
+    pub max_chain_depth: u32,
+    pub dedupe_window: Duration,
+    pub retry: RetryPolicy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub lease: Duration,
+    pub concurrency: usize,
+    /// Fallback wake-up for due retries and expired leases; new jobs wake workers at once.
+    pub poll_interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminToken {
+    pub name: String,
+    pub token: Secret,
+    pub role: Role,
+}
+
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    pub name: String,
+    pub format: Format,
+    pub verify: VerifyConfig,
+    /// Subject field → JSON pointer overrides for `generic`.
+    pub fields: BTreeMap<Field, String>,
+    pub type_header: Option<String>,
+    pub delivery_header: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct VerifyConfig {
+    pub scheme: SchemeKind,
+    pub header: String,
+    pub prefix: String,
+    pub encoding: Encoding,
+    pub secrets: Vec<Secret>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TargetConfig {
+    pub name: String,
+    pub kind: TargetKind,
+    pub url: reqwest::Url,
+    pub auth: TargetAuth,
+    pub timeout: Duration,
+    pub max_concurrency: usize,
+}
+
+#[derive(Debug, Clone)]
+pub enum TargetAuth {
+    Anonymous,
+    Bearer(Secret),
+    ApiKey(Secret),
+    Basic { username: String, password: Secret },
+}
+
+/// A rule whose references (sources, target) are known to exist; its patterns and
+/// templates are compiled by `rules::RuleSet::compile`.
+#[derive(Debug, Clone)]
+pub struct RuleConfig {
+    pub raw: RawRule,
+    pub retry: RetryPolicy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    Warning,
+    Error,
+}
+
+/// One finding of validation, located by the named item and key it concerns.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    pub severity: Severity,
+    pub location: String,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn error(location: impl Into<String>, message: impl Into<String>) -> Self {
+        Problem {
+            severity: Severity::Error,
+            location: location.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn warning(location: impl Into<String>, message: impl Into<String>) -> Self {
+        Problem {
+            severity: Severity::Warning,
+            location: location.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let level = match self.severity {
+            Severity::Warning => "warning",
+            Severity::Error => "error",
+        };
+        write!(f, "{level}: {}: {}", self.location, self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file `{0}` does not exist")]
+    Missing(PathBuf),
+    #[error("{0}")]
+    Invalid(Problems),
+}
+
+/// Every problem found, errors and warnings, in the order found.
+#[derive(Debug, Clone, Default)]
+pub struct Problems(pub Vec<Problem>);
+
+impl Problems {
+    pub fn has_errors(&self) -> bool {
+        self.0.iter().any(|p| p.severity == Severity::Error)
+    }
+}
+
+impl fmt::Display for Problems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Where the config file comes from: named explicitly (it must exist) or the default
+/// path (used only when present).
+#[derive(Debug, Clone)]
+pub enum ConfigPath {
+    Explicit(PathBuf),
+    Default,
+}
+
+/// A loaded, valid configuration and the warnings found on the way.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub warnings: Vec<Problem>,
+}
+
+/// Loads and validates the configuration. `env` is the process environment snapshot:
+/// it feeds both the `GANTRY__…` layer and `env:` secret references.
+pub fn load(path: &ConfigPath, env: &HashMap<String, String>) -> Result<Loaded, ConfigError> {
+    let file = match path {
+        ConfigPath::Explicit(p) if !p.exists() => return Err(ConfigError::Missing(p.clone())),
+        ConfigPath::Explicit(p) => Some(p.as_path()),
+        ConfigPath::Default => Some(Path::new(DEFAULT_PATH)).filter(|p| p.exists()),
+    };
+    let raw = read_layers(file, env).map_err(|p| ConfigError::Invalid(Problems(vec![p])))?;
+    let mut problems = Vec::new();
+    let config = validate(raw, env, &mut problems);
+    let problems = Problems(problems);
+    match config {
+        Some(config) if !problems.has_errors() => Ok(Loaded {
+            config,
+            warnings: problems.0,
+        }),
+        _ => Err(ConfigError::Invalid(problems)),
+    }
+}
+
+fn read_layers(
+    file: Option<&Path>,
+    env: &HashMap<String, String>,
+) -> Result<raw::RawConfig, Problem> {
+    let mut builder = config::Config::builder().add_source(config::File::from_str(
+        EMBEDDED_DEFAULTS,
+        config::FileFormat::Toml,
+    ));
+    if let Some(path) = file {
+        builder = builder.add_source(config::File::from(path));
+    }
+    let env_layer = config::Environment::with_prefix("GANTRY")
+        .prefix_separator("__")
+        .separator("__")
+        .try_parsing(true)
+        .source(Some(env.clone().into_iter().collect()));
+    let merged = builder
+        .add_source(env_layer)
+        .build()
+        .map_err(|e| Problem::error("config", e.to_string()))?;
+    // Through serde_json so that serde_path_to_error can name the offending key.
+    let value: serde_json::Value = merged
+        .try_deserialize()
+        .map_err(|e| Problem::error("config", e.to_string()))?;
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let location = if path == "." { "config".into() } else { path };
+        Problem::error(location, e.into_inner().to_string())
+    })
+}
+
+fn validate(
+    raw: raw::RawConfig,
+    env: &HashMap<String, String>,
+    problems: &mut Vec<Problem>,
+) -> Option<Config> {
+    let lookup = |name: &str| env.get(name).cloned();
+    let resolve =
+        |problems: &mut Vec<Problem>, location: String, reference: &str| -> Option<Secret> {
+            match secret::resolve(reference, &lookup) {
+                Ok((secret, origin)) => {
+                    if origin == secret::Origin::Literal {
+                        problems.push(Problem::warning(
+                            location,
+                            "literal secret in the config; prefer `env:NAME` or `file:/path`",
+                        ));
+                    }
+                    Some(secret)
+                }
+                Err(e) => {
+                    problems.push(Problem::error(location, e.to_string()));
+                    None
+                }
+            }
+        };
+
+    let admin_tokens: Vec<AdminToken> = raw
+        .admin
+        .tokens
+        .iter()
+        .filter_map(|t| {
+            let token = resolve(
+                problems,
+                format!("admin.tokens[{}].token", t.name),
+                &t.token,
+            )?;
+            Some(AdminToken {
+                name: t.name.clone(),
+                token,
+                role: t.role,
+            })
+        })
+        .collect();
+
+    let sources: Vec<SourceConfig> = raw
+        .sources
+        .iter()
+        .map(|s| {
+            let loc = format!("sources[{}]", s.name);
+            let secrets: Vec<Secret> = s
+                .verify
+                .secrets
+                .iter()
+                .enumerate()
+                .filter_map(|(i, r)| resolve(problems, format!("{loc}.verify.secrets[{i}]"), r))
+                .collect();
+            SourceConfig {
+                name: s.name.clone(),
+                format: s.format,
+                verify: VerifyConfig {
+                    scheme: s.verify.scheme,
+                    header: s.verify.header.clone().unwrap_or_default(),
+                    prefix: s.verify.prefix.clone().unwrap_or_default(),
+                    encoding: s.verify.encoding.unwrap_or_default(),
+                    secrets,
+                },
+                fields: s
+                    .fields
+                    .iter()
+                    .filter_map(|(k, v)| Some((Field::from_name(k)?, v.clone())))
+                    .collect(),
+                type_header: s.type_header.clone(),
+                delivery_header: s.delivery_header.clone(),
+            }
+        })
+        .collect();
+
+    let targets: Vec<TargetConfig> = raw
+        .targets
+        .iter()
+        .filter_map(|t| {
+            let loc = format!("targets[{}]", t.name);
+            let auth = match (&t.token, &t.api_key, &t.username, &t.password) {
+                (None, None, None, None) => TargetAuth::Anonymous,
+                (Some(tok), None, None, None) => {
+                    TargetAuth::Bearer(resolve(problems, format!("{loc}.token"), tok)?)
+                }
+                (None, Some(key), None, None) => {
+                    TargetAuth::ApiKey(resolve(problems, format!("{loc}.api_key"), key)?)
+                }
+                (None, None, Some(user), Some(pw)) => TargetAuth::Basic {
+                    username: user.clone(),
+                    password: resolve(problems, format!("{loc}.password"), pw)?,
+                },
+                _ => {
+                    problems.push(Problem::error(
+                        loc,
+                        "set exactly one of `token`, `api_key`, or `username` with `password`",
+                    ));
+                    return None;
+                }
+            };
+            Some(TargetConfig {
+                name: t.name.clone(),
+                kind: t.kind,
+                url: reqwest::Url::parse(&t.url).ok()?,
+                auth,
+                timeout: t.timeout.unwrap_or(Duration::from_secs(30)),
+                max_concurrency: t.max_concurrency.unwrap_or(8),
+            })
+        })
+        .collect();
+
+    let listen = match raw.server.listen.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(e) => {
+            problems.push(Problem::error(
+                "server.listen",
+                format!("`{}` is not an address:port ({e})", raw.server.listen),
+            ));
+            None
+        }
+    };
+    let store = parse_store_url(&raw.store.url, problems);
+    let retry = RetryPolicy {
+        max_attempts: raw.defaults.retry.max_attempts.unwrap_or(10),
+        initial_backoff: raw
+            .defaults
+            .retry
+            .initial_backoff
+            .unwrap_or(Duration::from_secs(1)),
+        max_backoff: raw
+            .defaults
+            .retry
+            .max_backoff
+            .unwrap_or(Duration::from_secs(300)),
+    };
+    check_retry("defaults.retry", &retry, problems);
+    check_worker(&raw.worker, problems);
+    check_names(
+        "admin.tokens",
+        raw.admin.tokens.iter().map(|t| t.name.as_str()),
+        problems,
+    );
+    check_sources(&raw.sources, listen, problems);
+    check_targets(&raw.targets, problems);
+
+    let rules = check_rules(&raw.rules, &raw.sources, &raw.targets, &retry, problems);
+
+    Some(Config {
+        server: ServerConfig {
+            listen: listen?,
+            max_body_bytes: usize::try_from(raw.server.max_body_bytes).unwrap_or(usize::MAX),
+            shutdown_grace: raw.server.shutdown_grace,
+        },
+        store: store?,
+        defaults: Defaults {
+            max_chain_depth: raw.defaults.max_chain_depth,
+            dedupe_window: raw.defaults.dedupe_window,
+            retry,
+        },
+        worker: WorkerConfig {
+            lease: raw.worker.lease,
+            concurrency: raw.worker.concurrency,
+            poll_interval: raw.worker.poll_interval,
+        },
+        admin_tokens,
+        sources,
+        targets,
+        rules,
+    })
+}
+
+fn parse_store_url(url: &str, problems: &mut Vec<Problem>) -> Option<StoreUrl> {
+    match url.strip_prefix("sqlite://") {
+        Some(path) if !path.is_empty() => Some(StoreUrl::Sqlite(PathBuf::from(path))),
+        _ => {
+            problems.push(Problem::error(
+                "store.url",
+                format!("`{url}` is not a supported store URL; use sqlite://PATH"),
+            ));
+            None
+        }
+    }
+}
+
+fn check_retry(loc: &str, retry: &RetryPolicy, problems: &mut Vec<Problem>) {
+    if retry.max_attempts == 0 {
+        problems.push(Problem::error(
+            format!("{loc}.max_attempts"),
+            "must be at least 1",
+        ));
+    }
+    if retry.initial_backoff > retry.max_backoff {
+        problems.push(Problem::error(
+            format!("{loc}.initial_backoff"),
+            "is longer than max_backoff",
+        ));
+    }
+}
+
+fn check_worker(w: &raw::RawWorker, problems: &mut Vec<Problem>) {
+    if w.concurrency == 0 {
+        problems.push(Problem::error("worker.concurrency", "must be at least 1"));
+    }
+    if w.lease < Duration::from_millis(100) {
+        problems.push(Problem::error("worker.lease", "must be at least 100ms"));
+    }
+    if w.poll_interval.is_zero() {
+        problems.push(Problem::error("worker.poll_interval", "must not be zero"));
+    }
+}
+
+/// Names appear in URLs, CLI flags and audit records: keep them plain and unique.
+fn check_names<'a>(
+    section: &str,
+    names: impl Iterator<Item = &'a str>,
+    problems: &mut Vec<Problem>,
+) {
+    let mut seen = HashSet::new();
+    for name in names {
+        let plain = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+        if !plain {
+            problems.push(Problem::error(
+                format!("{section}[{name}].name"),
+                "must be non-empty and use only letters, digits, `-`, `_` and `.`",
+            ));
+        }
+        if !seen.insert(name) {
+            problems.push(Problem::error(
+                format!("{section}[{name}].name"),
+                "is defined more than once",
+            ));
+        }
+    }
+}
+
+/// The built-in source of internal `gantry.promoted` events.
+pub const INTERNAL_SOURCE: &str = "gantry";
+
+fn check_sources(
+    sources: &[raw::RawSource],
+    listen: Option<SocketAddr>,
+    problems: &mut Vec<Problem>,
+) {
+    check_names("sources", sources.iter().map(|s| s.name.as_str()), problems);
+    for s in sources {
+        let loc = format!("sources[{}]", s.name);
+        if s.name == INTERNAL_SOURCE {
+            problems.push(Problem::error(
+                format!("{loc}.name"),
+                "`gantry` is the built-in source of internal events",
+            ));
+        }
+        let v = &s.verify;
+        match v.scheme {
+            SchemeKind::None => {
+                let loopback = listen.is_some_and(|a| a.ip().is_loopback());
+                if loopback {
+                    problems.push(Problem::warning(
+                        format!("{loc}.verify.scheme"),
+                        "`none` accepts unsigned requests; use it only for loopback experiments",
+                    ));
+                } else {
+                    problems.push(Problem::error(
+                        format!("{loc}.verify.scheme"),
+                        "`none` is refused unless server.listen is a loopback address",
+                    ));
+                }
+            }
+            SchemeKind::HmacSha256 | SchemeKind::Token => {
+                if v.secrets.is_empty() {
+                    problems.push(Problem::error(
+                        format!("{loc}.verify.secrets"),
+                        "lists no secret: every request would be rejected",
+                    ));
+                }
+                if v.header.as_deref().unwrap_or("").is_empty() {
+                    problems.push(Problem::error(
+                        format!("{loc}.verify.header"),
+                        "names no header to read the signature from",
+                    ));
+                }
+            }
+        }
+        if v.scheme != SchemeKind::HmacSha256 && (v.prefix.is_some() || v.encoding.is_some()) {
+            problems.push(Problem::error(
+                format!("{loc}.verify"),
+                "`prefix` and `encoding` apply only to the hmac-sha256 scheme",
+            ));
+        }
+        if v.tolerance.is_some() {
+            problems.push(Problem::error(
+                format!("{loc}.verify.tolerance"),
+                "applies only to schemes that carry a timestamp",
+            ));
+        }
+        for (key, pointer) in &s.fields {
+            if Field::from_name(key).is_none() {
+                problems.push(Problem::error(
+                    format!("{loc}.fields.{key}"),
+                    "is not a subject field (repo, image, tag, digest, path, build_name, build_number)",
+                ));
+            }
+            if !(pointer.is_empty() || pointer.starts_with('/')) {
+                problems.push(Problem::error(
+                    format!("{loc}.fields.{key}"),
+                    format!("`{pointer}` is not a JSON pointer (it must start with `/`)"),
+                ));
+            }
+        }
+        if s.format != Format::Generic && (!s.fields.is_empty() || s.type_header.is_some()) {
+            problems.push(Problem::error(
+                loc.clone(),
+                "`fields` and `type_header` apply only to the generic format",
+            ));
+        }
+    }
+}
+
+fn check_targets(targets: &[raw::RawTarget], problems: &mut Vec<Problem>) {
+    check_names("targets", targets.iter().map(|t| t.name.as_str()), problems);
+    for t in targets {
+        let loc = format!("targets[{}]", t.name);
+        match reqwest::Url::parse(&t.url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+            Ok(_) => problems.push(Problem::error(
+                format!("{loc}.url"),
+                "must be an http or https URL",
+            )),
+            Err(e) => problems.push(Problem::error(
+                format!("{loc}.url"),
+                format!("`{}` is not a URL ({e})", t.url),
+            )),
+        }
+        if t.max_concurrency == Some(0) {
+            problems.push(Problem::error(
+                format!("{loc}.max_concurrency"),
+                "must be at least 1",
+            ));
+        }
+        if t.timeout.is_some_and(|d| d.is_zero()) {
+            problems.push(Problem::error(format!("{loc}.timeout"), "must not be zero"));
+        }
+    }
+}
+
+fn check_rules(
+    rules: &[RawRule],
+    sources: &[raw::RawSource],
+    targets: &[raw::RawTarget],
+    defaults: &RetryPolicy,
+    problems: &mut Vec<Problem>,
+) -> Vec<RuleConfig> {
+    check_names("rules", rules.iter().map(|r| r.name.as_str()), problems);
+    rules
+        .iter()
+        .map(|r| {
+            let loc = format!("rules[{}]", r.name);
+            for name in r.source.iter().flat_map(|s| s.patterns()) {
+                if name != INTERNAL_SOURCE && !sources.iter().any(|s| &s.name == name) {
+                    problems.push(Problem::error(
+                        format!("{loc}.source"),
+                        format!("unknown source `{name}`"),
+                    ));
+                }
+            }
+            if !targets.iter().any(|t| t.name == r.action.target) {
+                problems.push(Problem::error(
+                    format!("{loc}.action.target"),
+                    format!("unknown target `{}`", r.action.target),
+                ));
+            }
+            let o = r.retry.clone().unwrap_or_default();
+            let retry = RetryPolicy {
+                max_attempts: o.max_attempts.unwrap_or(defaults.max_attempts),
+                initial_backoff: o.initial_backoff.unwrap_or(defaults.initial_backoff),
+                max_backoff: o.max_backoff.unwrap_or(defaults.max_backoff),
+            };
+            check_retry(&format!("{loc}.retry"), &retry, problems);
+            RuleConfig {
+                raw: r.clone(),
+                retry,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_str(toml: &str, env: &[(&str, &str)]) -> Result<Loaded, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gantry.toml");
+        std::fs::write(&path, toml).unwrap();
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        load(&ConfigPath::Explicit(path), &env)
+    }
+
+    fn errors(r: Result<Loaded, ConfigError>) -> String {
+        match r {
+            Err(ConfigError::Invalid(p)) => p.to_string(),
+            other => panic!("expected problems, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn embedded_defaults_alone_are_valid() {
+        let loaded = load_str("", &[]).unwrap();
+        let c = loaded.config;
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.server.max_body_bytes, 1_048_576);
+        assert_eq!(c.store, StoreUrl::Sqlite("data/gantry.db".into()));
+        assert_eq!(c.defaults.dedupe_window, Duration::from_secs(86_400));
+        assert_eq!(c.defaults.retry.max_attempts, 10);
+        assert_eq!(c.worker.lease, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let loaded = load_str(
+            "[server]\nlisten = \"127.0.0.1:9000\"\n",
+            &[
+                ("GANTRY__SERVER__LISTEN", "127.0.0.1:9100"),
+                ("GANTRY__WORKER__LEASE", "45s"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(loaded.config.server.listen.to_string(), "127.0.0.1:9100");
+        assert_eq!(loaded.config.worker.lease, Duration::from_secs(45));
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = errors(load_str("[server]\nlisen = \"x\"\n", &[]));
+        assert!(e.contains("server") && e.contains("lisen"), "{e}");
+        let e = errors(load_str("", &[("GANTRY__STORE__URLL", "x")]));
+        assert!(e.contains("urll"), "{e}");
+    }
+
+    #[test]
+    fn rule_references_and_secrets_are_checked() {
+        let e = errors(load_str(
+            r#"
+            [[sources]]
+            name = "ci"
+            format = "generic"
+            verify = { scheme = "hmac-sha256", header = "X-Sig", secrets = ["env:NOPE"] }
+
+            [[rules]]
+            name = "r1"
+            source = "cd"
+            event = "x"
+            action = { type = "promote", target = "jfrog", to_repo = "b" }
+            "#,
+            &[],
+        ));
+        assert!(
+            e.contains("sources[ci].verify.secrets[0]: environment variable `NOPE` is not set"),
+            "{e}"
+        );
+        assert!(e.contains("rules[r1].source: unknown source `cd`"), "{e}");
+        assert!(
+            e.contains("rules[r1].action.target: unknown target `jfrog`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn literal_secrets_warn() {
+        let loaded = load_str(
+            r#"
+            [[sources]]
+            name = "ci"
+            format = "generic"
+            verify = { scheme = "token", header = "X-Token", secrets = ["abc"] }
+            "#,
+            &[],
+        )
+        .unwrap();
+        assert_eq!(loaded.warnings.len(), 1);
+        assert_eq!(loaded.warnings[0].location, "sources[ci].verify.secrets[0]");
+    }
+}

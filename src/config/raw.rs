@@ -1,0 +1,185 @@
+//! The configuration exactly as written: what serde reads from the merged layers.
+//!
+//! Every struct denies unknown fields, so a misspelt key is an error that names it
+//! instead of a setting silently ignored. Nothing here is trusted yet: `validate`
+//! turns these into the typed values the rest of gantry runs on.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub server: RawServer,
+    pub store: RawStore,
+    pub defaults: RawDefaults,
+    pub worker: RawWorker,
+    #[serde(default)]
+    pub admin: RawAdmin,
+    #[serde(default)]
+    pub sources: Vec<RawSource>,
+    #[serde(default)]
+    pub targets: Vec<RawTarget>,
+    #[serde(default)]
+    pub rules: Vec<RawRule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: String,
+    pub max_body_bytes: u64,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    pub url: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDefaults {
+    pub max_chain_depth: u32,
+    #[serde(with = "humantime_serde")]
+    pub dedupe_window: Duration,
+    pub retry: RawRetry,
+}
+
+/// Retry settings; every field optional so that a rule can override only some.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    pub max_attempts: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    pub initial_backoff: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub max_backoff: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWorker {
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    pub concurrency: usize,
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    #[serde(default)]
+    pub tokens: Vec<RawToken>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawToken {
+    pub name: String,
+    pub token: String,
+    pub role: super::Role,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSource {
+    pub name: String,
+    pub format: super::Format,
+    pub verify: RawVerify,
+    /// Subject field → JSON pointer, for `generic` and `github` payloads.
+    #[serde(default)]
+    pub fields: BTreeMap<String, String>,
+    pub type_header: Option<String>,
+    pub delivery_header: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVerify {
+    pub scheme: super::SchemeKind,
+    pub header: Option<String>,
+    pub prefix: Option<String>,
+    pub encoding: Option<super::Encoding>,
+    #[serde(default)]
+    pub secrets: Vec<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub tolerance: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTarget {
+    pub name: String,
+    pub kind: super::TargetKind,
+    pub url: String,
+    pub token: Option<String>,
+    pub api_key: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    pub max_concurrency: Option<usize>,
+}
+
+/// A matcher as written: one pattern, or a list meaning "any of these".
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn patterns(&self) -> &[String] {
+        match self {
+            OneOrMany::One(s) => std::slice::from_ref(s),
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+/// `match = { ... }`: subject fields only, so a typo such as `imgae` is an error.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMatch {
+    pub repo: Option<OneOrMany>,
+    pub image: Option<OneOrMany>,
+    pub tag: Option<OneOrMany>,
+    pub digest: Option<OneOrMany>,
+    pub path: Option<OneOrMany>,
+    pub build_name: Option<OneOrMany>,
+    pub build_number: Option<OneOrMany>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub name: String,
+    pub source: Option<OneOrMany>,
+    pub event: Option<OneOrMany>,
+    #[serde(default, rename = "match")]
+    pub matches: RawMatch,
+    /// JSON pointer into the payload → matcher.
+    #[serde(default)]
+    pub when: BTreeMap<String, OneOrMany>,
+    pub action: RawAction,
+    pub retry: Option<RawRetry>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAction {
+    #[serde(rename = "type")]
+    pub kind: super::ActionKind,
+    pub target: String,
+    pub to_repo: Option<String>,
+    pub to_image: Option<String>,
+    pub to_tag: Option<String>,
+    pub copy: Option<bool>,
+}

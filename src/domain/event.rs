@@ -1,0 +1,59 @@
+use serde::Serialize;
+
+use super::Millis;
+use crate::config::Field;
+
+/// What an event is about, in the normalized vocabulary rules match on (SPEC §5).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Subject {
+    pub repo: Option<String>,
+    pub image: Option<String>,
+    pub tag: Option<String>,
+    pub digest: Option<String>,
+    pub path: Option<String>,
+    pub build_name: Option<String>,
+    pub build_number: Option<String>,
+}
+
+impl Subject {
+    pub fn get(&self, field: Field) -> Option<&str> {
+        match field {
+            Field::Repo => self.repo.as_deref(),
+            Field::Image => self.image.as_deref(),
+            Field::Tag => self.tag.as_deref(),
+            Field::Digest => self.digest.as_deref(),
+            Field::Path => self.path.as_deref(),
+            Field::BuildName => self.build_name.as_deref(),
+            Field::BuildNumber => self.build_number.as_deref(),
+        }
+    }
+
+    pub fn set(&mut self, field: Field, value: Option<String>) {
+        let slot = match field {
+            Field::Repo => &mut self.repo,
+            Field::Image => &mut self.image,
+            Field::Tag => &mut self.tag,
+            Field::Digest => &mut self.digest,
+            Field::Path => &mut self.path,
+            Field::BuildName => &mut self.build_name,
+            Field::BuildNumber => &mut self.build_number,
+        };
+        *slot = value;
+    }
+}
+
+/// One normalized event, as stored and as matched against the rules.
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    pub id: String,
+    pub source: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub delivery_id: String,
+    pub received_at: Millis,
+    #[serde(flatten)]
+    pub subject: Subject,
+    pub payload: serde_json::Value,
+    pub parent_job_id: Option<String>,
+    pub chain_depth: u32,
+}

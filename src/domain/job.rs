@@ -1,0 +1,207 @@
+use serde::{Deserialize, Serialize, Serializer};
+
+use super::Millis;
+
+/// `queued → running → succeeded`, with `retrying` between attempts and `failed` or
+/// `cancelled` as the other ends (SPEC §8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    Queued,
+    Running,
+    Retrying,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    pub const ALL: [JobState; 6] = [
+        JobState::Queued,
+        JobState::Running,
+        JobState::Retrying,
+        JobState::Succeeded,
+        JobState::Failed,
+        JobState::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Retrying => "retrying",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<JobState> {
+        JobState::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// The promotion was made by this job.
+    Promoted,
+    /// The target already held the expected image; nothing was changed.
+    Noop,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Promoted => "promoted",
+            Outcome::Noop => "noop",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Outcome> {
+        [Outcome::Promoted, Outcome::Noop]
+            .into_iter()
+            .find(|o| o.as_str() == s)
+    }
+}
+
+/// An image location inside a registry or repository.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRef {
+    pub repo: String,
+    pub image: String,
+    pub tag: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+}
+
+impl std::fmt::Display for ImageRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}:{}", self.repo, self.image, self.tag)?;
+        if let Some(d) = &self.digest {
+            write!(f, "@{d}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A fully rendered promotion: every template already applied, so a worker only has
+/// to carry it out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum Action {
+    Promote {
+        from: ImageRef,
+        to: ImageRef,
+        /// `false` moves: the source tag is removed.
+        copy: bool,
+    },
+}
+
+impl Action {
+    /// Human form for tables and audit records: `from → to (copy)`.
+    pub fn describe(&self) -> (String, String) {
+        match self {
+            Action::Promote { from, to, .. } => (from.to_string(), to.to_string()),
+        }
+    }
+}
+
+/// Why a job or an attempt failed, in the `{code, message}` shape of every answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobError {
+    pub code: JobErrorCode,
+    pub message: String,
+}
+
+impl JobError {
+    pub fn new(code: JobErrorCode, message: impl Into<String>) -> Self {
+        JobError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobErrorCode {
+    /// The upstream refused the request (a 4xx other than 408 and 429).
+    UpstreamRejected,
+    /// The upstream answered 408, 429 or 5xx.
+    UpstreamUnavailable,
+    /// No answer within the target's timeout; the effect may still happen.
+    Timeout,
+    /// Connection refused, reset or otherwise broken.
+    NetworkError,
+    /// An action template referred to a value the event does not have.
+    TemplateError,
+    /// The rule's target is not configured (any more).
+    UnknownTarget,
+    /// The worker holding the job stopped renewing its lease (crashed or was killed).
+    LeaseExpired,
+}
+
+impl JobErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobErrorCode::UpstreamRejected => "upstream_rejected",
+            JobErrorCode::UpstreamUnavailable => "upstream_unavailable",
+            JobErrorCode::Timeout => "timeout",
+            JobErrorCode::NetworkError => "network_error",
+            JobErrorCode::TemplateError => "template_error",
+            JobErrorCode::UnknownTarget => "unknown_target",
+            JobErrorCode::LeaseExpired => "lease_expired",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<JobErrorCode> {
+        serde_json::from_value(serde_json::Value::String(s.to_string())).ok()
+    }
+}
+
+/// One attempt as the job history shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AttemptRecord {
+    pub n: u32,
+    #[serde(serialize_with = "as_rfc3339")]
+    pub started_at: Millis,
+    pub duration_ms: u64,
+    pub upstream_status: Option<u16>,
+    pub error: Option<JobError>,
+}
+
+/// A job as every admin answer shows it (SPEC §3).
+#[derive(Debug, Clone, Serialize)]
+pub struct Job {
+    pub id: String,
+    pub rule: String,
+    pub state: JobState,
+    pub outcome: Option<Outcome>,
+    pub event_id: String,
+    pub target: String,
+    /// `None` only when the action's templates could not be rendered.
+    pub action: Option<Action>,
+    pub attempts: Vec<AttemptRecord>,
+    pub last_error: Option<JobError>,
+    pub parent_job_id: Option<String>,
+    pub chain_depth: u32,
+    #[serde(serialize_with = "as_rfc3339")]
+    pub created_at: Millis,
+    #[serde(serialize_with = "as_rfc3339")]
+    pub updated_at: Millis,
+}
+
+/// A job planned by the rules for a new event: queued, or failed at once when its
+/// templates could not be rendered (SPEC §8, template error).
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub id: String,
+    pub rule: String,
+    pub target: String,
+    pub action: Result<Action, JobError>,
+}
+
+fn as_rfc3339<S: Serializer>(ms: &Millis, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&super::rfc3339(*ms))
+}

@@ -1,0 +1,166 @@
+//! The way in: verify a request's raw bytes with its source's scheme, normalize the
+//! body into events, ask the rules for promotions, and commit events and jobs together
+//! before answering. Rejections are audited too.
+
+mod formats;
+mod verify;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+pub use formats::{MAX_DEPTH, NormalizeError, Normalizer};
+pub use verify::{Verified, Verifier, VerifyError, same_secret};
+
+use crate::audit::AuditEntry;
+use crate::config::Config;
+use crate::domain::{Event, NewJob, now_millis};
+use crate::rules::RuleSet;
+use crate::store::{IngestOutcome, NewEvent, Store, StoreError};
+
+/// Read access to request headers, by case-insensitive name, whatever carried them.
+pub trait Headers {
+    fn get(&self, name: &str) -> Option<&str>;
+}
+
+impl Headers for Vec<(String, String)> {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A configured source: how its requests are verified and read.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub name: String,
+    pub verifier: Verifier,
+    pub normalizer: Normalizer,
+}
+
+/// All configured sources by name.
+#[derive(Debug, Clone, Default)]
+pub struct Sources(HashMap<String, Arc<Source>>);
+
+impl Sources {
+    pub fn from_config(config: &Config) -> Self {
+        Sources(
+            config
+                .sources
+                .iter()
+                .map(|s| {
+                    let source = Source {
+                        name: s.name.clone(),
+                        verifier: Verifier::new(s.verify.clone()),
+                        normalizer: Normalizer::new(s),
+                    };
+                    (s.name.clone(), Arc::new(source))
+                })
+                .collect(),
+        )
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Source>> {
+        self.0.get(name)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("unknown source `{0}`")]
+    UnknownSource(String),
+    #[error(transparent)]
+    Signature(#[from] VerifyError),
+    #[error(transparent)]
+    Body(#[from] NormalizeError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What the sender is told: the events stored (or recognised as duplicates).
+#[derive(Debug)]
+pub struct Receipt {
+    pub events: Vec<IngestOutcome>,
+}
+
+impl Receipt {
+    /// 202 when anything new was stored, 200 when every event was a duplicate.
+    pub fn all_duplicates(&self) -> bool {
+        self.events.iter().all(|e| e.duplicate)
+    }
+}
+
+/// Plans the jobs the rules ask for an event: a template that cannot be rendered
+/// still makes a job, recorded as failed, so the decision is on the record.
+pub fn plan_jobs(rules: &RuleSet, event: &Event) -> Vec<NewJob> {
+    rules
+        .plan(event)
+        .into_iter()
+        .map(|p| NewJob {
+            id: crate::domain::new_id(),
+            rule: p.rule.name.clone(),
+            target: p.rule.target.clone(),
+            action: p.action,
+        })
+        .collect()
+}
+
+/// The ingest pipeline shared by the HTTP route and tests.
+pub struct Ingest {
+    pub sources: Sources,
+    pub rules: Arc<RuleSet>,
+    pub store: Arc<dyn Store>,
+    pub dedupe_window: std::time::Duration,
+}
+
+impl Ingest {
+    /// Verifies, normalizes, plans and commits one request body.
+    pub async fn receive(
+        &self,
+        source_name: &str,
+        headers: &dyn Headers,
+        body: &[u8],
+    ) -> Result<Receipt, IngestError> {
+        let result = self.accept(source_name, headers, body).await;
+        if let Err(e) = &result
+            && !matches!(e, IngestError::Store(_))
+        {
+            self.audit_rejection(source_name, &e.to_string()).await;
+        }
+        result
+    }
+
+    async fn accept(
+        &self,
+        source_name: &str,
+        headers: &dyn Headers,
+        body: &[u8],
+    ) -> Result<Receipt, IngestError> {
+        let source = self
+            .sources
+            .get(source_name)
+            .ok_or_else(|| IngestError::UnknownSource(source_name.to_string()))?;
+        let verified = source.verifier.verify(headers, body)?;
+        let events = source
+            .normalizer
+            .normalize(&source.name, verified, headers, now_millis())?;
+        let batch = events
+            .into_iter()
+            .map(|event| {
+                let jobs = plan_jobs(&self.rules, &event);
+                NewEvent { event, jobs }
+            })
+            .collect();
+        let events = self.store.ingest(batch, self.dedupe_window).await?;
+        Ok(Receipt { events })
+    }
+
+    /// Records a refused request. A store failure here is logged and does not change
+    /// the answer: the sender still learns why it was refused.
+    pub async fn audit_rejection(&self, source_name: &str, reason: &str) {
+        let entry = AuditEntry::rejected(source_name, reason);
+        if let Err(e) = self.store.append_audit(entry).await {
+            tracing::error!(error = %e, "could not audit a rejected request");
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! gantry: signed webhooks in, promotions out.
+//!
+//! A request travels: `api` (HTTP) → `ingest` (verify the signature, normalize to
+//! events) → `rules` (match, render the actions) → `store` (event and jobs in one
+//! transaction) → answer → `worker` (lease a job) → `targets` (perform the
+//! promotion) → `store` (result and `audit` record). `config` validates everything
+//! before any of it starts; `app` wires the parts; `cli` is the command line.
+
+pub mod api;
+pub mod app;
+pub mod audit;
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod ingest;
+pub mod rules;
+pub mod store;
+pub mod targets;
+pub mod worker;

@@ -1,0 +1,203 @@
+//! Value matchers (SPEC §4): glob, `re:` with named groups, `semver:`, lists, `!`.
+//!
+//! Patterns are compiled once, when the rules load; matching itself cannot fail.
+
+use std::sync::Arc;
+
+use globset::{Glob, GlobBuilder, GlobMatcher};
+use regex::Regex;
+use semver::{Version, VersionReq};
+
+/// Named regex groups captured while matching, in match order: template variables.
+pub type Captures = Vec<(Arc<str>, String)>;
+
+#[derive(Debug, Clone)]
+pub enum Matcher {
+    Glob(GlobMatcher),
+    /// The regex and its named groups, interned once.
+    Regex(Regex, Vec<Arc<str>>),
+    Semver(VersionReq),
+    /// Any of these; the first that matches lends its captures.
+    Any(Vec<Matcher>),
+    Not(Box<Matcher>),
+}
+
+impl Matcher {
+    /// Compiles a pattern list as written in `match` or `when`. An error says which
+    /// pattern is wrong and why.
+    pub fn compile(patterns: &[String]) -> Result<Matcher, String> {
+        let mut compiled = patterns
+            .iter()
+            .map(|p| Matcher::compile_one(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        match compiled.len() {
+            0 => Err("an empty list matches nothing".into()),
+            1 => Ok(compiled.remove(0)),
+            _ => Ok(Matcher::Any(compiled)),
+        }
+    }
+
+    fn compile_one(pattern: &str) -> Result<Matcher, String> {
+        if let Some(rest) = pattern.strip_prefix('!') {
+            return Ok(Matcher::Not(Box::new(Matcher::compile_one(rest)?)));
+        }
+        if let Some(re) = pattern.strip_prefix("re:") {
+            let regex =
+                Regex::new(re).map_err(|e| format!("invalid regex `{re}`: {}", one_line(&e)))?;
+            let names = regex.capture_names().flatten().map(Arc::from).collect();
+            return Ok(Matcher::Regex(regex, names));
+        }
+        if let Some(req) = pattern.strip_prefix("semver:") {
+            let req = VersionReq::parse(req.trim())
+                .map_err(|e| format!("invalid semver requirement `{req}`: {e}"))?;
+            return Ok(Matcher::Semver(req));
+        }
+        Ok(Matcher::Glob(glob(pattern)?))
+    }
+
+    /// Whether `value` matches; named groups of the matching regex are appended to
+    /// `captures`. Captures inside a negation never leak out of it.
+    pub fn matches(&self, value: &str, captures: &mut Captures) -> bool {
+        match self {
+            Matcher::Glob(g) => g.is_match(value),
+            Matcher::Regex(re, names) => {
+                let Some(caps) = re.captures(value) else {
+                    return false;
+                };
+                for name in names {
+                    if let Some(m) = caps.name(name) {
+                        captures.push((name.clone(), m.as_str().to_string()));
+                    }
+                }
+                true
+            }
+            Matcher::Semver(req) => parse_version(value).is_some_and(|v| req.matches(&v)),
+            Matcher::Any(all) => all.iter().any(|m| m.matches(value, captures)),
+            Matcher::Not(inner) => !inner.matches(value, &mut Vec::new()),
+        }
+    }
+
+    /// Every named group this matcher can capture (outside negations).
+    pub fn group_names(&self) -> Vec<Arc<str>> {
+        match self {
+            Matcher::Regex(_, names) => names.clone(),
+            Matcher::Any(all) => all.iter().flat_map(Matcher::group_names).collect(),
+            Matcher::Glob(_) | Matcher::Semver(_) | Matcher::Not(_) => Vec::new(),
+        }
+    }
+}
+
+/// `*` stays inside one `/`-separated segment and `**` crosses them, as in paths, so
+/// `team-a/*` matches `team-a/api` but not `team-a/x/api`.
+fn glob(pattern: &str) -> Result<GlobMatcher, String> {
+    let glob: Glob = GlobBuilder::new(pattern)
+        .literal_separator(true)
+        .build()
+        .map_err(|e| format!("invalid glob `{pattern}`: {}", e.kind()))?;
+    Ok(glob.compile_matcher())
+}
+
+/// Tags are often written `v1.2.3`; both forms are the version 1.2.3.
+fn parse_version(tag: &str) -> Option<Version> {
+    Version::parse(tag.strip_prefix('v').unwrap_or(tag)).ok()
+}
+
+fn one_line(e: &regex::Error) -> String {
+    e.to_string()
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn m(patterns: &[&str]) -> Matcher {
+        Matcher::compile(&patterns.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap()
+    }
+
+    fn hit(matcher: &Matcher, value: &str) -> bool {
+        matcher.matches(value, &mut Vec::new())
+    }
+
+    #[test]
+    fn globs_respect_segments() {
+        let g = m(&["team-a/*"]);
+        assert!(hit(&g, "team-a/api"));
+        assert!(!hit(&g, "team-a/x/api"));
+        assert!(hit(&m(&["team-a/**"]), "team-a/x/api"));
+        assert!(hit(&m(&["docker.{pushed,promoted}"]), "docker.promoted"));
+        assert!(hit(&m(&["1.?.0"]), "1.4.0"));
+        assert!(!hit(&m(&["docker-dev"]), "docker-dev2"));
+    }
+
+    #[test]
+    fn regex_captures_named_groups() {
+        let r = m(&["re:^team-a/(?P<app>[^/]+)$"]);
+        let mut caps = Vec::new();
+        assert!(r.matches("team-a/api", &mut caps));
+        assert_eq!(caps, vec![(Arc::from("app"), "api".to_string())]);
+        assert!(!hit(&r, "team-b/api"));
+    }
+
+    #[test]
+    fn semver_requirements() {
+        let s = m(&["semver:>=1.2, <2"]);
+        assert!(hit(&s, "1.2.0"));
+        assert!(hit(&s, "v1.9.9"));
+        assert!(!hit(&s, "2.0.0"));
+        assert!(!hit(&s, "1.1.9"));
+        assert!(!hit(&s, "latest"));
+        // Pre-releases only match requirements that name one, as semver intends.
+        assert!(!hit(&s, "1.3.0-rc.1"));
+    }
+
+    #[test]
+    fn lists_and_negation() {
+        let l = m(&["dev", "re:^feature-"]);
+        assert!(hit(&l, "dev") && hit(&l, "feature-x") && !hit(&l, "main"));
+        let n = m(&["!*-SNAPSHOT"]);
+        assert!(hit(&n, "1.0.0") && !hit(&n, "1.0.0-SNAPSHOT"));
+        let mut caps = Vec::new();
+        assert!(m(&["!re:^(?P<x>a)$"]).matches("b", &mut caps));
+        assert!(caps.is_empty());
+    }
+
+    #[test]
+    fn bad_patterns_say_why() {
+        let e = Matcher::compile(&["re:(".into()]).unwrap_err();
+        assert!(e.starts_with("invalid regex `(`"), "{e}");
+        let e = Matcher::compile(&["semver:>>1".into()]).unwrap_err();
+        assert!(e.starts_with("invalid semver requirement"), "{e}");
+        let e = Matcher::compile(&["a[".into()]).unwrap_err();
+        assert!(e.starts_with("invalid glob"), "{e}");
+    }
+
+    proptest! {
+        #[test]
+        fn negation_is_the_complement(value in "[a-z0-9./-]{0,12}", pattern in "[a-z*?]{1,6}") {
+            let plain = m(&[&pattern]);
+            let negated_pattern = format!("!{pattern}");
+            let negated = m(&[&negated_pattern]);
+            prop_assert_ne!(hit(&plain, &value), hit(&negated, &value));
+        }
+
+        #[test]
+        fn a_literal_glob_matches_only_itself(value in "[a-z0-9.-]{1,12}", other in "[a-z0-9.-]{1,12}") {
+            let g = m(&[&value]);
+            prop_assert!(hit(&g, &value));
+            prop_assert_eq!(hit(&g, &other), value == other);
+        }
+
+        #[test]
+        fn semver_matches_exact_versions(a in 0u64..50, b in 0u64..50, c in 0u64..50) {
+            let v = format!("{a}.{b}.{c}");
+            let req = format!("semver:={v}");
+            prop_assert!(hit(&m(&[&req]), &v));
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! Promotion rules: compiled once from the config into matchers and templates, then
+//! asked, per event, which promotions to plan.
+
+mod matcher;
+mod template;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use crate::config::{ActionKind, Config, Field, Problem, RetryPolicy};
+use crate::domain::{Action, Event, ImageRef, JobError, JobErrorCode};
+pub use matcher::{Captures, Matcher};
+use template::Template;
+
+/// All rules, in config order.
+#[derive(Debug)]
+pub struct RuleSet {
+    rules: Vec<Rule>,
+}
+
+#[derive(Debug)]
+pub struct Rule {
+    pub name: String,
+    pub target: String,
+    pub retry: RetryPolicy,
+    /// Exact source names; `None` means any source.
+    sources: Option<Vec<String>>,
+    event: Option<Matcher>,
+    fields: Vec<(Field, Matcher)>,
+    when: Vec<(String, Matcher)>,
+    action: ActionTemplate,
+}
+
+#[derive(Debug)]
+enum ActionTemplate {
+    Promote {
+        to_repo: Template,
+        to_image: Template,
+        to_tag: Template,
+        copy: bool,
+    },
+}
+
+/// A promotion one rule asks for one event. `action` is an error when the templates
+/// could not be rendered for this event: the job is recorded as failed.
+#[derive(Debug)]
+pub struct Planned<'a> {
+    pub rule: &'a Rule,
+    pub action: Result<Action, JobError>,
+}
+
+impl RuleSet {
+    /// Compiles every rule; the problems name the rule and the key at fault.
+    pub fn compile(config: &Config) -> Result<RuleSet, Vec<Problem>> {
+        let mut problems = Vec::new();
+        let rules: Vec<Rule> = config
+            .rules
+            .iter()
+            .filter_map(|rc| {
+                let loc = format!("rules[{}]", rc.raw.name);
+                let errors_before = problems.len();
+                let mut pattern = |key: String, patterns: &[String]| {
+                    Matcher::compile(patterns)
+                        .map_err(|e| problems.push(Problem::error(format!("{loc}.{key}"), e)))
+                        .ok()
+                };
+                let r = &rc.raw;
+                let event = r
+                    .event
+                    .as_ref()
+                    .and_then(|e| pattern("event".into(), e.patterns()));
+                let m = &r.matches;
+                let fields: Vec<(Field, Matcher)> = [
+                    (Field::Repo, &m.repo),
+                    (Field::Image, &m.image),
+                    (Field::Tag, &m.tag),
+                    (Field::Digest, &m.digest),
+                    (Field::Path, &m.path),
+                    (Field::BuildName, &m.build_name),
+                    (Field::BuildNumber, &m.build_number),
+                ]
+                .into_iter()
+                .filter_map(|(f, spec)| {
+                    let spec = spec.as_ref()?;
+                    Some((f, pattern(format!("match.{}", f.name()), spec.patterns())?))
+                })
+                .collect();
+                let mut when = Vec::new();
+                for (pointer, spec) in &r.when {
+                    if !pointer.starts_with('/') {
+                        problems.push(Problem::error(
+                            format!("{loc}.when.{pointer}"),
+                            "is not a JSON pointer (it must start with `/`)",
+                        ));
+                        continue;
+                    }
+                    match Matcher::compile(spec.patterns()) {
+                        Ok(matcher) => when.push((pointer.clone(), matcher)),
+                        Err(e) => problems.push(Problem::error(format!("{loc}.when.{pointer}"), e)),
+                    }
+                }
+                let groups: HashSet<Arc<str>> = fields
+                    .iter()
+                    .map(|(_, m)| m)
+                    .chain(when.iter().map(|(_, m)| m))
+                    .flat_map(Matcher::group_names)
+                    .collect();
+                let action = compile_action(&loc, &r.action, &groups, &mut problems);
+                if problems.len() > errors_before {
+                    return None;
+                }
+                Some(Rule {
+                    name: r.name.clone(),
+                    target: r.action.target.clone(),
+                    retry: rc.retry,
+                    sources: r.source.as_ref().map(|s| s.patterns().to_vec()),
+                    event,
+                    fields,
+                    when,
+                    action: action?,
+                })
+            })
+            .collect();
+        if problems.is_empty() {
+            Ok(RuleSet { rules })
+        } else {
+            Err(problems)
+        }
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Rule> {
+        self.rules.iter().find(|r| r.name == name)
+    }
+
+    /// The promotions the rules ask for this event, in rule order.
+    pub fn plan<'a>(&'a self, event: &Event) -> Vec<Planned<'a>> {
+        let mut captures = Captures::new();
+        self.rules
+            .iter()
+            .filter_map(|rule| {
+                captures.clear();
+                rule.matches(event, &mut captures).then(|| Planned {
+                    rule,
+                    action: rule.render(event, &captures),
+                })
+            })
+            .collect()
+    }
+}
+
+impl Rule {
+    fn matches(&self, event: &Event, captures: &mut Captures) -> bool {
+        if let Some(sources) = &self.sources
+            && !sources.contains(&event.source)
+        {
+            return false;
+        }
+        if let Some(m) = &self.event
+            && !m.matches(&event.kind, captures)
+        {
+            return false;
+        }
+        let fields_match = self.fields.iter().all(|(field, m)| {
+            event
+                .subject
+                .get(*field)
+                .is_some_and(|v| m.matches(v, captures))
+        });
+        fields_match
+            && self.when.iter().all(|(pointer, m)| {
+                match event.payload.pointer(pointer) {
+                    Some(serde_json::Value::String(s)) => m.matches(s, captures),
+                    Some(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => {
+                        m.matches(&v.to_string(), captures)
+                    }
+                    // Missing field, null, objects and arrays: no match.
+                    _ => false,
+                }
+            })
+    }
+
+    fn render(&self, event: &Event, captures: &Captures) -> Result<Action, JobError> {
+        let fail = |e: String| JobError::new(JobErrorCode::TemplateError, e);
+        let required = |f: Field| {
+            event
+                .subject
+                .get(f)
+                .filter(|v| !v.is_empty())
+                .map(str::to_string)
+                .ok_or_else(|| fail(format!("the event has no {}", f.name())))
+        };
+        match &self.action {
+            ActionTemplate::Promote {
+                to_repo,
+                to_image,
+                to_tag,
+                copy,
+            } => {
+                let from = ImageRef {
+                    repo: required(Field::Repo)?,
+                    image: required(Field::Image)?,
+                    tag: required(Field::Tag)?,
+                    digest: event.subject.digest.clone().filter(|d| !d.is_empty()),
+                };
+                let to = ImageRef {
+                    repo: to_repo.render(event, captures).map_err(fail)?,
+                    image: to_image.render(event, captures).map_err(fail)?,
+                    tag: to_tag.render(event, captures).map_err(fail)?,
+                    digest: from.digest.clone(),
+                };
+                Ok(Action::Promote {
+                    from,
+                    to,
+                    copy: *copy,
+                })
+            }
+        }
+    }
+}
+
+fn compile_action(
+    loc: &str,
+    a: &crate::config::RawAction,
+    groups: &HashSet<Arc<str>>,
+    problems: &mut Vec<Problem>,
+) -> Option<ActionTemplate> {
+    let mut template = |key: &str, text: Option<&String>, default: Field| match text {
+        None => Some(Template::field(default)),
+        Some(t) => Template::parse(t, groups)
+            .map_err(|e| problems.push(Problem::error(format!("{loc}.action.{key}"), e)))
+            .ok(),
+    };
+    match a.kind {
+        ActionKind::Promote => {
+            let Some(repo) = a.to_repo.as_ref() else {
+                problems.push(Problem::error(
+                    format!("{loc}.action.to_repo"),
+                    "is required for a promote",
+                ));
+                return None;
+            };
+            let to_repo = template("to_repo", Some(repo), Field::Repo);
+            let to_image = template("to_image", a.to_image.as_ref(), Field::Image);
+            let to_tag = template("to_tag", a.to_tag.as_ref(), Field::Tag);
+            Some(ActionTemplate::Promote {
+                to_repo: to_repo?,
+                to_image: to_image?,
+                to_tag: to_tag?,
+                copy: a.copy.unwrap_or(true),
+            })
+        }
+    }
+}

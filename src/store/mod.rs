@@ -1,0 +1,190 @@
+//! Durable state behind one trait of domain verbs, so the rest of gantry never sees
+//! SQL and a second engine is a second implementation, not a rewrite.
+
+mod sqlite;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Serialize;
+use tokio::sync::Notify;
+
+pub use sqlite::SqliteStore;
+
+use crate::audit::{AuditEntry, AuditKind, AuditRecord};
+use crate::config::StoreUrl;
+use crate::domain::{AttemptRecord, Event, Job, JobError, JobState, Millis, NewJob, Outcome};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached or written now; callers answer 503 or retry.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The database holds something gantry did not write; a bug or a hand edit.
+    #[error("store data is invalid: {0}")]
+    Corrupt(String),
+}
+
+/// An event and the jobs the rules planned for it, to be committed together.
+#[derive(Debug)]
+pub struct NewEvent {
+    pub event: Event,
+    pub jobs: Vec<NewJob>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JobRef {
+    pub id: String,
+    pub rule: String,
+}
+
+/// What became of one event offered to [`Store::ingest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IngestOutcome {
+    /// The stored event, or for a duplicate the event first stored for that delivery.
+    pub event_id: String,
+    pub jobs: Vec<JobRef>,
+    pub duplicate: bool,
+}
+
+/// A job a worker holds under lease, about to make attempt number `attempt`.
+#[derive(Debug, Clone)]
+pub struct LeasedJob {
+    pub job: Job,
+    pub attempt: u32,
+    /// Attempts made since the job was queued or last retried by an operator: what
+    /// counts against `max_attempts`.
+    pub attempts_in_budget: u32,
+    pub started_at: Millis,
+}
+
+/// An operator's action on a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OperatorAction {
+    /// `failed` or `cancelled` → `queued`, history kept, attempt budget renewed.
+    Retry,
+    /// `queued`, `retrying` or `failed` → `cancelled`.
+    Cancel,
+}
+
+/// What became of an operator's action.
+#[derive(Debug, Clone)]
+pub enum OperatorOutcome {
+    Done(Box<Job>),
+    NotFound,
+    /// The job's state does not allow the action.
+    Conflict(JobState),
+}
+
+/// Where a job goes after an attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transition {
+    Succeeded(Outcome),
+    Retry { at: Millis },
+    Failed(JobError),
+}
+
+/// The result of one attempt, with the audit records that describe it; committed
+/// together, and only while the reporting worker still holds the lease.
+#[derive(Debug, Clone)]
+pub struct AttemptReport {
+    pub job_id: String,
+    pub worker: String,
+    pub attempt: AttemptRecord,
+    pub transition: Transition,
+    pub audit: Vec<AuditEntry>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    pub state: Option<JobState>,
+    pub rule: Option<String>,
+    /// Cursor: only jobs created before this job id (ids sort by creation).
+    pub before: Option<String>,
+    pub limit: usize,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub since: Option<Millis>,
+    pub until: Option<Millis>,
+    pub rule: Option<String>,
+    pub image: Option<String>,
+    pub tag: Option<String>,
+    pub kind: Option<AuditKind>,
+    pub job: Option<String>,
+    /// Cursor: only records after this sequence number.
+    pub after: Option<i64>,
+    pub limit: usize,
+}
+
+/// One page of a listing and the cursor of the next, if there may be one.
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next: Option<String>,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Stores each event with its jobs and audit records in one transaction, unless
+    /// its delivery was already seen within `dedupe_window`. Returns only once durable.
+    async fn ingest(
+        &self,
+        batch: Vec<NewEvent>,
+        dedupe_window: Duration,
+    ) -> Result<Vec<IngestOutcome>, StoreError>;
+
+    /// Appends one audit record on its own.
+    async fn append_audit(&self, entry: AuditEntry) -> Result<(), StoreError>;
+
+    /// Leases the next due job (queued, retrying and due, or running under an expired
+    /// lease) to `worker` for `lease`. Taking over an expired lease records the lost
+    /// attempt as `lease_expired`.
+    async fn lease_job(
+        &self,
+        worker: &str,
+        lease: Duration,
+    ) -> Result<Option<LeasedJob>, StoreError>;
+
+    /// Extends a held lease; `false` when the worker no longer holds it.
+    async fn renew_lease(
+        &self,
+        job_id: &str,
+        worker: &str,
+        lease: Duration,
+    ) -> Result<bool, StoreError>;
+
+    /// Records an attempt and moves the job on; `false` (and nothing written) when the
+    /// worker lost the lease meanwhile.
+    async fn record_attempt(&self, report: AttemptReport) -> Result<bool, StoreError>;
+
+    /// Applies an operator's action, audited with the operator's token name.
+    async fn operate(
+        &self,
+        job_id: &str,
+        action: OperatorAction,
+        actor: &str,
+    ) -> Result<OperatorOutcome, StoreError>;
+
+    /// The earliest instant a retrying job becomes due or a lease expires.
+    async fn next_wakeup(&self) -> Result<Option<Millis>, StoreError>;
+
+    async fn job(&self, id: &str) -> Result<Option<Job>, StoreError>;
+    async fn jobs(&self, filter: JobFilter) -> Result<Page<Job>, StoreError>;
+    async fn audit(&self, filter: AuditFilter) -> Result<Page<AuditRecord>, StoreError>;
+
+    /// Answers when the store can serve requests (for `/readyz`).
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Notified after a commit that queued jobs, so idle workers wake at once.
+    fn work_signal(&self) -> Arc<Notify>;
+}
+
+/// Opens the store a config names, running its migrations.
+pub async fn open(url: &StoreUrl) -> Result<Arc<dyn Store>, StoreError> {
+    match url {
+        StoreUrl::Sqlite(path) => Ok(Arc::new(SqliteStore::open(path).await?)),
+    }
+}

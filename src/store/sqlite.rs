@@ -1,0 +1,1010 @@
+//! The embedded store: one SQLite file in WAL mode.
+//!
+//! rusqlite rather than an async driver, because SQLite has one writer anyway: every
+//! write goes to a single writer thread that drains its queue into one transaction
+//! per batch (group commit), so a burst of webhooks costs one fsync, not one each.
+//! Each operation runs in its own savepoint, so one failing operation does not undo
+//! the others in its batch. Reads run on a separate connection and thread; WAL lets
+//! them proceed while the writer commits.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
+use tokio::sync::{Notify, oneshot};
+
+use super::{
+    AttemptReport, AuditFilter, IngestOutcome, JobFilter, JobRef, LeasedJob, NewEvent,
+    OperatorAction, OperatorOutcome, Page, Store, StoreError, Transition,
+};
+use crate::audit::{AuditEntry, AuditKind, AuditRecord, GENESIS, chain_hash};
+use crate::domain::{
+    Action, AttemptRecord, Job, JobError, JobErrorCode, JobState, Millis, Outcome, now_millis,
+};
+
+/// Most operations committed in one transaction.
+const MAX_BATCH: usize = 512;
+
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE events (
+    id TEXT PRIMARY KEY,
+    source TEXT NOT NULL,
+    type TEXT NOT NULL,
+    delivery_id TEXT NOT NULL,
+    received_at INTEGER NOT NULL,
+    repo TEXT, image TEXT, tag TEXT, digest TEXT, path TEXT,
+    build_name TEXT, build_number TEXT,
+    payload TEXT NOT NULL,
+    parent_job_id TEXT,
+    chain_depth INTEGER NOT NULL
+);
+CREATE INDEX events_received ON events(received_at);
+
+CREATE TABLE deliveries (
+    source TEXT NOT NULL,
+    delivery_id TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    received_at INTEGER NOT NULL,
+    PRIMARY KEY (source, delivery_id)
+) WITHOUT ROWID;
+
+CREATE TABLE jobs (
+    id TEXT PRIMARY KEY,
+    event_id TEXT NOT NULL REFERENCES events(id),
+    rule TEXT NOT NULL,
+    target TEXT NOT NULL,
+    action TEXT,
+    state TEXT NOT NULL,
+    outcome TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    retry_base INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL,
+    lease_owner TEXT,
+    lease_expires_at INTEGER,
+    attempt_started_at INTEGER,
+    last_error_code TEXT,
+    last_error_message TEXT,
+    parent_job_id TEXT,
+    chain_depth INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE INDEX jobs_due ON jobs(next_attempt_at) WHERE state IN ('queued', 'retrying');
+CREATE INDEX jobs_leased ON jobs(lease_expires_at) WHERE state = 'running';
+CREATE INDEX jobs_state ON jobs(state, id);
+CREATE INDEX jobs_rule ON jobs(rule, id);
+CREATE INDEX jobs_event ON jobs(event_id);
+
+CREATE TABLE attempts (
+    job_id TEXT NOT NULL REFERENCES jobs(id),
+    n INTEGER NOT NULL,
+    started_at INTEGER NOT NULL,
+    duration_ms INTEGER NOT NULL,
+    upstream_status INTEGER,
+    error_code TEXT,
+    error_message TEXT,
+    PRIMARY KEY (job_id, n)
+) WITHOUT ROWID;
+
+CREATE TABLE audit (
+    seq INTEGER PRIMARY KEY,
+    at INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    event_id TEXT, job_id TEXT, rule TEXT, target TEXT,
+    repo TEXT, image TEXT, tag TEXT, digest TEXT,
+    from_ref TEXT, to_ref TEXT, outcome TEXT,
+    upstream_status INTEGER,
+    message TEXT,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE INDEX audit_at ON audit(at);
+CREATE INDEX audit_job ON audit(job_id);
+CREATE INDEX audit_rule ON audit(rule);
+CREATE INDEX audit_image ON audit(image);
+"#];
+
+/// Per-batch facts the writer acts on after the commit.
+#[derive(Default)]
+struct Batch {
+    wake_workers: bool,
+}
+
+/// A write queued for the writer thread.
+trait WriteOp: Send {
+    fn run(self: Box<Self>, conn: &Connection, batch: &mut Batch) -> Box<dyn Finish>;
+    fn abort(self: Box<Self>, error: StoreError);
+}
+
+/// Delivers a write's result once its batch's commit is known.
+trait Finish: Send {
+    fn finish(self: Box<Self>, commit: &Result<(), StoreError>);
+}
+
+struct Op<T, F> {
+    f: F,
+    reply: oneshot::Sender<Result<T, StoreError>>,
+}
+
+struct Done<T> {
+    result: Result<T, StoreError>,
+    reply: oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<T, F> WriteOp for Op<T, F>
+where
+    T: Send + 'static,
+    F: FnOnce(&Connection, &mut Batch) -> Result<T, StoreError> + Send,
+{
+    fn run(self: Box<Self>, conn: &Connection, batch: &mut Batch) -> Box<dyn Finish> {
+        let Op { f, reply } = *self;
+        let result = in_savepoint(conn, |c| f(c, batch));
+        Box::new(Done { result, reply })
+    }
+
+    fn abort(self: Box<Self>, error: StoreError) {
+        let _ = self.reply.send(Err(error));
+    }
+}
+
+impl<T: Send> Finish for Done<T> {
+    fn finish(self: Box<Self>, commit: &Result<(), StoreError>) {
+        let result = match commit {
+            Ok(()) => self.result,
+            Err(e) => Err(e.clone()),
+        };
+        // The caller may have gone away (client disconnected); nothing to do then.
+        let _ = self.reply.send(result);
+    }
+}
+
+type ReadOp = Box<dyn FnOnce(&Connection) + Send>;
+
+pub struct SqliteStore {
+    writer: mpsc::Sender<Box<dyn WriteOp>>,
+    reader: mpsc::Sender<ReadOp>,
+    signal: Arc<Notify>,
+}
+
+fn unavailable(e: rusqlite::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn corrupt(what: &str, value: &str) -> StoreError {
+    StoreError::Corrupt(format!("{what} `{value}`"))
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and migrates it.
+    pub async fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let path = path.to_path_buf();
+        tokio::task::spawn_blocking(move || SqliteStore::open_blocking(&path))
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?
+    }
+
+    fn open_blocking(path: &Path) -> Result<SqliteStore, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        let mut write_conn = connect(path)?;
+        migrate(&mut write_conn)?;
+        let read_conn = connect(path)?;
+        read_conn
+            .execute_batch("PRAGMA query_only = ON")
+            .map_err(unavailable)?;
+
+        let signal = Arc::new(Notify::new());
+        let (writer, write_rx) = mpsc::channel::<Box<dyn WriteOp>>();
+        let (reader, read_rx) = mpsc::channel::<ReadOp>();
+        let wake = signal.clone();
+        spawn_thread("gantry-sqlite-writer", move || {
+            writer_loop(&write_conn, &write_rx, &wake)
+        })?;
+        spawn_thread("gantry-sqlite-reader", move || {
+            while let Ok(op) = read_rx.recv() {
+                op(&read_conn);
+            }
+        })?;
+        Ok(SqliteStore {
+            writer,
+            reader,
+            signal,
+        })
+    }
+
+    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, &mut Batch) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        self.writer
+            .send(Box::new(Op { f, reply }))
+            .map_err(|_| StoreError::Unavailable("the writer thread has stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Unavailable("the writer thread has stopped".into()))?
+    }
+
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        self.reader
+            .send(Box::new(move |conn| {
+                let _ = reply.send(f(conn));
+            }))
+            .map_err(|_| StoreError::Unavailable("the reader thread has stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Unavailable("the reader thread has stopped".into()))?
+    }
+}
+
+fn spawn_thread(name: &str, f: impl FnOnce() + Send + 'static) -> Result<(), StoreError> {
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(f)
+        .map(|_| ())
+        .map_err(|e| StoreError::Unavailable(format!("cannot start {name}: {e}")))
+}
+
+fn connect(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).map_err(unavailable)?;
+    // FULL: a commit is on disk before the 202, even across a power cut; group commit
+    // keeps that affordable.
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = FULL;
+         PRAGMA foreign_keys = ON;
+         PRAGMA busy_timeout = 5000;",
+    )
+    .map_err(unavailable)?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(unavailable)?;
+    for (i, sql) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .skip(usize::try_from(version).unwrap_or(0))
+    {
+        let tx = conn.transaction().map_err(unavailable)?;
+        tx.execute_batch(sql).map_err(unavailable)?;
+        tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))
+            .map_err(unavailable)?;
+        tx.commit().map_err(unavailable)?;
+    }
+    Ok(())
+}
+
+fn writer_loop(conn: &Connection, rx: &mpsc::Receiver<Box<dyn WriteOp>>, signal: &Notify) {
+    while let Ok(first) = rx.recv() {
+        let mut ops = vec![first];
+        while ops.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(op) => ops.push(op),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            let error = unavailable(e);
+            for op in ops {
+                op.abort(error.clone());
+            }
+            continue;
+        }
+        let mut batch = Batch::default();
+        let finishes: Vec<Box<dyn Finish>> =
+            ops.into_iter().map(|op| op.run(conn, &mut batch)).collect();
+        let commit = conn.execute_batch("COMMIT").map_err(unavailable);
+        if commit.is_err() {
+            let _ = conn.execute_batch("ROLLBACK");
+        } else if batch.wake_workers {
+            signal.notify_waiters();
+        }
+        for f in finishes {
+            f.finish(&commit);
+        }
+    }
+}
+
+fn in_savepoint<T>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    conn.execute_batch("SAVEPOINT op").map_err(unavailable)?;
+    match f(conn) {
+        Ok(v) => {
+            conn.execute_batch("RELEASE op").map_err(unavailable)?;
+            Ok(v)
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK TO op; RELEASE op");
+            Err(e)
+        }
+    }
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn append_audit(conn: &Connection, entry: &AuditEntry) -> Result<i64, StoreError> {
+    let head: Option<(i64, String)> = conn
+        .prepare_cached("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+        .and_then(|mut s| s.query_row([], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+        .map_err(unavailable)?;
+    let (prev_seq, prev_hash) = head.unwrap_or((0, GENESIS.to_string()));
+    let seq = prev_seq + 1;
+    let hash = chain_hash(&prev_hash, seq, entry);
+    conn.prepare_cached(
+        "INSERT INTO audit (seq, at, kind, actor, event_id, job_id, rule, target, repo, image,
+            tag, digest, from_ref, to_ref, outcome, upstream_status, message, prev_hash, hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            seq,
+            entry.at,
+            entry.kind.as_str(),
+            entry.actor,
+            entry.event_id,
+            entry.job_id,
+            entry.rule,
+            entry.target,
+            entry.repo,
+            entry.image,
+            entry.tag,
+            entry.digest,
+            entry.from,
+            entry.to,
+            entry.outcome,
+            entry.upstream_status,
+            entry.message,
+            prev_hash,
+            hash,
+        ])
+    })
+    .map_err(unavailable)?;
+    Ok(seq)
+}
+
+fn ingest_one(
+    conn: &Connection,
+    new: &NewEvent,
+    window: Duration,
+    batch: &mut Batch,
+) -> Result<IngestOutcome, StoreError> {
+    let ev = &new.event;
+    let seen: Option<(String, i64)> = conn
+        .prepare_cached(
+            "SELECT event_id, received_at FROM deliveries WHERE source = ?1 AND delivery_id = ?2",
+        )
+        .and_then(|mut s| {
+            s.query_row(params![ev.source, ev.delivery_id], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()
+        })
+        .map_err(unavailable)?;
+    if let Some((original, at)) = seen
+        && at >= ev.received_at - millis(window)
+    {
+        let jobs = conn
+            .prepare_cached("SELECT id, rule FROM jobs WHERE event_id = ?1 ORDER BY id")
+            .and_then(|mut s| {
+                s.query_map([&original], |r| {
+                    Ok(JobRef {
+                        id: r.get(0)?,
+                        rule: r.get(1)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(unavailable)?;
+        append_audit(conn, &AuditEntry::duplicate(ev, &original))?;
+        return Ok(IngestOutcome {
+            event_id: original,
+            jobs,
+            duplicate: true,
+        });
+    }
+
+    conn.prepare_cached(
+        "INSERT INTO deliveries (source, delivery_id, event_id, received_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (source, delivery_id) DO UPDATE
+         SET event_id = excluded.event_id, received_at = excluded.received_at",
+    )
+    .and_then(|mut s| s.execute(params![ev.source, ev.delivery_id, ev.id, ev.received_at]))
+    .map_err(unavailable)?;
+    let payload = serde_json::to_string(&ev.payload).unwrap_or_default();
+    let s = &ev.subject;
+    conn.prepare_cached(
+        "INSERT INTO events (id, source, type, delivery_id, received_at, repo, image, tag, digest,
+            path, build_name, build_number, payload, parent_job_id, chain_depth)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+    )
+    .and_then(|mut st| {
+        st.execute(params![
+            ev.id,
+            ev.source,
+            ev.kind,
+            ev.delivery_id,
+            ev.received_at,
+            s.repo,
+            s.image,
+            s.tag,
+            s.digest,
+            s.path,
+            s.build_name,
+            s.build_number,
+            payload,
+            ev.parent_job_id,
+            ev.chain_depth,
+        ])
+    })
+    .map_err(unavailable)?;
+    append_audit(conn, &AuditEntry::received(ev))?;
+
+    let mut jobs = Vec::with_capacity(new.jobs.len());
+    for job in &new.jobs {
+        let (action, state, error) = match &job.action {
+            Ok(a) => (serde_json::to_string(a).ok(), JobState::Queued, None),
+            Err(e) => (None, JobState::Failed, Some(e)),
+        };
+        conn.prepare_cached(
+            "INSERT INTO jobs (id, event_id, rule, target, action, state, next_attempt_at,
+                last_error_code, last_error_message, parent_job_id, chain_depth, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?7, ?7)",
+        )
+        .and_then(|mut st| {
+            st.execute(params![
+                job.id,
+                ev.id,
+                job.rule,
+                job.target,
+                action,
+                state.as_str(),
+                ev.received_at,
+                error.map(|e| e.code.as_str()),
+                error.map(|e| e.message.as_str()),
+                ev.parent_job_id,
+                ev.chain_depth,
+            ])
+        })
+        .map_err(unavailable)?;
+        append_audit(conn, &AuditEntry::job_created(ev, job))?;
+        batch.wake_workers |= state == JobState::Queued;
+        jobs.push(JobRef {
+            id: job.id.clone(),
+            rule: job.rule.clone(),
+        });
+    }
+    Ok(IngestOutcome {
+        event_id: ev.id.clone(),
+        jobs,
+        duplicate: false,
+    })
+}
+
+const JOB_COLUMNS: &str = "id, rule, state, outcome, event_id, target, action, last_error_code,
+    last_error_message, parent_job_id, chain_depth, created_at, updated_at";
+
+/// A job row without its attempt history.
+fn job_from_row(r: &Row<'_>) -> Result<Job, StoreError> {
+    let get = |e: rusqlite::Error| unavailable(e);
+    let state: String = r.get(2).map_err(get)?;
+    let outcome: Option<String> = r.get(3).map_err(get)?;
+    let action: Option<String> = r.get(6).map_err(get)?;
+    let code: Option<String> = r.get(7).map_err(get)?;
+    let message: Option<String> = r.get(8).map_err(get)?;
+    Ok(Job {
+        id: r.get(0).map_err(get)?,
+        rule: r.get(1).map_err(get)?,
+        state: JobState::parse(&state).ok_or_else(|| corrupt("job state", &state))?,
+        outcome: match outcome {
+            Some(o) => Some(Outcome::parse(&o).ok_or_else(|| corrupt("outcome", &o))?),
+            None => None,
+        },
+        event_id: r.get(4).map_err(get)?,
+        target: r.get(5).map_err(get)?,
+        action: match action {
+            Some(a) => {
+                Some(serde_json::from_str::<Action>(&a).map_err(|_| corrupt("job action", &a))?)
+            }
+            None => None,
+        },
+        attempts: Vec::new(),
+        last_error: job_error(code, message)?,
+        parent_job_id: r.get(9).map_err(get)?,
+        chain_depth: r.get(10).map_err(get)?,
+        created_at: r.get(11).map_err(get)?,
+        updated_at: r.get(12).map_err(get)?,
+    })
+}
+
+fn job_error(
+    code: Option<String>,
+    message: Option<String>,
+) -> Result<Option<JobError>, StoreError> {
+    match code {
+        None => Ok(None),
+        Some(c) => Ok(Some(JobError {
+            code: JobErrorCode::parse(&c).ok_or_else(|| corrupt("error code", &c))?,
+            message: message.unwrap_or_default(),
+        })),
+    }
+}
+
+fn load_attempts(conn: &Connection, job: &mut Job) -> Result<(), StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT n, started_at, duration_ms, upstream_status, error_code, error_message
+             FROM attempts WHERE job_id = ?1 ORDER BY n",
+        )
+        .map_err(unavailable)?;
+    let rows = stmt
+        .query_map([&job.id], |r| {
+            Ok((
+                r.get::<_, u32>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, Option<u16>>(3)?,
+                r.get::<_, Option<String>>(4)?,
+                r.get::<_, Option<String>>(5)?,
+            ))
+        })
+        .map_err(unavailable)?;
+    for row in rows {
+        let (n, started_at, duration, status, code, message) = row.map_err(unavailable)?;
+        job.attempts.push(AttemptRecord {
+            n,
+            started_at,
+            duration_ms: u64::try_from(duration).unwrap_or(0),
+            upstream_status: status,
+            error: job_error(code, message)?,
+        });
+    }
+    Ok(())
+}
+
+fn load_job(conn: &Connection, id: &str) -> Result<Option<Job>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"))
+        .map_err(unavailable)?;
+    let mut rows = stmt.query([id]).map_err(unavailable)?;
+    let Some(row) = rows.next().map_err(unavailable)? else {
+        return Ok(None);
+    };
+    let mut job = job_from_row(row)?;
+    load_attempts(conn, &mut job)?;
+    Ok(Some(job))
+}
+
+fn insert_attempt(conn: &Connection, job_id: &str, a: &AttemptRecord) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO attempts (job_id, n, started_at, duration_ms, upstream_status, error_code,
+            error_message) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            job_id,
+            a.n,
+            a.started_at,
+            i64::try_from(a.duration_ms).unwrap_or(i64::MAX),
+            a.upstream_status,
+            a.error.as_ref().map(|e| e.code.as_str()),
+            a.error.as_ref().map(|e| e.message.as_str()),
+        ])
+    })
+    .map_err(unavailable)?;
+    Ok(())
+}
+
+fn lease_next(
+    conn: &Connection,
+    worker: &str,
+    lease: Duration,
+) -> Result<Option<LeasedJob>, StoreError> {
+    let now = now_millis();
+    let pick = |sql: &str| -> Result<Option<String>, StoreError> {
+        conn.prepare_cached(sql)
+            .and_then(|mut s| s.query_row([now], |r| r.get(0)).optional())
+            .map_err(unavailable)
+    };
+    let due = pick(
+        "SELECT id FROM jobs WHERE state IN ('queued', 'retrying') AND next_attempt_at <= ?1
+         ORDER BY next_attempt_at LIMIT 1",
+    )?;
+    let id = match due {
+        Some(id) => id,
+        None => match pick(
+            "SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at <= ?1
+             ORDER BY lease_expires_at LIMIT 1",
+        )? {
+            Some(id) => id,
+            None => return Ok(None),
+        },
+    };
+    let Some(mut job) = load_job(conn, &id)? else {
+        return Ok(None);
+    };
+    let (attempts, retry_base, started): (u32, u32, Option<i64>) = conn
+        .query_row(
+            "SELECT attempts, retry_base, attempt_started_at FROM jobs WHERE id = ?1",
+            [&id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .map_err(unavailable)?;
+    if job.state == JobState::Running {
+        // The previous holder stopped renewing: its attempt is on the record as lost.
+        let started_at = started.unwrap_or(now);
+        let lost = AttemptRecord {
+            n: attempts,
+            started_at,
+            duration_ms: u64::try_from(now - started_at).unwrap_or(0),
+            upstream_status: None,
+            error: Some(JobError::new(
+                JobErrorCode::LeaseExpired,
+                "the worker holding this job stopped renewing its lease",
+            )),
+        };
+        insert_attempt(conn, &id, &lost)?;
+        append_audit(conn, &AuditEntry::attempt(&job, &lost))?;
+        job.attempts.push(lost);
+    }
+    let attempt = attempts + 1;
+    conn.prepare_cached(
+        "UPDATE jobs SET state = 'running', lease_owner = ?2, lease_expires_at = ?3,
+            attempts = ?4, attempt_started_at = ?5, updated_at = ?5 WHERE id = ?1",
+    )
+    .and_then(|mut s| s.execute(params![id, worker, now + millis(lease), attempt, now]))
+    .map_err(unavailable)?;
+    job.state = JobState::Running;
+    job.updated_at = now;
+    Ok(Some(LeasedJob {
+        job,
+        attempt,
+        attempts_in_budget: attempt.saturating_sub(retry_base),
+        started_at: now,
+    }))
+}
+
+fn finish_attempt(conn: &Connection, report: &AttemptReport) -> Result<bool, StoreError> {
+    let holds: bool = conn
+        .prepare_cached(
+            "SELECT 1 FROM jobs WHERE id = ?1 AND state = 'running' AND lease_owner = ?2
+             AND attempts = ?3",
+        )
+        .and_then(|mut s| {
+            s.query_row(
+                params![report.job_id, report.worker, report.attempt.n],
+                |_| Ok(()),
+            )
+            .optional()
+        })
+        .map_err(unavailable)?
+        .is_some();
+    if !holds {
+        return Ok(false);
+    }
+    insert_attempt(conn, &report.job_id, &report.attempt)?;
+    let now = now_millis();
+    let (state, outcome, next_at, error) = match &report.transition {
+        Transition::Succeeded(o) => (JobState::Succeeded, Some(o.as_str()), now, None),
+        Transition::Retry { at } => (JobState::Retrying, None, *at, report.attempt.error.as_ref()),
+        Transition::Failed(e) => (JobState::Failed, None, now, Some(e)),
+    };
+    conn.prepare_cached(
+        "UPDATE jobs SET state = ?2, outcome = ?3, next_attempt_at = ?4, lease_owner = NULL,
+            lease_expires_at = NULL, attempt_started_at = NULL,
+            last_error_code = COALESCE(?5, last_error_code),
+            last_error_message = CASE WHEN ?5 IS NULL THEN last_error_message ELSE ?6 END,
+            updated_at = ?7
+         WHERE id = ?1",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            report.job_id,
+            state.as_str(),
+            outcome,
+            next_at,
+            error.map(|e| e.code.as_str()),
+            error.map(|e| e.message.as_str()),
+            now,
+        ])
+    })
+    .map_err(unavailable)?;
+    for entry in &report.audit {
+        append_audit(conn, entry)?;
+    }
+    Ok(true)
+}
+
+fn operate_on(
+    conn: &Connection,
+    job_id: &str,
+    action: OperatorAction,
+    actor: &str,
+) -> Result<OperatorOutcome, StoreError> {
+    let Some(mut job) = load_job(conn, job_id)? else {
+        return Ok(OperatorOutcome::NotFound);
+    };
+    let (allowed, to, kind) = match action {
+        OperatorAction::Retry => (
+            matches!(job.state, JobState::Failed | JobState::Cancelled) && job.action.is_some(),
+            JobState::Queued,
+            AuditKind::JobRetried,
+        ),
+        OperatorAction::Cancel => (
+            matches!(
+                job.state,
+                JobState::Queued | JobState::Retrying | JobState::Failed
+            ),
+            JobState::Cancelled,
+            AuditKind::JobCancelled,
+        ),
+    };
+    if !allowed {
+        return Ok(OperatorOutcome::Conflict(job.state));
+    }
+    let now = now_millis();
+    conn.prepare_cached(
+        "UPDATE jobs SET state = ?2, next_attempt_at = ?3, updated_at = ?3,
+            retry_base = CASE WHEN ?2 = 'queued' THEN attempts ELSE retry_base END
+         WHERE id = ?1",
+    )
+    .and_then(|mut s| s.execute(params![job_id, to.as_str(), now]))
+    .map_err(unavailable)?;
+    job.state = to;
+    job.updated_at = now;
+    append_audit(conn, &AuditEntry::operator(kind, actor, &job))?;
+    Ok(OperatorOutcome::Done(Box::new(job)))
+}
+
+fn audit_from_row(r: &Row<'_>) -> rusqlite::Result<(AuditRecord, String)> {
+    let kind: String = r.get(2)?;
+    Ok((
+        AuditRecord {
+            seq: r.get(0)?,
+            entry: AuditEntry {
+                at: r.get(1)?,
+                // Replaced below once the kind is known to be valid.
+                kind: AuditKind::EventReceived,
+                actor: r.get(3)?,
+                event_id: r.get(4)?,
+                job_id: r.get(5)?,
+                rule: r.get(6)?,
+                target: r.get(7)?,
+                repo: r.get(8)?,
+                image: r.get(9)?,
+                tag: r.get(10)?,
+                digest: r.get(11)?,
+                from: r.get(12)?,
+                to: r.get(13)?,
+                outcome: r.get(14)?,
+                upstream_status: r.get(15)?,
+                message: r.get(16)?,
+            },
+            prev_hash: r.get(17)?,
+            hash: r.get(18)?,
+        },
+        kind,
+    ))
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ingest(
+        &self,
+        batch: Vec<NewEvent>,
+        dedupe_window: Duration,
+    ) -> Result<Vec<IngestOutcome>, StoreError> {
+        self.write(move |conn, b| {
+            batch
+                .iter()
+                .map(|new| ingest_one(conn, new, dedupe_window, b))
+                .collect()
+        })
+        .await
+    }
+
+    async fn append_audit(&self, entry: AuditEntry) -> Result<(), StoreError> {
+        self.write(move |conn, _| append_audit(conn, &entry).map(|_| ()))
+            .await
+    }
+
+    async fn lease_job(
+        &self,
+        worker: &str,
+        lease: Duration,
+    ) -> Result<Option<LeasedJob>, StoreError> {
+        let worker = worker.to_string();
+        self.write(move |conn, _| lease_next(conn, &worker, lease))
+            .await
+    }
+
+    async fn renew_lease(
+        &self,
+        job_id: &str,
+        worker: &str,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
+        let (job_id, worker) = (job_id.to_string(), worker.to_string());
+        self.write(move |conn, _| {
+            let n = conn
+                .prepare_cached(
+                    "UPDATE jobs SET lease_expires_at = ?3
+                     WHERE id = ?1 AND lease_owner = ?2 AND state = 'running'",
+                )
+                .and_then(|mut s| s.execute(params![job_id, worker, now_millis() + millis(lease)]))
+                .map_err(unavailable)?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn record_attempt(&self, report: AttemptReport) -> Result<bool, StoreError> {
+        self.write(move |conn, b| {
+            let held = finish_attempt(conn, &report)?;
+            b.wake_workers |= held && matches!(report.transition, Transition::Retry { .. });
+            Ok(held)
+        })
+        .await
+    }
+
+    async fn operate(
+        &self,
+        job_id: &str,
+        action: OperatorAction,
+        actor: &str,
+    ) -> Result<OperatorOutcome, StoreError> {
+        let (job_id, actor) = (job_id.to_string(), actor.to_string());
+        self.write(move |conn, b| {
+            let outcome = operate_on(conn, &job_id, action, &actor)?;
+            b.wake_workers |=
+                action == OperatorAction::Retry && matches!(outcome, OperatorOutcome::Done(_));
+            Ok(outcome)
+        })
+        .await
+    }
+
+    async fn next_wakeup(&self) -> Result<Option<Millis>, StoreError> {
+        self.read(|conn| {
+            conn.query_row(
+                "SELECT MIN(t) FROM (
+                    SELECT MIN(next_attempt_at) AS t FROM jobs WHERE state IN ('queued', 'retrying')
+                    UNION ALL
+                    SELECT MIN(lease_expires_at) FROM jobs WHERE state = 'running')",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn job(&self, id: &str) -> Result<Option<Job>, StoreError> {
+        let id = id.to_string();
+        self.read(move |conn| load_job(conn, &id)).await
+    }
+
+    async fn jobs(&self, filter: JobFilter) -> Result<Page<Job>, StoreError> {
+        self.read(move |conn| {
+            let mut sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE 1 = 1");
+            let mut args: Vec<SqlValue> = Vec::new();
+            if let Some(state) = filter.state {
+                sql.push_str(" AND state = ?");
+                args.push(SqlValue::Text(state.as_str().into()));
+            }
+            if let Some(rule) = filter.rule {
+                sql.push_str(" AND rule = ?");
+                args.push(SqlValue::Text(rule));
+            }
+            if let Some(before) = filter.before {
+                sql.push_str(" AND id < ?");
+                args.push(SqlValue::Text(before));
+            }
+            sql.push_str(" ORDER BY id DESC LIMIT ?");
+            args.push(SqlValue::Integer(
+                i64::try_from(filter.limit).unwrap_or(100),
+            ));
+            let mut stmt = conn.prepare(&sql).map_err(unavailable)?;
+            let mut rows = stmt.query(params_from_iter(args)).map_err(unavailable)?;
+            let mut items = Vec::new();
+            while let Some(row) = rows.next().map_err(unavailable)? {
+                let mut job = job_from_row(row)?;
+                load_attempts(conn, &mut job)?;
+                items.push(job);
+            }
+            let next = (items.len() == filter.limit)
+                .then(|| items.last().map(|j| j.id.clone()))
+                .flatten();
+            Ok(Page { items, next })
+        })
+        .await
+    }
+
+    async fn audit(&self, filter: AuditFilter) -> Result<Page<AuditRecord>, StoreError> {
+        self.read(move |conn| {
+            let mut sql = String::from(
+                "SELECT seq, at, kind, actor, event_id, job_id, rule, target, repo, image, tag,
+                    digest, from_ref, to_ref, outcome, upstream_status, message, prev_hash, hash
+                 FROM audit WHERE 1 = 1",
+            );
+            let mut args: Vec<SqlValue> = Vec::new();
+            let mut cond = |clause: &str, value: SqlValue| {
+                sql.push_str(clause);
+                args.push(value);
+            };
+            if let Some(v) = filter.since {
+                cond(" AND at >= ?", SqlValue::Integer(v));
+            }
+            if let Some(v) = filter.until {
+                cond(" AND at < ?", SqlValue::Integer(v));
+            }
+            if let Some(v) = filter.rule {
+                cond(" AND rule = ?", SqlValue::Text(v));
+            }
+            if let Some(v) = filter.image {
+                cond(" AND image = ?", SqlValue::Text(v));
+            }
+            if let Some(v) = filter.tag {
+                cond(" AND tag = ?", SqlValue::Text(v));
+            }
+            if let Some(v) = filter.kind {
+                cond(" AND kind = ?", SqlValue::Text(v.as_str().into()));
+            }
+            if let Some(v) = filter.job {
+                cond(" AND job_id = ?", SqlValue::Text(v));
+            }
+            if let Some(v) = filter.after {
+                cond(" AND seq > ?", SqlValue::Integer(v));
+            }
+            cond(
+                " ORDER BY seq ASC LIMIT ?",
+                SqlValue::Integer(i64::try_from(filter.limit).unwrap_or(100)),
+            );
+            let mut stmt = conn.prepare(&sql).map_err(unavailable)?;
+            let rows = stmt
+                .query_map(params_from_iter(args), audit_from_row)
+                .map_err(unavailable)?;
+            let mut items = Vec::new();
+            for row in rows {
+                let (mut record, kind) = row.map_err(unavailable)?;
+                record.entry.kind =
+                    AuditKind::parse(&kind).ok_or_else(|| corrupt("audit kind", &kind))?;
+                items.push(record);
+            }
+            let next = (items.len() == filter.limit)
+                .then(|| items.last().map(|r| r.seq.to_string()))
+                .flatten();
+            Ok(Page { items, next })
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.read(|conn| {
+            conn.query_row("SELECT 1", [], |_| Ok(()))
+                .map_err(unavailable)
+        })
+        .await
+    }
+
+    fn work_signal(&self) -> Arc<Notify> {
+        self.signal.clone()
+    }
+}

@@ -1,0 +1,220 @@
+//! Where promotions happen: one trait, one implementation per kind of upstream.
+
+mod artifactory;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::Semaphore;
+
+use crate::config::{Config, TargetKind};
+use crate::domain::{Action, JobError, JobErrorCode, Outcome, bounded};
+
+/// Upstream bodies kept in errors are cut to this many bytes.
+pub const MAX_UPSTREAM_MESSAGE: usize = 512;
+
+/// What a successful attempt did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Effect {
+    pub outcome: Outcome,
+    pub upstream_status: Option<u16>,
+}
+
+/// Why an attempt failed, and whether trying again may help.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetError {
+    pub error: JobError,
+    pub retryable: bool,
+    pub upstream_status: Option<u16>,
+    /// The upstream's `Retry-After`, when it sent one.
+    pub retry_after: Option<Duration>,
+}
+
+#[async_trait]
+pub trait Target: Send + Sync {
+    /// Carries out one rendered action against the upstream.
+    async fn perform(&self, action: &Action) -> Result<Effect, TargetError>;
+}
+
+/// A configured target and the permits that cap its concurrent attempts.
+#[derive(Clone)]
+pub struct Limited {
+    pub target: Arc<dyn Target>,
+    pub permits: Arc<Semaphore>,
+}
+
+/// All configured targets by name.
+#[derive(Clone, Default)]
+pub struct Targets(HashMap<String, Limited>);
+
+impl Targets {
+    pub fn from_config(config: &Config) -> Result<Targets, reqwest::Error> {
+        let mut map = HashMap::new();
+        for t in &config.targets {
+            let target: Arc<dyn Target> = match t.kind {
+                TargetKind::Artifactory => Arc::new(artifactory::Artifactory::new(t)?),
+            };
+            let permits = Arc::new(Semaphore::new(t.max_concurrency));
+            map.insert(t.name.clone(), Limited { target, permits });
+        }
+        Ok(Targets(map))
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Limited> {
+        self.0.get(name)
+    }
+}
+
+/// Classifies an upstream answer that was not a success (SPEC §8): 408, 429 and 5xx
+/// are worth retrying, any other status is final.
+pub fn status_error(
+    status: reqwest::StatusCode,
+    headers: &reqwest::header::HeaderMap,
+    body: &str,
+) -> TargetError {
+    let code = status.as_u16();
+    let retryable = code == 408 || code == 429 || status.is_server_error();
+    let detail = upstream_message(body);
+    TargetError {
+        error: JobError::new(
+            if retryable {
+                JobErrorCode::UpstreamUnavailable
+            } else {
+                JobErrorCode::UpstreamRejected
+            },
+            format!("upstream answered {status}: {detail}"),
+        ),
+        retryable,
+        upstream_status: Some(code),
+        retry_after: retry_after(headers),
+    }
+}
+
+/// Classifies a request that got no answer: a timeout or a broken connection, both
+/// worth retrying.
+pub fn transport_error(e: reqwest::Error) -> TargetError {
+    let (code, what) = if e.is_timeout() {
+        (
+            JobErrorCode::Timeout,
+            "no answer within the target's timeout",
+        )
+    } else {
+        (JobErrorCode::NetworkError, "the connection failed")
+    };
+    // The whole chain ("client error (Connect): tcp connect error: Connection
+    // refused"); reqwest's messages name the URL, never headers, so no credential leaks.
+    let e = e.without_url();
+    let mut cause = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        cause = format!("{cause}: {s}");
+        source = s.source();
+    }
+    TargetError {
+        error: JobError::new(
+            code,
+            format!("{what}: {}", bounded(&cause, MAX_UPSTREAM_MESSAGE)),
+        ),
+        retryable: true,
+        upstream_status: None,
+        retry_after: None,
+    }
+}
+
+/// The useful part of an error body: Artifactory's `errors[].message` or
+/// `messages[].message` when present, else the text itself, bounded.
+fn upstream_message(body: &str) -> String {
+    let parsed: Option<serde_json::Value> = serde_json::from_str(body).ok();
+    let from_json = parsed.as_ref().and_then(|v| {
+        let list = v.get("errors").or_else(|| v.get("messages"))?.as_array()?;
+        let texts: Vec<&str> = list
+            .iter()
+            .filter_map(|e| e.get("message").and_then(|m| m.as_str()))
+            .collect();
+        (!texts.is_empty()).then(|| texts.join("; "))
+    });
+    let text = from_json.unwrap_or_else(|| body.trim().to_string());
+    if text.is_empty() {
+        "(empty body)".into()
+    } else {
+        bounded(&text, MAX_UPSTREAM_MESSAGE)
+    }
+}
+
+/// `Retry-After` as delta-seconds or an HTTP date.
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let value = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
+
+    #[test]
+    fn classifies_statuses() {
+        let h = HeaderMap::new();
+        for (code, retry) in [
+            (500, true),
+            (502, true),
+            (503, true),
+            (429, true),
+            (408, true),
+        ] {
+            let e = status_error(reqwest::StatusCode::from_u16(code).unwrap(), &h, "");
+            assert_eq!(e.retryable, retry, "{code}");
+        }
+        for code in [400, 401, 403, 404, 409] {
+            let e = status_error(reqwest::StatusCode::from_u16(code).unwrap(), &h, "");
+            assert!(!e.retryable, "{code}");
+            assert_eq!(e.error.code, JobErrorCode::UpstreamRejected);
+        }
+    }
+
+    #[test]
+    fn reads_artifactory_error_shapes() {
+        assert_eq!(
+            upstream_message(r#"{"errors":[{"status":404,"message":"Unable to find tag"}]}"#),
+            "Unable to find tag"
+        );
+        assert_eq!(
+            upstream_message(
+                r#"{"messages":[{"level":"ERROR","message":"a"},{"level":"ERROR","message":"b"}]}"#
+            ),
+            "a; b"
+        );
+        assert_eq!(upstream_message("plain"), "plain");
+        assert!(upstream_message(&"x".repeat(5000)).len() <= MAX_UPSTREAM_MESSAGE + 3);
+    }
+
+    #[test]
+    fn retry_after_seconds_and_dates() {
+        let mut h = HeaderMap::new();
+        h.insert(RETRY_AFTER, HeaderValue::from_static("7"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
+        let later =
+            httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(120));
+        h.insert(RETRY_AFTER, HeaderValue::from_str(&later).unwrap());
+        let d = retry_after(&h).unwrap();
+        assert!(
+            d > Duration::from_secs(110) && d <= Duration::from_secs(120),
+            "{d:?}"
+        );
+        h.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
+        assert_eq!(retry_after(&h), None);
+    }
+}

@@ -1,0 +1,211 @@
+//! The `check` and `simulate` commands of the real binary.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn gantry(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .args(args)
+        .current_dir(dir)
+        .env_clear()
+        .env("SET_SECRET", "s3cret")
+        .output()
+        .unwrap()
+}
+
+fn check(toml: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("g.toml"), toml).unwrap();
+    let out = gantry(dir.path(), &["--config", "g.toml", "check"]);
+    (
+        out.status.code().unwrap(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const VALID: &str = r#"
+[[sources]]
+name = "ci"
+format = "generic"
+verify = { scheme = "hmac-sha256", header = "X-Signature", secrets = ["env:SET_SECRET"] }
+
+[[targets]]
+name = "jfrog"
+kind = "artifactory"
+url = "http://127.0.0.1:1"
+token = "env:SET_SECRET"
+"#;
+
+fn with_rule(rule: &str) -> String {
+    format!("{VALID}\n[[rules]]\nname = \"r\"\n{rule}\n")
+}
+
+#[test]
+fn check_accepts_a_valid_config() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("g.toml"),
+        with_rule(r#"action = { type = "promote", target = "jfrog", to_repo = "x" }"#),
+    )
+    .unwrap();
+    let out = gantry(dir.path(), &["--config", "g.toml", "check"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "ok: 1 sources, 1 targets, 1 rules\n"
+    );
+}
+
+#[test]
+fn check_names_each_kind_of_error_and_exits_2() {
+    let cases = [
+        (
+            "[server]\nlisen = \"127.0.0.1:1\"\n".to_string(),
+            "error: server.lisen: unknown field `lisen`",
+        ),
+        (
+            with_rule(
+                r#"match = { image = "re:^(unclosed" }
+action = { type = "promote", target = "jfrog", to_repo = "x" }"#,
+            ),
+            "error: rules[r].match.image: invalid regex `^(unclosed`",
+        ),
+        (
+            VALID.replace("env:SET_SECRET\"] }", "env:MISSING_SECRET\"] }"),
+            "error: sources[ci].verify.secrets[0]: environment variable `MISSING_SECRET` is not set",
+        ),
+        (
+            with_rule(r#"action = { type = "promote", target = "nope", to_repo = "x" }"#),
+            "error: rules[r].action.target: unknown target `nope`",
+        ),
+        (
+            with_rule(
+                r#"source = "cd"
+action = { type = "promote", target = "jfrog", to_repo = "x" }"#,
+            ),
+            "error: rules[r].source: unknown source `cd`",
+        ),
+        (
+            with_rule(r#"action = { type = "promote", target = "jfrog", to_repo = "{{nope}}" }"#),
+            "error: rules[r].action.to_repo: unknown variable `{{nope}}`",
+        ),
+    ];
+    for (toml, expected) in cases {
+        let (code, stderr) = check(&toml);
+        assert_eq!(code, 2, "{stderr}");
+        assert!(
+            stderr.contains(expected),
+            "expected `{expected}` in:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_missing_config_file_is_a_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = gantry(dir.path(), &["--config", "absent.toml", "check"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = gantry(dir.path(), &["--config", "absent.toml", "serve"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn the_shipped_config_checks_with_only_literal_secret_warnings() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = gantry(root, &["check"]);
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.ends_with("ok: 2 sources, 1 targets, 2 rules\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .filter(|l| l.starts_with("warning:"))
+            .all(|l| l.contains("literal secret"))
+    );
+}
+
+#[test]
+fn simulate_prints_the_promotions_that_would_be_queued() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let event = dir.path().join("event.json");
+    std::fs::write(
+        &event,
+        r#"{"event":"test-passed","repo":"docker-dev","image":"team-a/api","tag":"1.4.2","digest":"sha256:abc"}"#,
+    )
+    .unwrap();
+    let out = gantry(
+        root,
+        &[
+            "simulate",
+            "--source",
+            "ci",
+            "--event",
+            event.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(
+            "rule tested-to-staging → promote on jfrog: docker-dev/team-a/api:1.4.2@sha256:abc → docker-staging/team-a/api:1.4.2@sha256:abc (copy)"
+        ),
+        "{stdout}"
+    );
+
+    let out = gantry(
+        root,
+        &[
+            "simulate",
+            "--source",
+            "ci",
+            "--output",
+            "json",
+            "--event",
+            event.to_str().unwrap(),
+        ],
+    );
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(line["promotions"][0]["rule"], "tested-to-staging");
+    assert_eq!(
+        line["promotions"][0]["action"]["to"]["repo"],
+        "docker-staging"
+    );
+
+    std::fs::write(
+        &event,
+        r#"{"event":"test-passed","repo":"docker-dev","image":"team-b/api","tag":"1.4.2"}"#,
+    )
+    .unwrap();
+    let out = gantry(
+        root,
+        &[
+            "simulate",
+            "--source",
+            "ci",
+            "--event",
+            event.to_str().unwrap(),
+        ],
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no rule matches"));
+
+    let out = gantry(
+        root,
+        &[
+            "simulate",
+            "--source",
+            "nope",
+            "--event",
+            event.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+}

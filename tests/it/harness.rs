@@ -1,0 +1,307 @@
+//! Starts gantry for a test: in-process on a random port with a temporary SQLite file,
+//! or as a child process of the real binary; a wiremock server plays Artifactory.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use gantry::app::{self, Mode, Running};
+use gantry::config::{self, ConfigPath};
+use gantry::rules::RuleSet;
+use hmac::{KeyInit, Mac};
+use serde_json::Value;
+use tempfile::TempDir;
+use wiremock::MockServer;
+
+pub const CI_SECRET: &str = "ci-secret-current";
+pub const CI_SECRET_OLD: &str = "ci-secret-previous";
+pub const JFROG_SECRET: &str = "jfrog-webhook-secret";
+pub const JFROG_TOKEN: &str = "jfrog-access-token";
+pub const OPS_TOKEN: &str = "ops-token-value";
+pub const VIEWER_TOKEN: &str = "viewer-token-value";
+
+/// The config every test starts from; `{upstream}` and `{db}` are filled in, and the
+/// test appends its own rules.
+const BASE: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+max_body_bytes = 4096
+shutdown_grace = "5s"
+
+[store]
+url = "sqlite://{db}"
+
+[defaults.retry]
+max_attempts = 4
+initial_backoff = "10ms"
+max_backoff = "50ms"
+
+[worker]
+lease = "{lease}"
+concurrency = 4
+poll_interval = "200ms"
+
+[[admin.tokens]]
+name = "ops"
+token = "env:TEST_OPS_TOKEN"
+role = "operate"
+
+[[admin.tokens]]
+name = "viewer"
+token = "env:TEST_VIEWER_TOKEN"
+role = "read"
+
+[[sources]]
+name = "ci"
+format = "generic"
+verify = { scheme = "hmac-sha256", header = "X-Signature", prefix = "sha256=", secrets = ["env:TEST_CI_SECRET", "env:TEST_CI_SECRET_OLD"] }
+
+[[sources]]
+name = "artifactory"
+format = "artifactory"
+verify = { scheme = "hmac-sha256", header = "X-JFrog-Event-Auth", secrets = ["env:TEST_JFROG_SECRET"] }
+
+[[targets]]
+name = "jfrog"
+kind = "artifactory"
+url = "{upstream}"
+token = "env:TEST_JFROG_TOKEN"
+timeout = "5s"
+"#;
+
+pub fn env() -> HashMap<String, String> {
+    [
+        ("TEST_OPS_TOKEN", OPS_TOKEN),
+        ("TEST_VIEWER_TOKEN", VIEWER_TOKEN),
+        ("TEST_CI_SECRET", CI_SECRET),
+        ("TEST_CI_SECRET_OLD", CI_SECRET_OLD),
+        ("TEST_JFROG_SECRET", JFROG_SECRET),
+        ("TEST_JFROG_TOKEN", JFROG_TOKEN),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+pub fn hmac_hex(secret: &str, body: &[u8]) -> String {
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// Writes a config for `upstream` and a database in `dir`, with `rules` appended.
+pub fn write_config(dir: &Path, upstream: &str, rules: &str, lease: &str) -> PathBuf {
+    let toml = format!("{BASE}\n{rules}")
+        .replace("{upstream}", upstream)
+        .replace("{db}", &dir.join("gantry.db").display().to_string())
+        .replace("{lease}", lease);
+    let path = dir.join("gantry.toml");
+    std::fs::write(&path, toml).unwrap();
+    path
+}
+
+/// An HTTP client for a running gantry.
+pub struct Client {
+    pub base: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    pub fn new(base: String) -> Self {
+        Client {
+            base,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Posts a body to `/hooks/{source}` signed as that source expects.
+    pub async fn send(&self, source: &str, body: &[u8]) -> reqwest::Response {
+        let (header, value) = match source {
+            "artifactory" => ("X-JFrog-Event-Auth", hmac_hex(JFROG_SECRET, body)),
+            _ => (
+                "X-Signature",
+                format!("sha256={}", hmac_hex(CI_SECRET, body)),
+            ),
+        };
+        self.post_hook(source, body, &[(header, &value)]).await
+    }
+
+    pub async fn post_hook(
+        &self,
+        source: &str,
+        body: &[u8],
+        headers: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let mut req = self
+            .http
+            .post(format!("{}/hooks/{source}", self.base))
+            .header("Content-Type", "application/json")
+            .body(body.to_vec());
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.send().await.unwrap()
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> reqwest::Response {
+        let mut req = self.http.get(format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send().await.unwrap()
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>) -> reqwest::Response {
+        let mut req = self.http.post(format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send().await.unwrap()
+    }
+
+    pub async fn job(&self, id: &str) -> Value {
+        let r = self
+            .get(&format!("/api/v1/jobs/{id}"), Some(VIEWER_TOKEN))
+            .await;
+        assert_eq!(r.status(), 200);
+        r.json().await.unwrap()
+    }
+
+    /// Polls a job until it reaches a final state, or fails the test at the deadline.
+    pub async fn wait_final(&self, id: &str) -> Value {
+        self.wait_for(id, |j| {
+            matches!(
+                j["state"].as_str(),
+                Some("succeeded" | "failed" | "cancelled")
+            )
+        })
+        .await
+    }
+
+    pub async fn wait_for(&self, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let job = self.job(id).await;
+            if done(&job) {
+                return job;
+            }
+            assert!(Instant::now() < deadline, "job never got there: {job:#}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn audit(&self, query: &str) -> Vec<Value> {
+        let r = self
+            .get(&format!("/api/v1/audit?{query}"), Some(VIEWER_TOKEN))
+            .await;
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        v["records"].as_array().unwrap().clone()
+    }
+}
+
+/// gantry running in this test process.
+pub struct TestApp {
+    pub client: Client,
+    pub upstream: MockServer,
+    _dir: TempDir,
+    running: Option<Running>,
+}
+
+impl std::ops::Deref for TestApp {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+pub async fn spawn_app(rules: &str) -> TestApp {
+    let upstream = MockServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &upstream.uri(), rules, "30s");
+    let loaded = config::load(&ConfigPath::Explicit(path), &env()).unwrap();
+    let rules = RuleSet::compile(&loaded.config).unwrap();
+    let running = app::start(loaded.config, rules, Mode::All).await.unwrap();
+    let addr = running.addr.unwrap();
+    TestApp {
+        client: Client::new(format!("http://{addr}")),
+        upstream,
+        _dir: dir,
+        running: Some(running),
+    }
+}
+
+impl TestApp {
+    pub async fn stop(mut self) {
+        if let Some(r) = self.running.take() {
+            r.stop().await;
+        }
+    }
+}
+
+/// gantry as a child process of the real binary, for crash tests.
+pub struct ChildApp {
+    pub client: Client,
+    child: Child,
+}
+
+impl ChildApp {
+    pub async fn start(config: &Path, port: u16) -> ChildApp {
+        let child = Command::new(env!("CARGO_BIN_EXE_gantry"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .envs(env())
+            .env("GANTRY__SERVER__LISTEN", format!("127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Owned at once, so that Drop kills it whatever happens next.
+        let app = ChildApp {
+            client: Client::new(format!("http://127.0.0.1:{port}")),
+            child,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(r) = reqwest::get(format!("{}/readyz", app.client.base)).await
+                && r.status() == 200
+            {
+                return app;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("gantry did not become ready");
+    }
+
+    /// SIGKILL: no chance to release anything.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for ChildApp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A free loopback port (bound and released; good enough for a test).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name),
+    )
+    .unwrap()
+}

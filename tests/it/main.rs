@@ -1,0 +1,9 @@
+//! Integration tests: gantry driven through its real interfaces (HTTP on a random
+//! port, a real SQLite file, the real binary), with wiremock as Artifactory.
+
+mod admin;
+mod cli;
+mod crash;
+mod harness;
+mod ingest;
+mod promote;
