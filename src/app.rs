@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use tracing_actix_web::TracingLogger;
 
 use crate::api::{self, AppState};
-use crate::config::Config;
+use crate::config::{Config, Problem};
 use crate::ingest::{Ingest, Sources};
 use crate::rules::RuleSet;
 use crate::store;
@@ -35,7 +35,39 @@ pub struct Running {
     grace: Duration,
 }
 
-pub async fn start(config: Config, rules: RuleSet, mode: Mode) -> anyhow::Result<Running> {
+/// A validated configuration compiled into what runs: rules and sources. Building
+/// one is all `gantry check` does; `serve` starts it.
+pub struct Service {
+    pub config: Config,
+    pub rules: RuleSet,
+    pub sources: Sources,
+}
+
+impl Service {
+    /// Compiles every rule and source; the problems of both, each named.
+    pub fn compile(config: Config) -> Result<Service, Vec<Problem>> {
+        match (RuleSet::compile(&config), Sources::from_config(&config)) {
+            (Ok(rules), Ok(sources)) => Ok(Service {
+                config,
+                rules,
+                sources,
+            }),
+            (rules, sources) => Err(rules
+                .err()
+                .into_iter()
+                .chain(sources.err())
+                .flatten()
+                .collect()),
+        }
+    }
+}
+
+pub async fn start(service: Service, mode: Mode) -> anyhow::Result<Running> {
+    let Service {
+        config,
+        rules,
+        sources,
+    } = service;
     let store = store::open(&config.store)
         .await
         .with_context(|| format!("cannot open the store {:?}", config.store))?;
@@ -60,7 +92,7 @@ pub async fn start(config: Config, rules: RuleSet, mode: Mode) -> anyhow::Result
     } else {
         let state = web::Data::new(AppState {
             ingest: Ingest {
-                sources: Sources::from_config(&config),
+                sources,
                 rules,
                 store: store.clone(),
                 dedupe_window: config.defaults.dedupe_window,

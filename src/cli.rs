@@ -10,11 +10,10 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::json;
 
-use crate::app::{self, Mode};
-use crate::config::{self, Config, ConfigError, ConfigPath, Problem};
+use crate::app::{self, Mode, Service};
+use crate::config::{self, ConfigError, ConfigPath, Problem};
 use crate::domain::{Action, now_millis};
-use crate::ingest::{Sources, Verified, plan_jobs};
-use crate::rules::RuleSet;
+use crate::ingest::{Verified, plan_jobs};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -119,18 +118,19 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// Loads the config and compiles the rules, printing warnings to stderr.
-fn load(path: &ConfigPath) -> Result<(Config, RuleSet, Vec<Problem>), Failure> {
+/// Loads the config and compiles rules and sources; the warnings come back for the
+/// caller to show.
+fn load(path: &ConfigPath) -> Result<(Service, Vec<Problem>), Failure> {
     let env: HashMap<String, String> = std::env::vars().collect();
     let loaded = config::load(path, &env).map_err(|e| match e {
         ConfigError::Missing(_) => Failure::Config(format!("error: {e}")),
         ConfigError::Invalid(problems) => Failure::Config(problems.to_string()),
     })?;
-    let rules = RuleSet::compile(&loaded.config).map_err(|problems| {
+    let service = Service::compile(loaded.config).map_err(|problems| {
         let all = config::Problems(loaded.warnings.iter().cloned().chain(problems).collect());
         Failure::Config(all.to_string())
     })?;
-    Ok((loaded.config, rules, loaded.warnings))
+    Ok((service, loaded.warnings))
 }
 
 fn init_logging() {
@@ -153,28 +153,28 @@ fn init_logging() {
 
 fn serve(path: &ConfigPath, mode: Mode) -> Result<(), Failure> {
     init_logging();
-    let (config, rules, warnings) = load(path)?;
+    let (service, warnings) = load(path)?;
     for w in &warnings {
         tracing::warn!(location = %w.location, "{}", w.message);
     }
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let running = app::start(config, rules, mode).await?;
+        let running = app::start(service, mode).await?;
         running.run_until_signal().await
     })?;
     Ok(())
 }
 
 fn check(path: &ConfigPath) -> Result<(), Failure> {
-    let (config, rules, warnings) = load(path)?;
+    let (service, warnings) = load(path)?;
     for w in &warnings {
         println!("{w}");
     }
     println!(
         "ok: {} sources, {} targets, {} rules",
-        config.sources.len(),
-        config.targets.len(),
-        rules.rules().len()
+        service.config.sources.len(),
+        service.config.targets.len(),
+        service.rules.rules().len()
     );
     Ok(())
 }
@@ -186,12 +186,12 @@ fn simulate(
     raw_headers: &[String],
     output: Output,
 ) -> Result<(), Failure> {
-    let (config, rules, warnings) = load(path)?;
+    let (service, warnings) = load(path)?;
     for w in &warnings {
         eprintln!("{w}");
     }
-    let sources = Sources::from_config(&config);
-    let source = sources
+    let source = service
+        .sources
         .get(source_name)
         .ok_or_else(|| Failure::Config(format!("error: unknown source `{source_name}`")))?;
     let headers = raw_headers
@@ -215,7 +215,7 @@ fn simulate(
         .map_err(|e| Failure::Other(anyhow::anyhow!("{}: {e}", event_file.display())))?;
 
     for event in &events {
-        let jobs = plan_jobs(&rules, event);
+        let jobs = plan_jobs(&service.rules, event);
         match output {
             Output::Json => {
                 let promotions: Vec<_> = jobs

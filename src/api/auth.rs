@@ -36,7 +36,7 @@ fn authenticate(req: &HttpRequest, needed: Role) -> Result<Caller, ApiError> {
     // Every token is compared, so the time taken does not depend on which one matched.
     let mut found = None;
     for token in &state.admin_tokens {
-        if same_secret(token.token.expose(), presented.trim()) {
+        if same_secret(token.token.expose().as_bytes(), presented.trim().as_bytes()) {
             found = Some(token);
         }
     }

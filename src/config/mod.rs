@@ -35,12 +35,16 @@ pub enum Role {
 pub enum Format {
     Generic,
     Artifactory,
+    Registry,
+    Github,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SchemeKind {
     HmacSha256,
+    Github,
+    StandardWebhooks,
     Token,
     None,
 }
@@ -178,6 +182,8 @@ pub struct VerifyConfig {
     pub prefix: String,
     pub encoding: Encoding,
     pub secrets: Vec<Secret>,
+    /// How far a signed timestamp may be from now (`standard-webhooks`).
+    pub tolerance: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -409,6 +415,7 @@ fn validate(
                     prefix: s.verify.prefix.clone().unwrap_or_default(),
                     encoding: s.verify.encoding.unwrap_or_default(),
                     secrets,
+                    tolerance: s.verify.tolerance.unwrap_or(Duration::from_secs(300)),
                 },
                 fields: s
                     .fields
@@ -602,6 +609,7 @@ fn check_sources(
             ));
         }
         let v = &s.verify;
+        let has_header = v.header.as_deref().is_some_and(|h| !h.is_empty());
         match v.scheme {
             SchemeKind::None => {
                 let loopback = listen.is_some_and(|a| a.ip().is_loopback());
@@ -617,20 +625,25 @@ fn check_sources(
                     ));
                 }
             }
-            SchemeKind::HmacSha256 | SchemeKind::Token => {
-                if v.secrets.is_empty() {
-                    problems.push(Problem::error(
-                        format!("{loc}.verify.secrets"),
-                        "lists no secret: every request would be rejected",
-                    ));
-                }
-                if v.header.as_deref().unwrap_or("").is_empty() {
-                    problems.push(Problem::error(
-                        format!("{loc}.verify.header"),
-                        "names no header to read the signature from",
-                    ));
-                }
+            SchemeKind::HmacSha256 | SchemeKind::Token if !has_header => {
+                problems.push(Problem::error(
+                    format!("{loc}.verify.header"),
+                    "names no header to read the signature from",
+                ));
             }
+            SchemeKind::Github | SchemeKind::StandardWebhooks if v.header.is_some() => {
+                problems.push(Problem::error(
+                    format!("{loc}.verify.header"),
+                    "this scheme's headers are fixed by the sender; remove `header`",
+                ));
+            }
+            _ => {}
+        }
+        if v.scheme != SchemeKind::None && v.secrets.is_empty() {
+            problems.push(Problem::error(
+                format!("{loc}.verify.secrets"),
+                "lists no secret: every request would be rejected",
+            ));
         }
         if v.scheme != SchemeKind::HmacSha256 && (v.prefix.is_some() || v.encoding.is_some()) {
             problems.push(Problem::error(
@@ -638,10 +651,10 @@ fn check_sources(
                 "`prefix` and `encoding` apply only to the hmac-sha256 scheme",
             ));
         }
-        if v.tolerance.is_some() {
+        if v.scheme != SchemeKind::StandardWebhooks && v.tolerance.is_some() {
             problems.push(Problem::error(
                 format!("{loc}.verify.tolerance"),
-                "applies only to schemes that carry a timestamp",
+                "applies only to the standard-webhooks scheme",
             ));
         }
         for (key, pointer) in &s.fields {
@@ -658,10 +671,17 @@ fn check_sources(
                 ));
             }
         }
-        if s.format != Format::Generic && (!s.fields.is_empty() || s.type_header.is_some()) {
+        let mapped = matches!(s.format, Format::Generic | Format::Github);
+        if !mapped && (!s.fields.is_empty() || s.delivery_header.is_some()) {
             problems.push(Problem::error(
                 loc.clone(),
-                "`fields` and `type_header` apply only to the generic format",
+                "`fields` and `delivery_header` apply only to the generic and github formats",
+            ));
+        }
+        if s.format != Format::Generic && s.type_header.is_some() {
+            problems.push(Problem::error(
+                format!("{loc}.type_header"),
+                "applies only to the generic format",
             ));
         }
     }

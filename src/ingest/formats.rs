@@ -1,14 +1,21 @@
 //! Event formats (SPEC §5): a verified body becomes one or more normalized events.
 
-use serde_json::Value;
+use std::fmt;
+
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::{Headers, Verified};
 use crate::config::{Field, Format, SourceConfig};
-use crate::domain::{Event, Millis, Subject};
+use crate::domain::{Event, Millis, Subject, new_id};
 
 /// JSON nested deeper than this is refused before parsing (SPEC §3).
 pub const MAX_DEPTH: usize = 64;
+
+/// GitHub's event and delivery headers.
+const GITHUB_EVENT: &str = "X-GitHub-Event";
+const GITHUB_DELIVERY: &str = "X-GitHub-Delivery";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum NormalizeError {
@@ -16,9 +23,9 @@ pub enum NormalizeError {
     Json(String),
     #[error("the body nests JSON deeper than {MAX_DEPTH} levels")]
     TooDeep,
-    #[error("the body has no event type at `{0}`")]
+    #[error("the event type is missing: {0}")]
     MissingType(String),
-    #[error("the body is not an {0} event: {1}")]
+    #[error("the body is not {0}: {1}")]
     Shape(&'static str, String),
 }
 
@@ -30,28 +37,52 @@ pub enum Normalizer {
         type_header: Option<String>,
         delivery_header: Option<String>,
     },
+    Github {
+        fields: Vec<(Field, String)>,
+        delivery_header: String,
+    },
     Artifactory,
+    Registry,
+}
+
+/// One event's share of a body, before ids and time are assigned.
+struct Parsed {
+    kind: String,
+    subject: Subject,
+    delivery_id: Option<String>,
+    payload: Value,
 }
 
 impl Normalizer {
     pub fn new(source: &SourceConfig) -> Self {
+        let fields = || {
+            Field::ALL
+                .into_iter()
+                .map(|f| {
+                    let pointer = source
+                        .fields
+                        .get(&f)
+                        .cloned()
+                        .unwrap_or_else(|| default_pointer(f).to_string());
+                    (f, pointer)
+                })
+                .collect()
+        };
         match source.format {
             Format::Generic => Normalizer::Generic {
-                fields: Field::ALL
-                    .into_iter()
-                    .map(|f| {
-                        let pointer = source
-                            .fields
-                            .get(&f)
-                            .cloned()
-                            .unwrap_or_else(|| default_pointer(f).to_string());
-                        (f, pointer)
-                    })
-                    .collect(),
+                fields: fields(),
                 type_header: source.type_header.clone(),
                 delivery_header: source.delivery_header.clone(),
             },
+            Format::Github => Normalizer::Github {
+                fields: fields(),
+                delivery_header: source
+                    .delivery_header
+                    .clone()
+                    .unwrap_or_else(|| GITHUB_DELIVERY.into()),
+            },
             Format::Artifactory => Normalizer::Artifactory,
+            Format::Registry => Normalizer::Registry,
         }
     }
 
@@ -65,49 +96,74 @@ impl Normalizer {
         received_at: Millis,
     ) -> Result<Vec<Event>, NormalizeError> {
         let bytes = body.body();
-        check_depth(bytes)?;
-        let payload: Value =
-            serde_json::from_slice(bytes).map_err(|e| NormalizeError::Json(e.to_string()))?;
-        let (kind, subject, delivery_id) = match self {
+        let payload = parse_strict(bytes)?;
+        let header = |name: &str| headers.get(name).map(str::to_string);
+        let parsed = match self {
             Normalizer::Generic {
                 fields,
                 type_header,
                 delivery_header,
             } => {
                 let kind = match type_header {
-                    Some(h) => headers
-                        .get(h)
-                        .map(str::to_string)
-                        .ok_or_else(|| NormalizeError::MissingType(format!("header {h}")))?,
+                    Some(h) => header(h)
+                        .ok_or_else(|| NormalizeError::MissingType(format!("no `{h}` header")))?,
                     None => text_at(&payload, "/event")
-                        .ok_or_else(|| NormalizeError::MissingType("/event".into()))?,
+                        .ok_or_else(|| NormalizeError::MissingType("no `/event` field".into()))?,
                 };
-                let mut subject = Subject::default();
-                for (field, pointer) in fields {
-                    subject.set(*field, text_at(&payload, pointer));
-                }
-                let delivery = delivery_header
-                    .as_deref()
-                    .and_then(|h| headers.get(h))
-                    .map(str::to_string);
-                (kind, subject, delivery)
+                let delivery_id = delivery_header.as_deref().and_then(header);
+                vec![Parsed {
+                    kind,
+                    subject: mapped(&payload, fields),
+                    delivery_id,
+                    payload,
+                }]
+            }
+            Normalizer::Github {
+                fields,
+                delivery_header,
+            } => {
+                let event = header(GITHUB_EVENT).ok_or_else(|| {
+                    NormalizeError::MissingType(format!("no `{GITHUB_EVENT}` header"))
+                })?;
+                let kind = match payload.get("action").and_then(Value::as_str) {
+                    Some(action) => format!("{event}.{action}"),
+                    None => event,
+                };
+                vec![Parsed {
+                    kind,
+                    subject: mapped(&payload, fields),
+                    delivery_id: header(delivery_header),
+                    payload,
+                }]
             }
             Normalizer::Artifactory => {
                 let (kind, subject) = artifactory(&payload)?;
-                (kind, subject, None)
+                vec![Parsed {
+                    kind,
+                    subject,
+                    delivery_id: None,
+                    payload,
+                }]
             }
+            Normalizer::Registry => registry(payload)?,
         };
-        Ok(vec![Event {
-            id: crate::domain::new_id(),
-            source: source.to_string(),
-            kind,
-            delivery_id: delivery_id.unwrap_or_else(|| body_hash(bytes)),
-            received_at,
-            subject,
-            payload,
-            parent_job_id: None,
-            chain_depth: 0,
-        }])
+        Ok(parsed
+            .into_iter()
+            .map(|p| Event {
+                id: new_id(),
+                source: source.to_string(),
+                kind: p.kind,
+                delivery_id: p
+                    .delivery_id
+                    .or_else(|| body.delivery_id().map(str::to_string))
+                    .unwrap_or_else(|| body_hash(bytes)),
+                received_at,
+                subject: p.subject,
+                payload: p.payload,
+                parent_job_id: None,
+                chain_depth: 0,
+            })
+            .collect())
     }
 }
 
@@ -121,6 +177,14 @@ fn default_pointer(field: Field) -> &'static str {
         Field::BuildName => "/build/name",
         Field::BuildNumber => "/build/number",
     }
+}
+
+fn mapped(payload: &Value, fields: &[(Field, String)]) -> Subject {
+    let mut subject = Subject::default();
+    for (field, pointer) in fields {
+        subject.set(*field, text_at(payload, pointer));
+    }
+    subject
 }
 
 /// Senders that give no delivery id are deduplicated by the hash of their body.
@@ -139,7 +203,7 @@ fn text_at(payload: &Value, pointer: &str) -> Option<String> {
 
 /// Artifactory webhooks: `{domain, event_type, data: {...}}`.
 fn artifactory(payload: &Value) -> Result<(String, Subject), NormalizeError> {
-    let shape = |m: &str| NormalizeError::Shape("Artifactory", m.to_string());
+    let shape = |m: &str| NormalizeError::Shape("an Artifactory event", m.to_string());
     let domain = payload
         .get("domain")
         .and_then(Value::as_str)
@@ -184,8 +248,67 @@ fn docker_image_from_path(path: &str, tag: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-/// Refuses nesting beyond [`MAX_DEPTH`] in one pass over the bytes, so a hostile body
-/// cannot drive the parser's recursion.
+/// Docker Distribution / OCI registry notifications: `{"events": [...]}`, each event
+/// its own delivery (`id`). Blob pushes and pushes by digest carry no tag, so no
+/// promote rule matches them; they are still stored and audited.
+fn registry(envelope: Value) -> Result<Vec<Parsed>, NormalizeError> {
+    let shape = |m: String| NormalizeError::Shape("a registry notification", m);
+    let Value::Object(mut envelope) = envelope else {
+        return Err(shape("not a JSON object".into()));
+    };
+    let Some(Value::Array(events)) = envelope.remove("events") else {
+        return Err(shape("no `events` list".into()));
+    };
+    if events.is_empty() {
+        return Err(shape("the `events` list is empty".into()));
+    }
+    events
+        .into_iter()
+        .enumerate()
+        .map(|(i, event)| {
+            let action = event
+                .get("action")
+                .and_then(Value::as_str)
+                .ok_or_else(|| shape(format!("events[{i}] has no `action`")))?;
+            let target = event
+                .get("target")
+                .filter(|t| t.is_object())
+                .ok_or_else(|| shape(format!("events[{i}] has no `target` object")))?;
+            let get = |k: &str| text_at(target, &format!("/{k}")).filter(|v| !v.is_empty());
+            let (repo, image) = match get("repository") {
+                Some(r) => match r.split_once('/') {
+                    Some((repo, image)) => (Some(repo.to_string()), Some(image.to_string())),
+                    None => (Some(String::new()), Some(r)),
+                },
+                None => (None, None),
+            };
+            Ok(Parsed {
+                kind: format!("registry.{action}"),
+                subject: Subject {
+                    repo,
+                    image,
+                    tag: get("tag"),
+                    digest: get("digest"),
+                    ..Subject::default()
+                },
+                delivery_id: text_at(&event, "/id").filter(|id| !id.is_empty()),
+                payload: event,
+            })
+        })
+        .collect()
+}
+
+/// Parses JSON, refusing nesting beyond [`MAX_DEPTH`] (checked in one pass over the
+/// bytes first, so a hostile body cannot drive the parser's recursion) and duplicate
+/// object keys (which parsers disagree about, so they are a way to smuggle a value
+/// past whoever reads the payload next).
+fn parse_strict(bytes: &[u8]) -> Result<Value, NormalizeError> {
+    check_depth(bytes)?;
+    serde_json::from_slice::<Strict>(bytes)
+        .map(|s| s.0)
+        .map_err(|e| NormalizeError::Json(e.to_string()))
+}
+
 fn check_depth(bytes: &[u8]) -> Result<(), NormalizeError> {
     let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
     for &b in bytes {
@@ -213,6 +336,73 @@ fn check_depth(bytes: &[u8]) -> Result<(), NormalizeError> {
     Ok(())
 }
 
+/// A JSON value whose objects have no repeated key.
+struct Strict(Value);
+
+impl<'de> Deserialize<'de> for Strict {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(Strict)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(Strict(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if object.contains_key(&key) {
+                return Err(de::Error::custom(format!("duplicate key `{key}`")));
+            }
+            let Strict(value) = map.next_value()?;
+            object.insert(key, value);
+        }
+        Ok(Value::Object(object))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,6 +415,18 @@ mod tests {
         assert_eq!(check_depth(deep.as_bytes()), Err(NormalizeError::TooDeep));
         let in_string = format!("\"{}\\\"\"", "[".repeat(100));
         assert!(check_depth(in_string.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused_at_any_depth() {
+        assert!(parse_strict(br#"{"a":1,"b":{"c":2}}"#).is_ok());
+        for body in [r#"{"a":1,"a":2}"#, r#"{"x":[{"tag":"1","tag":"2"}]}"#] {
+            let e = parse_strict(body.as_bytes()).unwrap_err();
+            assert!(
+                matches!(&e, NormalizeError::Json(m) if m.contains("duplicate key")),
+                "{e}"
+            );
+        }
     }
 
     #[test]

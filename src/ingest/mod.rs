@@ -12,7 +12,7 @@ pub use formats::{MAX_DEPTH, NormalizeError, Normalizer};
 pub use verify::{Verified, Verifier, VerifyError, same_secret};
 
 use crate::audit::AuditEntry;
-use crate::config::Config;
+use crate::config::{Config, Problem};
 use crate::domain::{Event, NewJob, now_millis};
 use crate::rules::RuleSet;
 use crate::store::{IngestOutcome, NewEvent, Store, StoreError};
@@ -31,7 +31,7 @@ impl Headers for Vec<(String, String)> {
 }
 
 /// A configured source: how its requests are verified and read.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Source {
     pub name: String,
     pub verifier: Verifier,
@@ -43,21 +43,28 @@ pub struct Source {
 pub struct Sources(HashMap<String, Arc<Source>>);
 
 impl Sources {
-    pub fn from_config(config: &Config) -> Self {
-        Sources(
-            config
-                .sources
-                .iter()
-                .map(|s| {
+    /// Prepares every source's verifier and reader; the problems name the source.
+    pub fn from_config(config: &Config) -> Result<Self, Vec<Problem>> {
+        let mut problems = Vec::new();
+        let mut sources = HashMap::new();
+        for s in &config.sources {
+            match Verifier::new(&s.verify) {
+                Ok(verifier) => {
                     let source = Source {
                         name: s.name.clone(),
-                        verifier: Verifier::new(s.verify.clone()),
+                        verifier,
                         normalizer: Normalizer::new(s),
                     };
-                    (s.name.clone(), Arc::new(source))
-                })
-                .collect(),
-        )
+                    sources.insert(s.name.clone(), Arc::new(source));
+                }
+                Err(e) => problems.push(Problem::error(format!("sources[{}].verify", s.name), e)),
+            }
+        }
+        if problems.is_empty() {
+            Ok(Sources(sources))
+        } else {
+            Err(problems)
+        }
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<Source>> {

@@ -1,20 +1,35 @@
 //! Verification schemes (SPEC §6). A body becomes [`Verified`] only here, by passing
 //! its source's scheme over the raw bytes, before anything parses it.
 
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use hmac::{KeyInit, Mac};
+use secrecy::{ExposeSecret, SecretSlice};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::Headers;
-use crate::config::{Encoding, SchemeKind, Secret, VerifyConfig};
+use crate::config::{Encoding, SchemeKind, VerifyConfig};
 
 type HmacSha256 = hmac::Hmac<Sha256>;
 
-/// A request body that passed its source's verification. The private field means no
+/// GitHub's signature and delivery headers.
+const GITHUB_SIGNATURE: &str = "X-Hub-Signature-256";
+const GITHUB_DELIVERY: &str = "X-GitHub-Delivery";
+
+/// Standard Webhooks header names; Svix sends the same values under `svix-…`.
+const SW_ID: [&str; 2] = ["webhook-id", "svix-id"];
+const SW_TIMESTAMP: [&str; 2] = ["webhook-timestamp", "svix-timestamp"];
+const SW_SIGNATURE: [&str; 2] = ["webhook-signature", "svix-signature"];
+
+/// A request body that passed its source's verification. The private fields mean no
 /// other module can make one, so every parser downstream only ever sees verified bytes.
 #[derive(Debug, Clone, Copy)]
 pub struct Verified<'a> {
     body: &'a [u8],
+    delivery_id: Option<&'a str>,
 }
 
 impl<'a> Verified<'a> {
@@ -22,10 +37,18 @@ impl<'a> Verified<'a> {
         self.body
     }
 
-    /// For `gantry simulate`, which runs offline on a file the operator chose and has
-    /// no request to verify.
+    /// The delivery id the scheme vouches for (`webhook-id`, `X-GitHub-Delivery`).
+    pub fn delivery_id(&self) -> Option<&'a str> {
+        self.delivery_id
+    }
+
+    /// For `gantry simulate` and the fuzz targets, which run offline on bytes the
+    /// operator chose and have no request to verify.
     pub fn trusted_local_file(body: &'a [u8]) -> Self {
-        Verified { body }
+        Verified {
+            body,
+            delivery_id: None,
+        }
     }
 }
 
@@ -33,118 +56,284 @@ impl<'a> Verified<'a> {
 pub enum VerifyError {
     #[error("the `{0}` header is missing")]
     MissingHeader(String),
-    #[error("the `{0}` header is not a well-formed signature")]
+    #[error("the `{0}` header is malformed")]
     Malformed(String),
+    #[error("the signature timestamp is outside the accepted window")]
+    Stale,
     #[error("the signature does not match any active secret")]
     Mismatch,
 }
 
-/// One source's scheme with its active secrets (several, for rotation).
-#[derive(Debug, Clone)]
+/// A secret as key bytes, redacted in `Debug`.
+struct Key(SecretSlice<u8>);
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl Key {
+    fn bytes(&self) -> &[u8] {
+        self.0.expose_secret()
+    }
+}
+
+#[derive(Debug)]
+enum Scheme {
+    None,
+    Hmac {
+        header: String,
+        prefix: String,
+        encoding: Encoding,
+        delivery_header: Option<&'static str>,
+    },
+    StandardWebhooks {
+        tolerance: Duration,
+    },
+    Token {
+        header: String,
+    },
+}
+
+/// One source's scheme with its active keys (several, for rotation).
+#[derive(Debug)]
 pub struct Verifier {
-    config: VerifyConfig,
+    scheme: Scheme,
+    keys: Vec<Key>,
 }
 
 impl Verifier {
-    pub fn new(config: VerifyConfig) -> Self {
-        Verifier { config }
+    /// Prepares a scheme; an error names the secret that cannot be used.
+    pub fn new(config: &VerifyConfig) -> Result<Self, String> {
+        let keys = config
+            .secrets
+            .iter()
+            .enumerate()
+            .map(|(i, s)| match config.scheme {
+                SchemeKind::StandardWebhooks => {
+                    standard_webhooks_key(s.expose()).map_err(|e| format!("secrets[{i}]: {e}"))
+                }
+                _ => Ok(s.expose().as_bytes().to_vec()),
+            })
+            .map(|k| k.map(|bytes| Key(SecretSlice::from(bytes))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let scheme = match config.scheme {
+            SchemeKind::None => Scheme::None,
+            SchemeKind::HmacSha256 => Scheme::Hmac {
+                header: config.header.clone(),
+                prefix: config.prefix.clone(),
+                encoding: config.encoding,
+                delivery_header: None,
+            },
+            SchemeKind::Github => Scheme::Hmac {
+                header: GITHUB_SIGNATURE.into(),
+                prefix: "sha256=".into(),
+                encoding: Encoding::Hex,
+                delivery_header: Some(GITHUB_DELIVERY),
+            },
+            SchemeKind::StandardWebhooks => Scheme::StandardWebhooks {
+                tolerance: config.tolerance,
+            },
+            SchemeKind::Token => Scheme::Token {
+                header: config.header.clone(),
+            },
+        };
+        Ok(Verifier { scheme, keys })
     }
 
     pub fn verify<'a>(
         &self,
-        headers: &dyn Headers,
+        headers: &'a dyn Headers,
         body: &'a [u8],
     ) -> Result<Verified<'a>, VerifyError> {
-        let c = &self.config;
-        match c.scheme {
-            SchemeKind::None => {}
-            SchemeKind::HmacSha256 => {
-                let value = header(headers, &c.header)?;
-                let encoded = value
-                    .strip_prefix(c.prefix.as_str())
-                    .ok_or_else(|| VerifyError::Malformed(c.header.clone()))?;
-                let signature = decode(encoded.trim(), c.encoding)
-                    .ok_or_else(|| VerifyError::Malformed(c.header.clone()))?;
-                if !c.secrets.iter().any(|s| hmac_matches(s, body, &signature)) {
-                    return Err(VerifyError::Mismatch);
-                }
-            }
-            SchemeKind::Token => {
-                let value = header(headers, &c.header)?;
-                let token = value.strip_prefix("Bearer ").unwrap_or(value).trim();
-                if !c.secrets.iter().any(|s| same_secret(s.expose(), token)) {
-                    return Err(VerifyError::Mismatch);
-                }
-            }
-        }
-        Ok(Verified { body })
+        self.verify_at(headers, body, unix_now())
     }
 
-    /// The header value a sender would send for `body`, signed with the first secret.
-    pub fn sign(&self, body: &[u8]) -> Option<(String, String)> {
-        let c = &self.config;
-        let secret = c.secrets.first()?;
-        let value = match c.scheme {
-            SchemeKind::None => return None,
-            SchemeKind::Token => secret.expose().to_string(),
-            SchemeKind::HmacSha256 => {
-                let tag = hmac_sha256(secret.expose().as_bytes(), body);
-                let encoded = match c.encoding {
-                    Encoding::Hex => hex::encode(tag),
-                    Encoding::Base64 => {
-                        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, tag)
-                    }
-                };
-                format!("{}{encoded}", c.prefix)
+    /// Verifies as if the clock read `now` (Unix seconds).
+    pub fn verify_at<'a>(
+        &self,
+        headers: &'a dyn Headers,
+        body: &'a [u8],
+        now: i64,
+    ) -> Result<Verified<'a>, VerifyError> {
+        let delivery_id = match &self.scheme {
+            Scheme::None => None,
+            Scheme::Hmac {
+                header,
+                prefix,
+                encoding,
+                delivery_header,
+            } => {
+                let value = required(headers, &[header])?;
+                let signature = value
+                    .trim()
+                    .strip_prefix(prefix.as_str())
+                    .and_then(|encoded| decode(encoded.trim(), *encoding))
+                    .ok_or_else(|| VerifyError::Malformed(header.clone()))?;
+                if !self
+                    .keys
+                    .iter()
+                    .any(|k| hmac_matches(k.bytes(), &[body], &signature))
+                {
+                    return Err(VerifyError::Mismatch);
+                }
+                delivery_header.and_then(|h| headers.get(h))
+            }
+            Scheme::StandardWebhooks { tolerance } => {
+                let id = required(headers, &SW_ID)?;
+                let timestamp = required(headers, &SW_TIMESTAMP)?;
+                let signatures = required(headers, &SW_SIGNATURE)?;
+                let ts: i64 = timestamp
+                    .trim()
+                    .parse()
+                    .map_err(|_| VerifyError::Malformed(SW_TIMESTAMP[0].into()))?;
+                // abs_diff cannot overflow, whatever the sender put in the header.
+                if now.abs_diff(ts) > tolerance.as_secs() {
+                    return Err(VerifyError::Stale);
+                }
+                let signed = [id.as_bytes(), b".", timestamp.trim().as_bytes(), b".", body];
+                let candidates: Vec<Vec<u8>> = signatures
+                    .split_whitespace()
+                    .filter_map(|s| s.strip_prefix("v1,"))
+                    .filter_map(|b64| BASE64.decode(b64).ok())
+                    .collect();
+                if candidates.is_empty() {
+                    return Err(VerifyError::Malformed(SW_SIGNATURE[0].into()));
+                }
+                let ok = self.keys.iter().any(|k| {
+                    candidates
+                        .iter()
+                        .any(|sig| hmac_matches(k.bytes(), &signed, sig))
+                });
+                if !ok {
+                    return Err(VerifyError::Mismatch);
+                }
+                Some(id)
+            }
+            Scheme::Token { header } => {
+                let value = required(headers, &[header])?.trim();
+                let token = value.strip_prefix("Bearer ").unwrap_or(value).trim();
+                if !self
+                    .keys
+                    .iter()
+                    .any(|k| same_secret(k.bytes(), token.as_bytes()))
+                {
+                    return Err(VerifyError::Mismatch);
+                }
+                None
             }
         };
-        Some((c.header.clone(), value))
+        Ok(Verified { body, delivery_id })
+    }
+
+    /// The headers a sender would send with `body`, made with the first secret (for
+    /// `gantry sign`). Standard Webhooks also need a message id and a timestamp.
+    pub fn sign(&self, body: &[u8], id: &str, now: i64) -> Vec<(String, String)> {
+        let Some(key) = self.keys.first() else {
+            return Vec::new();
+        };
+        match &self.scheme {
+            Scheme::None => Vec::new(),
+            Scheme::Hmac {
+                header,
+                prefix,
+                encoding,
+                delivery_header,
+            } => {
+                let tag = hmac_sha256(key.bytes(), &[body]);
+                let encoded = match encoding {
+                    Encoding::Hex => hex::encode(tag),
+                    Encoding::Base64 => BASE64.encode(tag),
+                };
+                let mut out = vec![(header.clone(), format!("{prefix}{encoded}"))];
+                if let Some(h) = delivery_header {
+                    out.push((h.to_string(), id.to_string()));
+                }
+                out
+            }
+            Scheme::StandardWebhooks { .. } => {
+                let ts = now.to_string();
+                let tag = hmac_sha256(
+                    key.bytes(),
+                    &[id.as_bytes(), b".", ts.as_bytes(), b".", body],
+                );
+                vec![
+                    (SW_ID[0].into(), id.to_string()),
+                    (SW_TIMESTAMP[0].into(), ts),
+                    (SW_SIGNATURE[0].into(), format!("v1,{}", BASE64.encode(tag))),
+                ]
+            }
+            Scheme::Token { header } => vec![(
+                header.clone(),
+                String::from_utf8_lossy(key.bytes()).into_owned(),
+            )],
+        }
     }
 }
 
-fn header<'h>(headers: &'h dyn Headers, name: &str) -> Result<&'h str, VerifyError> {
-    headers
-        .get(name)
-        .ok_or_else(|| VerifyError::MissingHeader(name.to_string()))
+fn unix_now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// The first of `names` present, or which one is missing.
+fn required<'h>(headers: &'h dyn Headers, names: &[&str]) -> Result<&'h str, VerifyError> {
+    names
+        .iter()
+        .find_map(|n| headers.get(n))
+        .ok_or_else(|| VerifyError::MissingHeader(names[0].to_string()))
+}
+
+/// `whsec_<base64>` (the prefix is optional, as in the reference libraries).
+fn standard_webhooks_key(secret: &str) -> Result<Vec<u8>, String> {
+    let encoded = secret.strip_prefix("whsec_").unwrap_or(secret);
+    match BASE64.decode(encoded) {
+        Ok(key) if !key.is_empty() => Ok(key),
+        _ => Err("a Standard Webhooks secret is `whsec_` followed by base64".into()),
+    }
 }
 
 fn decode(encoded: &str, encoding: Encoding) -> Option<Vec<u8>> {
     match encoding {
         // `hex` accepts both cases: signatures are compared as bytes.
         Encoding::Hex => hex::decode(encoded).ok(),
-        Encoding::Base64 => {
-            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, encoded).ok()
-        }
+        Encoding::Base64 => BASE64.decode(encoded).ok(),
     }
 }
 
-pub(crate) fn hmac_sha256(key: &[u8], message: &[u8]) -> Vec<u8> {
-    // HMAC takes keys of any length; `new_from_slice` cannot fail for it.
-    let mut mac = <HmacSha256 as KeyInit>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
-    mac.update(message);
-    mac.finalize().into_bytes().to_vec()
+/// HMAC-SHA256 over the concatenated parts. HMAC accepts keys of any length, so
+/// `None` never happens in practice; it keeps this total without a panic path.
+fn mac(key: &[u8], parts: &[&[u8]]) -> Option<HmacSha256> {
+    let mut mac = <HmacSha256 as KeyInit>::new_from_slice(key).ok()?;
+    for p in parts {
+        mac.update(p);
+    }
+    Some(mac)
 }
 
-fn hmac_matches(secret: &Secret, body: &[u8], signature: &[u8]) -> bool {
-    let Ok(mut mac) = <HmacSha256 as KeyInit>::new_from_slice(secret.expose().as_bytes()) else {
-        return false;
-    };
-    mac.update(body);
+fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+    mac(key, parts)
+        .map(|m| m.finalize().into_bytes().to_vec())
+        .unwrap_or_default()
+}
+
+fn hmac_matches(key: &[u8], parts: &[&[u8]], signature: &[u8]) -> bool {
     // `verify_slice` compares in constant time.
-    mac.verify_slice(signature).is_ok()
+    mac(key, parts).is_some_and(|m| m.verify_slice(signature).is_ok())
 }
 
 /// Constant-time equality that also hides the length of the secret: both sides are
 /// hashed to 32 bytes first.
-pub fn same_secret(secret: &str, presented: &str) -> bool {
-    let a = Sha256::digest(secret.as_bytes());
-    let b = Sha256::digest(presented.as_bytes());
-    a.ct_eq(&b).into()
+pub fn same_secret(secret: &[u8], presented: &[u8]) -> bool {
+    Sha256::digest(secret)
+        .ct_eq(&Sha256::digest(presented))
+        .into()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Secret;
     use proptest::prelude::*;
 
     fn verifier(
@@ -153,43 +342,70 @@ mod tests {
         encoding: Encoding,
         secrets: &[&str],
     ) -> Verifier {
-        Verifier::new(VerifyConfig {
+        Verifier::new(&VerifyConfig {
             scheme,
             header: "X-Sig".into(),
             prefix: prefix.into(),
             encoding,
             secrets: secrets.iter().map(|s| Secret::new(*s)).collect(),
+            tolerance: Duration::from_secs(300),
         })
+        .unwrap()
     }
 
-    fn one(name: &str, value: &str) -> Vec<(String, String)> {
-        vec![(name.to_string(), value.to_string())]
+    fn headers(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// GitHub's published vector ("Validating webhook deliveries").
+    const GH_SECRET: &str = "It's a Secret to Everybody";
+    const GH_SIG: &str = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
+
+    #[test]
+    fn github_vector_verifies_and_carries_the_delivery_id() {
+        let v = verifier(SchemeKind::Github, "", Encoding::Hex, &[GH_SECRET]);
+        let h = headers(&[
+            ("X-Hub-Signature-256", GH_SIG),
+            ("X-GitHub-Delivery", "72d3162e-cc78-11e3-81ab-4c9367dc0958"),
+        ]);
+        let ok = v.verify(&h, b"Hello, World!").unwrap();
+        assert_eq!(
+            ok.delivery_id(),
+            Some("72d3162e-cc78-11e3-81ab-4c9367dc0958")
+        );
+        assert_eq!(
+            v.verify(&h, b"Hello, World?").unwrap_err(),
+            VerifyError::Mismatch
+        );
     }
 
     #[test]
-    fn hmac_hex_any_case_and_prefix() {
-        // GitHub's published vector, as a plain hmac-sha256 source with a prefix.
+    fn hmac_hex_any_case_prefix_and_whitespace() {
         let v = verifier(
             SchemeKind::HmacSha256,
             "sha256=",
             Encoding::Hex,
-            &["It's a Secret to Everybody"],
+            &[GH_SECRET],
         );
-        let sig = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
-        assert!(v.verify(&one("x-sig", sig), b"Hello, World!").is_ok());
-        assert!(
-            v.verify(
-                &one("X-Sig", &sig.to_uppercase().replace("SHA256=", "sha256=")),
-                b"Hello, World!"
-            )
-            .is_ok()
+        let upper = format!("sha256={}", GH_SIG[7..].to_uppercase());
+        let padded = format!("  {GH_SIG} ");
+        for sig in [GH_SIG, upper.as_str(), padded.as_str()] {
+            assert!(
+                v.verify(&headers(&[("x-sig", sig)]), b"Hello, World!")
+                    .is_ok(),
+                "{sig}"
+            );
+        }
+        assert_eq!(
+            v.verify(&headers(&[("X-Sig", &GH_SIG[7..])]), b"Hello, World!")
+                .unwrap_err(),
+            VerifyError::Malformed("X-Sig".into())
         );
         assert_eq!(
-            v.verify(&one("X-Sig", sig), b"Hello, World?").unwrap_err(),
-            VerifyError::Mismatch
-        );
-        assert_eq!(
-            v.verify(&one("X-Sig", &sig[7..]), b"Hello, World!")
+            v.verify(&headers(&[("X-Sig", "SHA256=00")]), b"x")
                 .unwrap_err(),
             VerifyError::Malformed("X-Sig".into())
         );
@@ -199,8 +415,120 @@ mod tests {
         );
     }
 
+    /// Standard Webhooks' published vectors: (secret, id, timestamp, body, signature).
+    const SW_VECTORS: [(&str, &str, i64, &str, &str); 2] = [
+        (
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            1614265330,
+            r#"{"test": 2432232314}"#,
+            "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=",
+        ),
+        (
+            "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD",
+            "msg_27UH4WbU6Z5A5EzD8u03UvzRbpk",
+            1649367553,
+            r#"{"email":"test@example.com","username":"test_user"}"#,
+            "v1,tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw=",
+        ),
+    ];
+
+    fn sw_headers(prefix: &str, id: &str, ts: &str, sig: &str) -> Vec<(String, String)> {
+        headers(&[
+            (&format!("{prefix}-id"), id),
+            (&format!("{prefix}-timestamp"), ts),
+            (&format!("{prefix}-signature"), sig),
+        ])
+    }
+
     #[test]
-    fn any_listed_secret_verifies() {
+    fn standard_webhooks_vectors_verify_within_the_tolerance_only() {
+        for (secret, id, ts, body, sig) in SW_VECTORS {
+            let v = verifier(SchemeKind::StandardWebhooks, "", Encoding::Hex, &[secret]);
+            for prefix in ["webhook", "svix"] {
+                let h = sw_headers(prefix, id, &ts.to_string(), sig);
+                let ok = v.verify_at(&h, body.as_bytes(), ts).unwrap();
+                assert_eq!(ok.delivery_id(), Some(id));
+                assert!(v.verify_at(&h, body.as_bytes(), ts + 300).is_ok());
+                assert_eq!(
+                    v.verify_at(&h, body.as_bytes(), ts + 301).unwrap_err(),
+                    VerifyError::Stale
+                );
+                assert_eq!(
+                    v.verify_at(&h, body.as_bytes(), ts - 301).unwrap_err(),
+                    VerifyError::Stale
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn standard_webhooks_accepts_any_of_several_signatures_and_secrets() {
+        let (secret, id, ts, body, sig) = SW_VECTORS[0];
+        let rotated = verifier(
+            SchemeKind::StandardWebhooks,
+            "",
+            Encoding::Hex,
+            &["whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD", secret],
+        );
+        let several = format!("v1,bm90IGl0 v2,xyz {sig}");
+        let h = sw_headers("webhook", id, &ts.to_string(), &several);
+        assert!(rotated.verify_at(&h, body.as_bytes(), ts).is_ok());
+        let retired = verifier(
+            SchemeKind::StandardWebhooks,
+            "",
+            Encoding::Hex,
+            &["whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"],
+        );
+        assert_eq!(
+            retired.verify_at(&h, body.as_bytes(), ts).unwrap_err(),
+            VerifyError::Mismatch
+        );
+    }
+
+    #[test]
+    fn absurd_timestamps_are_refused_not_overflowed() {
+        let (secret, id, _, body, sig) = SW_VECTORS[0];
+        let v = verifier(SchemeKind::StandardWebhooks, "", Encoding::Hex, &[secret]);
+        let now = 1_700_000_000;
+        for ts in ["-9223372036854775808", "9223372036854775807", "0", "-1"] {
+            let h = sw_headers("webhook", id, ts, sig);
+            assert_eq!(
+                v.verify_at(&h, body.as_bytes(), now).unwrap_err(),
+                VerifyError::Stale,
+                "{ts}"
+            );
+            // Whatever the clock reads, the comparison cannot overflow.
+            for clock in [i64::MIN, i64::MAX] {
+                assert!(v.verify_at(&h, body.as_bytes(), clock).is_err());
+            }
+        }
+        for ts in ["", "1e9", "99999999999999999999", "12 34", "0x10"] {
+            let h = sw_headers("webhook", id, ts, sig);
+            assert_eq!(
+                v.verify_at(&h, body.as_bytes(), 0).unwrap_err(),
+                VerifyError::Malformed("webhook-timestamp".into()),
+                "{ts}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_bad_standard_webhooks_secret_is_a_config_error() {
+        let e = Verifier::new(&VerifyConfig {
+            scheme: SchemeKind::StandardWebhooks,
+            header: String::new(),
+            prefix: String::new(),
+            encoding: Encoding::Hex,
+            secrets: vec![Secret::new("whsec_***")],
+            tolerance: Duration::from_secs(300),
+        })
+        .unwrap_err();
+        assert!(e.starts_with("secrets[0]:"), "{e}");
+    }
+
+    #[test]
+    fn any_listed_secret_verifies_and_a_retired_one_does_not() {
         let old = verifier(SchemeKind::HmacSha256, "", Encoding::Base64, &["old"]);
         let both = verifier(
             SchemeKind::HmacSha256,
@@ -208,34 +536,46 @@ mod tests {
             Encoding::Base64,
             &["new", "old"],
         );
-        let (_, sig) = old.sign(b"body").unwrap();
-        assert!(both.verify(&one("X-Sig", &sig), b"body").is_ok());
+        let signed = old.sign(b"body", "", 0);
+        assert!(both.verify(&signed, b"body").is_ok());
         let retired = verifier(SchemeKind::HmacSha256, "", Encoding::Base64, &["new"]);
-        assert!(retired.verify(&one("X-Sig", &sig), b"body").is_err());
+        assert!(retired.verify(&signed, b"body").is_err());
     }
 
     #[test]
     fn token_with_or_without_bearer() {
         let v = verifier(SchemeKind::Token, "", Encoding::Hex, &["s3cret", "next"]);
-        assert!(v.verify(&one("X-Sig", "s3cret"), b"").is_ok());
-        assert!(v.verify(&one("X-Sig", "Bearer next"), b"").is_ok());
+        assert!(v.verify(&headers(&[("X-Sig", "s3cret")]), b"").is_ok());
+        assert!(v.verify(&headers(&[("X-Sig", "Bearer next")]), b"").is_ok());
         assert_eq!(
-            v.verify(&one("X-Sig", "s3cre"), b"").unwrap_err(),
+            v.verify(&headers(&[("X-Sig", "s3cre")]), b"").unwrap_err(),
             VerifyError::Mismatch
         );
     }
 
     proptest! {
         #[test]
-        fn sign_then_verify_round_trips(body in proptest::collection::vec(any::<u8>(), 0..256),
-                                        secret in "[ -~]{1,40}", base64 in any::<bool>()) {
+        fn hmac_sign_then_verify_round_trips(body in proptest::collection::vec(any::<u8>(), 0..256),
+                                             secret in "[ -~]{1,40}", base64 in any::<bool>()) {
             let enc = if base64 { Encoding::Base64 } else { Encoding::Hex };
             let v = verifier(SchemeKind::HmacSha256, "sha256=", enc, &[&secret]);
-            let (name, value) = v.sign(&body).unwrap();
-            prop_assert!(v.verify(&one(&name, &value), &body).is_ok());
+            let signed = v.sign(&body, "", 0);
+            prop_assert!(v.verify(&signed, &body).is_ok());
             let mut tampered = body.clone();
             tampered.push(0);
-            prop_assert!(v.verify(&one(&name, &value), &tampered).is_err());
+            prop_assert!(v.verify(&signed, &tampered).is_err());
+        }
+
+        #[test]
+        fn standard_webhooks_sign_then_verify_round_trips(body in proptest::collection::vec(any::<u8>(), 0..256),
+                                                          key in proptest::collection::vec(any::<u8>(), 1..48),
+                                                          id in "[a-zA-Z0-9_]{1,30}",
+                                                          now in 0i64..4_000_000_000, skew in -300i64..=300) {
+            let secret = format!("whsec_{}", BASE64.encode(&key));
+            let v = verifier(SchemeKind::StandardWebhooks, "", Encoding::Hex, &[&secret]);
+            let signed = v.sign(&body, &id, now);
+            prop_assert!(v.verify_at(&signed, &body, now + skew).is_ok());
+            prop_assert_eq!(v.verify_at(&signed, &body, now + 301).unwrap_err(), VerifyError::Stale);
         }
     }
 }

@@ -152,8 +152,27 @@ impl RuleSet {
     }
 }
 
+impl ActionTemplate {
+    /// Subject fields an event must carry for this action to apply at all: a promote
+    /// needs an image and a tag, so blob pushes, untagged manifests and non-docker
+    /// events never match a promote rule instead of failing as jobs.
+    fn needs(&self) -> &'static [Field] {
+        match self {
+            ActionTemplate::Promote { .. } => &[Field::Image, Field::Tag],
+        }
+    }
+}
+
 impl Rule {
     fn matches(&self, event: &Event, captures: &mut Captures) -> bool {
+        let applies = self
+            .action
+            .needs()
+            .iter()
+            .all(|f| event.subject.get(*f).is_some_and(|v| !v.is_empty()));
+        if !applies {
+            return false;
+        }
         if let Some(sources) = &self.sources
             && !sources.contains(&event.source)
         {

@@ -6,9 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use gantry::app::{self, Mode, Running};
+use gantry::app::{self, Mode, Running, Service};
 use gantry::config::{self, ConfigPath};
-use gantry::rules::RuleSet;
 use hmac::{KeyInit, Mac};
 use serde_json::Value;
 use tempfile::TempDir;
@@ -221,8 +220,8 @@ pub async fn spawn_app(rules: &str) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(dir.path(), &upstream.uri(), rules, "30s");
     let loaded = config::load(&ConfigPath::Explicit(path), &env()).unwrap();
-    let rules = RuleSet::compile(&loaded.config).unwrap();
-    let running = app::start(loaded.config, rules, Mode::All).await.unwrap();
+    let service = Service::compile(loaded.config).unwrap();
+    let running = app::start(service, Mode::All).await.unwrap();
     let addr = running.addr.unwrap();
     TestApp {
         client: Client::new(format!("http://{addr}")),
