@@ -63,6 +63,15 @@ enum Command {
         #[arg(long, value_enum, default_value = "table")]
         output: Output,
     },
+    /// Print the headers a source's scheme expects for a body, one `Name: value` per
+    /// line, signed with the source's first secret (for curl and for testing senders).
+    Sign {
+        #[arg(long)]
+        source: String,
+        /// A file holding the exact body to send.
+        #[arg(long)]
+        event: PathBuf,
+    },
 }
 
 /// Why a command failed, which decides its exit code.
@@ -104,6 +113,7 @@ pub fn main() -> ExitCode {
             headers,
             output,
         } => simulate(&path, &source, &event, &headers, output),
+        Command::Sign { source, event } => sign(&path, &source, &event),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -176,6 +186,27 @@ fn check(path: &ConfigPath) -> Result<(), Failure> {
         service.config.targets.len(),
         service.rules.rules().len()
     );
+    Ok(())
+}
+
+fn sign(path: &ConfigPath, source_name: &str, event_file: &PathBuf) -> Result<(), Failure> {
+    let (service, _) = load(path)?;
+    let source = service
+        .sources
+        .get(source_name)
+        .ok_or_else(|| Failure::Config(format!("error: unknown source `{source_name}`")))?;
+    let body = std::fs::read(event_file)
+        .with_context(|| format!("cannot read {}", event_file.display()))?;
+    let id = format!("msg_{}", crate::domain::new_id());
+    let headers = source
+        .verifier
+        .sign(&body, &id, chrono::Utc::now().timestamp());
+    if headers.is_empty() {
+        eprintln!("source `{source_name}` uses scheme `none`: no header is needed");
+    }
+    for (name, value) in headers {
+        println!("{name}: {value}");
+    }
     Ok(())
 }
 

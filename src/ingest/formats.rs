@@ -406,6 +406,291 @@ impl<'de> Visitor<'de> for StrictVisitor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{Encoding, SchemeKind, Secret, VerifyConfig};
+    use std::collections::BTreeMap;
+
+    fn source(format: Format, fields: &[(Field, &str)]) -> SourceConfig {
+        SourceConfig {
+            name: "src".into(),
+            format,
+            verify: VerifyConfig {
+                scheme: SchemeKind::None,
+                header: String::new(),
+                prefix: String::new(),
+                encoding: Encoding::Hex,
+                secrets: Vec::<Secret>::new(),
+                tolerance: std::time::Duration::from_secs(300),
+            },
+            fields: fields
+                .iter()
+                .map(|(f, p)| (*f, p.to_string()))
+                .collect::<BTreeMap<_, _>>(),
+            type_header: None,
+            delivery_header: None,
+        }
+    }
+
+    fn normalize(format: Format, body: &[u8], headers: &[(&str, &str)]) -> Vec<Event> {
+        let headers: Vec<(String, String)> = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Normalizer::new(&source(format, &[]))
+            .normalize("src", Verified::trusted_local_file(body), &headers, 42)
+            .unwrap()
+    }
+
+    fn one(format: Format, body: &[u8]) -> Event {
+        let mut events = normalize(format, body, &[]);
+        assert_eq!(events.len(), 1);
+        events.remove(0)
+    }
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name);
+        std::fs::read(path).unwrap()
+    }
+
+    fn subject(fields: [Option<&str>; 7]) -> Subject {
+        let [repo, image, tag, digest, path, build_name, build_number] =
+            fields.map(|f| f.map(str::to_string));
+        Subject {
+            repo,
+            image,
+            tag,
+            digest,
+            path,
+            build_name,
+            build_number,
+        }
+    }
+
+    #[test]
+    fn artifactory_docker_pushed() {
+        let body = fixture("artifactory-docker-pushed.json");
+        let e = one(Format::Artifactory, &body);
+        assert_eq!(e.kind, "docker.pushed");
+        assert_eq!(e.source, "src");
+        assert_eq!(e.received_at, 42);
+        assert_eq!(
+            e.delivery_id,
+            format!("sha256:{}", hex::encode(Sha256::digest(&body)))
+        );
+        assert_eq!(
+            e.subject,
+            subject([
+                Some("docker-myorg-local"),
+                Some("myorg-tcd/myorg-tcd-frontend"),
+                Some("1.2.9"),
+                Some("sha256:b416d974092956b84d9f333ec6efcd579533a0ee07195de6257c315a67a32202"),
+                Some("myorg-tcd/myorg-tcd-frontend/1.2.9/manifest.json"),
+                None,
+                None,
+            ])
+        );
+        assert_eq!(e.payload["subscription_key"], "kargo");
+    }
+
+    #[test]
+    fn artifactory_docker_promoted_falls_back_to_the_image_name() {
+        let e = one(
+            Format::Artifactory,
+            &fixture("artifactory-docker-promoted.json"),
+        );
+        assert_eq!(e.kind, "docker.promoted");
+        assert_eq!(
+            e.subject,
+            subject([
+                Some("sample_repo"),
+                Some("sample_arch"),
+                Some("sample_image"),
+                Some("sha256:sample_checksum"),
+                Some("sample_dir/sample.txt"),
+                None,
+                None,
+            ])
+        );
+    }
+
+    #[test]
+    fn artifactory_artifact_deployed() {
+        let e = one(
+            Format::Artifactory,
+            &fixture("artifactory-artifact-deployed.json"),
+        );
+        assert_eq!(e.kind, "artifact.deployed");
+        assert_eq!(
+            e.subject,
+            subject([
+                Some("sample_repo"),
+                None,
+                None,
+                Some("sha256:sample_checksum"),
+                Some("sample_dir/sample.txt"),
+                None,
+                None,
+            ])
+        );
+    }
+
+    #[test]
+    fn artifactory_build_promoted() {
+        let e = one(
+            Format::Artifactory,
+            &fixture("artifactory-build-promoted.json"),
+        );
+        assert_eq!(e.kind, "build.promoted");
+        assert_eq!(
+            e.subject,
+            subject([
+                None,
+                None,
+                None,
+                None,
+                None,
+                Some("sample_build_name"),
+                Some("1")
+            ])
+        );
+    }
+
+    #[test]
+    fn registry_manifest_push_from_a_real_registry() {
+        let e = one(Format::Registry, &fixture("registry-manifest-push.json"));
+        assert_eq!(e.kind, "registry.push");
+        assert_eq!(e.delivery_id, "21143e08-e756-4053-b4a7-24a0b0290b9e");
+        assert_eq!(
+            e.subject,
+            subject([
+                Some("dev"),
+                Some("app"),
+                Some("2.0.0"),
+                Some("sha256:3514185d63f21c32cec803130a82698afc4d314f232aa5decbe2f24891e3553e"),
+                None,
+                None,
+                None,
+            ])
+        );
+        // The stored payload is the event itself, not the envelope.
+        assert_eq!(e.payload["request"]["useragent"], "skopeo/1.9.3");
+    }
+
+    #[test]
+    fn registry_envelopes_become_one_event_each() {
+        let body = br#"{"events":[
+            {"id":"a","action":"push","target":{"repository":"team/app","tag":"1","digest":"sha256:1"}},
+            {"id":"b","action":"push","target":{"repository":"app","digest":"sha256:2",
+             "mediaType":"application/vnd.oci.image.layer.v1.tar+gzip"}},
+            {"id":"c","action":"pull","target":{"repository":"a/b/c","tag":"x"}}]}"#;
+        let events = normalize(Format::Registry, body, &[]);
+        let summary: Vec<_> = events
+            .iter()
+            .map(|e| {
+                (
+                    e.kind.as_str(),
+                    e.delivery_id.as_str(),
+                    e.subject.repo.as_deref(),
+                    e.subject.image.as_deref(),
+                    e.subject.tag.as_deref(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("registry.push", "a", Some("team"), Some("app"), Some("1")),
+                ("registry.push", "b", Some(""), Some("app"), None),
+                ("registry.pull", "c", Some("a"), Some("b/c"), Some("x")),
+            ]
+        );
+        assert!(events[0].id < events[1].id && events[1].id < events[2].id);
+        for bad in [
+            &br#"{"events":[]}"#[..],
+            br#"{"events":[{"id":"a"}]}"#,
+            b"[]",
+        ] {
+            let err = Normalizer::Registry
+                .normalize("r", Verified::trusted_local_file(bad), &Vec::new(), 0)
+                .unwrap_err();
+            assert!(matches!(err, NormalizeError::Shape(..)), "{err}");
+        }
+    }
+
+    #[test]
+    fn github_type_delivery_and_mapped_fields() {
+        let src = source(
+            Format::Github,
+            &[
+                (Field::Tag, "/release/tag_name"),
+                (Field::Image, "/repository/name"),
+            ],
+        );
+        let headers = vec![
+            ("X-GitHub-Event".to_string(), "release".to_string()),
+            ("X-GitHub-Delivery".to_string(), "d-1".to_string()),
+        ];
+        let body = br#"{"action":"published","release":{"tag_name":"v1.2.0"},"repository":{"name":"api"}}"#;
+        let events = Normalizer::new(&src)
+            .normalize("gh", Verified::trusted_local_file(body), &headers, 0)
+            .unwrap();
+        assert_eq!(events[0].kind, "release.published");
+        assert_eq!(events[0].delivery_id, "d-1");
+        assert_eq!(events[0].subject.tag.as_deref(), Some("v1.2.0"));
+        assert_eq!(events[0].subject.image.as_deref(), Some("api"));
+        let ping = Normalizer::new(&src)
+            .normalize(
+                "gh",
+                Verified::trusted_local_file(b"{}"),
+                &headers[..1].to_vec(),
+                0,
+            )
+            .unwrap();
+        assert_eq!(ping[0].kind, "release");
+        let err = Normalizer::new(&src)
+            .normalize("gh", Verified::trusted_local_file(b"{}"), &Vec::new(), 0)
+            .unwrap_err();
+        assert!(matches!(err, NormalizeError::MissingType(_)));
+    }
+
+    #[test]
+    fn generic_fields_type_header_and_delivery_header() {
+        let mut src = source(
+            Format::Generic,
+            &[
+                (Field::Tag, "/release/version"),
+                (Field::BuildNumber, "/run"),
+            ],
+        );
+        src.type_header = Some("X-Event".into());
+        src.delivery_header = Some("X-Delivery".into());
+        let headers = vec![
+            ("x-event".to_string(), "deployed".to_string()),
+            ("x-delivery".to_string(), "42".to_string()),
+        ];
+        let body =
+            br#"{"repo":"r","image":"i","release":{"version":"3.1.0"},"run":17,"tag":"ignored"}"#;
+        let e = &Normalizer::new(&src)
+            .normalize("g", Verified::trusted_local_file(body), &headers, 0)
+            .unwrap()[0];
+        assert_eq!(
+            (e.kind.as_str(), e.delivery_id.as_str()),
+            ("deployed", "42")
+        );
+        assert_eq!(
+            e.subject,
+            subject([
+                Some("r"),
+                Some("i"),
+                Some("3.1.0"),
+                None,
+                None,
+                None,
+                Some("17")
+            ])
+        );
+    }
 
     #[test]
     fn depth_counts_only_structure() {

@@ -13,19 +13,52 @@ use serde_json::Value;
 use tempfile::TempDir;
 use wiremock::MockServer;
 
+/// `server.max_body_bytes` in the test config.
+pub const MAX_BODY: usize = 65536;
 pub const CI_SECRET: &str = "ci-secret-current";
 pub const CI_SECRET_OLD: &str = "ci-secret-previous";
 pub const JFROG_SECRET: &str = "jfrog-webhook-secret";
 pub const JFROG_TOKEN: &str = "jfrog-access-token";
 pub const OPS_TOKEN: &str = "ops-token-value";
 pub const VIEWER_TOKEN: &str = "viewer-token-value";
+pub const GH_SECRET: &str = "github-webhook-secret";
+pub const SW_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+pub const REGISTRY_TOKEN: &str = "registry-notify-token";
+pub const GITLAB_TOKEN: &str = "gitlab-hook-token";
+
+/// Sources for every other scheme and format, to append to a test's config.
+pub const MORE_SOURCES: &str = r#"
+[[sources]]
+name = "github"
+format = "github"
+verify = { scheme = "github", secrets = ["env:TEST_GH_SECRET"] }
+fields = { tag = "/release/tag_name", image = "/repository/name" }
+
+[[sources]]
+name = "sw"
+format = "generic"
+verify = { scheme = "standard-webhooks", secrets = ["env:TEST_SW_SECRET"], tolerance = "5m" }
+
+[[sources]]
+name = "registry"
+format = "registry"
+verify = { scheme = "token", header = "Authorization", secrets = ["env:TEST_REGISTRY_TOKEN"] }
+
+[[sources]]
+name = "gitlab"
+format = "generic"
+verify = { scheme = "token", header = "X-Gitlab-Token", secrets = ["env:TEST_GITLAB_TOKEN"] }
+type_header = "X-Gitlab-Event"
+delivery_header = "X-Gitlab-Event-UUID"
+fields = { tag = "/ref", image = "/project/path_with_namespace" }
+"#;
 
 /// The config every test starts from; `{upstream}` and `{db}` are filled in, and the
 /// test appends its own rules.
 const BASE: &str = r#"
 [server]
 listen = "127.0.0.1:0"
-max_body_bytes = 4096
+max_body_bytes = 65536
 shutdown_grace = "5s"
 
 [store]
@@ -77,6 +110,10 @@ pub fn env() -> HashMap<String, String> {
         ("TEST_CI_SECRET_OLD", CI_SECRET_OLD),
         ("TEST_JFROG_SECRET", JFROG_SECRET),
         ("TEST_JFROG_TOKEN", JFROG_TOKEN),
+        ("TEST_GH_SECRET", GH_SECRET),
+        ("TEST_SW_SECRET", SW_SECRET),
+        ("TEST_REGISTRY_TOKEN", REGISTRY_TOKEN),
+        ("TEST_GITLAB_TOKEN", GITLAB_TOKEN),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -204,6 +241,8 @@ impl Client {
 pub struct TestApp {
     pub client: Client,
     pub upstream: MockServer,
+    /// The config file the app runs on (for driving the CLI against it).
+    pub config: PathBuf,
     _dir: TempDir,
     running: Option<Running>,
 }
@@ -219,13 +258,14 @@ pub async fn spawn_app(rules: &str) -> TestApp {
     let upstream = MockServer::start().await;
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(dir.path(), &upstream.uri(), rules, "30s");
-    let loaded = config::load(&ConfigPath::Explicit(path), &env()).unwrap();
+    let loaded = config::load(&ConfigPath::Explicit(path.clone()), &env()).unwrap();
     let service = Service::compile(loaded.config).unwrap();
     let running = app::start(service, Mode::All).await.unwrap();
     let addr = running.addr.unwrap();
     TestApp {
         client: Client::new(format!("http://{addr}")),
         upstream,
+        config: path,
         _dir: dir,
         running: Some(running),
     }
@@ -247,13 +287,19 @@ pub struct ChildApp {
 
 impl ChildApp {
     pub async fn start(config: &Path, port: u16) -> ChildApp {
+        ChildApp::start_logged(config, port, Stdio::null()).await
+    }
+
+    /// Starts with the process's logs (stderr, JSON lines) going to `log`.
+    pub async fn start_logged(config: &Path, port: u16, log: impl Into<Stdio>) -> ChildApp {
         let child = Command::new(env!("CARGO_BIN_EXE_gantry"))
             .args(["serve", "--config"])
             .arg(config)
             .envs(env())
             .env("GANTRY__SERVER__LISTEN", format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "debug")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap();
         // Owned at once, so that Drop kills it whatever happens next.
@@ -294,6 +340,36 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// Runs `gantry sign` for `source` over `body` against a config and returns the
+/// headers it printed.
+pub fn cli_sign(config: &Path, source: &str, body: &[u8]) -> Vec<(String, String)> {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("body.json");
+    std::fs::write(&file, body).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .args(["sign", "--source", source, "--config"])
+        .arg(config)
+        .arg("--event")
+        .arg(&file)
+        .envs(env())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let (k, v) = l.split_once(": ").unwrap();
+            (k.to_string(), v.to_string())
+        })
+        .collect()
 }
 
 pub fn fixture(name: &str) -> Vec<u8> {

@@ -1,6 +1,5 @@
 //! What `POST /hooks/{source}` answers, and what it stores.
 
-use futures_util::stream;
 use serde_json::Value;
 
 use crate::harness::{CI_SECRET, CI_SECRET_OLD, VIEWER_TOKEN, hmac_hex, spawn_app};
@@ -146,116 +145,6 @@ async fn a_rotated_out_secret_still_verifies_while_listed() {
     let sig = format!("sha256={}", hmac_hex(CI_SECRET, body).to_uppercase());
     let resp = app.post_hook("ci", body, &[("X-Signature", &sig)]).await;
     assert_eq!(resp.status(), 202);
-    app.stop().await;
-}
-
-async fn expect_error(resp: reqwest::Response, status: u16, code: &str) {
-    let (got, body) = json(resp).await;
-    assert_eq!(got, status, "{body}");
-    assert_eq!(body["error"]["code"], code, "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .is_some_and(|m| !m.is_empty())
-    );
-}
-
-#[tokio::test]
-async fn every_rejection_has_its_status_error_shape_and_audit_record() {
-    let app = spawn_app(MATCHERS).await;
-    let body = br#"{"event":"test-passed","tag":"1.0.0"}"#;
-
-    let wrong = format!("sha256={}", hmac_hex("not-the-secret", body));
-    expect_error(
-        app.post_hook("ci", body, &[("X-Signature", &wrong)]).await,
-        401,
-        "invalid_signature",
-    )
-    .await;
-    expect_error(
-        app.post_hook("ci", body, &[]).await,
-        401,
-        "invalid_signature",
-    )
-    .await;
-    expect_error(
-        app.post_hook("ci", body, &[("X-Signature", "sha256=zz")])
-            .await,
-        401,
-        "invalid_signature",
-    )
-    .await;
-    // The signature covers the bytes: the same JSON re-serialised does not verify.
-    let sig = format!("sha256={}", hmac_hex(CI_SECRET, body));
-    let spaced = br#"{"event": "test-passed", "tag": "1.0.0"}"#;
-    expect_error(
-        app.post_hook("ci", spaced, &[("X-Signature", &sig)]).await,
-        401,
-        "invalid_signature",
-    )
-    .await;
-
-    expect_error(app.send("nope", body).await, 404, "unknown_source").await;
-    expect_error(app.send("ci", b"{not json").await, 400, "malformed_json").await;
-    let deep = format!("{}{}", "[".repeat(65), "]".repeat(65));
-    expect_error(app.send("ci", deep.as_bytes()).await, 400, "malformed_json").await;
-    expect_error(
-        app.send("ci", br#"{"tag":"1.0.0"}"#).await,
-        400,
-        "invalid_event",
-    )
-    .await;
-    expect_error(
-        app.send("artifactory", br#"{"domain":"docker"}"#).await,
-        400,
-        "invalid_event",
-    )
-    .await;
-
-    let big = vec![b' '; 5000];
-    expect_error(app.send("ci", &big).await, 413, "payload_too_large").await;
-
-    let plain = reqwest::Client::new()
-        .post(format!("{}/hooks/ci", app.base))
-        .header("Content-Type", "text/plain")
-        .header("X-Signature", &sig)
-        .body(body.to_vec())
-        .send()
-        .await
-        .unwrap();
-    expect_error(plain, 415, "unsupported_media_type").await;
-
-    let get = reqwest::get(format!("{}/hooks/ci", app.base))
-        .await
-        .unwrap();
-    expect_error(get, 405, "method_not_allowed").await;
-
-    let rejected = app.audit("kind=event.rejected&limit=100").await;
-    assert_eq!(rejected.len(), 11, "{rejected:#?}");
-    assert!(rejected.iter().all(|r| r["event_id"].is_null()));
-    assert_eq!(rejected[4]["actor"], "nope");
-    // Nothing was stored as an event.
-    assert!(app.audit("kind=event.received").await.is_empty());
-    // And no secret or signature made it into the record.
-    let text = serde_json::to_string(&rejected).unwrap();
-    assert!(!text.contains(CI_SECRET) && !text.contains(&sig[7..]));
-    app.stop().await;
-}
-
-#[tokio::test]
-async fn a_chunked_body_over_the_limit_is_refused_while_reading() {
-    let app = spawn_app("").await;
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
-        (0..10).map(|_| Ok(vec![b' '; 1000])).collect();
-    let resp = reqwest::Client::new()
-        .post(format!("{}/hooks/ci", app.base))
-        .header("Content-Type", "application/json")
-        .header("X-Signature", "sha256=00")
-        .body(reqwest::Body::wrap_stream(stream::iter(chunks)))
-        .send()
-        .await
-        .unwrap();
-    expect_error(resp, 413, "payload_too_large").await;
     app.stop().await;
 }
 

@@ -5,5 +5,8 @@ mod admin;
 mod cli;
 mod crash;
 mod harness;
+mod hostile;
 mod ingest;
 mod promote;
+mod secrets;
+mod sources;
