@@ -178,6 +178,8 @@ pub struct RawAction {
     #[serde(rename = "type")]
     pub kind: super::ActionKind,
     pub target: String,
+    /// The repository to promote from, when the event does not name it.
+    pub from_repo: Option<String>,
     pub to_repo: Option<String>,
     pub to_image: Option<String>,
     pub to_tag: Option<String>,

@@ -34,6 +34,7 @@ pub struct Rule {
 #[derive(Debug)]
 enum ActionTemplate {
     Promote {
+        from_repo: Template,
         to_repo: Template,
         to_image: Template,
         to_tag: Template,
@@ -214,13 +215,20 @@ impl Rule {
         };
         match &self.action {
             ActionTemplate::Promote {
+                from_repo,
                 to_repo,
                 to_image,
                 to_tag,
                 copy,
             } => {
                 let from = ImageRef {
-                    repo: required(Field::Repo)?,
+                    repo: from_repo
+                        .render(event, captures)
+                        .ok()
+                        .filter(|r| !r.is_empty())
+                        .ok_or_else(|| {
+                            fail("the event has no repo and the rule sets no from_repo".into())
+                        })?,
                     image: required(Field::Image)?,
                     tag: required(Field::Tag)?,
                     digest: event.subject.digest.clone().filter(|d| !d.is_empty()),
@@ -262,10 +270,12 @@ fn compile_action(
                 ));
                 return None;
             };
+            let from_repo = template("from_repo", a.from_repo.as_ref(), Field::Repo);
             let to_repo = template("to_repo", Some(repo), Field::Repo);
             let to_image = template("to_image", a.to_image.as_ref(), Field::Image);
             let to_tag = template("to_tag", a.to_tag.as_ref(), Field::Tag);
             Some(ActionTemplate::Promote {
+                from_repo: from_repo?,
                 to_repo: to_repo?,
                 to_image: to_image?,
                 to_tag: to_tag?,

@@ -332,3 +332,50 @@ action = { type = "promote", target = "jfrog", to_repo = "prod", to_tag = "{{dig
     assert!(app.upstream.received_requests().await.unwrap().is_empty());
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_github_release_promotes_from_the_rules_from_repo() {
+    use crate::harness::{GH_SECRET, MORE_SOURCES, hmac_hex};
+    let app = spawn_app(&format!(
+        r#"{MORE_SOURCES}
+[[rules]]
+name = "released"
+source = "github"
+event = "release.published"
+match = {{ tag = "semver:>=1.0.0" }}
+action = {{ type = "promote", target = "jfrog", from_repo = "docker-staging", to_repo = "docker-prod", to_image = "acme/{{{{image}}}}" }}
+"#
+    ))
+    .await;
+    Mock::given(method("POST"))
+        .and(path(promote_path("docker-staging")))
+        .and(body_json(json!({
+            "targetRepo": "docker-prod",
+            "dockerRepository": "api",
+            "targetDockerRepository": "acme/api",
+            "tag": "v1.2.0",
+            "targetTag": "v1.2.0",
+            "copy": true
+        })))
+        .respond_with(ResponseTemplate::new(200))
+        .expect(1)
+        .mount(&app.upstream)
+        .await;
+    let body =
+        br#"{"action":"published","release":{"tag_name":"v1.2.0"},"repository":{"name":"api"}}"#;
+    let sig = format!("sha256={}", hmac_hex(GH_SECRET, body));
+    let resp = app
+        .post_hook(
+            "github",
+            body,
+            &[
+                ("X-Hub-Signature-256", &sig),
+                ("X-GitHub-Event", "release"),
+                ("X-GitHub-Delivery", "d-1"),
+            ],
+        )
+        .await;
+    let id = accepted_job(resp).await;
+    assert_eq!(app.wait_final(&id).await["state"], "succeeded");
+    app.stop().await;
+}
