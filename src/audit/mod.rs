@@ -34,10 +34,16 @@ pub enum AuditKind {
     JobRetried,
     #[serde(rename = "job.cancelled")]
     JobCancelled,
+    #[serde(rename = "job.interrupted")]
+    JobInterrupted,
+    #[serde(rename = "target.circuit_opened")]
+    TargetCircuitOpened,
+    #[serde(rename = "target.circuit_closed")]
+    TargetCircuitClosed,
 }
 
 impl AuditKind {
-    pub const ALL: [AuditKind; 10] = [
+    pub const ALL: [AuditKind; 13] = [
         AuditKind::EventReceived,
         AuditKind::EventDuplicate,
         AuditKind::EventRejected,
@@ -48,6 +54,9 @@ impl AuditKind {
         AuditKind::JobFailed,
         AuditKind::JobRetried,
         AuditKind::JobCancelled,
+        AuditKind::JobInterrupted,
+        AuditKind::TargetCircuitOpened,
+        AuditKind::TargetCircuitClosed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -62,6 +71,9 @@ impl AuditKind {
             AuditKind::JobFailed => "job.failed",
             AuditKind::JobRetried => "job.retried",
             AuditKind::JobCancelled => "job.cancelled",
+            AuditKind::JobInterrupted => "job.interrupted",
+            AuditKind::TargetCircuitOpened => "target.circuit_opened",
+            AuditKind::TargetCircuitClosed => "target.circuit_closed",
         }
     }
 
@@ -222,6 +234,23 @@ impl AuditEntry {
             "{}: {}",
             error.code.as_str(),
             error.message
+        ))
+    }
+
+    /// A target's circuit breaker changed state.
+    pub fn circuit(kind: AuditKind, target: &str, message: &str) -> Self {
+        let mut e = AuditEntry::new(kind, "worker").saying(message);
+        e.target = Some(target.to_string());
+        e
+    }
+
+    /// An attempt cut short by a shutdown; the job is queued again.
+    pub fn interrupted(job: &Job, attempt: &AttemptRecord) -> Self {
+        let mut e = AuditEntry::for_job(AuditKind::JobInterrupted, "worker", job);
+        e.upstream_status = attempt.upstream_status;
+        e.saying(&format!(
+            "attempt {} interrupted by shutdown; released",
+            attempt.n
         ))
     }
 

@@ -194,6 +194,16 @@ pub struct TargetConfig {
     pub auth: TargetAuth,
     pub timeout: Duration,
     pub max_concurrency: usize,
+    pub breaker: BreakerConfig,
+}
+
+/// When a target's circuit opens (after `failures` consecutive retryable failures)
+/// and how long its jobs are then held before one probe is let through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerConfig {
+    /// 0 disables the breaker.
+    pub failures: u32,
+    pub cool_down: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -460,6 +470,18 @@ fn validate(
                 auth,
                 timeout: t.timeout.unwrap_or(Duration::from_secs(30)),
                 max_concurrency: t.max_concurrency.unwrap_or(8),
+                breaker: BreakerConfig {
+                    failures: t
+                        .circuit_breaker
+                        .as_ref()
+                        .and_then(|b| b.failures)
+                        .unwrap_or(5),
+                    cool_down: t
+                        .circuit_breaker
+                        .as_ref()
+                        .and_then(|b| b.cool_down)
+                        .unwrap_or(Duration::from_secs(30)),
+                },
             })
         })
         .collect();

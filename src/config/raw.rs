@@ -125,6 +125,16 @@ pub struct RawTarget {
     #[serde(default, with = "humantime_serde")]
     pub timeout: Option<Duration>,
     pub max_concurrency: Option<usize>,
+    pub circuit_breaker: Option<RawBreaker>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBreaker {
+    /// Consecutive retryable failures that open the circuit; 0 disables it.
+    pub failures: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    pub cool_down: Option<Duration>,
 }
 
 /// A matcher as written: one pattern, or a list meaning "any of these".

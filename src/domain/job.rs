@@ -140,6 +140,10 @@ pub enum JobErrorCode {
     UnknownTarget,
     /// The worker holding the job stopped renewing its lease (crashed or was killed).
     LeaseExpired,
+    /// The source tag no longer points at the digest the event named.
+    DigestMismatch,
+    /// The attempt was still running when the process shut down.
+    Interrupted,
 }
 
 impl JobErrorCode {
@@ -152,6 +156,8 @@ impl JobErrorCode {
             JobErrorCode::TemplateError => "template_error",
             JobErrorCode::UnknownTarget => "unknown_target",
             JobErrorCode::LeaseExpired => "lease_expired",
+            JobErrorCode::DigestMismatch => "digest_mismatch",
+            JobErrorCode::Interrupted => "interrupted",
         }
     }
 

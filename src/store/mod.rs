@@ -96,6 +96,18 @@ pub struct AttemptReport {
     pub audit: Vec<AuditEntry>,
 }
 
+/// A leased job given back: not attempted (held by a circuit breaker or a
+/// shutdown), or interrupted mid-attempt (recorded, attempt spent).
+#[derive(Debug, Clone)]
+pub struct Release {
+    pub job_id: String,
+    pub worker: String,
+    pub attempt: u32,
+    /// When the job becomes due again.
+    pub at: Millis,
+    pub interrupted: Option<AttemptRecord>,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct JobFilter {
     pub state: Option<JobState>,
@@ -159,6 +171,9 @@ pub trait Store: Send + Sync {
     /// Records an attempt and moves the job on; `false` (and nothing written) when the
     /// worker lost the lease meanwhile.
     async fn record_attempt(&self, report: AttemptReport) -> Result<bool, StoreError>;
+
+    /// Gives a leased job back; `false` when the worker no longer held it.
+    async fn release_job(&self, release: Release) -> Result<bool, StoreError>;
 
     /// Applies an operator's action, audited with the operator's token name.
     async fn operate(

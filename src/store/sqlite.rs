@@ -19,7 +19,7 @@ use tokio::sync::{Notify, oneshot};
 
 use super::{
     AttemptReport, AuditFilter, IngestOutcome, JobFilter, JobRef, LeasedJob, NewEvent,
-    OperatorAction, OperatorOutcome, Page, Store, StoreError, Transition,
+    OperatorAction, OperatorOutcome, Page, Release, Store, StoreError, Transition,
 };
 use crate::audit::{AuditEntry, AuditKind, AuditRecord, GENESIS, chain_hash};
 use crate::domain::{
@@ -682,22 +682,67 @@ fn lease_next(
     }))
 }
 
-fn finish_attempt(conn: &Connection, report: &AttemptReport) -> Result<bool, StoreError> {
-    let holds: bool = conn
+/// Whether `worker` still holds the lease of attempt `n` of the job: the fence that
+/// keeps a worker that lost its lease from writing over its successor.
+fn holds_lease(conn: &Connection, job_id: &str, worker: &str, n: u32) -> Result<bool, StoreError> {
+    Ok(conn
         .prepare_cached(
             "SELECT 1 FROM jobs WHERE id = ?1 AND state = 'running' AND lease_owner = ?2
              AND attempts = ?3",
         )
         .and_then(|mut s| {
-            s.query_row(
-                params![report.job_id, report.worker, report.attempt.n],
-                |_| Ok(()),
-            )
-            .optional()
+            s.query_row(params![job_id, worker, n], |_| Ok(()))
+                .optional()
         })
         .map_err(unavailable)?
-        .is_some();
-    if !holds {
+        .is_some())
+}
+
+fn release_leased(conn: &Connection, r: &Release) -> Result<bool, StoreError> {
+    if !holds_lease(conn, &r.job_id, &r.worker, r.attempt)? {
+        return Ok(false);
+    }
+    let now = now_millis();
+    match &r.interrupted {
+        None => {
+            conn.prepare_cached(
+                "UPDATE jobs SET state = CASE WHEN attempts > 1 THEN 'retrying' ELSE 'queued' END,
+                    attempts = attempts - 1, next_attempt_at = ?2, lease_owner = NULL,
+                    lease_expires_at = NULL, attempt_started_at = NULL, updated_at = ?3
+                 WHERE id = ?1",
+            )
+            .and_then(|mut s| s.execute(params![r.job_id, r.at, now]))
+            .map_err(unavailable)?;
+        }
+        Some(attempt) => {
+            insert_attempt(conn, &r.job_id, attempt)?;
+            let error = attempt.error.as_ref();
+            conn.prepare_cached(
+                "UPDATE jobs SET state = 'retrying', next_attempt_at = ?2, lease_owner = NULL,
+                    lease_expires_at = NULL, attempt_started_at = NULL, last_error_code = ?3,
+                    last_error_message = ?4, updated_at = ?5
+                 WHERE id = ?1",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    r.job_id,
+                    r.at,
+                    error.map(|e| e.code.as_str()),
+                    error.map(|e| e.message.as_str()),
+                    now
+                ])
+            })
+            .map_err(unavailable)?;
+            if let Some(job) = load_job(conn, &r.job_id)? {
+                append_audit(conn, &AuditEntry::interrupted(&job, attempt))?;
+            }
+        }
+    }
+    Ok(true)
+}
+
+fn finish_attempt(conn: &Connection, report: &AttemptReport) -> Result<bool, StoreError> {
+    if !holds_lease(conn, &report.job_id, &report.worker, report.attempt.n)? {
         return Ok(false);
     }
     insert_attempt(conn, &report.job_id, &report.attempt)?;
@@ -861,6 +906,15 @@ impl Store for SqliteStore {
             let held = finish_attempt(conn, &report)?;
             b.wake_workers |= held && matches!(report.transition, Transition::Retry { .. });
             Ok(held)
+        })
+        .await
+    }
+
+    async fn release_job(&self, release: Release) -> Result<bool, StoreError> {
+        self.write(move |conn, b| {
+            let released = release_leased(conn, &release)?;
+            b.wake_workers |= released;
+            Ok(released)
         })
         .await
     }

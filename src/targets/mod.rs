@@ -1,6 +1,7 @@
 //! Where promotions happen: one trait, one implementation per kind of upstream.
 
 mod artifactory;
+mod breaker;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -8,6 +9,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::Semaphore;
+
+pub use breaker::{Admission, Breaker, Change};
 
 use crate::config::{Config, TargetKind};
 use crate::domain::{Action, JobError, JobErrorCode, Outcome, bounded};
@@ -30,24 +33,45 @@ pub struct TargetError {
     pub upstream_status: Option<u16>,
     /// The upstream's `Retry-After`, when it sent one.
     pub retry_after: Option<Duration>,
+    /// The request may still take effect upstream (timeout, reset after sending):
+    /// the next attempt waits at least the target's timeout before re-checking.
+    pub ambiguous: bool,
+}
+
+impl TargetError {
+    /// A failure no retry can fix.
+    pub fn permanent(code: JobErrorCode, message: impl Into<String>) -> Self {
+        TargetError {
+            error: JobError::new(code, message),
+            retryable: false,
+            upstream_status: None,
+            retry_after: None,
+            ambiguous: false,
+        }
+    }
 }
 
 #[async_trait]
 pub trait Target: Send + Sync {
-    /// Carries out one rendered action against the upstream.
+    /// Carries out one rendered action against the upstream, idempotently: it reads
+    /// the target first and answers `Noop` when the expected image is already there,
+    /// and it refuses (`digest_mismatch`) when the source no longer holds the digest
+    /// the event named.
     async fn perform(&self, action: &Action) -> Result<Effect, TargetError>;
 }
 
-/// A configured target and the permits that cap its concurrent attempts.
-#[derive(Clone)]
-pub struct Limited {
+/// A configured target with what guards it: the permits that cap its concurrent
+/// attempts and its circuit breaker.
+pub struct Handle {
     pub target: Arc<dyn Target>,
-    pub permits: Arc<Semaphore>,
+    pub permits: Semaphore,
+    pub breaker: Breaker,
+    pub timeout: Duration,
 }
 
 /// All configured targets by name.
 #[derive(Clone, Default)]
-pub struct Targets(HashMap<String, Limited>);
+pub struct Targets(HashMap<String, Arc<Handle>>);
 
 impl Targets {
     pub fn from_config(config: &Config) -> Result<Targets, reqwest::Error> {
@@ -56,13 +80,18 @@ impl Targets {
             let target: Arc<dyn Target> = match t.kind {
                 TargetKind::Artifactory => Arc::new(artifactory::Artifactory::new(t)?),
             };
-            let permits = Arc::new(Semaphore::new(t.max_concurrency));
-            map.insert(t.name.clone(), Limited { target, permits });
+            let handle = Handle {
+                target,
+                permits: Semaphore::new(t.max_concurrency),
+                breaker: Breaker::new(t.breaker),
+                timeout: t.timeout,
+            };
+            map.insert(t.name.clone(), Arc::new(handle));
         }
         Ok(Targets(map))
     }
 
-    pub fn get(&self, name: &str) -> Option<&Limited> {
+    pub fn get(&self, name: &str) -> Option<&Arc<Handle>> {
         self.0.get(name)
     }
 }
@@ -89,12 +118,15 @@ pub fn status_error(
         retryable,
         upstream_status: Some(code),
         retry_after: retry_after(headers),
+        ambiguous: false,
     }
 }
 
 /// Classifies a request that got no answer: a timeout or a broken connection, both
-/// worth retrying.
-pub fn transport_error(e: reqwest::Error) -> TargetError {
+/// worth retrying. `had_effect` says whether the request could change anything
+/// upstream (a promote, not a read): then only a refused connection is unambiguous.
+pub fn transport_error(e: reqwest::Error, had_effect: bool) -> TargetError {
+    let ambiguous = had_effect && !e.is_connect();
     let (code, what) = if e.is_timeout() {
         (
             JobErrorCode::Timeout,
@@ -120,6 +152,7 @@ pub fn transport_error(e: reqwest::Error) -> TargetError {
         retryable: true,
         upstream_status: None,
         retry_after: None,
+        ambiguous,
     }
 }
 

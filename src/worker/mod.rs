@@ -4,10 +4,17 @@
 //! Idle workers wait on the store's work signal, which fires on every commit that
 //! queued a job, so a new job starts at once; the timer (next retry due, next lease
 //! to expire, at most `poll_interval`) is only the fallback.
+//!
+//! Before an attempt reaches its upstream it passes the target's concurrency limit
+//! and circuit breaker; a job held back by either is released without spending an
+//! attempt. On shutdown, running attempts may finish within the grace period; those
+//! that do not are recorded as interrupted and released for the next process.
 
 mod retry;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
@@ -16,12 +23,12 @@ use tracing::Instrument;
 
 pub use retry::backoff;
 
-use crate::audit::AuditEntry;
+use crate::audit::{AuditEntry, AuditKind};
 use crate::config::{RetryPolicy, WorkerConfig};
-use crate::domain::{AttemptRecord, JobError, JobErrorCode, now_millis};
+use crate::domain::{AttemptRecord, JobError, JobErrorCode, Millis, now_millis};
 use crate::rules::RuleSet;
-use crate::store::{AttemptReport, LeasedJob, Store, Transition};
-use crate::targets::{Effect, TargetError, Targets};
+use crate::store::{AttemptReport, LeasedJob, Release, Store, Transition};
+use crate::targets::{Admission, Change, Effect, Handle, TargetError, Targets};
 
 /// Everything a worker needs, shared by all of them.
 pub struct Context {
@@ -33,92 +40,289 @@ pub struct Context {
     pub default_retry: RetryPolicy,
 }
 
+/// An attempt on its way to or at the upstream, for shutdown to account for.
+#[derive(Debug, Clone)]
+struct InFlight {
+    job_id: String,
+    attempt: u32,
+    started_at: Millis,
+    timeout: Duration,
+}
+
+type InFlightMap = Arc<Mutex<HashMap<String, InFlight>>>;
+
 /// The running workers and the switch that stops them.
 pub struct Pool {
+    ctx: Arc<Context>,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    in_flight: InFlightMap,
 }
 
 impl Pool {
     pub fn start(ctx: Arc<Context>) -> Pool {
         let (stop, stopped) = watch::channel(false);
         let process = ulid::Ulid::generate();
+        let in_flight = InFlightMap::default();
         let mut tasks = JoinSet::new();
         for k in 0..ctx.config.concurrency {
-            let id = format!("{}-{process}-{k}", std::process::id());
-            tasks.spawn(run(ctx.clone(), id, stopped.clone()));
+            let worker = Worker {
+                ctx: ctx.clone(),
+                id: format!("{}-{process}-{k}", std::process::id()),
+                stop: stopped.clone(),
+                in_flight: in_flight.clone(),
+            };
+            tasks.spawn(worker.run());
         }
-        Pool { stop, tasks }
+        Pool {
+            ctx,
+            stop,
+            tasks,
+            in_flight,
+        }
     }
 
-    /// Stops leasing, lets running attempts finish within `grace`, then abandons the
-    /// rest: their leases expire and another process takes them over.
+    /// Stops leasing, lets running attempts finish within `grace`, then records the
+    /// ones still running as interrupted and releases their jobs: after a restart
+    /// they are retried (once the target's timeout has passed, in case the upstream
+    /// is still carrying them out) instead of waiting for their leases to expire.
     pub async fn shutdown(mut self, grace: Duration) {
         let _ = self.stop.send(true);
         let drained = tokio::time::timeout(grace, async {
             while self.tasks.join_next().await.is_some() {}
         })
         .await;
-        if drained.is_err() {
-            tracing::warn!(
-                "attempts still running after the shutdown grace period; abandoning them"
-            );
-            self.tasks.abort_all();
+        if drained.is_ok() {
+            return;
+        }
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+        let left: Vec<(String, InFlight)> = lock(&self.in_flight).drain().collect();
+        tracing::warn!(
+            attempts = left.len(),
+            "attempts still running after the shutdown grace period; releasing them"
+        );
+        for (worker, f) in left {
+            let now = now_millis();
+            let interrupted = AttemptRecord {
+                n: f.attempt,
+                started_at: f.started_at,
+                duration_ms: u64::try_from(now - f.started_at).unwrap_or(0),
+                upstream_status: None,
+                error: Some(JobError::new(
+                    JobErrorCode::Interrupted,
+                    "the process shut down before the upstream answered",
+                )),
+            };
+            let release = Release {
+                job_id: f.job_id.clone(),
+                worker,
+                attempt: f.attempt,
+                at: now.saturating_add(millis(f.timeout)),
+                interrupted: Some(interrupted),
+            };
+            if let Err(e) = self.ctx.store.release_job(release).await {
+                tracing::error!(job_id = %f.job_id, error = %e, "cannot release an interrupted job; its lease will expire");
+            }
         }
     }
 }
 
-async fn run(ctx: Arc<Context>, id: String, mut stop: watch::Receiver<bool>) {
-    let signal = ctx.store.work_signal();
-    let min_wait = Duration::from_millis(5);
-    while !*stop.borrow() {
-        // Registered before looking for work, so a commit in between is not missed.
-        let notified = signal.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
+fn lock(map: &InFlightMap) -> std::sync::MutexGuard<'_, HashMap<String, InFlight>> {
+    // Plain inserts and removes: a panic elsewhere cannot leave the map half-written.
+    map.lock().unwrap_or_else(|p| p.into_inner())
+}
 
-        let wait = match ctx.store.lease_job(&id, ctx.config.lease).await {
-            Ok(Some(job)) => {
-                attempt(&ctx, &id, job).await;
-                continue;
-            }
-            Ok(None) => match ctx.store.next_wakeup().await {
-                Ok(Some(at)) => {
-                    Duration::from_millis(u64::try_from(at - now_millis()).unwrap_or(0))
-                        .clamp(min_wait, ctx.config.poll_interval)
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+struct Worker {
+    ctx: Arc<Context>,
+    id: String,
+    stop: watch::Receiver<bool>,
+    in_flight: InFlightMap,
+}
+
+/// How far an attempt got before it ended.
+enum Step {
+    /// It reached the upstream; this is the answer.
+    Done(Result<Effect, TargetError>),
+    /// Held back (circuit open, shutting down) until this instant; no attempt spent.
+    Held(Millis),
+}
+
+impl Worker {
+    async fn run(mut self) {
+        let ctx = self.ctx.clone();
+        let signal = ctx.store.work_signal();
+        let min_wait = Duration::from_millis(5);
+        while !*self.stop.borrow() {
+            // Registered before looking for work, so a commit in between is not missed.
+            let notified = signal.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+
+            let wait = match ctx.store.lease_job(&self.id, ctx.config.lease).await {
+                Ok(Some(job)) => {
+                    self.attempt(job).await;
+                    continue;
                 }
-                Ok(None) => ctx.config.poll_interval,
+                Ok(None) => match ctx.store.next_wakeup().await {
+                    Ok(Some(at)) => {
+                        Duration::from_millis(u64::try_from(at - now_millis()).unwrap_or(0))
+                            .clamp(min_wait, ctx.config.poll_interval)
+                    }
+                    Ok(None) => ctx.config.poll_interval,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the next wake-up");
+                        ctx.config.poll_interval
+                    }
+                },
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot read the next wake-up");
+                    tracing::warn!(error = %e, "cannot lease a job");
                     ctx.config.poll_interval
                 }
-            },
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot lease a job");
-                ctx.config.poll_interval
+            };
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.stop.changed() => {}
             }
-        };
-        tokio::select! {
-            _ = &mut notified => {}
-            _ = tokio::time::sleep(wait) => {}
-            _ = stop.changed() => {}
         }
     }
-}
 
-async fn attempt(ctx: &Context, worker: &str, leased: LeasedJob) {
-    let job = &leased.job;
-    let span = tracing::info_span!("attempt", job_id = %job.id, rule = %job.rule,
-        target = %job.target, n = leased.attempt);
-    async {
-        let started = Instant::now();
-        let result = perform(ctx, worker, &leased).await;
-        let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let policy = ctx
+    async fn attempt(&self, leased: LeasedJob) {
+        let job = &leased.job;
+        let span = tracing::info_span!("attempt", job_id = %job.id, rule = %job.rule,
+            target = %job.target, n = leased.attempt);
+        async {
+            let started = Instant::now();
+            let handle = self.ctx.targets.get(&job.target).cloned();
+            let step = match (&job.action, &handle) {
+                (None, _) => Step::Done(Err(TargetError::permanent(
+                    JobErrorCode::TemplateError,
+                    "the job has no rendered action",
+                ))),
+                (_, None) => Step::Done(Err(TargetError::permanent(
+                    JobErrorCode::UnknownTarget,
+                    format!("target `{}` is not configured", job.target),
+                ))),
+                (Some(action), Some(handle)) => {
+                    let work = self.guarded(&leased, handle, action);
+                    self.renewing(&job.id, work).await
+                }
+            };
+            match step {
+                Step::Held(at) => self.hold(&leased, at).await,
+                Step::Done(result) => {
+                    let duration_ms =
+                        u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                    self.finish(&leased, handle.as_deref(), duration_ms, result)
+                        .await;
+                }
+            }
+            lock(&self.in_flight).remove(&self.id);
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Passes the target's concurrency limit and circuit breaker, then performs.
+    async fn guarded(
+        &self,
+        leased: &LeasedJob,
+        handle: &Handle,
+        action: &crate::domain::Action,
+    ) -> Step {
+        let mut stop = self.stop.clone();
+        let _permit = tokio::select! {
+            // The semaphore is never closed; no permit would mean no limit.
+            permit = handle.permits.acquire() => permit.ok(),
+            _ = stop.wait_for(|stopping| *stopping) => return Step::Held(now_millis()),
+        };
+        if let Admission::Wait(d) = handle.breaker.admit() {
+            return Step::Held(now_millis().saturating_add(millis(d)));
+        }
+        lock(&self.in_flight).insert(
+            self.id.clone(),
+            InFlight {
+                job_id: leased.job.id.clone(),
+                attempt: leased.attempt,
+                started_at: leased.started_at,
+                timeout: handle.timeout,
+            },
+        );
+        Step::Done(handle.target.perform(action).await)
+    }
+
+    /// Runs `work` while renewing the job's lease every third of its length.
+    async fn renewing<T>(&self, job_id: &str, work: impl Future<Output = T>) -> T {
+        let lease = self.ctx.config.lease;
+        tokio::pin!(work);
+        let mut renew = tokio::time::interval(lease / 3);
+        renew.tick().await;
+        loop {
+            tokio::select! {
+                result = &mut work => return result,
+                _ = renew.tick() => {
+                    match self.ctx.store.renew_lease(job_id, &self.id, lease).await {
+                        Ok(true) => {}
+                        Ok(false) => tracing::warn!("lease lost while the attempt runs"),
+                        Err(e) => tracing::warn!(error = %e, "cannot renew the lease"),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Gives a job back without spending an attempt.
+    async fn hold(&self, leased: &LeasedJob, at: Millis) {
+        tracing::info!(until = %crate::domain::rfc3339(at), "held back; released");
+        let release = Release {
+            job_id: leased.job.id.clone(),
+            worker: self.id.clone(),
+            attempt: leased.attempt,
+            at,
+            interrupted: None,
+        };
+        if let Err(e) = self.ctx.store.release_job(release).await {
+            tracing::error!(error = %e, "cannot release the job; its lease will expire");
+        }
+    }
+
+    async fn finish(
+        &self,
+        leased: &LeasedJob,
+        handle: Option<&Handle>,
+        duration_ms: u64,
+        result: Result<Effect, TargetError>,
+    ) {
+        let job = &leased.job;
+        if let Some(h) = handle {
+            let healthy = result.as_ref().map_or_else(|e| !e.retryable, |_| true);
+            if let Some(change) = h.breaker.record(healthy) {
+                let (kind, what) = match change {
+                    Change::Opened => (AuditKind::TargetCircuitOpened, "opened: its jobs are held"),
+                    Change::Closed => (
+                        AuditKind::TargetCircuitClosed,
+                        "closed: the upstream answers again",
+                    ),
+                };
+                tracing::warn!(target_name = %job.target, "circuit {what}");
+                let entry = AuditEntry::circuit(kind, &job.target, &format!("circuit {what}"));
+                if let Err(e) = self.ctx.store.append_audit(entry).await {
+                    tracing::error!(error = %e, "cannot audit the circuit change");
+                }
+            }
+        }
+        let policy = self
+            .ctx
             .rules
             .get(&job.rule)
-            .map_or(ctx.default_retry, |r| r.retry);
-        let report = decide(worker, &leased, duration_ms, &policy, result);
+            .map_or(self.ctx.default_retry, |r| r.retry);
+        let min_delay = handle.map_or(Duration::ZERO, |h| h.timeout);
+        let report = decide(&self.id, leased, duration_ms, &policy, min_delay, result);
         match &report.transition {
             Transition::Succeeded(o) => {
                 tracing::info!(outcome = o.as_str(), duration_ms, "promoted")
@@ -136,7 +340,7 @@ async fn attempt(ctx: &Context, worker: &str, leased: LeasedJob) {
                 tracing::error!(code = e.code.as_str(), message = %e.message, "job failed")
             }
         }
-        match ctx.store.record_attempt(report).await {
+        match self.ctx.store.record_attempt(report).await {
             Ok(true) => {}
             Ok(false) => tracing::warn!(
                 "lease lost before the attempt was recorded; another worker owns the job"
@@ -145,60 +349,19 @@ async fn attempt(ctx: &Context, worker: &str, leased: LeasedJob) {
             Err(e) => tracing::error!(error = %e, "cannot record the attempt"),
         }
     }
-    .instrument(span)
-    .await
-}
-
-/// Runs the action within the target's concurrency limit, renewing the lease until
-/// the upstream has answered.
-async fn perform(ctx: &Context, worker: &str, leased: &LeasedJob) -> Result<Effect, TargetError> {
-    let job = &leased.job;
-    let permanent = |code, message: String| TargetError {
-        error: JobError::new(code, message),
-        retryable: false,
-        upstream_status: None,
-        retry_after: None,
-    };
-    let Some(action) = &job.action else {
-        return Err(permanent(
-            JobErrorCode::TemplateError,
-            "the job has no rendered action".into(),
-        ));
-    };
-    let Some(target) = ctx.targets.get(&job.target) else {
-        return Err(permanent(
-            JobErrorCode::UnknownTarget,
-            format!("target `{}` is not configured", job.target),
-        ));
-    };
-    let work = async {
-        // A closed semaphore is never closed here; treat it as no limit rather than fail.
-        let _permit = target.permits.acquire().await.ok();
-        target.target.perform(action).await
-    };
-    tokio::pin!(work);
-    let mut renew = tokio::time::interval(ctx.config.lease / 3);
-    renew.tick().await;
-    loop {
-        tokio::select! {
-            result = &mut work => return result,
-            _ = renew.tick() => {
-                match ctx.store.renew_lease(&job.id, worker, ctx.config.lease).await {
-                    Ok(true) => {}
-                    Ok(false) => tracing::warn!("lease lost while the attempt runs"),
-                    Err(e) => tracing::warn!(error = %e, "cannot renew the lease"),
-                }
-            }
-        }
-    }
 }
 
 /// Where the job goes after this attempt, and what goes on the record (SPEC §8).
+///
+/// After an ambiguous failure the next attempt waits at least `min_delay` (the
+/// target's timeout), so an effect the upstream is still carrying out is seen by the
+/// next attempt's check instead of repeated.
 fn decide(
     worker: &str,
     leased: &LeasedJob,
     duration_ms: u64,
     policy: &RetryPolicy,
+    min_delay: Duration,
     result: Result<Effect, TargetError>,
 ) -> AttemptReport {
     let (job, n) = (&leased.job, leased.attempt);
@@ -218,8 +381,11 @@ fn decide(
             attempt.upstream_status = e.upstream_status;
             attempt.error = Some(e.error.clone());
             if e.retryable && leased.attempts_in_budget < policy.max_attempts {
-                let delay = backoff(policy, n, e.retry_after);
-                let delay_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+                let mut delay = backoff(policy, n, e.retry_after);
+                if e.ambiguous {
+                    delay = delay.max(min_delay);
+                }
+                let delay_ms = millis(delay);
                 Transition::Retry {
                     at: now_millis().saturating_add(delay_ms),
                 }

@@ -209,3 +209,104 @@ fn simulate_prints_the_promotions_that_would_be_queued() {
     );
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// Runs an admin command of the real binary against a running server.
+async fn admin(base: &str, token: &str, args: &[&str]) -> (i32, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .args(args)
+        .args(["--url", base])
+        .env_clear()
+        .env("GANTRY_TOKEN", token)
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn jobs_retry_revives_a_failed_job_and_keeps_its_attempts() {
+    use crate::harness::{OPS_TOKEN, VIEWER_TOKEN, spawn_app};
+    use wiremock::matchers::method;
+    use wiremock::{Mock, ResponseTemplate};
+
+    let app = spawn_app(
+        r#"
+[[rules]]
+name = "r"
+source = "ci"
+event = "test-passed"
+action = { type = "promote", target = "jfrog", to_repo = "staging" }
+"#,
+    )
+    .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(403).set_body_string("no permission"))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&app.upstream)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&app.upstream)
+        .await;
+    let body = br#"{"event":"test-passed","repo":"dev","image":"app","tag":"1.0.0"}"#;
+    let answer: serde_json::Value = app.send("ci", body).await.json().await.unwrap();
+    let id = answer["jobs"][0]["id"].as_str().unwrap().to_string();
+    assert_eq!(app.wait_final(&id).await["state"], "failed");
+
+    let (code, stdout, _) = admin(
+        &app.base,
+        VIEWER_TOKEN,
+        &["jobs", "list", "--state", "failed"],
+    )
+    .await;
+    assert_eq!(code, 0);
+    assert!(
+        stdout
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.starts_with(&id) && l.contains("upstream_rejected")),
+        "{stdout}"
+    );
+
+    let (code, _, stderr) = admin(&app.base, VIEWER_TOKEN, &["jobs", "retry", &id]).await;
+    assert_eq!(code, 1, "a read token cannot retry");
+    assert!(
+        stderr.contains("403") && stderr.contains("forbidden"),
+        "{stderr}"
+    );
+
+    let (code, stdout, stderr) = admin(&app.base, OPS_TOKEN, &["jobs", "retry", &id]).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout, format!("job {id} is queued\n"));
+    assert_eq!(app.wait_final(&id).await["state"], "succeeded");
+
+    let (code, stdout, _) = admin(
+        &app.base,
+        VIEWER_TOKEN,
+        &["jobs", "show", &id, "--output", "json"],
+    )
+    .await;
+    assert_eq!(code, 0);
+    let job: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let attempts = job["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "the failed attempt is kept");
+    assert_eq!(attempts[0]["upstream_status"], 403);
+    assert_eq!(attempts[1]["upstream_status"], 200);
+
+    let (code, stdout, _) = admin(&app.base, VIEWER_TOKEN, &["jobs", "show", &id]).await;
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains("attempt  1") && stdout.contains("upstream_rejected"),
+        "{stdout}"
+    );
+
+    let (code, _, stderr) = admin(&app.base, OPS_TOKEN, &["jobs", "cancel", &id]).await;
+    assert_eq!(code, 1);
+    assert!(stderr.contains("invalid_state"), "{stderr}");
+    app.stop().await;
+}

@@ -163,6 +163,19 @@ impl Client {
         self.post_hook(source, body, &[(header, &value)]).await
     }
 
+    /// Like `send`, but a failed connection is an error, not a panic (for crash tests).
+    pub async fn try_send(&self, source: &str, body: &[u8]) -> Result<u16, reqwest::Error> {
+        let sig = format!("sha256={}", hmac_hex(CI_SECRET, body));
+        self.http
+            .post(format!("{}/hooks/{source}", self.base))
+            .header("Content-Type", "application/json")
+            .header("X-Signature", sig)
+            .body(body.to_vec())
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    }
+
     pub async fn post_hook(
         &self,
         source: &str,
@@ -287,17 +300,48 @@ pub struct ChildApp {
 
 impl ChildApp {
     pub async fn start(config: &Path, port: u16) -> ChildApp {
-        ChildApp::start_logged(config, port, Stdio::null()).await
+        ChildApp::start_with(config, port, &[], Stdio::null()).await
     }
 
-    /// Starts with the process's logs (stderr, JSON lines) going to `log`.
+    /// Starts with the process's debug logs (stderr, JSON lines) going to `log`.
     pub async fn start_logged(config: &Path, port: u16, log: impl Into<Stdio>) -> ChildApp {
+        ChildApp::spawn(config, port, &[], &[("RUST_LOG", "debug")], log.into()).await
+    }
+
+    /// Starts `gantry serve` with extra arguments (`--no-workers`).
+    pub async fn start_with(
+        config: &Path,
+        port: u16,
+        args: &[&str],
+        log: impl Into<Stdio>,
+    ) -> ChildApp {
+        ChildApp::spawn(config, port, args, &[], log.into()).await
+    }
+
+    /// Starts with extra environment (`GANTRY__…` overrides).
+    pub async fn start_with_env(
+        config: &Path,
+        port: u16,
+        args: &[&str],
+        vars: &[(&str, &str)],
+    ) -> ChildApp {
+        ChildApp::spawn(config, port, args, vars, Stdio::null()).await
+    }
+
+    async fn spawn(
+        config: &Path,
+        port: u16,
+        args: &[&str],
+        vars: &[(&str, &str)],
+        log: Stdio,
+    ) -> ChildApp {
         let child = Command::new(env!("CARGO_BIN_EXE_gantry"))
             .args(["serve", "--config"])
             .arg(config)
+            .args(args)
+            .envs(vars.iter().copied())
             .envs(env())
             .env("GANTRY__SERVER__LISTEN", format!("127.0.0.1:{port}"))
-            .env("RUST_LOG", "debug")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -319,6 +363,30 @@ impl ChildApp {
         panic!("gantry did not become ready");
     }
 
+    /// SIGTERM, then waits (up to `within`) for the process to exit on its own.
+    pub async fn terminate(mut self, within: Duration) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gantry did not exit after SIGTERM"
+            );
+            // Not a thread sleep: the test's runtime also runs the fake upstream.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// SIGKILL: no chance to release anything.
     pub fn kill(mut self) {
         self.child.kill().unwrap();
@@ -331,6 +399,18 @@ impl Drop for ChildApp {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// How many promote calls (POSTs) a wiremock upstream received; the reads gantry
+/// makes to check the target first are not counted.
+pub async fn posts(server: &MockServer) -> usize {
+    server
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .filter(|r| r.method == wiremock::http::Method::POST)
+        .count()
 }
 
 /// A free loopback port (bound and released; good enough for a test).

@@ -4,6 +4,8 @@
 mod admin;
 mod cli;
 mod crash;
+mod fake_artifactory;
+mod faults;
 mod harness;
 mod hostile;
 mod ingest;

@@ -4,7 +4,7 @@ use serde_json::{Value, json};
 use wiremock::matchers::{body_json, header, method, path};
 use wiremock::{Mock, ResponseTemplate};
 
-use crate::harness::{JFROG_TOKEN, fixture, spawn_app};
+use crate::harness::{JFROG_TOKEN, fixture, posts, spawn_app};
 
 const TESTED_TO_STAGING: &str = r#"
 [[rules]]
@@ -233,7 +233,7 @@ async fn a_server_error_is_retried_until_it_succeeds() {
             .contains("database is locked")
     );
     assert_eq!(attempts[1]["upstream_status"], 200);
-    assert_eq!(app.upstream.received_requests().await.unwrap().len(), 2);
+    assert_eq!(posts(&app.upstream).await, 2);
 
     let kinds: Vec<String> = app
         .audit(&format!("job={id}"))

@@ -1,5 +1,8 @@
-//! The command line: `serve`, `check`, `simulate`. Exit codes: 0 ok, 1 failure,
+//! The command line: `serve`, `check`, `simulate`, `sign` work on the config;
+//! `jobs …` talks to a running server's admin API. Exit codes: 0 ok, 1 failure,
 //! 2 usage or config error.
+
+mod admin;
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -26,12 +29,25 @@ struct Cli {
     #[arg(long, global = true, env = "GANTRY_CONFIG")]
     config: Option<PathBuf>,
 
+    /// The running server, for the admin commands.
+    #[arg(
+        long,
+        global = true,
+        env = "GANTRY_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    url: String,
+
+    /// An admin token, for the admin commands.
+    #[arg(long, global = true, env = "GANTRY_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
-enum Output {
+pub(crate) enum Output {
     Table,
     Json,
 }
@@ -63,6 +79,9 @@ enum Command {
         #[arg(long, value_enum, default_value = "table")]
         output: Output,
     },
+    /// Operate on jobs through the admin API of a running server.
+    #[command(subcommand)]
+    Jobs(admin::JobsCommand),
     /// Print the headers a source's scheme expects for a body, one `Name: value` per
     /// line, signed with the source's first secret (for curl and for testing senders).
     Sign {
@@ -75,7 +94,7 @@ enum Command {
 }
 
 /// Why a command failed, which decides its exit code.
-enum Failure {
+pub(crate) enum Failure {
     /// Exit 2: the config or the usage is wrong.
     Config(String),
     /// Exit 1: anything else.
@@ -114,6 +133,9 @@ pub fn main() -> ExitCode {
             output,
         } => simulate(&path, &source, &event, &headers, output),
         Command::Sign { source, event } => sign(&path, &source, &event),
+        Command::Jobs(command) => {
+            admin::Client::new(&cli.url, cli.token.as_deref()).and_then(|c| c.jobs(command))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
