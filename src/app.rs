@@ -47,11 +47,29 @@ impl Service {
     /// Compiles every rule and source; the problems of both, each named.
     pub fn compile(config: Config) -> Result<Service, Vec<Problem>> {
         match (RuleSet::compile(&config), Sources::from_config(&config)) {
-            (Ok(rules), Ok(sources)) => Ok(Service {
-                config,
-                rules,
-                sources,
-            }),
+            (Ok(rules), Ok(sources)) => {
+                let loops: Vec<Problem> = rules
+                    .cycles(&config.sources)
+                    .into_iter()
+                    .map(|names| {
+                        Problem::error(
+                            format!("rules[{}]", names[0]),
+                            format!(
+                                "promotions can loop: {} (each promotion's result matches the next rule)",
+                                names.join(" → ")
+                            ),
+                        )
+                    })
+                    .collect();
+                if !loops.is_empty() {
+                    return Err(loops);
+                }
+                Ok(Service {
+                    config,
+                    rules,
+                    sources,
+                })
+            }
             (rules, sources) => Err(rules
                 .err()
                 .into_iter()
@@ -84,6 +102,7 @@ pub async fn start(service: Service, mode: Mode) -> anyhow::Result<Running> {
             rules: rules.clone(),
             config: config.worker.clone(),
             default_retry: config.defaults.retry,
+            max_chain_depth: config.defaults.max_chain_depth,
         })))
     };
 
@@ -96,6 +115,7 @@ pub async fn start(service: Service, mode: Mode) -> anyhow::Result<Running> {
                 rules,
                 store: store.clone(),
                 dedupe_window: config.defaults.dedupe_window,
+                max_chain_depth: config.defaults.max_chain_depth,
             },
             store,
             admin_tokens: config.admin_tokens.clone(),

@@ -6,7 +6,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::domain::{
-    Action, AttemptRecord, Event, Job, JobError, Millis, NewJob, Outcome, bounded, now_millis,
+    Action, AttemptRecord, Event, Job, JobError, Millis, NewJob, Op, Outcome, bounded, now_millis,
 };
 
 /// Upstream messages and reasons are kept, but bounded.
@@ -36,6 +36,10 @@ pub enum AuditKind {
     JobCancelled,
     #[serde(rename = "job.interrupted")]
     JobInterrupted,
+    #[serde(rename = "job.duplicate")]
+    JobDuplicate,
+    #[serde(rename = "chain.refused")]
+    ChainRefused,
     #[serde(rename = "target.circuit_opened")]
     TargetCircuitOpened,
     #[serde(rename = "target.circuit_closed")]
@@ -43,7 +47,7 @@ pub enum AuditKind {
 }
 
 impl AuditKind {
-    pub const ALL: [AuditKind; 13] = [
+    pub const ALL: [AuditKind; 15] = [
         AuditKind::EventReceived,
         AuditKind::EventDuplicate,
         AuditKind::EventRejected,
@@ -55,6 +59,8 @@ impl AuditKind {
         AuditKind::JobRetried,
         AuditKind::JobCancelled,
         AuditKind::JobInterrupted,
+        AuditKind::JobDuplicate,
+        AuditKind::ChainRefused,
         AuditKind::TargetCircuitOpened,
         AuditKind::TargetCircuitClosed,
     ];
@@ -72,6 +78,8 @@ impl AuditKind {
             AuditKind::JobRetried => "job.retried",
             AuditKind::JobCancelled => "job.cancelled",
             AuditKind::JobInterrupted => "job.interrupted",
+            AuditKind::JobDuplicate => "job.duplicate",
+            AuditKind::ChainRefused => "chain.refused",
             AuditKind::TargetCircuitOpened => "target.circuit_opened",
             AuditKind::TargetCircuitClosed => "target.circuit_closed",
         }
@@ -237,6 +245,34 @@ impl AuditEntry {
         ))
     }
 
+    /// A job not created because its rule already acted on the same parent promotion
+    /// (an upstream's echo and gantry's own event both arrived).
+    pub fn duplicate_job(event: &Event, job: &NewJob, existing: &str) -> Self {
+        let mut e = AuditEntry::new(AuditKind::JobDuplicate, &event.source)
+            .about_event(event)
+            .about_action(job.action.as_ref().ok())
+            .saying(&format!(
+                "rule {} already acts on the result of job {} as job {existing}",
+                job.rule,
+                event.parent_job_id.as_deref().unwrap_or("-")
+            ));
+        e.rule = Some(job.rule.clone());
+        e.target = Some(job.target.clone());
+        e.job_id = Some(existing.to_string());
+        e
+    }
+
+    /// Promotions refused because the chain that led to them is too deep.
+    pub fn chain_refused(event: &Event, rules: &[String], max_depth: u32) -> Self {
+        AuditEntry::new(AuditKind::ChainRefused, &event.source)
+            .about_event(event)
+            .saying(&format!(
+                "chain depth {} exceeds max_chain_depth {max_depth}: not started: {}",
+                event.chain_depth,
+                rules.join(", ")
+            ))
+    }
+
     /// A target's circuit breaker changed state.
     pub fn circuit(kind: AuditKind, target: &str, message: &str) -> Self {
         let mut e = AuditEntry::new(kind, "worker").saying(message);
@@ -265,11 +301,18 @@ impl AuditEntry {
         e.job_id = Some(job.id.clone());
         e.rule = Some(job.rule.clone());
         e.target = Some(job.target.clone());
-        if let Some(Action::Promote { from, .. }) = &job.action {
-            e.repo = Some(from.repo.clone());
-            e.image = Some(from.image.clone());
-            e.tag = Some(from.tag.clone());
-            e.digest = from.digest.clone();
+        match job.action.as_ref().map(|a| &a.op) {
+            Some(Op::Promote { from, .. }) => {
+                e.repo = Some(from.repo.clone());
+                e.image = Some(from.image.clone());
+                e.tag = Some(from.tag.clone());
+                e.digest = from.digest.clone();
+            }
+            Some(Op::Copy { from, .. } | Op::Move { from, .. }) => {
+                e.repo = Some(from.repo.clone());
+                e.digest = from.digest.clone();
+            }
+            _ => {}
         }
         e
     }

@@ -15,7 +15,7 @@ use serde_json::json;
 
 use crate::app::{self, Mode, Service};
 use crate::config::{self, ConfigError, ConfigPath, Problem};
-use crate::domain::{Action, now_millis};
+use crate::domain::now_millis;
 use crate::ingest::{Verified, plan_jobs};
 
 #[derive(Debug, Parser)]
@@ -300,12 +300,15 @@ fn simulate(
                 }
                 for j in &jobs {
                     match &j.action {
-                        Ok(action @ Action::Promote { copy, .. }) => {
+                        Ok(action) => {
                             let (from, to) = action.describe();
-                            let how = if *copy { "copy" } else { "move" };
+                            let dry = if action.dry_run { ", dry run" } else { "" };
                             println!(
-                                "  rule {} → promote on {}: {from} → {to} ({how})",
-                                j.rule, j.target
+                                "  rule {} → {} on {}: {from} → {to} ({}{dry})",
+                                j.rule,
+                                action.kind(),
+                                j.target,
+                                action.mode()
                             );
                         }
                         Err(e) => println!(

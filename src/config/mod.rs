@@ -67,6 +67,10 @@ pub enum TargetKind {
 #[serde(rename_all = "kebab-case")]
 pub enum ActionKind {
     Promote,
+    BuildPromote,
+    Copy,
+    Move,
+    ReleaseBundlePromote,
 }
 
 /// The subject fields every normalized event carries (SPEC §5).
@@ -195,6 +199,8 @@ pub struct TargetConfig {
     pub timeout: Duration,
     pub max_concurrency: usize,
     pub breaker: BreakerConfig,
+    /// Every job against this target is a dry run.
+    pub dry_run: bool,
 }
 
 /// When a target's circuit opens (after `failures` consecutive retryable failures)
@@ -482,6 +488,7 @@ fn validate(
                         .and_then(|b| b.cool_down)
                         .unwrap_or(Duration::from_secs(30)),
                 },
+                dry_run: t.dry_run,
             })
         })
         .collect();

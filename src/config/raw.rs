@@ -126,6 +126,9 @@ pub struct RawTarget {
     pub timeout: Option<Duration>,
     pub max_concurrency: Option<usize>,
     pub circuit_breaker: Option<RawBreaker>,
+    /// Every job against this target is a dry run.
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -180,8 +183,13 @@ pub struct RawRule {
     pub when: BTreeMap<String, OneOrMany>,
     pub action: RawAction,
     pub retry: Option<RawRetry>,
+    /// Plan and audit, ask the upstream to rehearse, change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
+/// An action as written. Which fields apply depends on `type`; the rules compiler
+/// refuses the ones that do not.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAction {
@@ -193,5 +201,17 @@ pub struct RawAction {
     pub to_repo: Option<String>,
     pub to_image: Option<String>,
     pub to_tag: Option<String>,
+    pub to_path: Option<String>,
     pub copy: Option<bool>,
+    /// build-promote
+    pub status: Option<String>,
+    pub comment: Option<String>,
+    pub dependencies: Option<bool>,
+    pub properties: Option<BTreeMap<String, OneOrMany>>,
+    /// release-bundle-promote
+    pub bundle: Option<String>,
+    pub version: Option<String>,
+    pub environment: Option<String>,
+    pub signing_key: Option<String>,
+    pub included_repositories: Option<Vec<String>>,
 }

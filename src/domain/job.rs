@@ -1,6 +1,6 @@
 use serde::{Deserialize, Serialize, Serializer};
 
-use super::Millis;
+use super::{Action, Millis};
 
 /// `queued → running → succeeded`, with `retrying` between attempts and `failed` or
 /// `cancelled` as the other ends (SPEC §8).
@@ -42,12 +42,15 @@ impl JobState {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// The promotion was made by this job.
     Promoted,
     /// The target already held the expected image; nothing was changed.
     Noop,
+    /// A dry run: the upstream was asked whether it would work (where it can be),
+    /// nothing was changed.
+    DryRun,
 }
 
 impl Outcome {
@@ -55,55 +58,14 @@ impl Outcome {
         match self {
             Outcome::Promoted => "promoted",
             Outcome::Noop => "noop",
+            Outcome::DryRun => "dry_run",
         }
     }
 
     pub fn parse(s: &str) -> Option<Outcome> {
-        [Outcome::Promoted, Outcome::Noop]
+        [Outcome::Promoted, Outcome::Noop, Outcome::DryRun]
             .into_iter()
             .find(|o| o.as_str() == s)
-    }
-}
-
-/// An image location inside a registry or repository.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ImageRef {
-    pub repo: String,
-    pub image: String,
-    pub tag: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub digest: Option<String>,
-}
-
-impl std::fmt::Display for ImageRef {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}:{}", self.repo, self.image, self.tag)?;
-        if let Some(d) = &self.digest {
-            write!(f, "@{d}")?;
-        }
-        Ok(())
-    }
-}
-
-/// A fully rendered promotion: every template already applied, so a worker only has
-/// to carry it out.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "kebab-case")]
-pub enum Action {
-    Promote {
-        from: ImageRef,
-        to: ImageRef,
-        /// `false` moves: the source tag is removed.
-        copy: bool,
-    },
-}
-
-impl Action {
-    /// Human form for tables and audit records: `from → to (copy)`.
-    pub fn describe(&self) -> (String, String) {
-        match self {
-            Action::Promote { from, to, .. } => (from.to_string(), to.to_string()),
-        }
     }
 }
 

@@ -1,13 +1,35 @@
 //! The values that travel between the stages of the pipeline: events from ingest,
 //! jobs from the rules, their attempts and results from the workers.
 
+mod action;
 mod event;
 mod job;
 
-pub use event::{Event, Subject};
-pub use job::{
-    Action, AttemptRecord, ImageRef, Job, JobError, JobErrorCode, JobState, NewJob, Outcome,
+pub use action::{
+    Action, BuildPromotion, BuildRef, BuildTarget, BundleRef, Environment, ImageRef, ItemRef, Op,
 };
+pub use event::{Event, Subject};
+pub use job::{AttemptRecord, Job, JobError, JobErrorCode, JobState, NewJob, Outcome};
+
+/// The key a promotion's result is known by, shared by a job's output and an
+/// event's subject so that an upstream's echo of a promotion can be found: a docker
+/// tag, a repository item, or a build.
+pub fn subject_key(subject: &Subject) -> Option<String> {
+    let s = subject;
+    match (&s.image, &s.tag, &s.path, &s.build_name, &s.build_number) {
+        (Some(image), Some(tag), ..) => Some(format!(
+            "docker:{}/{image}:{tag}",
+            s.repo.as_deref().unwrap_or("")
+        )),
+        (_, _, Some(path), ..) => Some(format!(
+            "item:{}/{}",
+            s.repo.as_deref().unwrap_or(""),
+            path.trim_start_matches('/')
+        )),
+        (_, _, _, Some(name), Some(number)) => Some(format!("build:{name}#{number}")),
+        _ => None,
+    }
+}
 
 /// A new id: a ULID, so ids sort by creation time, from one monotonic generator so
 /// that ids made in the same millisecond keep their order too.

@@ -13,7 +13,7 @@ pub use verify::{Verified, Verifier, VerifyError, same_secret};
 
 use crate::audit::AuditEntry;
 use crate::config::{Config, Problem};
-use crate::domain::{Event, NewJob, now_millis};
+use crate::domain::{Event, NewJob, now_millis, subject_key};
 use crate::rules::RuleSet;
 use crate::store::{IngestOutcome, NewEvent, Store, StoreError};
 
@@ -97,6 +97,19 @@ impl Receipt {
     }
 }
 
+/// Plans an event's jobs for the store. A chain deeper than `max_chain_depth` gets
+/// none, and a note on the record says which promotions were refused.
+pub fn plan(rules: &RuleSet, event: Event, max_chain_depth: u32) -> NewEvent {
+    let mut jobs = plan_jobs(rules, &event);
+    let mut notes = Vec::new();
+    if event.chain_depth > max_chain_depth && !jobs.is_empty() {
+        let refused: Vec<String> = jobs.iter().map(|j| j.rule.clone()).collect();
+        notes.push(AuditEntry::chain_refused(&event, &refused, max_chain_depth));
+        jobs.clear();
+    }
+    NewEvent { event, jobs, notes }
+}
+
 /// Plans the jobs the rules ask for an event: a template that cannot be rendered
 /// still makes a job, recorded as failed, so the decision is on the record.
 pub fn plan_jobs(rules: &RuleSet, event: &Event) -> Vec<NewJob> {
@@ -118,6 +131,7 @@ pub struct Ingest {
     pub rules: Arc<RuleSet>,
     pub store: Arc<dyn Store>,
     pub dedupe_window: std::time::Duration,
+    pub max_chain_depth: u32,
 }
 
 impl Ingest {
@@ -148,18 +162,37 @@ impl Ingest {
             .get(source_name)
             .ok_or_else(|| IngestError::UnknownSource(source_name.to_string()))?;
         let verified = source.verifier.verify(headers, body)?;
-        let events = source
-            .normalizer
-            .normalize(&source.name, verified, headers, now_millis())?;
+        let mut events =
+            source
+                .normalizer
+                .normalize(&source.name, verified, headers, now_millis())?;
+        for event in &mut events {
+            self.link_echo(event).await?;
+        }
         let batch = events
             .into_iter()
-            .map(|event| {
-                let jobs = plan_jobs(&self.rules, &event);
-                NewEvent { event, jobs }
-            })
+            .map(|event| plan(&self.rules, event, self.max_chain_depth))
             .collect();
         let events = self.store.ingest(batch, self.dedupe_window).await?;
         Ok(Receipt { events })
+    }
+
+    /// An upstream's echo of a promotion gantry made (Artifactory's `docker.promoted`,
+    /// a registry push of the promoted tag) joins that promotion's chain: it gets
+    /// the job as parent and the next depth, so rules acting on it neither start a
+    /// second copy of the next stage nor escape `max_chain_depth`.
+    async fn link_echo(&self, event: &mut Event) -> Result<(), StoreError> {
+        let Some(key) = subject_key(&event.subject) else {
+            return Ok(());
+        };
+        let window = i64::try_from(self.dedupe_window.as_millis()).unwrap_or(i64::MAX);
+        let since = event.received_at.saturating_sub(window);
+        let digest = event.subject.digest.as_deref();
+        if let Some(link) = self.store.promotion_of(&key, digest, since).await? {
+            event.parent_job_id = Some(link.job_id);
+            event.chain_depth = link.chain_depth + 1;
+        }
+        Ok(())
     }
 
     /// Records a refused request. A store failure here is logged and does not change

@@ -1,16 +1,18 @@
 //! Promotion rules: compiled once from the config into matchers and templates, then
 //! asked, per event, which promotions to plan.
 
+mod action;
+mod graph;
 mod matcher;
 mod template;
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use crate::config::{ActionKind, Config, Field, Problem, RetryPolicy};
-use crate::domain::{Action, Event, ImageRef, JobError, JobErrorCode};
+use crate::config::{Config, Field, Problem, RetryPolicy};
+use crate::domain::{Action, Event, JobError};
+use action::ActionTemplate;
 pub use matcher::{Captures, Matcher};
-use template::Template;
 
 /// All rules, in config order.
 #[derive(Debug)]
@@ -29,17 +31,9 @@ pub struct Rule {
     fields: Vec<(Field, Matcher)>,
     when: Vec<(String, Matcher)>,
     action: ActionTemplate,
-}
-
-#[derive(Debug)]
-enum ActionTemplate {
-    Promote {
-        from_repo: Template,
-        to_repo: Template,
-        to_image: Template,
-        to_tag: Template,
-        copy: bool,
-    },
+    /// Subject fields an event must carry for the action to apply.
+    needs: Vec<Field>,
+    dry_run: bool,
 }
 
 /// A promotion one rule asks for one event. `action` is an error when the templates
@@ -106,10 +100,15 @@ impl RuleSet {
                     .chain(when.iter().map(|(_, m)| m))
                     .flat_map(Matcher::group_names)
                     .collect();
-                let action = compile_action(&loc, &r.action, &groups, &mut problems);
+                let action = ActionTemplate::compile(&loc, &r.action, &groups, &mut problems);
                 if problems.len() > errors_before {
                     return None;
                 }
+                let action = action?;
+                let target_dry_run = config
+                    .targets
+                    .iter()
+                    .any(|t| t.name == r.action.target && t.dry_run);
                 Some(Rule {
                     name: r.name.clone(),
                     target: r.action.target.clone(),
@@ -118,7 +117,9 @@ impl RuleSet {
                     event,
                     fields,
                     when,
-                    action: action?,
+                    needs: action.needs(),
+                    action,
+                    dry_run: r.dry_run || target_dry_run,
                 })
             })
             .collect();
@@ -146,29 +147,17 @@ impl RuleSet {
                 captures.clear();
                 rule.matches(event, &mut captures).then(|| Planned {
                     rule,
-                    action: rule.render(event, &captures),
+                    action: rule.action.render(event, &captures, rule.dry_run),
                 })
             })
             .collect()
     }
 }
 
-impl ActionTemplate {
-    /// Subject fields an event must carry for this action to apply at all: a promote
-    /// needs an image and a tag, so blob pushes, untagged manifests and non-docker
-    /// events never match a promote rule instead of failing as jobs.
-    fn needs(&self) -> &'static [Field] {
-        match self {
-            ActionTemplate::Promote { .. } => &[Field::Image, Field::Tag],
-        }
-    }
-}
-
 impl Rule {
     fn matches(&self, event: &Event, captures: &mut Captures) -> bool {
         let applies = self
-            .action
-            .needs()
+            .needs
             .iter()
             .all(|f| event.subject.get(*f).is_some_and(|v| !v.is_empty()));
         if !applies {
@@ -201,86 +190,5 @@ impl Rule {
                     _ => false,
                 }
             })
-    }
-
-    fn render(&self, event: &Event, captures: &Captures) -> Result<Action, JobError> {
-        let fail = |e: String| JobError::new(JobErrorCode::TemplateError, e);
-        let required = |f: Field| {
-            event
-                .subject
-                .get(f)
-                .filter(|v| !v.is_empty())
-                .map(str::to_string)
-                .ok_or_else(|| fail(format!("the event has no {}", f.name())))
-        };
-        match &self.action {
-            ActionTemplate::Promote {
-                from_repo,
-                to_repo,
-                to_image,
-                to_tag,
-                copy,
-            } => {
-                let from = ImageRef {
-                    repo: from_repo
-                        .render(event, captures)
-                        .ok()
-                        .filter(|r| !r.is_empty())
-                        .ok_or_else(|| {
-                            fail("the event has no repo and the rule sets no from_repo".into())
-                        })?,
-                    image: required(Field::Image)?,
-                    tag: required(Field::Tag)?,
-                    digest: event.subject.digest.clone().filter(|d| !d.is_empty()),
-                };
-                let to = ImageRef {
-                    repo: to_repo.render(event, captures).map_err(fail)?,
-                    image: to_image.render(event, captures).map_err(fail)?,
-                    tag: to_tag.render(event, captures).map_err(fail)?,
-                    digest: from.digest.clone(),
-                };
-                Ok(Action::Promote {
-                    from,
-                    to,
-                    copy: *copy,
-                })
-            }
-        }
-    }
-}
-
-fn compile_action(
-    loc: &str,
-    a: &crate::config::RawAction,
-    groups: &HashSet<Arc<str>>,
-    problems: &mut Vec<Problem>,
-) -> Option<ActionTemplate> {
-    let mut template = |key: &str, text: Option<&String>, default: Field| match text {
-        None => Some(Template::field(default)),
-        Some(t) => Template::parse(t, groups)
-            .map_err(|e| problems.push(Problem::error(format!("{loc}.action.{key}"), e)))
-            .ok(),
-    };
-    match a.kind {
-        ActionKind::Promote => {
-            let Some(repo) = a.to_repo.as_ref() else {
-                problems.push(Problem::error(
-                    format!("{loc}.action.to_repo"),
-                    "is required for a promote",
-                ));
-                return None;
-            };
-            let from_repo = template("from_repo", a.from_repo.as_ref(), Field::Repo);
-            let to_repo = template("to_repo", Some(repo), Field::Repo);
-            let to_image = template("to_image", a.to_image.as_ref(), Field::Image);
-            let to_tag = template("to_tag", a.to_tag.as_ref(), Field::Tag);
-            Some(ActionTemplate::Promote {
-                from_repo: from_repo?,
-                to_repo: to_repo?,
-                to_image: to_image?,
-                to_tag: to_tag?,
-                copy: a.copy.unwrap_or(true),
-            })
-        }
     }
 }

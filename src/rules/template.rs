@@ -47,6 +47,23 @@ impl Template {
         Ok(Template { parts })
     }
 
+    /// The subject fields the template reads.
+    pub fn fields(&self) -> impl Iterator<Item = Field> + '_ {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Field(f) => Some(*f),
+            _ => None,
+        })
+    }
+
+    /// The text, when the template has no variable at all.
+    pub fn literal(&self) -> Option<&str> {
+        match self.parts.as_slice() {
+            [] => Some(""),
+            [Part::Literal(s)] => Some(s),
+            _ => None,
+        }
+    }
+
     /// A template that renders one subject field, used for omitted action fields.
     pub fn field(field: Field) -> Template {
         Template {
@@ -61,13 +78,7 @@ impl Template {
                 Part::Literal(s) => out.push_str(s),
                 Part::Type => out.push_str(&event.kind),
                 Part::Source => out.push_str(&event.source),
-                Part::Field(f) => out.push_str(
-                    event
-                        .subject
-                        .get(*f)
-                        .filter(|v| !v.is_empty())
-                        .ok_or_else(|| format!("the event has no {}", f.name()))?,
-                ),
+                Part::Field(f) => out.push_str(field_value(event, *f)?),
                 Part::Group(name) => out.push_str(
                     captures
                         .iter()
@@ -86,6 +97,15 @@ impl Template {
         }
         Ok(out)
     }
+}
+
+/// A subject field's value, or why the event cannot be used.
+pub fn field_value(event: &Event, field: Field) -> Result<&str, String> {
+    event
+        .subject
+        .get(field)
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| format!("the event has no {}", field.name()))
 }
 
 fn variable(name: &str, groups: &HashSet<Arc<str>>) -> Result<Part, String> {

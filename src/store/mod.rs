@@ -27,10 +27,19 @@ pub enum StoreError {
 }
 
 /// An event and the jobs the rules planned for it, to be committed together.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct NewEvent {
     pub event: Event,
     pub jobs: Vec<NewJob>,
+    /// Decisions made while planning (a chain refused) to record with the event.
+    pub notes: Vec<AuditEntry>,
+}
+
+/// The job whose promotion an event echoes, and how deep its chain is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainLink {
+    pub job_id: String,
+    pub chain_depth: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -94,6 +103,8 @@ pub struct AttemptReport {
     pub attempt: AttemptRecord,
     pub transition: Transition,
     pub audit: Vec<AuditEntry>,
+    /// The `gantry.promoted` event a success emits, stored with it atomically.
+    pub emit: Option<NewEvent>,
 }
 
 /// A leased job given back: not attempted (held by a circuit breaker or a
@@ -147,6 +158,16 @@ pub trait Store: Send + Sync {
         batch: Vec<NewEvent>,
         dedupe_window: Duration,
     ) -> Result<Vec<IngestOutcome>, StoreError>;
+
+    /// The most recent job (since `since`, not failed or cancelled) whose promotion
+    /// produced `key` (see `domain::subject_key`), and, when both are known, the
+    /// same digest: the job an upstream's echo belongs to.
+    async fn promotion_of(
+        &self,
+        key: &str,
+        digest: Option<&str>,
+        since: Millis,
+    ) -> Result<Option<ChainLink>, StoreError>;
 
     /// Appends one audit record on its own.
     async fn append_audit(&self, entry: AuditEntry) -> Result<(), StoreError>;

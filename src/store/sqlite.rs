@@ -18,18 +18,20 @@ use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 use tokio::sync::{Notify, oneshot};
 
 use super::{
-    AttemptReport, AuditFilter, IngestOutcome, JobFilter, JobRef, LeasedJob, NewEvent,
+    AttemptReport, AuditFilter, ChainLink, IngestOutcome, JobFilter, JobRef, LeasedJob, NewEvent,
     OperatorAction, OperatorOutcome, Page, Release, Store, StoreError, Transition,
 };
 use crate::audit::{AuditEntry, AuditKind, AuditRecord, GENESIS, chain_hash};
 use crate::domain::{
     Action, AttemptRecord, Job, JobError, JobErrorCode, JobState, Millis, Outcome, now_millis,
+    subject_key,
 };
 
 /// Most operations committed in one transaction.
 const MAX_BATCH: usize = 512;
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE events (
     id TEXT PRIMARY KEY,
     source TEXT NOT NULL,
@@ -107,7 +109,14 @@ CREATE INDEX audit_at ON audit(at);
 CREATE INDEX audit_job ON audit(job_id);
 CREATE INDEX audit_rule ON audit(rule);
 CREATE INDEX audit_image ON audit(image);
-"#];
+"#,
+    r#"
+ALTER TABLE jobs ADD COLUMN target_ref TEXT;
+ALTER TABLE jobs ADD COLUMN target_digest TEXT;
+CREATE INDEX jobs_target_ref ON jobs(target_ref, created_at) WHERE target_ref IS NOT NULL;
+CREATE UNIQUE INDEX jobs_rule_parent ON jobs(rule, parent_job_id) WHERE parent_job_id IS NOT NULL;
+"#,
+];
 
 /// Per-batch facts the writer acts on after the commit.
 #[derive(Default)]
@@ -457,17 +466,37 @@ fn ingest_one(
     })
     .map_err(unavailable)?;
     append_audit(conn, &AuditEntry::received(ev))?;
+    for note in &new.notes {
+        append_audit(conn, note)?;
+    }
 
     let mut jobs = Vec::with_capacity(new.jobs.len());
     for job in &new.jobs {
+        if let Some(parent) = &ev.parent_job_id {
+            let existing: Option<String> = conn
+                .prepare_cached("SELECT id FROM jobs WHERE rule = ?1 AND parent_job_id = ?2")
+                .and_then(|mut s| {
+                    s.query_row(params![job.rule, parent], |r| r.get(0))
+                        .optional()
+                })
+                .map_err(unavailable)?;
+            if let Some(existing) = existing {
+                append_audit(conn, &AuditEntry::duplicate_job(ev, job, &existing))?;
+                continue;
+            }
+        }
         let (action, state, error) = match &job.action {
             Ok(a) => (serde_json::to_string(a).ok(), JobState::Queued, None),
             Err(e) => (None, JobState::Failed, Some(e)),
         };
+        let output = job.action.as_ref().ok().map(|a| a.output_subject());
+        let target_ref = output.as_ref().and_then(subject_key);
+        let target_digest = output.and_then(|o| o.digest);
         conn.prepare_cached(
             "INSERT INTO jobs (id, event_id, rule, target, action, state, next_attempt_at,
-                last_error_code, last_error_message, parent_job_id, chain_depth, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?7, ?7)",
+                last_error_code, last_error_message, parent_job_id, chain_depth, created_at,
+                updated_at, target_ref, target_digest)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?7, ?7, ?12, ?13)",
         )
         .and_then(|mut st| {
             st.execute(params![
@@ -482,6 +511,8 @@ fn ingest_one(
                 error.map(|e| e.message.as_str()),
                 ev.parent_job_id,
                 ev.chain_depth,
+                target_ref,
+                target_digest,
             ])
         })
         .map_err(unavailable)?;
@@ -741,9 +772,17 @@ fn release_leased(conn: &Connection, r: &Release) -> Result<bool, StoreError> {
     Ok(true)
 }
 
-fn finish_attempt(conn: &Connection, report: &AttemptReport) -> Result<bool, StoreError> {
+fn finish_attempt(
+    conn: &Connection,
+    report: &AttemptReport,
+    batch: &mut Batch,
+) -> Result<bool, StoreError> {
     if !holds_lease(conn, &report.job_id, &report.worker, report.attempt.n)? {
         return Ok(false);
+    }
+    if let Some(emitted) = &report.emit {
+        // Its delivery id names the job, which succeeds only once: no window needed.
+        ingest_one(conn, emitted, Duration::ZERO, batch)?;
     }
     insert_attempt(conn, &report.job_id, &report.attempt)?;
     let now = now_millis();
@@ -866,6 +905,35 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn promotion_of(
+        &self,
+        key: &str,
+        digest: Option<&str>,
+        since: Millis,
+    ) -> Result<Option<ChainLink>, StoreError> {
+        let (key, digest) = (key.to_string(), digest.map(str::to_string));
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT id, chain_depth FROM jobs
+                 WHERE target_ref = ?1 AND created_at >= ?2
+                   AND state NOT IN ('failed', 'cancelled')
+                   AND (?3 IS NULL OR target_digest IS NULL OR target_digest = ?3)
+                 ORDER BY created_at DESC LIMIT 1",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![key, since, digest], |r| {
+                    Ok(ChainLink {
+                        job_id: r.get(0)?,
+                        chain_depth: r.get(1)?,
+                    })
+                })
+                .optional()
+            })
+            .map_err(unavailable)
+        })
+        .await
+    }
+
     async fn append_audit(&self, entry: AuditEntry) -> Result<(), StoreError> {
         self.write(move |conn, _| append_audit(conn, &entry).map(|_| ()))
             .await
@@ -903,7 +971,7 @@ impl Store for SqliteStore {
 
     async fn record_attempt(&self, report: AttemptReport) -> Result<bool, StoreError> {
         self.write(move |conn, b| {
-            let held = finish_attempt(conn, &report)?;
+            let held = finish_attempt(conn, &report, b)?;
             b.wake_workers |= held && matches!(report.transition, Transition::Retry { .. });
             Ok(held)
         })

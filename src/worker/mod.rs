@@ -25,7 +25,9 @@ pub use retry::backoff;
 
 use crate::audit::{AuditEntry, AuditKind};
 use crate::config::{RetryPolicy, WorkerConfig};
-use crate::domain::{AttemptRecord, JobError, JobErrorCode, Millis, now_millis};
+use crate::domain::{
+    Action, AttemptRecord, Event, Job, JobError, JobErrorCode, Millis, Outcome, now_millis,
+};
 use crate::rules::RuleSet;
 use crate::store::{AttemptReport, LeasedJob, Release, Store, Transition};
 use crate::targets::{Admission, Change, Effect, Handle, TargetError, Targets};
@@ -38,6 +40,8 @@ pub struct Context {
     pub config: WorkerConfig,
     /// For jobs whose rule is no longer configured.
     pub default_retry: RetryPolicy,
+    /// Chains of promotions deeper than this are refused.
+    pub max_chain_depth: u32,
 }
 
 /// An attempt on its way to or at the upstream, for shutdown to account for.
@@ -322,7 +326,16 @@ impl Worker {
             .get(&job.rule)
             .map_or(self.ctx.default_retry, |r| r.retry);
         let min_delay = handle.map_or(Duration::ZERO, |h| h.timeout);
-        let report = decide(&self.id, leased, duration_ms, &policy, min_delay, result);
+        let mut report = decide(&self.id, leased, duration_ms, &policy, min_delay, result);
+        if let (Transition::Succeeded(outcome), Some(action)) = (&report.transition, &job.action)
+            && *outcome != Outcome::DryRun
+        {
+            report.emit = Some(crate::ingest::plan(
+                &self.ctx.rules,
+                promoted_event(job, action, *outcome),
+                self.ctx.max_chain_depth,
+            ));
+        }
         match &report.transition {
             Transition::Succeeded(o) => {
                 tracing::info!(outcome = o.as_str(), duration_ms, "promoted")
@@ -413,5 +426,30 @@ fn decide(
         audit: vec![AuditEntry::attempt(job, &attempt), outcome_record],
         attempt,
         transition,
+        emit: None,
+    }
+}
+
+/// The internal event a successful promotion emits: source `gantry`, type
+/// `gantry.promoted`, the target side as subject, one level deeper in the chain.
+/// Rules match it like any other event, so chains work even where the upstream
+/// sends no webhook.
+fn promoted_event(job: &Job, action: &Action, outcome: Outcome) -> Event {
+    Event {
+        id: crate::domain::new_id(),
+        source: crate::config::INTERNAL_SOURCE.to_string(),
+        kind: "gantry.promoted".to_string(),
+        delivery_id: format!("job:{}", job.id),
+        received_at: now_millis(),
+        subject: action.output_subject(),
+        payload: serde_json::json!({
+            "job_id": job.id,
+            "rule": job.rule,
+            "target": job.target,
+            "outcome": outcome.as_str(),
+            "action": action,
+        }),
+        parent_job_id: Some(job.id.clone()),
+        chain_depth: job.chain_depth + 1,
     }
 }

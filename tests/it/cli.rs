@@ -45,11 +45,19 @@ fn check_accepts_a_valid_config() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("g.toml"),
-        with_rule(r#"action = { type = "promote", target = "jfrog", to_repo = "x" }"#),
+        with_rule(
+            r#"source = "ci"
+action = { type = "promote", target = "jfrog", to_repo = "x" }"#,
+        ),
     )
     .unwrap();
     let out = gantry(dir.path(), &["--config", "g.toml", "check"]);
-    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         "ok: 1 sources, 1 targets, 1 rules\n"

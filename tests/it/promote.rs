@@ -68,7 +68,8 @@ async fn generic_event_promotes_with_templates_and_named_groups() {
             "type": "promote",
             "from": {"repo": "docker-dev", "image": "team-a/api", "tag": "1.4.2", "digest": "sha256:0123"},
             "to": {"repo": "docker-staging", "image": "release/api", "tag": "1.4.2-staged", "digest": "sha256:0123"},
-            "copy": true
+            "copy": true,
+            "dry_run": false
         })
     );
     let attempts = job["attempts"].as_array().unwrap();
@@ -86,10 +87,27 @@ async fn generic_event_promotes_with_templates_and_named_groups() {
         .collect();
     assert_eq!(kinds, ["job.created", "job.attempt", "job.succeeded"]);
     let received = app.audit("kind=event.received").await;
-    assert_eq!(received.len(), 1);
+    assert_eq!(
+        received.len(),
+        2,
+        "the webhook and the promotion's own event"
+    );
     assert_eq!(received[0]["actor"], "ci");
     assert_eq!(received[0]["image"], "team-a/api");
     assert_eq!(received[0]["digest"], "sha256:0123");
+    assert_eq!(received[1]["actor"], "gantry");
+    assert_eq!(
+        (
+            received[1]["repo"].as_str(),
+            received[1]["image"].as_str(),
+            received[1]["tag"].as_str()
+        ),
+        (
+            Some("docker-staging"),
+            Some("release/api"),
+            Some("1.4.2-staged")
+        )
+    );
     app.stop().await;
 }
 
