@@ -112,6 +112,9 @@ pub struct AuditEntry {
     pub outcome: Option<String>,
     pub upstream_status: Option<u16>,
     pub message: Option<String>,
+    /// For chained promotions: the job whose result led here, and how deep.
+    pub parent_job_id: Option<String>,
+    pub chain_depth: Option<u32>,
 }
 
 /// A stored record: its place in the chain and the hashes that bind it there.
@@ -146,11 +149,15 @@ impl AuditEntry {
             outcome: None,
             upstream_status: None,
             message: None,
+            parent_job_id: None,
+            chain_depth: None,
         }
     }
 
     fn about_event(mut self, event: &Event) -> Self {
         self.event_id = Some(event.id.clone());
+        self.parent_job_id = event.parent_job_id.clone();
+        self.chain_depth = Some(event.chain_depth);
         self.repo = event.subject.repo.clone();
         self.image = event.subject.image.clone();
         self.tag = event.subject.tag.clone();
@@ -297,6 +304,8 @@ impl AuditEntry {
 
     fn for_job(kind: AuditKind, actor: &str, job: &Job) -> Self {
         let mut e = AuditEntry::new(kind, actor).about_action(job.action.as_ref());
+        e.parent_job_id = job.parent_job_id.clone();
+        e.chain_depth = Some(job.chain_depth);
         e.event_id = Some(job.event_id.clone());
         e.job_id = Some(job.id.clone());
         e.rule = Some(job.rule.clone());

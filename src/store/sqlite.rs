@@ -115,6 +115,8 @@ ALTER TABLE jobs ADD COLUMN target_ref TEXT;
 ALTER TABLE jobs ADD COLUMN target_digest TEXT;
 CREATE INDEX jobs_target_ref ON jobs(target_ref, created_at) WHERE target_ref IS NOT NULL;
 CREATE UNIQUE INDEX jobs_rule_parent ON jobs(rule, parent_job_id) WHERE parent_job_id IS NOT NULL;
+ALTER TABLE audit ADD COLUMN parent_job_id TEXT;
+ALTER TABLE audit ADD COLUMN chain_depth INTEGER;
 "#,
 ];
 
@@ -360,8 +362,10 @@ fn append_audit(conn: &Connection, entry: &AuditEntry) -> Result<i64, StoreError
     let hash = chain_hash(&prev_hash, seq, entry);
     conn.prepare_cached(
         "INSERT INTO audit (seq, at, kind, actor, event_id, job_id, rule, target, repo, image,
-            tag, digest, from_ref, to_ref, outcome, upstream_status, message, prev_hash, hash)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
+            tag, digest, from_ref, to_ref, outcome, upstream_status, message, prev_hash, hash,
+            parent_job_id, chain_depth)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19,
+            ?20, ?21)",
     )
     .and_then(|mut s| {
         s.execute(params![
@@ -384,6 +388,8 @@ fn append_audit(conn: &Connection, entry: &AuditEntry) -> Result<i64, StoreError
             entry.message,
             prev_hash,
             hash,
+            entry.parent_job_id,
+            entry.chain_depth,
         ])
     })
     .map_err(unavailable)?;
@@ -881,6 +887,8 @@ fn audit_from_row(r: &Row<'_>) -> rusqlite::Result<(AuditRecord, String)> {
                 outcome: r.get(14)?,
                 upstream_status: r.get(15)?,
                 message: r.get(16)?,
+                parent_job_id: r.get(19)?,
+                chain_depth: r.get(20)?,
             },
             prev_hash: r.get(17)?,
             hash: r.get(18)?,
@@ -1063,7 +1071,8 @@ impl Store for SqliteStore {
         self.read(move |conn| {
             let mut sql = String::from(
                 "SELECT seq, at, kind, actor, event_id, job_id, rule, target, repo, image, tag,
-                    digest, from_ref, to_ref, outcome, upstream_status, message, prev_hash, hash
+                    digest, from_ref, to_ref, outcome, upstream_status, message, prev_hash, hash,
+                    parent_job_id, chain_depth
                  FROM audit WHERE 1 = 1",
             );
             let mut args: Vec<SqlValue> = Vec::new();

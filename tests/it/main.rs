@@ -1,7 +1,9 @@
 //! Integration tests: gantry driven through its real interfaces (HTTP on a random
 //! port, a real SQLite file, the real binary), with wiremock as Artifactory.
 
+mod actions;
 mod admin;
+mod chains;
 mod cli;
 mod crash;
 mod fake_artifactory;
