@@ -32,6 +32,7 @@ pub struct Running {
     pub addr: Option<SocketAddr>,
     server: Option<(ServerHandle, tokio::task::JoinHandle<std::io::Result<()>>)>,
     workers: Option<worker::Pool>,
+    maintenance: Option<tokio::task::JoinHandle<()>>,
     grace: Duration,
 }
 
@@ -92,6 +93,13 @@ pub async fn start(service: Service, mode: Mode) -> anyhow::Result<Running> {
     let rules = Arc::new(rules);
     let grace = config.server.shutdown_grace;
 
+    let maintenance = (mode != Mode::HttpOnly).then(|| {
+        tokio::spawn(maintain(
+            store.clone(),
+            config.audit_retain,
+            config.defaults.dedupe_window,
+        ))
+    });
     let workers = if mode == Mode::HttpOnly {
         None
     } else {
@@ -144,8 +152,33 @@ pub async fn start(service: Service, mode: Mode) -> anyhow::Result<Running> {
         addr,
         server,
         workers,
+        maintenance,
         grace,
     })
+}
+
+/// How often old audit records and delivery ids are pruned.
+const MAINTENANCE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Prunes, at start and then hourly: audit records past `[audit] retain` (behind a
+/// checkpoint, so the trail still verifies) and delivery ids past the dedupe window.
+async fn maintain(store: Arc<dyn store::Store>, retain: Option<Duration>, dedupe: Duration) {
+    let mut tick = tokio::time::interval(MAINTENANCE_EVERY);
+    loop {
+        tick.tick().await;
+        let now = crate::domain::now_millis();
+        let ago =
+            |d: Duration| now.saturating_sub(i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        match store.prune(retain.map(ago), ago(dedupe)).await {
+            Ok(p) if p.audit_records > 0 || p.deliveries > 0 => tracing::info!(
+                audit_records = p.audit_records,
+                deliveries = p.deliveries,
+                "pruned"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "pruning failed; will try again"),
+        }
+    }
 }
 
 impl Running {
@@ -164,6 +197,9 @@ impl Running {
     /// Stops accepting requests and leasing jobs; lets running requests and attempts
     /// finish within the grace period.
     pub async fn stop(self) {
+        if let Some(m) = &self.maintenance {
+            m.abort();
+        }
         let server = async {
             if let Some((handle, task)) = self.server {
                 handle.stop(true).await;

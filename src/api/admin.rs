@@ -109,6 +109,13 @@ async fn operate(
     }
 }
 
+pub async fn verify_audit(
+    _caller: ReadAccess,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(state.store.verify_audit().await?))
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {

@@ -49,7 +49,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/jobs/{id}", web::get().to(admin::get_job))
             .route("/jobs/{id}/retry", web::post().to(admin::retry_job))
             .route("/jobs/{id}/cancel", web::post().to(admin::cancel_job))
-            .route("/audit", web::get().to(admin::list_audit)),
+            .route("/audit", web::get().to(admin::list_audit))
+            .route("/audit/verify", web::get().to(admin::verify_audit)),
     )
     .default_service(web::to(not_found));
 }

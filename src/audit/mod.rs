@@ -2,8 +2,11 @@
 //! planned, attempt made, job finished), each hash-chained to the one before it so
 //! that an edit, deletion or reordering is detectable.
 
+mod chain;
+
 use serde::Serialize;
-use sha2::{Digest, Sha256};
+
+pub use chain::{Anchor, ChainCheck, Verdict, chain_hash};
 
 use crate::domain::{
     Action, AttemptRecord, Event, Job, JobError, Millis, NewJob, Op, Outcome, bounded, now_millis,
@@ -40,6 +43,8 @@ pub enum AuditKind {
     JobDuplicate,
     #[serde(rename = "chain.refused")]
     ChainRefused,
+    #[serde(rename = "audit.pruned")]
+    AuditPruned,
     #[serde(rename = "target.circuit_opened")]
     TargetCircuitOpened,
     #[serde(rename = "target.circuit_closed")]
@@ -47,7 +52,7 @@ pub enum AuditKind {
 }
 
 impl AuditKind {
-    pub const ALL: [AuditKind; 15] = [
+    pub const ALL: [AuditKind; 16] = [
         AuditKind::EventReceived,
         AuditKind::EventDuplicate,
         AuditKind::EventRejected,
@@ -61,6 +66,7 @@ impl AuditKind {
         AuditKind::JobInterrupted,
         AuditKind::JobDuplicate,
         AuditKind::ChainRefused,
+        AuditKind::AuditPruned,
         AuditKind::TargetCircuitOpened,
         AuditKind::TargetCircuitClosed,
     ];
@@ -80,6 +86,7 @@ impl AuditKind {
             AuditKind::JobInterrupted => "job.interrupted",
             AuditKind::JobDuplicate => "job.duplicate",
             AuditKind::ChainRefused => "chain.refused",
+            AuditKind::AuditPruned => "audit.pruned",
             AuditKind::TargetCircuitOpened => "target.circuit_opened",
             AuditKind::TargetCircuitClosed => "target.circuit_closed",
         }
@@ -280,6 +287,14 @@ impl AuditEntry {
             ))
     }
 
+    /// The checkpoint left where old records were pruned.
+    pub fn pruned(anchor: &Anchor, count: u64) -> Self {
+        AuditEntry::new(AuditKind::AuditPruned, "retention").saying(&format!(
+            "{} ({count} records removed by [audit] retain)",
+            anchor.checkpoint_message()
+        ))
+    }
+
     /// A target's circuit breaker changed state.
     pub fn circuit(kind: AuditKind, target: &str, message: &str) -> Self {
         let mut e = AuditEntry::new(kind, "worker").saying(message);
@@ -325,19 +340,6 @@ impl AuditEntry {
         }
         e
     }
-}
-
-/// The chain hash of a record: SHA-256 over the previous hash, the sequence and the
-/// canonical JSON of the entry (fields in declaration order).
-pub fn chain_hash(prev_hash: &str, seq: i64, entry: &AuditEntry) -> String {
-    let canonical = serde_json::to_vec(entry).unwrap_or_default();
-    let mut h = Sha256::new();
-    h.update(prev_hash.as_bytes());
-    h.update(b"\n");
-    h.update(seq.to_string().as_bytes());
-    h.update(b"\n");
-    h.update(&canonical);
-    hex::encode(h.finalize())
 }
 
 fn as_rfc3339<S: serde::Serializer>(ms: &Millis, s: S) -> Result<S::Ok, S::Error> {

@@ -32,6 +32,39 @@ pub enum JobsCommand {
     Cancel { id: String },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Query the trail, oldest first (`--output json` gives JSON Lines).
+    List {
+        /// RFC 3339, or a duration meaning that long ago (`24h`).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long)]
+        rule: Option<String>,
+        #[arg(long)]
+        image: Option<String>,
+        #[arg(long)]
+        tag: Option<String>,
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long)]
+        job: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Re-compute the hash chain; exit 1 naming the first broken record.
+    Verify,
+    /// Every record as JSON Lines, for archiving.
+    Export {
+        #[arg(long)]
+        since: Option<String>,
+    },
+}
+
 pub struct Client {
     base: reqwest::Url,
     token: Option<String>,
@@ -129,6 +162,111 @@ impl Client {
             }
         }
         Ok(())
+    }
+}
+
+impl Client {
+    pub fn audit(&self, command: AuditCommand) -> Result<(), Failure> {
+        match command {
+            AuditCommand::List {
+                since,
+                until,
+                rule,
+                image,
+                tag,
+                kind,
+                job,
+                limit,
+                output,
+            } => {
+                let mut query = vec![("limit", limit.to_string())];
+                let optional = [
+                    ("since", since),
+                    ("until", until),
+                    ("rule", rule),
+                    ("image", image),
+                    ("tag", tag),
+                    ("kind", kind),
+                    ("job", job),
+                ];
+                query.extend(optional.into_iter().filter_map(|(k, v)| Some((k, v?))));
+                let page = self.call(reqwest::Method::GET, "/api/v1/audit", &query)?;
+                let records = page["records"].as_array().cloned().unwrap_or_default();
+                match output {
+                    Output::Json => records.iter().for_each(|r| println!("{r}")),
+                    Output::Table => print_records(&records),
+                }
+            }
+            AuditCommand::Verify => {
+                let v = self.call(reqwest::Method::GET, "/api/v1/audit/verify", &[])?;
+                if v["ok"] == Value::Bool(true) {
+                    println!(
+                        "ok: {} records verified; head seq {} hash {}",
+                        text(&v["records"]),
+                        text(&v["head_seq"]),
+                        text(&v["head_hash"])
+                    );
+                } else {
+                    return Err(Failure::Other(anyhow::anyhow!(
+                        "the audit trail is broken at seq {}: {}",
+                        text(&v["first_broken"]),
+                        text(&v["reason"])
+                    )));
+                }
+            }
+            AuditCommand::Export { since } => {
+                let mut after: Option<String> = None;
+                loop {
+                    let mut query = vec![("limit", "1000".to_string())];
+                    query.extend(since.clone().map(|s| ("since", s)));
+                    query.extend(after.clone().map(|a| ("after", a)));
+                    let page = self.call(reqwest::Method::GET, "/api/v1/audit", &query)?;
+                    for r in page["records"].as_array().into_iter().flatten() {
+                        println!("{r}");
+                    }
+                    match page["next"].as_str() {
+                        Some(next) => after = Some(next.to_string()),
+                        None => break,
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn print_records(records: &[Value]) {
+    println!(
+        "{:>6}  {:<24}  {:<21}  {:<12}  {:<20}  WHAT / WHY",
+        "SEQ", "AT", "KIND", "ACTOR", "RULE"
+    );
+    for r in records {
+        let what = match (r["from"].as_str(), r["to"].as_str()) {
+            (Some(from), Some(to)) => format!("{from} → {to}"),
+            _ => String::new(),
+        };
+        let why = [
+            r["outcome"].as_str().map(str::to_string),
+            r["upstream_status"].as_u64().map(|s| format!("status {s}")),
+            r["message"].as_str().map(str::to_string),
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join("; ");
+        let sep = if what.is_empty() || why.is_empty() {
+            ""
+        } else {
+            "  "
+        };
+        println!(
+            "{:>6}  {:<24}  {:<21}  {:<12}  {:<20}  {what}{sep}{why}",
+            text(&r["seq"]),
+            text(&r["at"]),
+            text(&r["kind"]),
+            text(&r["actor"]),
+            r["rule"].as_str().unwrap_or(""),
+        );
     }
 }
 

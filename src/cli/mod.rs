@@ -82,6 +82,9 @@ enum Command {
     /// Operate on jobs through the admin API of a running server.
     #[command(subcommand)]
     Jobs(admin::JobsCommand),
+    /// Query, verify and export the audit trail of a running server.
+    #[command(subcommand)]
+    Audit(admin::AuditCommand),
     /// Print the headers a source's scheme expects for a body, one `Name: value` per
     /// line, signed with the source's first secret (for curl and for testing senders).
     Sign {
@@ -135,6 +138,9 @@ pub fn main() -> ExitCode {
         Command::Sign { source, event } => sign(&path, &source, &event),
         Command::Jobs(command) => {
             admin::Client::new(&cli.url, cli.token.as_deref()).and_then(|c| c.jobs(command))
+        }
+        Command::Audit(command) => {
+            admin::Client::new(&cli.url, cli.token.as_deref()).and_then(|c| c.audit(command))
         }
     };
     match result {

@@ -121,6 +121,8 @@ pub struct Config {
     pub defaults: Defaults,
     pub worker: WorkerConfig,
     pub admin_tokens: Vec<AdminToken>,
+    /// How long audit records are kept (`[audit] retain`); `None` keeps them all.
+    pub audit_retain: Option<Duration>,
     pub sources: Vec<SourceConfig>,
     pub targets: Vec<TargetConfig>,
     pub rules: Vec<RuleConfig>,
@@ -518,6 +520,16 @@ fn validate(
             .unwrap_or(Duration::from_secs(300)),
     };
     check_retry("defaults.retry", &retry, problems);
+    if raw
+        .audit
+        .retain
+        .is_some_and(|r| r < Duration::from_secs(3600))
+    {
+        problems.push(Problem::error(
+            "audit.retain",
+            "keeps less than an hour of records; the trail is the record of what happened",
+        ));
+    }
     check_worker(&raw.worker, problems);
     check_names(
         "admin.tokens",
@@ -547,6 +559,7 @@ fn validate(
             poll_interval: raw.worker.poll_interval,
         },
         admin_tokens,
+        audit_retain: raw.audit.retain,
         sources,
         targets,
         rules,

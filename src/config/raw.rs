@@ -19,6 +19,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub admin: RawAdmin,
     #[serde(default)]
+    pub audit: RawAudit,
+    #[serde(default)]
     pub sources: Vec<RawSource>,
     #[serde(default)]
     pub targets: Vec<RawTarget>,
@@ -69,6 +71,15 @@ pub struct RawWorker {
     pub concurrency: usize,
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    /// Records older than this are pruned (the chain stays verifiable); unset keeps
+    /// everything.
+    #[serde(default, with = "humantime_serde")]
+    pub retain: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]

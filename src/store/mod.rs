@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 
 pub use sqlite::SqliteStore;
 
-use crate::audit::{AuditEntry, AuditKind, AuditRecord};
+use crate::audit::{Anchor, AuditEntry, AuditKind, AuditRecord, ChainCheck, Verdict};
 use crate::config::StoreUrl;
 use crate::domain::{AttemptRecord, Event, Job, JobError, JobState, Millis, NewJob, Outcome};
 
@@ -142,6 +142,21 @@ pub struct AuditFilter {
     pub limit: usize,
 }
 
+/// One stored audit record, or why it cannot be read (for verification, where an
+/// unreadable record is a broken one, not an error).
+#[derive(Debug, Clone)]
+pub struct ChainRow {
+    pub seq: i64,
+    pub record: Result<AuditRecord, String>,
+}
+
+/// What a pruning pass removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub audit_records: u64,
+    pub deliveries: u64,
+}
+
 /// One page of a listing and the cursor of the next, if there may be one.
 #[derive(Debug, Clone)]
 pub struct Page<T> {
@@ -210,6 +225,79 @@ pub trait Store: Send + Sync {
     async fn job(&self, id: &str) -> Result<Option<Job>, StoreError>;
     async fn jobs(&self, filter: JobFilter) -> Result<Page<Job>, StoreError>;
     async fn audit(&self, filter: AuditFilter) -> Result<Page<AuditRecord>, StoreError>;
+
+    /// Audit records after `after`, in sequence order, for verification.
+    async fn audit_chain(&self, after: i64, limit: usize) -> Result<Vec<ChainRow>, StoreError>;
+
+    /// Removes audit records older than `audit_before` (cutting the chain at a
+    /// checkpoint record that carries the last pruned hash) and delivery ids older
+    /// than `deliveries_before` (past the dedupe window).
+    async fn prune(
+        &self,
+        audit_before: Option<Millis>,
+        deliveries_before: Millis,
+    ) -> Result<Pruned, StoreError>;
+
+    /// Re-computes the audit hash chain from its start (or its pruning checkpoint)
+    /// and names the first broken record. Shared by every store.
+    async fn verify_audit(&self) -> Result<Verdict, StoreError> {
+        const PAGE: usize = 1000;
+        let first = self.audit_chain(0, 1).await?;
+        let anchor = match first.first() {
+            None => return Ok(ChainCheck::new(Anchor::genesis()).verdict()),
+            Some(row) if row.seq == 1 => Anchor::genesis(),
+            Some(row) => {
+                // Pruned: the checkpoint that names the record before the first.
+                let checkpoints = self
+                    .audit(AuditFilter {
+                        kind: Some(AuditKind::AuditPruned),
+                        limit: PAGE,
+                        ..AuditFilter::default()
+                    })
+                    .await?;
+                match checkpoints
+                    .items
+                    .iter()
+                    .filter_map(Anchor::from_checkpoint)
+                    .find(|a| a.seq + 1 == row.seq)
+                {
+                    Some(anchor) => anchor,
+                    None => {
+                        let mut check = ChainCheck::new(Anchor::genesis());
+                        check.unreadable(
+                            1,
+                            &format!(
+                                "records before {} are gone and no checkpoint names them",
+                                row.seq
+                            ),
+                        );
+                        return Ok(check.verdict());
+                    }
+                }
+            }
+        };
+        let mut check = ChainCheck::new(anchor);
+        let mut after = 0;
+        loop {
+            let page = self.audit_chain(after, PAGE).await?;
+            for row in &page {
+                let ok = match &row.record {
+                    Ok(r) => check.push(r),
+                    Err(why) => {
+                        check.unreadable(row.seq, why);
+                        false
+                    }
+                };
+                if !ok {
+                    return Ok(check.verdict());
+                }
+            }
+            match page.last() {
+                Some(last) if page.len() == PAGE => after = last.seq,
+                _ => return Ok(check.verdict()),
+            }
+        }
+    }
 
     /// Answers when the store can serve requests (for `/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;

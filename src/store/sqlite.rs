@@ -18,10 +18,11 @@ use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 use tokio::sync::{Notify, oneshot};
 
 use super::{
-    AttemptReport, AuditFilter, ChainLink, IngestOutcome, JobFilter, JobRef, LeasedJob, NewEvent,
-    OperatorAction, OperatorOutcome, Page, Release, Store, StoreError, Transition,
+    AttemptReport, AuditFilter, ChainLink, ChainRow, IngestOutcome, JobFilter, JobRef, LeasedJob,
+    NewEvent, OperatorAction, OperatorOutcome, Page, Pruned, Release, Store, StoreError,
+    Transition,
 };
-use crate::audit::{AuditEntry, AuditKind, AuditRecord, GENESIS, chain_hash};
+use crate::audit::{Anchor, AuditEntry, AuditKind, AuditRecord, GENESIS, chain_hash};
 use crate::domain::{
     Action, AttemptRecord, Job, JobError, JobErrorCode, JobState, Millis, Outcome, now_millis,
     subject_key,
@@ -864,6 +865,10 @@ fn operate_on(
     Ok(OperatorOutcome::Done(Box::new(job)))
 }
 
+const AUDIT_COLUMNS: &str = "seq, at, kind, actor, event_id, job_id, rule, target, repo, image,
+    tag, digest, from_ref, to_ref, outcome, upstream_status, message, prev_hash, hash,
+    parent_job_id, chain_depth";
+
 fn audit_from_row(r: &Row<'_>) -> rusqlite::Result<(AuditRecord, String)> {
     let kind: String = r.get(2)?;
     Ok((
@@ -1069,12 +1074,7 @@ impl Store for SqliteStore {
 
     async fn audit(&self, filter: AuditFilter) -> Result<Page<AuditRecord>, StoreError> {
         self.read(move |conn| {
-            let mut sql = String::from(
-                "SELECT seq, at, kind, actor, event_id, job_id, rule, target, repo, image, tag,
-                    digest, from_ref, to_ref, outcome, upstream_status, message, prev_hash, hash,
-                    parent_job_id, chain_depth
-                 FROM audit WHERE 1 = 1",
-            );
+            let mut sql = format!("SELECT {AUDIT_COLUMNS} FROM audit WHERE 1 = 1");
             let mut args: Vec<SqlValue> = Vec::new();
             let mut cond = |clause: &str, value: SqlValue| {
                 sql.push_str(clause);
@@ -1123,6 +1123,76 @@ impl Store for SqliteStore {
                 .then(|| items.last().map(|r| r.seq.to_string()))
                 .flatten();
             Ok(Page { items, next })
+        })
+        .await
+    }
+
+    async fn audit_chain(&self, after: i64, limit: usize) -> Result<Vec<ChainRow>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {AUDIT_COLUMNS} FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+                ))
+                .map_err(unavailable)?;
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let mut rows = stmt.query(params![after, limit]).map_err(unavailable)?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(unavailable)? {
+                let seq: i64 = row.get(0).map_err(unavailable)?;
+                let record = audit_from_row(row).map_err(|e| e.to_string()).and_then(
+                    |(mut record, kind)| {
+                        record.entry.kind = AuditKind::parse(&kind)
+                            .ok_or_else(|| format!("unknown kind `{kind}`"))?;
+                        Ok(record)
+                    },
+                );
+                out.push(ChainRow { seq, record });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn prune(
+        &self,
+        audit_before: Option<Millis>,
+        deliveries_before: Millis,
+    ) -> Result<Pruned, StoreError> {
+        self.write(move |conn, _| {
+            let deliveries = conn
+                .execute(
+                    "DELETE FROM deliveries WHERE received_at < ?1",
+                    [deliveries_before],
+                )
+                .map_err(unavailable)?;
+            let mut audit_records = 0;
+            if let Some(before) = audit_before {
+                let last: Option<(i64, String)> = conn
+                    .query_row(
+                        "SELECT seq, hash FROM audit WHERE at < ?1 ORDER BY seq DESC LIMIT 1",
+                        [before],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()
+                    .map_err(unavailable)?;
+                if let Some((seq, hash)) = last {
+                    let count: i64 = conn
+                        .query_row("SELECT COUNT(*) FROM audit WHERE seq <= ?1", [seq], |r| {
+                            r.get(0)
+                        })
+                        .map_err(unavailable)?;
+                    let count = u64::try_from(count).unwrap_or(0);
+                    // The checkpoint goes at the end of the chain, so it survives the cut.
+                    append_audit(conn, &AuditEntry::pruned(&Anchor { seq, hash }, count))?;
+                    conn.execute("DELETE FROM audit WHERE seq <= ?1", [seq])
+                        .map_err(unavailable)?;
+                    audit_records = count;
+                }
+            }
+            Ok(Pruned {
+                audit_records,
+                deliveries: u64::try_from(deliveries).unwrap_or(0),
+            })
         })
         .await
     }

@@ -285,6 +285,11 @@ pub async fn spawn_app(rules: &str) -> TestApp {
 }
 
 impl TestApp {
+    /// The SQLite file the app runs on, for tests that tamper with it.
+    pub fn db_path(&self) -> PathBuf {
+        self._dir.path().join("gantry.db")
+    }
+
     pub async fn stop(mut self) {
         if let Some(r) = self.running.take() {
             r.stop().await;

@@ -3,6 +3,7 @@
 
 mod actions;
 mod admin;
+mod audit;
 mod chains;
 mod cli;
 mod crash;
