@@ -12,6 +12,7 @@ use tracing_actix_web::TracingLogger;
 use crate::api::{self, AppState};
 use crate::config::{Config, Problem};
 use crate::ingest::{Ingest, Sources};
+use crate::metrics::Metrics;
 use crate::rules::RuleSet;
 use crate::store;
 use crate::targets::Targets;
@@ -100,18 +101,22 @@ pub async fn start(service: Service, mode: Mode) -> anyhow::Result<Running> {
             config.defaults.dedupe_window,
         ))
     });
-    let workers = if mode == Mode::HttpOnly {
-        None
-    } else {
-        let targets = Targets::from_config(&config).context("cannot build the HTTP clients")?;
-        Some(worker::Pool::start(Arc::new(worker::Context {
+    let metrics = Arc::new(Metrics::default());
+    let targets = (mode != Mode::HttpOnly)
+        .then(|| Targets::from_config(&config))
+        .transpose()
+        .context("cannot build the HTTP clients")?;
+    let workers = match &targets {
+        None => None,
+        Some(targets) => Some(worker::Pool::start(Arc::new(worker::Context {
             store: store.clone(),
-            targets,
+            targets: targets.clone(),
             rules: rules.clone(),
             config: config.worker.clone(),
             default_retry: config.defaults.retry,
             max_chain_depth: config.defaults.max_chain_depth,
-        })))
+            metrics: metrics.clone(),
+        }))),
     };
 
     let (addr, server) = if mode == Mode::WorkersOnly {
@@ -128,6 +133,8 @@ pub async fn start(service: Service, mode: Mode) -> anyhow::Result<Running> {
             store,
             admin_tokens: config.admin_tokens.clone(),
             max_body_bytes: config.server.max_body_bytes,
+            metrics,
+            targets,
         });
         let server = HttpServer::new(move || {
             App::new()

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod ingest;
+pub mod metrics;
 pub mod rules;
 pub mod store;
 pub mod targets;

@@ -1,14 +1,21 @@
-//! The admin API under `/api/v1`: jobs and the audit trail, behind admin tokens.
+//! The admin API under `/api/v1`: events, jobs, the audit trail, rules and
+//! simulation, behind admin tokens (`read`; `operate` for retry and cancel).
 
+use std::collections::BTreeMap;
+
+use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{OperateAccess, ReadAccess};
-use super::{ApiError, AppState};
-use crate::audit::AuditKind;
-use crate::domain::{JobState, Millis, now_millis};
-use crate::store::{AuditFilter, JobFilter, OperatorAction, OperatorOutcome};
+use super::{ApiError, AppState, ErrorBody};
+use crate::audit::{AuditKind, AuditRecord, Verdict};
+use crate::domain::{Job, JobState, Millis, now_millis};
+use crate::ingest::{IngestError, Simulation, simulate};
+use crate::store::{
+    AuditFilter, EventFilter, JobFilter, OperatorAction, OperatorOutcome, StoredEvent,
+};
 
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;
@@ -17,16 +24,38 @@ fn limit(requested: Option<usize>) -> usize {
     requested.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT)
 }
 
-#[derive(Debug, Deserialize)]
+fn not_found(what: &'static str, id: &str) -> ApiError {
+    ApiError::not_found(what, format!("no such id `{id}`"))
+}
+
+/// A page of jobs, newest first.
+#[derive(Serialize, ToSchema)]
+pub struct JobsPage {
+    jobs: Vec<Job>,
+    /// Pass as `after` for the next page; null on the last.
+    next: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct JobsQuery {
+    /// `queued`, `running`, `retrying`, `succeeded`, `failed` or `cancelled`.
     state: Option<String>,
     rule: Option<String>,
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
     /// The `next` cursor of the previous page.
     after: Option<String>,
 }
 
+/// Jobs, newest first.
+#[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs", params(JobsQuery),
+    security(("token" = [])),
+    responses(
+        (status = 200, body = JobsPage),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
 pub async fn list_jobs(
     _caller: ReadAccess,
     query: web::Query<JobsQuery>,
@@ -48,24 +77,41 @@ pub async fn list_jobs(
             limit: limit(q.limit),
         })
         .await?;
-    Ok(HttpResponse::Ok().json(json!({"jobs": page.items, "next": page.next})))
+    Ok(HttpResponse::Ok().json(JobsPage {
+        jobs: page.items,
+        next: page.next,
+    }))
 }
 
+/// One job with every attempt.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "jobs",
+    params(("id" = String, Path, description = "Job id")),
+    security(("token" = [])),
+    responses(
+        (status = 200, body = Job),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
 pub async fn get_job(
     _caller: ReadAccess,
     id: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = id.into_inner();
     match state.store.job(&id).await? {
         Some(job) => Ok(HttpResponse::Ok().json(job)),
-        None => Err(ApiError::not_found(
-            "job_not_found",
-            format!("no job `{id}`"),
-        )),
+        None => Err(not_found("job_not_found", &id)),
     }
 }
 
+/// Puts a failed or cancelled job back in the queue, its history kept and its
+/// attempt budget renewed.
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/retry", tag = "jobs",
+    params(("id" = String, Path, description = "Job id")),
+    security(("token" = [])),
+    responses(
+        (status = 200, body = Job),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
 pub async fn retry_job(
     caller: OperateAccess,
     id: web::Path<String>,
@@ -74,6 +120,15 @@ pub async fn retry_job(
     operate(caller, &id, OperatorAction::Retry, &state).await
 }
 
+/// Cancels a queued, retrying or failed job.
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/cancel", tag = "jobs",
+    params(("id" = String, Path, description = "Job id")),
+    security(("token" = [])),
+    responses(
+        (status = 200, body = Job),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
 pub async fn cancel_job(
     caller: OperateAccess,
     id: web::Path<String>,
@@ -90,12 +145,9 @@ async fn operate(
 ) -> Result<HttpResponse, ApiError> {
     match state.store.operate(id, action, &caller.0.name).await? {
         OperatorOutcome::Done(job) => Ok(HttpResponse::Ok().json(job)),
-        OperatorOutcome::NotFound => Err(ApiError::not_found(
-            "job_not_found",
-            format!("no job `{id}`"),
-        )),
+        OperatorOutcome::NotFound => Err(not_found("job_not_found", id)),
         OperatorOutcome::Conflict(current) => Err(ApiError::new(
-            actix_web::http::StatusCode::CONFLICT,
+            StatusCode::CONFLICT,
             "invalid_state",
             format!(
                 "a {} job cannot be {}",
@@ -109,16 +161,87 @@ async fn operate(
     }
 }
 
-pub async fn verify_audit(
-    _caller: ReadAccess,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(state.store.verify_audit().await?))
+/// A page of received events, newest first.
+#[derive(Serialize, ToSchema)]
+pub struct EventsPage {
+    events: Vec<StoredEvent>,
+    next: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct EventsQuery {
+    source: Option<String>,
+    /// The normalized event type, e.g. `docker.pushed`.
+    #[serde(rename = "type")]
+    #[param(rename = "type")]
+    kind: Option<String>,
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<usize>,
+    after: Option<String>,
+}
+
+/// Received events, newest first, with the jobs they produced.
+#[utoipa::path(get, path = "/api/v1/events", tag = "events", params(EventsQuery),
+    security(("token" = [])),
+    responses(
+        (status = 200, body = EventsPage),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
+pub async fn list_events(
+    _caller: ReadAccess,
+    query: web::Query<EventsQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let q = query.into_inner();
+    let page = state
+        .store
+        .events(EventFilter {
+            source: q.source,
+            kind: q.kind,
+            before: q.after,
+            limit: limit(q.limit),
+        })
+        .await?;
+    Ok(HttpResponse::Ok().json(EventsPage {
+        events: page.items,
+        next: page.next,
+    }))
+}
+
+/// One received event, its payload and the jobs it produced.
+#[utoipa::path(get, path = "/api/v1/events/{id}", tag = "events",
+    params(("id" = String, Path, description = "Event id")),
+    security(("token" = [])),
+    responses(
+        (status = 200, body = StoredEvent),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
+pub async fn get_event(
+    _caller: ReadAccess,
+    id: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    match state.store.event(&id).await? {
+        Some(event) => Ok(HttpResponse::Ok().json(event)),
+        None => Err(not_found("event_not_found", &id)),
+    }
+}
+
+/// A page of audit records, oldest first.
+#[derive(Serialize, ToSchema)]
+pub struct AuditPage {
+    records: Vec<AuditRecord>,
+    /// Pass as `after` for the next page; null on the last.
+    next: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
+    /// RFC 3339, or a duration meaning that long ago (`24h`).
     since: Option<String>,
     until: Option<String>,
     rule: Option<String>,
@@ -126,7 +249,9 @@ pub struct AuditQuery {
     tag: Option<String>,
     kind: Option<String>,
     job: Option<String>,
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
+    /// Only records after this sequence number.
     after: Option<i64>,
 }
 
@@ -145,6 +270,13 @@ fn instant(name: &str, value: &str) -> Result<Millis, ApiError> {
     ))
 }
 
+/// Audit records, oldest first, paged by `after` sequence.
+#[utoipa::path(get, path = "/api/v1/audit", tag = "audit", params(AuditQuery),
+    security(("token" = [])),
+    responses(
+        (status = 200, body = AuditPage),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
 pub async fn list_audit(
     _caller: ReadAccess,
     query: web::Query<AuditQuery>,
@@ -179,5 +311,95 @@ pub async fn list_audit(
             limit: limit(q.limit),
         })
         .await?;
-    Ok(HttpResponse::Ok().json(json!({"records": page.items, "next": page.next})))
+    Ok(HttpResponse::Ok().json(AuditPage {
+        records: page.items,
+        next: page.next,
+    }))
+}
+
+/// Re-computes the hash chain; `ok: false` names the first broken record.
+#[utoipa::path(get, path = "/api/v1/audit/verify", tag = "audit",
+    security(("token" = [])),
+    responses(
+        (status = 200, body = Verdict),
+        (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn verify_audit(
+    _caller: ReadAccess,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(state.store.verify_audit().await?))
+}
+
+/// The compiled rules.
+#[derive(Serialize, ToSchema)]
+pub struct RulesList {
+    /// Each rule as written, with its retry policy and dry-run flag resolved and
+    /// the subject fields its action needs.
+    #[schema(value_type = Vec<Object>)]
+    rules: Vec<serde_json::Value>,
+}
+
+/// The rules as loaded.
+#[utoipa::path(get, path = "/api/v1/rules", tag = "rules",
+    security(("token" = [])),
+    responses((status = 200, body = RulesList), (status = 401, body = ErrorBody)))]
+pub async fn list_rules(_caller: ReadAccess, state: web::Data<AppState>) -> HttpResponse {
+    let rules = state
+        .ingest
+        .rules
+        .rules()
+        .iter()
+        .map(|r| r.spec.clone())
+        .collect();
+    HttpResponse::Ok().json(RulesList { rules })
+}
+
+/// A body to try against the rules, as a source would receive it.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SimulateRequest {
+    source: String,
+    /// The webhook body (any JSON).
+    #[schema(value_type = Object)]
+    body: serde_json::Value,
+    /// Request headers the source's format reads (`X-GitHub-Event`, a type header).
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SimulateAnswer {
+    events: Vec<Simulation>,
+}
+
+/// Which promotions a body would queue: normalized and matched, nothing verified,
+/// stored or sent.
+#[utoipa::path(post, path = "/api/v1/simulate", tag = "rules", request_body = SimulateRequest,
+    security(("token" = [])),
+    responses(
+        (status = 200, body = SimulateAnswer),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 415, body = ErrorBody)))]
+pub async fn simulate_event(
+    _caller: ReadAccess,
+    request: web::Json<SimulateRequest>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let request = request.into_inner();
+    let body = serde_json::to_vec(&request.body).unwrap_or_default();
+    let headers: Vec<(String, String)> = request.headers.into_iter().collect();
+    let events = simulate(
+        &state.ingest.sources,
+        &state.ingest.rules,
+        &request.source,
+        &body,
+        &headers,
+    )
+    .map_err(|e| match e {
+        IngestError::Store(_) | IngestError::Signature(_) => {
+            ApiError::bad_request("invalid_event", e.to_string())
+        }
+        other => other.into(),
+    })?;
+    Ok(HttpResponse::Ok().json(SimulateAnswer { events }))
 }

@@ -4,7 +4,6 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
-use serde_json::json;
 
 use crate::ingest::{IngestError, NormalizeError};
 use crate::store::StoreError;
@@ -41,8 +40,7 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status)
-            .json(json!({"error": {"code": self.code, "message": self.message}}))
+        HttpResponse::build(self.status).json(super::ErrorBody::new(self.code, &self.message))
     }
 }
 

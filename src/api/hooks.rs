@@ -6,10 +6,13 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap};
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
-use super::{ApiError, AppState};
-use crate::ingest::{Headers, IngestError};
+use super::{ApiError, AppState, ErrorBody};
+use crate::ingest::{Headers, IngestError, Receipt};
+use crate::metrics::EventResult;
+use crate::store::{IngestOutcome, JobRef};
 
 impl Headers for HeaderMap {
     fn get(&self, name: &str) -> Option<&str> {
@@ -17,6 +20,35 @@ impl Headers for HeaderMap {
     }
 }
 
+/// What a sender is told about its webhook.
+#[derive(Serialize, ToSchema)]
+pub struct HookReceipt {
+    /// The (first) event stored, or the event first stored for a duplicate delivery.
+    event_id: Option<String>,
+    /// Every job the body's events produced.
+    jobs: Vec<JobRef>,
+    /// True when every event in the body had been delivered before.
+    duplicate: bool,
+    /// Per event, when the body held several (registry notifications).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    events: Option<Vec<IngestOutcome>>,
+}
+
+/// Receives a signed webhook. 202 once its events and jobs are committed; 200 for a
+/// delivery already seen.
+#[utoipa::path(post, path = "/hooks/{source}", tag = "webhooks",
+    params(("source" = String, Path, description = "A configured source name")),
+    request_body(content = Object, description = "The sender's JSON body, verified byte for byte",
+        content_type = "application/json"),
+    responses(
+        (status = 202, description = "Stored, with the jobs it produced", body = HookReceipt),
+        (status = 200, description = "A delivery already stored", body = HookReceipt),
+        (status = 400, description = "Malformed JSON or not an event of the source's format", body = ErrorBody),
+        (status = 401, description = "Bad, missing or stale signature", body = ErrorBody),
+        (status = 404, description = "Unknown source", body = ErrorBody),
+        (status = 413, description = "Body over server.max_body_bytes", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 503, description = "Store unavailable: send again", body = ErrorBody)))]
 pub async fn receive(
     req: HttpRequest,
     path: web::Path<String>,
@@ -24,19 +56,27 @@ pub async fn receive(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let source = path.into_inner();
-    let ingest = &state.ingest;
-    if let Err(e) = precheck(&req, &source, &state) {
-        ingest.audit_rejection(&source, &e.message).await;
-        return Err(e);
-    }
-    let body = match read_body(payload, state.max_body_bytes).await {
-        Ok(b) => b,
-        Err(e) => {
-            ingest.audit_rejection(&source, &e.message).await;
-            return Err(e);
-        }
+    let result = accept(&req, &source, payload, &state).await;
+    // Only configured names become labels: request paths cannot grow the label set.
+    let label = if state.ingest.sources.get(&source).is_some() {
+        source.as_str()
+    } else {
+        "unknown"
     };
-    let receipt = ingest.receive(&source, req.headers(), &body).await?;
+    match &result {
+        Ok(receipt) => {
+            for e in &receipt.events {
+                let r = if e.duplicate {
+                    EventResult::Duplicate
+                } else {
+                    EventResult::Accepted
+                };
+                state.metrics.event(label, r);
+            }
+        }
+        Err(_) => state.metrics.event(label, EventResult::Rejected),
+    }
+    let receipt = result?;
     tracing::info!(
         source,
         events = receipt.events.len(),
@@ -49,16 +89,39 @@ pub async fn receive(
     } else {
         StatusCode::ACCEPTED
     };
-    let first = receipt.events.first();
-    let mut answer = json!({
-        "event_id": first.map(|e| e.event_id.as_str()),
-        "jobs": receipt.events.iter().flat_map(|e| &e.jobs).collect::<Vec<_>>(),
-        "duplicate": receipt.all_duplicates(),
-    });
-    if receipt.events.len() > 1 {
-        answer["events"] = json!(receipt.events);
-    }
+    let answer = HookReceipt {
+        event_id: receipt.events.first().map(|e| e.event_id.clone()),
+        jobs: receipt
+            .events
+            .iter()
+            .flat_map(|e| e.jobs.iter().cloned())
+            .collect(),
+        duplicate: receipt.all_duplicates(),
+        events: (receipt.events.len() > 1).then_some(receipt.events),
+    };
     Ok(HttpResponse::build(status).json(answer))
+}
+
+/// The checks HTTP alone can make, then the ingest pipeline.
+async fn accept(
+    req: &HttpRequest,
+    source: &str,
+    payload: web::Payload,
+    state: &AppState,
+) -> Result<Receipt, ApiError> {
+    let ingest = &state.ingest;
+    if let Err(e) = precheck(req, source, state) {
+        ingest.audit_rejection(source, &e.message).await;
+        return Err(e);
+    }
+    let body = match read_body(payload, state.max_body_bytes).await {
+        Ok(b) => b,
+        Err(e) => {
+            ingest.audit_rejection(source, &e.message).await;
+            return Err(e);
+        }
+    };
+    Ok(ingest.receive(source, req.headers(), &body).await?)
 }
 
 fn precheck(req: &HttpRequest, source: &str, state: &AppState) -> Result<(), ApiError> {

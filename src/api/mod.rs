@@ -1,5 +1,9 @@
 //! HTTP routes. Handlers translate between HTTP and the pipeline; they hold no
 //! promotion logic of their own.
+//!
+//! Every route is declared once, in [`endpoints!`]: that one list mounts the routes
+//! and is what the tests check the OpenAPI document against, so the document cannot
+//! silently miss a route.
 
 mod admin;
 mod auth;
@@ -11,12 +15,17 @@ use std::sync::Arc;
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
+use serde::Serialize;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
 
 pub use error::ApiError;
 
 use crate::config::AdminToken;
 use crate::ingest::Ingest;
+use crate::metrics::Metrics;
 use crate::store::Store;
+use crate::targets::Targets;
 
 /// What every handler can reach.
 pub struct AppState {
@@ -24,9 +33,96 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub admin_tokens: Vec<AdminToken>,
     pub max_body_bytes: usize,
+    pub metrics: Arc<Metrics>,
+    /// This process's targets (absent with `--no-workers`), for circuit state.
+    pub targets: Option<Targets>,
 }
 
-/// Mounts every route on an actix `App`.
+/// The shape of every error answer: `{"error":{"code","message"}}`.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// A stable snake_case code.
+    code: String,
+    /// A human sentence.
+    message: String,
+}
+
+impl ErrorBody {
+    pub fn new(code: &str, message: &str) -> Self {
+        ErrorBody {
+            error: ErrorDetail {
+                code: code.to_string(),
+                message: message.to_string(),
+            },
+        }
+    }
+}
+
+macro_rules! endpoints {
+    ($($method:ident $path:literal => $handler:path),* $(,)?) => {
+        /// Every route as (method, path), in the OpenAPI document's spelling.
+        pub const ENDPOINTS: &[(&str, &str)] = &[$((stringify!($method), $path)),*];
+
+        fn mount(cfg: &mut web::ServiceConfig) {
+            $(
+                cfg.service(
+                    web::resource($path)
+                        .route(web::$method().to($handler))
+                        .default_service(web::to(method_not_allowed)),
+                );
+            )*
+        }
+
+        /// The OpenAPI document, generated from the handlers' annotations and types.
+        #[derive(OpenApi)]
+        #[openapi(
+            info(title = "gantry", description = "Signed webhooks in, promotions out."),
+            paths($($handler),*),
+            modifiers(&TokenAuth)
+        )]
+        pub struct ApiDoc;
+    };
+}
+
+endpoints! {
+    post "/hooks/{source}" => hooks::receive,
+    get "/healthz" => health::healthz,
+    get "/readyz" => health::readyz,
+    get "/metrics" => health::metrics,
+    get "/openapi.json" => health::openapi,
+    get "/api/v1/events" => admin::list_events,
+    get "/api/v1/events/{id}" => admin::get_event,
+    get "/api/v1/jobs" => admin::list_jobs,
+    get "/api/v1/jobs/{id}" => admin::get_job,
+    post "/api/v1/jobs/{id}/retry" => admin::retry_job,
+    post "/api/v1/jobs/{id}/cancel" => admin::cancel_job,
+    get "/api/v1/audit" => admin::list_audit,
+    get "/api/v1/audit/verify" => admin::verify_audit,
+    get "/api/v1/rules" => admin::list_rules,
+    post "/api/v1/simulate" => admin::simulate_event,
+}
+
+/// Admin routes take `Authorization: Bearer <token>`.
+struct TokenAuth;
+
+impl Modify for TokenAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        if let Some(components) = openapi.components.as_mut() {
+            components.add_security_scheme(
+                "token",
+                SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+            );
+        }
+    }
+}
+
+/// Mounts every route on an actix `App`, with error answers in the SPEC shape for
+/// extractor failures, wrong methods and unknown paths.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.app_data(
         web::QueryConfig::default()
@@ -36,30 +132,27 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         web::PathConfig::default()
             .error_handler(|e, _| ApiError::bad_request("invalid_path", e.to_string()).into()),
     )
-    .service(
-        web::resource("/hooks/{source}")
-            .route(web::post().to(hooks::receive))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .route("/healthz", web::get().to(health::healthz))
-    .route("/readyz", web::get().to(health::readyz))
-    .service(
-        web::scope("/api/v1")
-            .route("/jobs", web::get().to(admin::list_jobs))
-            .route("/jobs/{id}", web::get().to(admin::get_job))
-            .route("/jobs/{id}/retry", web::post().to(admin::retry_job))
-            .route("/jobs/{id}/cancel", web::post().to(admin::cancel_job))
-            .route("/audit", web::get().to(admin::list_audit))
-            .route("/audit/verify", web::get().to(admin::verify_audit)),
-    )
-    .default_service(web::to(not_found));
+    .app_data(web::JsonConfig::default().error_handler(|e, _| {
+        use actix_web::error::JsonPayloadError;
+        match e {
+            JsonPayloadError::ContentType => ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "the body must be JSON",
+            ),
+            other => ApiError::bad_request("invalid_body", other.to_string()),
+        }
+        .into()
+    }));
+    mount(cfg);
+    cfg.default_service(web::to(not_found));
 }
 
 async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
     Err(ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
-        "webhooks are delivered with POST",
+        "this route does not take that method",
     ))
 }
 

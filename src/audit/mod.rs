@@ -15,7 +15,7 @@ use crate::domain::{
 /// Upstream messages and reasons are kept, but bounded.
 pub const MAX_MESSAGE: usize = 1024;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub enum AuditKind {
     #[serde(rename = "event.received")]
     EventReceived,
@@ -99,9 +99,10 @@ impl AuditKind {
 
 /// Who, what, when, outcome and why of one decision. Field order is the canonical
 /// order the hash is computed over.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     #[serde(serialize_with = "as_rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub at: Millis,
     pub kind: AuditKind,
     /// The source name for events, the token name for operator actions, `worker`.
@@ -125,7 +126,7 @@ pub struct AuditEntry {
 }
 
 /// A stored record: its place in the chain and the hashes that bind it there.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AuditRecord {
     pub seq: i64,
     #[serde(flatten)]

@@ -15,8 +15,7 @@ use serde_json::json;
 
 use crate::app::{self, Mode, Service};
 use crate::config::{self, ConfigError, ConfigPath, Problem};
-use crate::domain::now_millis;
-use crate::ingest::{Verified, plan_jobs};
+use crate::ingest::simulate;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -134,7 +133,7 @@ pub fn main() -> ExitCode {
             event,
             headers,
             output,
-        } => simulate(&path, &source, &event, &headers, output),
+        } => simulate_command(&path, &source, &event, &headers, output),
         Command::Sign { source, event } => sign(&path, &source, &event),
         Command::Jobs(command) => {
             admin::Client::new(&cli.url, cli.token.as_deref()).and_then(|c| c.jobs(command))
@@ -238,7 +237,45 @@ fn sign(path: &ConfigPath, source_name: &str, event_file: &PathBuf) -> Result<()
     Ok(())
 }
 
-fn simulate(
+fn print_simulation(sim: &crate::ingest::Simulation) {
+    let event = &sim.event;
+    println!(
+        "event {} from {} (delivery {})",
+        event.kind, event.source, event.delivery_id
+    );
+    let subject: Vec<String> = config::Field::ALL
+        .iter()
+        .filter_map(|f| Some(format!("{}={}", f.name(), event.subject.get(*f)?)))
+        .collect();
+    println!("  {}", subject.join(" "));
+    if sim.promotions.is_empty() {
+        println!("  no rule matches: nothing would be queued");
+    }
+    for p in &sim.promotions {
+        match (&p.action, &p.error) {
+            (Some(action), _) => {
+                let (from, to) = action.describe();
+                let dry = if action.dry_run { ", dry run" } else { "" };
+                println!(
+                    "  rule {} → {} on {}: {from} → {to} ({}{dry})",
+                    p.rule,
+                    action.kind(),
+                    p.target,
+                    action.mode()
+                );
+            }
+            (None, Some(e)) => println!(
+                "  rule {} → would fail: {}: {}",
+                p.rule,
+                e.code.as_str(),
+                e.message
+            ),
+            (None, None) => {}
+        }
+    }
+}
+
+fn simulate_command(
     path: &ConfigPath,
     source_name: &str,
     event_file: &PathBuf,
@@ -249,10 +286,11 @@ fn simulate(
     for w in &warnings {
         eprintln!("{w}");
     }
-    let source = service
-        .sources
-        .get(source_name)
-        .ok_or_else(|| Failure::Config(format!("error: unknown source `{source_name}`")))?;
+    if service.sources.get(source_name).is_none() {
+        return Err(Failure::Config(format!(
+            "error: unknown source `{source_name}`"
+        )));
+    }
     let headers = raw_headers
         .iter()
         .map(|h| {
@@ -263,69 +301,18 @@ fn simulate(
         .collect::<Result<Vec<_>, _>>()?;
     let body = std::fs::read(event_file)
         .with_context(|| format!("cannot read {}", event_file.display()))?;
-    let events = source
-        .normalizer
-        .normalize(
-            &source.name,
-            Verified::trusted_local_file(&body),
-            &headers,
-            now_millis(),
-        )
-        .map_err(|e| Failure::Other(anyhow::anyhow!("{}: {e}", event_file.display())))?;
-
-    for event in &events {
-        let jobs = plan_jobs(&service.rules, event);
+    let simulations = simulate(
+        &service.sources,
+        &service.rules,
+        source_name,
+        &body,
+        &headers,
+    )
+    .map_err(|e| Failure::Other(anyhow::anyhow!("{}: {e}", event_file.display())))?;
+    for sim in &simulations {
         match output {
-            Output::Json => {
-                let promotions: Vec<_> = jobs
-                    .iter()
-                    .map(|j| match &j.action {
-                        Ok(a) => json!({"rule": j.rule, "target": j.target, "action": a}),
-                        Err(e) => json!({"rule": j.rule, "target": j.target, "error": e}),
-                    })
-                    .collect();
-                let line = json!({
-                    "event": {"source": event.source, "type": event.kind,
-                              "delivery_id": event.delivery_id, "subject": event.subject},
-                    "promotions": promotions,
-                });
-                println!("{line}");
-            }
-            Output::Table => {
-                println!(
-                    "event {} from {} (delivery {})",
-                    event.kind, event.source, event.delivery_id
-                );
-                let subject: Vec<String> = config::Field::ALL
-                    .iter()
-                    .filter_map(|f| Some(format!("{}={}", f.name(), event.subject.get(*f)?)))
-                    .collect();
-                println!("  {}", subject.join(" "));
-                if jobs.is_empty() {
-                    println!("  no rule matches: nothing would be queued");
-                }
-                for j in &jobs {
-                    match &j.action {
-                        Ok(action) => {
-                            let (from, to) = action.describe();
-                            let dry = if action.dry_run { ", dry run" } else { "" };
-                            println!(
-                                "  rule {} → {} on {}: {from} → {to} ({}{dry})",
-                                j.rule,
-                                action.kind(),
-                                j.target,
-                                action.mode()
-                            );
-                        }
-                        Err(e) => println!(
-                            "  rule {} → would fail: {}: {}",
-                            j.rule,
-                            e.code.as_str(),
-                            e.message
-                        ),
-                    }
-                }
-            }
+            Output::Json => println!("{}", json!(sim)),
+            Output::Table => print_simulation(sim),
         }
     }
     Ok(())

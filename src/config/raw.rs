@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -53,7 +53,7 @@ pub struct RawDefaults {
 }
 
 /// Retry settings; every field optional so that a rule can override only some.
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRetry {
     pub max_attempts: Option<u32>,
@@ -152,7 +152,7 @@ pub struct RawBreaker {
 }
 
 /// A matcher as written: one pattern, or a list meaning "any of these".
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum OneOrMany {
     One(String),
@@ -169,7 +169,7 @@ impl OneOrMany {
 }
 
 /// `match = { ... }`: subject fields only, so a typo such as `imgae` is an error.
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawMatch {
     pub repo: Option<OneOrMany>,
@@ -181,7 +181,7 @@ pub struct RawMatch {
     pub build_number: Option<OneOrMany>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRule {
     pub name: String,
@@ -201,7 +201,7 @@ pub struct RawRule {
 
 /// An action as written. Which fields apply depends on `type`; the rules compiler
 /// refuses the ones that do not.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAction {
     #[serde(rename = "type")]

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::Subject;
 
 /// A docker image tag inside an Artifactory repository or a registry namespace.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ImageRef {
     pub repo: String,
     pub image: String,
@@ -18,7 +18,7 @@ pub struct ImageRef {
 }
 
 /// An item (file or folder) inside a repository: npm, Maven, generic artifacts.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ItemRef {
     pub repo: String,
     pub path: String,
@@ -27,14 +27,14 @@ pub struct ItemRef {
     pub digest: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BuildRef {
     pub build_name: String,
     pub build_number: String,
 }
 
 /// Where a build promotion goes: a repository and/or a new status.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BuildTarget {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repo: Option<String>,
@@ -42,13 +42,13 @@ pub struct BuildTarget {
     pub status: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BundleRef {
     pub bundle: String,
     pub version: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Environment {
     pub environment: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -56,7 +56,7 @@ pub struct Environment {
 }
 
 /// A build promotion: a new status and/or the build's artifacts copied or moved.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BuildPromotion {
     pub from: BuildRef,
     pub to: BuildTarget,
@@ -72,7 +72,7 @@ pub struct BuildPromotion {
 }
 
 /// The operation of an action, tagged by `type` as in the rule that asked for it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum Op {
     /// Docker tag promotion (`copy = false` moves).
@@ -100,7 +100,7 @@ pub enum Op {
 }
 
 /// An operation and whether it is only a rehearsal.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Action {
     #[serde(flatten)]
     pub op: Op,

@@ -4,7 +4,7 @@ use super::Millis;
 use crate::config::Field;
 
 /// What an event is about, in the normalized vocabulary rules match on (SPEC §5).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Subject {
     pub repo: Option<String>,
     pub image: Option<String>,
@@ -43,16 +43,19 @@ impl Subject {
 }
 
 /// One normalized event, as stored and as matched against the rules.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Event {
     pub id: String,
     pub source: String,
     #[serde(rename = "type")]
     pub kind: String,
     pub delivery_id: String,
+    #[serde(serialize_with = "super::job::as_rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub received_at: Millis,
     #[serde(flatten)]
     pub subject: Subject,
+    #[schema(value_type = Object)]
     pub payload: serde_json::Value,
     pub parent_job_id: Option<String>,
     pub chain_depth: u32,

@@ -4,7 +4,7 @@ use super::{Action, Millis};
 
 /// `queued → running → succeeded`, with `retrying` between attempts and `failed` or
 /// `cancelled` as the other ends (SPEC §8).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum JobState {
     Queued,
@@ -41,7 +41,7 @@ impl JobState {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// The promotion was made by this job.
@@ -70,7 +70,7 @@ impl Outcome {
 }
 
 /// Why a job or an attempt failed, in the `{code, message}` shape of every answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobError {
     pub code: JobErrorCode,
     pub message: String,
@@ -85,7 +85,7 @@ impl JobError {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JobErrorCode {
     /// The upstream refused the request (a 4xx other than 408 and 429).
@@ -129,10 +129,11 @@ impl JobErrorCode {
 }
 
 /// One attempt as the job history shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct AttemptRecord {
     pub n: u32,
     #[serde(serialize_with = "as_rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub started_at: Millis,
     pub duration_ms: u64,
     pub upstream_status: Option<u16>,
@@ -140,7 +141,7 @@ pub struct AttemptRecord {
 }
 
 /// A job as every admin answer shows it (SPEC §3).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Job {
     pub id: String,
     pub rule: String,
@@ -155,8 +156,10 @@ pub struct Job {
     pub parent_job_id: Option<String>,
     pub chain_depth: u32,
     #[serde(serialize_with = "as_rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: Millis,
     #[serde(serialize_with = "as_rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub updated_at: Millis,
 }
 
@@ -170,6 +173,6 @@ pub struct NewJob {
     pub action: Result<Action, JobError>,
 }
 
-fn as_rfc3339<S: Serializer>(ms: &Millis, s: S) -> Result<S::Ok, S::Error> {
+pub(super) fn as_rfc3339<S: Serializer>(ms: &Millis, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&super::rfc3339(*ms))
 }

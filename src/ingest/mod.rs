@@ -13,7 +13,9 @@ pub use verify::{Verified, Verifier, VerifyError, same_secret};
 
 use crate::audit::AuditEntry;
 use crate::config::{Config, Problem};
-use crate::domain::{Event, NewJob, now_millis, subject_key};
+use serde::Serialize;
+
+use crate::domain::{Action, Event, JobError, NewJob, now_millis, subject_key};
 use crate::rules::RuleSet;
 use crate::store::{IngestOutcome, NewEvent, Store, StoreError};
 
@@ -123,6 +125,66 @@ pub fn plan_jobs(rules: &RuleSet, event: &Event) -> Vec<NewJob> {
             action: p.action,
         })
         .collect()
+}
+
+/// What one event would do: the promotions the rules would queue for it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Simulation {
+    pub event: Event,
+    pub promotions: Vec<Promotion>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Promotion {
+    pub rule: String,
+    pub target: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<Action>,
+    /// Why the job would fail at once (a template the event cannot fill).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<JobError>,
+}
+
+/// An offline dry run of a body as `source` would receive it: normalized and
+/// matched, nothing verified, stored or sent (`gantry simulate`, `POST
+/// /api/v1/simulate`).
+pub fn simulate(
+    sources: &Sources,
+    rules: &RuleSet,
+    source: &str,
+    body: &[u8],
+    headers: &dyn Headers,
+) -> Result<Vec<Simulation>, IngestError> {
+    let src = sources
+        .get(source)
+        .ok_or_else(|| IngestError::UnknownSource(source.to_string()))?;
+    let events = src.normalizer.normalize(
+        &src.name,
+        Verified::trusted_local_file(body),
+        headers,
+        now_millis(),
+    )?;
+    Ok(events
+        .into_iter()
+        .map(|event| {
+            let promotions = plan_jobs(rules, &event)
+                .into_iter()
+                .map(|j| {
+                    let (action, error) = match j.action {
+                        Ok(a) => (Some(a), None),
+                        Err(e) => (None, Some(e)),
+                    };
+                    Promotion {
+                        rule: j.rule,
+                        target: j.target,
+                        action,
+                        error,
+                    }
+                })
+                .collect();
+            Simulation { event, promotions }
+        })
+        .collect())
 }
 
 /// The ingest pipeline shared by the HTTP route and tests.

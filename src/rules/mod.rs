@@ -34,6 +34,8 @@ pub struct Rule {
     /// Subject fields an event must carry for the action to apply.
     needs: Vec<Field>,
     dry_run: bool,
+    /// The rule as loaded, for `GET /api/v1/rules`.
+    pub spec: serde_json::Value,
 }
 
 /// A promotion one rule asks for one event. `action` is an error when the templates
@@ -109,7 +111,11 @@ impl RuleSet {
                     .targets
                     .iter()
                     .any(|t| t.name == r.action.target && t.dry_run);
+                let needs = action.needs();
+                let dry_run = r.dry_run || target_dry_run;
+                let spec = describe(r, &rc.retry, dry_run, &needs);
                 Some(Rule {
+                    spec,
                     name: r.name.clone(),
                     target: r.action.target.clone(),
                     retry: rc.retry,
@@ -117,9 +123,9 @@ impl RuleSet {
                     event,
                     fields,
                     when,
-                    needs: action.needs(),
+                    needs,
                     action,
-                    dry_run: r.dry_run || target_dry_run,
+                    dry_run,
                 })
             })
             .collect();
@@ -191,4 +197,33 @@ impl Rule {
                 }
             })
     }
+}
+
+/// The rule as written, with its retry policy and dry-run flag resolved and unset
+/// keys left out.
+fn describe(
+    raw: &crate::config::RawRule,
+    retry: &RetryPolicy,
+    dry_run: bool,
+    needs: &[Field],
+) -> serde_json::Value {
+    fn without_nulls(v: serde_json::Value) -> serde_json::Value {
+        match v {
+            serde_json::Value::Object(map) => map
+                .into_iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k, without_nulls(v)))
+                .collect(),
+            other => other,
+        }
+    }
+    let mut spec = without_nulls(serde_json::to_value(raw).unwrap_or_default());
+    spec["retry"] = serde_json::json!({
+        "max_attempts": retry.max_attempts,
+        "initial_backoff": humantime::format_duration(retry.initial_backoff).to_string(),
+        "max_backoff": humantime::format_duration(retry.max_backoff).to_string(),
+    });
+    spec["dry_run"] = dry_run.into();
+    spec["needs"] = needs.iter().map(|f| f.name()).collect();
+    spec
 }

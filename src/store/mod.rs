@@ -42,14 +42,14 @@ pub struct ChainLink {
     pub chain_depth: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct JobRef {
     pub id: String,
     pub rule: String,
 }
 
 /// What became of one event offered to [`Store::ingest`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct IngestOutcome {
     /// The stored event, or for a duplicate the event first stored for that delivery.
     pub event_id: String,
@@ -119,6 +119,30 @@ pub struct Release {
     pub interrupted: Option<AttemptRecord>,
 }
 
+/// A stored event with the jobs it produced, as `GET /api/v1/events` shows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct StoredEvent {
+    #[serde(flatten)]
+    pub event: Event,
+    pub jobs: Vec<JobSummary>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct JobSummary {
+    pub id: String,
+    pub rule: String,
+    pub state: JobState,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub source: Option<String>,
+    pub kind: Option<String>,
+    /// Cursor: only events received before this event id (ids sort by time).
+    pub before: Option<String>,
+    pub limit: usize,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct JobFilter {
     pub state: Option<JobState>,
@@ -155,6 +179,14 @@ pub struct ChainRow {
 pub struct Pruned {
     pub audit_records: u64,
     pub deliveries: u64,
+}
+
+/// What `/metrics` shows of the queue.
+#[derive(Debug, Clone, Default)]
+pub struct QueueStats {
+    pub by_state: std::collections::HashMap<JobState, u64>,
+    /// When the longest-waiting queued or retrying job was created.
+    pub oldest_waiting_since: Option<Millis>,
 }
 
 /// One page of a listing and the cursor of the next, if there may be one.
@@ -222,6 +254,8 @@ pub trait Store: Send + Sync {
     /// The earliest instant a retrying job becomes due or a lease expires.
     async fn next_wakeup(&self) -> Result<Option<Millis>, StoreError>;
 
+    async fn event(&self, id: &str) -> Result<Option<StoredEvent>, StoreError>;
+    async fn events(&self, filter: EventFilter) -> Result<Page<StoredEvent>, StoreError>;
     async fn job(&self, id: &str) -> Result<Option<Job>, StoreError>;
     async fn jobs(&self, filter: JobFilter) -> Result<Page<Job>, StoreError>;
     async fn audit(&self, filter: AuditFilter) -> Result<Page<AuditRecord>, StoreError>;
@@ -298,6 +332,9 @@ pub trait Store: Send + Sync {
             }
         }
     }
+
+    /// Jobs by state and the oldest one waiting, for the metrics scrape.
+    async fn queue_stats(&self) -> Result<QueueStats, StoreError>;
 
     /// Answers when the store can serve requests (for `/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;

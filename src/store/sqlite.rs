@@ -18,14 +18,14 @@ use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 use tokio::sync::{Notify, oneshot};
 
 use super::{
-    AttemptReport, AuditFilter, ChainLink, ChainRow, IngestOutcome, JobFilter, JobRef, LeasedJob,
-    NewEvent, OperatorAction, OperatorOutcome, Page, Pruned, Release, Store, StoreError,
-    Transition,
+    AttemptReport, AuditFilter, ChainLink, ChainRow, EventFilter, IngestOutcome, JobFilter, JobRef,
+    JobSummary, LeasedJob, NewEvent, OperatorAction, OperatorOutcome, Page, Pruned, QueueStats,
+    Release, Store, StoreError, StoredEvent, Transition,
 };
 use crate::audit::{Anchor, AuditEntry, AuditKind, AuditRecord, GENESIS, chain_hash};
 use crate::domain::{
-    Action, AttemptRecord, Job, JobError, JobErrorCode, JobState, Millis, Outcome, now_millis,
-    subject_key,
+    Action, AttemptRecord, Event, Job, JobError, JobErrorCode, JobState, Millis, Outcome, Subject,
+    now_millis, subject_key,
 };
 
 /// Most operations committed in one transaction.
@@ -537,6 +537,52 @@ fn ingest_one(
     })
 }
 
+const EVENT_COLUMNS: &str = "id, source, type, delivery_id, received_at, repo, image, tag, digest,
+    path, build_name, build_number, payload, parent_job_id, chain_depth";
+
+fn event_from_row(conn: &Connection, r: &Row<'_>) -> Result<StoredEvent, StoreError> {
+    let get = |e: rusqlite::Error| unavailable(e);
+    let payload: String = r.get(12).map_err(get)?;
+    let event = Event {
+        id: r.get(0).map_err(get)?,
+        source: r.get(1).map_err(get)?,
+        kind: r.get(2).map_err(get)?,
+        delivery_id: r.get(3).map_err(get)?,
+        received_at: r.get(4).map_err(get)?,
+        subject: Subject {
+            repo: r.get(5).map_err(get)?,
+            image: r.get(6).map_err(get)?,
+            tag: r.get(7).map_err(get)?,
+            digest: r.get(8).map_err(get)?,
+            path: r.get(9).map_err(get)?,
+            build_name: r.get(10).map_err(get)?,
+            build_number: r.get(11).map_err(get)?,
+        },
+        payload: serde_json::from_str(&payload).map_err(|_| corrupt("event payload", &payload))?,
+        parent_job_id: r.get(13).map_err(get)?,
+        chain_depth: r.get(14).map_err(get)?,
+    };
+    let mut stmt = conn
+        .prepare_cached("SELECT id, rule, state FROM jobs WHERE event_id = ?1 ORDER BY id")
+        .map_err(unavailable)?;
+    let rows = stmt
+        .query_map([&event.id], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })
+        .map_err(unavailable)?;
+    let mut jobs = Vec::new();
+    for row in rows {
+        let (id, rule, state) = row.map_err(unavailable)?;
+        let state = JobState::parse(&state).ok_or_else(|| corrupt("job state", &state))?;
+        jobs.push(JobSummary { id, rule, state });
+    }
+    Ok(StoredEvent { event, jobs })
+}
+
 const JOB_COLUMNS: &str = "id, rule, state, outcome, event_id, target, action, last_error_code,
     last_error_message, parent_job_id, chain_depth, created_at, updated_at";
 
@@ -1031,6 +1077,55 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn event(&self, id: &str) -> Result<Option<StoredEvent>, StoreError> {
+        let id = id.to_string();
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = ?1"))
+                .map_err(unavailable)?;
+            let mut rows = stmt.query([&id]).map_err(unavailable)?;
+            match rows.next().map_err(unavailable)? {
+                Some(row) => Ok(Some(event_from_row(conn, row)?)),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn events(&self, filter: EventFilter) -> Result<Page<StoredEvent>, StoreError> {
+        self.read(move |conn| {
+            let mut sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE 1 = 1");
+            let mut args: Vec<SqlValue> = Vec::new();
+            if let Some(v) = filter.source {
+                sql.push_str(" AND source = ?");
+                args.push(SqlValue::Text(v));
+            }
+            if let Some(v) = filter.kind {
+                sql.push_str(" AND type = ?");
+                args.push(SqlValue::Text(v));
+            }
+            if let Some(v) = filter.before {
+                sql.push_str(" AND id < ?");
+                args.push(SqlValue::Text(v));
+            }
+            sql.push_str(" ORDER BY id DESC LIMIT ?");
+            args.push(SqlValue::Integer(
+                i64::try_from(filter.limit).unwrap_or(100),
+            ));
+            let mut stmt = conn.prepare(&sql).map_err(unavailable)?;
+            let mut rows = stmt.query(params_from_iter(args)).map_err(unavailable)?;
+            let mut items = Vec::new();
+            while let Some(row) = rows.next().map_err(unavailable)? {
+                items.push(event_from_row(conn, row)?);
+            }
+            let next = (items.len() == filter.limit)
+                .then(|| items.last().map(|e| e.event.id.clone()))
+                .flatten();
+            Ok(Page { items, next })
+        })
+        .await
+    }
+
     async fn job(&self, id: &str) -> Result<Option<Job>, StoreError> {
         let id = id.to_string();
         self.read(move |conn| load_job(conn, &id)).await
@@ -1193,6 +1288,33 @@ impl Store for SqliteStore {
                 audit_records,
                 deliveries: u64::try_from(deliveries).unwrap_or(0),
             })
+        })
+        .await
+    }
+
+    async fn queue_stats(&self) -> Result<QueueStats, StoreError> {
+        self.read(|conn| {
+            let mut stats = QueueStats::default();
+            let mut stmt = conn
+                .prepare_cached("SELECT state, COUNT(*) FROM jobs GROUP BY state")
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+                .map_err(unavailable)?;
+            for row in rows {
+                let (state, n) = row.map_err(unavailable)?;
+                if let Some(state) = JobState::parse(&state) {
+                    stats.by_state.insert(state, u64::try_from(n).unwrap_or(0));
+                }
+            }
+            stats.oldest_waiting_since = conn
+                .query_row(
+                    "SELECT MIN(created_at) FROM jobs WHERE state IN ('queued', 'retrying')",
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(unavailable)?;
+            Ok(stats)
         })
         .await
     }

@@ -53,6 +53,11 @@ impl Breaker {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether jobs are being held (open, or waiting on a probe).
+    pub fn is_open(&self) -> bool {
+        !matches!(*self.state(), State::Closed { .. })
+    }
+
     pub fn admit(&self) -> Admission {
         let mut state = self.state();
         match *state {

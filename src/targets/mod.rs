@@ -91,6 +91,10 @@ impl Targets {
         Ok(Targets(map))
     }
 
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Arc<Handle>)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
     pub fn get(&self, name: &str) -> Option<&Arc<Handle>> {
         self.0.get(name)
     }

@@ -42,6 +42,7 @@ pub struct Context {
     pub default_retry: RetryPolicy,
     /// Chains of promotions deeper than this are refused.
     pub max_chain_depth: u32,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// An attempt on its way to or at the upstream, for shutdown to account for.
@@ -303,6 +304,13 @@ impl Worker {
         result: Result<Effect, TargetError>,
     ) {
         let job = &leased.job;
+        let outcome = match &result {
+            Ok(effect) => effect.outcome.as_str(),
+            Err(e) => e.error.code.as_str(),
+        };
+        self.ctx
+            .metrics
+            .attempt(&job.target, outcome, duration_ms as f64 / 1000.0);
         if let Some(h) = handle {
             let healthy = result.as_ref().map_or_else(|e| !e.retryable, |_| true);
             if let Some(change) = h.breaker.record(healthy) {

@@ -15,3 +15,4 @@ mod ingest;
 mod promote;
 mod secrets;
 mod sources;
+mod surface;
