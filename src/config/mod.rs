@@ -61,6 +61,7 @@ pub enum Encoding {
 #[serde(rename_all = "lowercase")]
 pub enum TargetKind {
     Artifactory,
+    Oci,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -744,6 +745,12 @@ fn check_targets(targets: &[raw::RawTarget], problems: &mut Vec<Problem>) {
                 format!("`{}` is not a URL ({e})", t.url),
             )),
         }
+        if t.kind == TargetKind::Oci && t.api_key.is_some() {
+            problems.push(Problem::error(
+                format!("{loc}.api_key"),
+                "oci targets take `token`, or `username` and `password`",
+            ));
+        }
         if t.max_concurrency == Some(0) {
             problems.push(Problem::error(
                 format!("{loc}.max_concurrency"),
@@ -776,11 +783,35 @@ fn check_rules(
                     ));
                 }
             }
-            if !targets.iter().any(|t| t.name == r.action.target) {
-                problems.push(Problem::error(
+            match targets.iter().find(|t| t.name == r.action.target) {
+                None => problems.push(Problem::error(
                     format!("{loc}.action.target"),
                     format!("unknown target `{}`", r.action.target),
-                ));
+                )),
+                Some(t) if t.kind == TargetKind::Oci && r.action.kind != ActionKind::Promote => {
+                    problems.push(Problem::error(
+                        format!("{loc}.action.type"),
+                        format!("oci target `{}` only takes `promote`", t.name),
+                    ))
+                }
+                Some(t) => {
+                    if let Some(to) = &r.action.to_target {
+                        let oci = |n: &str| {
+                            targets
+                                .iter()
+                                .any(|t| t.name == n && t.kind == TargetKind::Oci)
+                        };
+                        if t.kind != TargetKind::Oci || !oci(to) {
+                            problems.push(Problem::error(
+                                format!("{loc}.action.to_target"),
+                                format!(
+                                    "`to_target` promotes from one oci target to another; `{to}` and `{}` must both be oci targets",
+                                    t.name
+                                ),
+                            ));
+                        }
+                    }
+                }
             }
             let o = r.retry.clone().unwrap_or_default();
             let retry = RetryPolicy {

@@ -213,6 +213,8 @@ pub struct RawAction {
     pub to_image: Option<String>,
     pub to_tag: Option<String>,
     pub to_path: Option<String>,
+    /// promote between two oci targets: the destination target's name.
+    pub to_target: Option<String>,
     pub copy: Option<bool>,
     /// build-promote
     pub status: Option<String>,

@@ -80,6 +80,10 @@ pub enum Op {
         from: ImageRef,
         to: ImageRef,
         copy: bool,
+        /// Another OCI target to promote into (another registry); unset means the
+        /// same target.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to_target: Option<String>,
     },
     BuildPromote(BuildPromotion),
     Copy {

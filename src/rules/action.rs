@@ -20,6 +20,7 @@ pub enum ActionTemplate {
         to_image: Template,
         to_tag: Template,
         copy: bool,
+        to_target: Option<String>,
     },
     BuildPromote {
         source_repo: Option<Template>,
@@ -48,7 +49,14 @@ pub enum ActionTemplate {
 /// The keys each action type takes (besides `type` and `target`).
 fn allowed(kind: ActionKind) -> &'static [&'static str] {
     match kind {
-        ActionKind::Promote => &["from_repo", "to_repo", "to_image", "to_tag", "copy"],
+        ActionKind::Promote => &[
+            "from_repo",
+            "to_repo",
+            "to_image",
+            "to_tag",
+            "copy",
+            "to_target",
+        ],
         ActionKind::BuildPromote => &[
             "from_repo",
             "to_repo",
@@ -76,6 +84,7 @@ fn given(a: &RawAction) -> Vec<&'static str> {
         ("to_image", a.to_image.is_some()),
         ("to_tag", a.to_tag.is_some()),
         ("to_path", a.to_path.is_some()),
+        ("to_target", a.to_target.is_some()),
         ("copy", a.copy.is_some()),
         ("status", a.status.is_some()),
         ("comment", a.comment.is_some()),
@@ -123,6 +132,7 @@ impl ActionTemplate {
                 to_image: or_field(parse("to_image", a.to_image.as_ref()), Field::Image),
                 to_tag: or_field(parse("to_tag", a.to_tag.as_ref()), Field::Tag),
                 copy: a.copy.unwrap_or(true),
+                to_target: a.to_target.clone(),
             },
             ActionKind::BuildPromote => ActionTemplate::BuildPromote {
                 source_repo: parse("from_repo", a.from_repo.as_ref()),
@@ -212,6 +222,7 @@ impl ActionTemplate {
                 to_image,
                 to_tag,
                 copy,
+                to_target,
             } => {
                 let from = ImageRef {
                     repo: text(from_repo)?,
@@ -229,6 +240,7 @@ impl ActionTemplate {
                     from,
                     to,
                     copy: *copy,
+                    to_target: to_target.clone(),
                 }
             }
             ActionTemplate::BuildPromote {

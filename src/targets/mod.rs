@@ -2,6 +2,7 @@
 
 mod artifactory;
 mod breaker;
+mod oci;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -75,10 +76,19 @@ pub struct Targets(HashMap<String, Arc<Handle>>);
 
 impl Targets {
     pub fn from_config(config: &Config) -> Result<Targets, reqwest::Error> {
+        // Every oci target's registry, so one can promote into another.
+        let mut registries = HashMap::new();
+        for t in config.targets.iter().filter(|t| t.kind == TargetKind::Oci) {
+            registries.insert(t.name.clone(), Arc::new(oci::Registry::new(t)?));
+        }
+        let registries = Arc::new(registries);
         let mut map = HashMap::new();
         for t in &config.targets {
-            let target: Arc<dyn Target> = match t.kind {
-                TargetKind::Artifactory => Arc::new(artifactory::Artifactory::new(t)?),
+            let target: Arc<dyn Target> = match (t.kind, registries.get(&t.name)) {
+                (TargetKind::Oci, Some(registry)) => {
+                    Arc::new(oci::OciTarget::new(registry.clone(), registries.clone()))
+                }
+                _ => Arc::new(artifactory::Artifactory::new(t)?),
             };
             let handle = Handle {
                 target,

@@ -392,6 +392,10 @@ impl ChildApp {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL: no chance to release anything.
     pub fn kill(mut self) {
         self.child.kill().unwrap();

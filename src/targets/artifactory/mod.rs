@@ -127,7 +127,7 @@ impl Target for Artifactory {
     async fn perform(&self, action: &Action) -> Result<Effect, TargetError> {
         let dry = action.dry_run;
         match &action.op {
-            Op::Promote { from, to, copy } => docker::promote(self, from, to, *copy, dry).await,
+            Op::Promote { from, to, copy, .. } => docker::promote(self, from, to, *copy, dry).await,
             Op::BuildPromote(p) => build::promote(self, p, dry).await,
             Op::Copy { from, to } => items::transfer(self, items::Mode::Copy, from, to, dry).await,
             Op::Move { from, to } => items::transfer(self, items::Mode::Move, from, to, dry).await,

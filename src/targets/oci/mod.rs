@@ -1,0 +1,322 @@
+//! Any OCI Distribution registry (Harbor, GHCR, ECR, GitLab, Quay, zot, `registry:2`):
+//! promote a tag to another repository of the same registry by mounting its blobs,
+//! or to another registry by streaming them, keeping every manifest byte for byte
+//! so the digest does not change.
+
+mod registry;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use registry::Manifest;
+pub use registry::Registry;
+
+use super::{Effect, Target, TargetError};
+use crate::domain::{Action, ImageRef, JobErrorCode, Op, Outcome};
+
+const INDEX_TYPES: [&str; 2] = [
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+];
+
+/// An `oci` target: its registry, and every oci target's registry for
+/// cross-registry promotions (`to_target`).
+pub struct OciTarget {
+    registry: Arc<Registry>,
+    peers: Arc<HashMap<String, Arc<Registry>>>,
+}
+
+impl OciTarget {
+    pub fn new(registry: Arc<Registry>, peers: Arc<HashMap<String, Arc<Registry>>>) -> Self {
+        OciTarget { registry, peers }
+    }
+}
+
+/// `{repo}/{image}`, or the image alone when the repo is empty (a repository at
+/// the registry's root).
+fn repository(image: &ImageRef) -> String {
+    if image.repo.is_empty() {
+        image.image.clone()
+    } else {
+        format!("{}/{}", image.repo, image.image)
+    }
+}
+
+fn rejected(message: String) -> TargetError {
+    TargetError::permanent(JobErrorCode::UpstreamRejected, message)
+}
+
+fn is_index(m: &Manifest, parsed: &Value) -> bool {
+    INDEX_TYPES.contains(&m.media_type.as_str())
+        || (parsed.get("manifests").is_some() && parsed.get("layers").is_none())
+}
+
+/// `(digest, size)` of each descriptor in `list`.
+fn descriptors(list: Option<&Value>) -> Vec<(String, Option<u64>)> {
+    list.and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|d| {
+            Some((
+                d.get("digest")?.as_str()?.to_string(),
+                d.get("size").and_then(Value::as_u64),
+            ))
+        })
+        .collect()
+}
+
+/// One promotion between two repositories (maybe of two registries).
+struct Copy<'a> {
+    src: &'a Registry,
+    src_repo: String,
+    dst: &'a Registry,
+    dst_repo: String,
+}
+
+impl Copy<'_> {
+    /// A blob, unless the destination has it: mounted within one registry,
+    /// streamed between two.
+    async fn blob(&self, digest: &str, size: Option<u64>) -> Result<(), TargetError> {
+        if self.dst.has_blob(&self.dst_repo, digest).await? {
+            return Ok(());
+        }
+        let mount = self
+            .src
+            .same_registry(self.dst)
+            .then_some((digest, self.src_repo.as_str()));
+        let Some(location) = self.dst.start_upload(&self.dst_repo, mount).await? else {
+            return Ok(());
+        };
+        let (stream, length) = self.src.blob_stream(&self.src_repo, digest).await?;
+        self.dst
+            .upload_stream(&self.dst_repo, location, digest, stream, length.or(size))
+            .await
+    }
+
+    /// An image manifest with its config and layers, under `reference`.
+    async fn image(
+        &self,
+        manifest: &Manifest,
+        parsed: &Value,
+        reference: &str,
+    ) -> Result<(), TargetError> {
+        let config = parsed
+            .get("config")
+            .map(|c| std::slice::from_ref(c).to_vec());
+        let blobs = descriptors(config.map(Value::Array).as_ref())
+            .into_iter()
+            .chain(descriptors(parsed.get("layers")));
+        for (digest, size) in blobs {
+            self.blob(&digest, size).await?;
+        }
+        self.dst
+            .put_manifest(&self.dst_repo, reference, manifest)
+            .await
+    }
+
+    /// A manifest, an image or an index with every child, under `reference`.
+    async fn tree(&self, manifest: &Manifest, reference: &str) -> Result<(), TargetError> {
+        let parsed: Value = serde_json::from_slice(&manifest.bytes)
+            .map_err(|e| rejected(format!("the source manifest is not JSON: {e}")))?;
+        if is_index(manifest, &parsed) {
+            for (digest, _) in descriptors(parsed.get("manifests")) {
+                if self.dst.digest(&self.dst_repo, &digest).await?.is_some() {
+                    continue;
+                }
+                let child = self
+                    .src
+                    .manifest(&self.src_repo, &digest)
+                    .await?
+                    .ok_or_else(|| {
+                        rejected(format!(
+                            "the index names {digest}, which the source does not have"
+                        ))
+                    })?;
+                let child_parsed: Value = serde_json::from_slice(&child.bytes)
+                    .map_err(|e| rejected(format!("manifest {digest} is not JSON: {e}")))?;
+                if is_index(&child, &child_parsed) {
+                    return Err(rejected(format!("nested index {digest} is not supported")));
+                }
+                self.image(&child, &child_parsed, &digest).await?;
+            }
+            self.dst
+                .put_manifest(&self.dst_repo, reference, manifest)
+                .await
+        } else {
+            self.image(manifest, &parsed, reference).await
+        }
+    }
+}
+
+impl OciTarget {
+    async fn promote(
+        &self,
+        from: &ImageRef,
+        to: &ImageRef,
+        copy: bool,
+        dry_run: bool,
+        to_target: Option<&str>,
+    ) -> Result<Effect, TargetError> {
+        let dst = match to_target {
+            None => self.registry.clone(),
+            Some(name) => self.peers.get(name).cloned().ok_or_else(|| {
+                TargetError::permanent(
+                    JobErrorCode::UnknownTarget,
+                    format!("`{name}` is not an oci target"),
+                )
+            })?,
+        };
+        let op = Copy {
+            src: &self.registry,
+            src_repo: repository(from),
+            dst: &dst,
+            dst_repo: repository(to),
+        };
+        let source = self.registry.manifest(&op.src_repo, &from.tag).await?;
+        let target = dst.digest(&op.dst_repo, &to.tag).await?;
+        let Some(source) = source else {
+            // Gone from the source: an earlier attempt of this move may have done it.
+            if !copy && from.digest.is_some() && target == from.digest {
+                return Ok(done(Outcome::Noop));
+            }
+            return Err(rejected(format!(
+                "{from} does not exist in {}",
+                self.registry.name
+            )));
+        };
+        if let Some(named) = &from.digest
+            && *named != source.digest
+        {
+            return Err(TargetError::permanent(
+                JobErrorCode::DigestMismatch,
+                format!(
+                    "{from} now points at {}, not at {named} named by the event",
+                    source.digest
+                ),
+            ));
+        }
+        let copied = target.as_deref() == Some(source.digest.as_str());
+        if copied && copy {
+            return Ok(done(Outcome::Noop));
+        }
+        if dry_run {
+            return Ok(done(Outcome::DryRun));
+        }
+        if !copied {
+            op.tree(&source, &to.tag).await?;
+            let now = dst.digest(&op.dst_repo, &to.tag).await?;
+            if now.as_deref() != Some(source.digest.as_str()) {
+                return Err(TargetError {
+                    retryable: true,
+                    ..rejected(format!(
+                        "after the copy {to} points at {}, not {}",
+                        now.as_deref().unwrap_or("nothing"),
+                        source.digest
+                    ))
+                });
+            }
+        }
+        if !copy {
+            self.delete_source(&op.src_repo, from, &source.digest, to)
+                .await?;
+        }
+        Ok(done(Outcome::Promoted))
+    }
+
+    /// Removes the source tag of a move, once the copy is verified. Registries that
+    /// cannot delete a tag alone (Docker Distribution) delete the manifest by
+    /// digest instead.
+    async fn delete_source(
+        &self,
+        repo: &str,
+        from: &ImageRef,
+        digest: &str,
+        to: &ImageRef,
+    ) -> Result<(), TargetError> {
+        let by_tag = self.registry.delete_manifest(repo, &from.tag).await;
+        let refused = match by_tag {
+            Ok(_) => return Ok(()),
+            Err(e) if matches!(e.upstream_status, Some(400 | 404 | 405)) => {
+                match self.registry.delete_manifest(repo, digest).await {
+                    Ok(_) => return Ok(()),
+                    Err(e) => e,
+                }
+            }
+            Err(e) => e,
+        };
+        let status = refused
+            .upstream_status
+            .and_then(|s| StatusCode::from_u16(s).ok())
+            .map_or_else(String::new, |s| format!(" ({s})"));
+        Err(TargetError {
+            error: crate::domain::JobError::new(
+                refused.error.code,
+                format!(
+                    "copied to {to} and verified, but the registry refused to delete the source tag {from}{status}: {}; enable deletes on it (storage delete enabled) or promote with copy = true",
+                    refused.error.message
+                ),
+            ),
+            ..refused
+        })
+    }
+}
+
+fn done(outcome: Outcome) -> Effect {
+    Effect {
+        outcome,
+        upstream_status: None,
+    }
+}
+
+#[async_trait]
+impl Target for OciTarget {
+    async fn perform(&self, action: &Action) -> Result<Effect, TargetError> {
+        match &action.op {
+            Op::Promote {
+                from,
+                to,
+                copy,
+                to_target,
+            } => {
+                self.promote(from, to, *copy, action.dry_run, to_target.as_deref())
+                    .await
+            }
+            _ => Err(TargetError::permanent(
+                JobErrorCode::UnknownTarget,
+                format!("an oci target cannot {}", action.kind()),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repositories_and_index_detection() {
+        let img = |repo: &str| ImageRef {
+            repo: repo.into(),
+            image: "app".into(),
+            tag: "1".into(),
+            digest: None,
+        };
+        assert_eq!(repository(&img("dev")), "dev/app");
+        assert_eq!(repository(&img("")), "app");
+        let m = |t: &str| Manifest {
+            bytes: vec![],
+            media_type: t.into(),
+            digest: String::new(),
+        };
+        assert!(is_index(&m(INDEX_TYPES[0]), &Value::Null));
+        assert!(is_index(&m(INDEX_TYPES[1]), &Value::Null));
+        assert!(!is_index(
+            &m("application/vnd.oci.image.manifest.v1+json"),
+            &serde_json::json!({"layers": []})
+        ));
+    }
+}

@@ -1,0 +1,400 @@
+//! The `oci` target against real registries (Debian's `docker-registry`): mounts
+//! within a registry, streams between two, indexes with their children, moves,
+//! idempotent re-runs, bearer token auth, registry notifications end to end, and
+//! bounded memory for a 200 MB layer.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use wiremock::matchers::method;
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::harness::{ChildApp, REGISTRY_TOKEN, TestApp, free_port, spawn_app, write_config};
+use crate::registry::{Auth, RegistryOptions, RegistryProc, TokenServer, notifications, ulid_like};
+
+fn targets(reg: &str, other: Option<&str>) -> String {
+    let mut t = format!("[[targets]]\nname = \"reg\"\nkind = \"oci\"\nurl = \"{reg}\"\n");
+    if let Some(o) = other {
+        t.push_str(&format!(
+            "\n[[targets]]\nname = \"other\"\nkind = \"oci\"\nurl = \"{o}\"\n"
+        ));
+    }
+    t
+}
+
+const RULES: &str = r#"
+[[rules]]
+name = "to-staging"
+source = "ci"
+event = "test-passed"
+match = { repo = "dev" }
+action = { type = "promote", target = "reg", to_repo = "staging" }
+
+[[rules]]
+name = "move"
+source = "ci"
+event = "move"
+action = { type = "promote", target = "reg", to_repo = "moved", copy = false }
+"#;
+
+const CROSS: &str = r#"
+[[rules]]
+name = "to-other"
+source = "ci"
+event = "ship"
+action = { type = "promote", target = "reg", to_target = "other", to_repo = "prod" }
+"#;
+
+async fn promote(app: &TestApp, event: &str, tag: &str, digest: &str) -> Value {
+    let body = format!(
+        r#"{{"event":"{event}","repo":"dev","image":"app","tag":"{tag}","digest":"{digest}","run":"{}"}}"#,
+        ulid_like()
+    );
+    let answer: Value = app.send("ci", body.as_bytes()).await.json().await.unwrap();
+    let id = answer["jobs"][0]["id"].as_str().expect("a job").to_string();
+    app.wait_final(&id).await
+}
+
+async fn wait_until<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut check: impl FnMut() -> F,
+) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn same_registry_promotions_mount_keep_digests_and_rerun_as_noop() {
+    let notified = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&notified)
+        .await;
+    let reg = RegistryProc::start(RegistryOptions {
+        notify: Some((format!("{}/events", notified.uri()), "Bearer n".into())),
+        ..RegistryOptions::default()
+    })
+    .await;
+    let app = spawn_app(&format!("{}\n{RULES}", targets(&reg.base, None))).await;
+
+    let layers = vec![
+        format!("layer one {}", ulid_like()).into_bytes(),
+        format!("layer two {}", ulid_like()).into_bytes(),
+    ];
+    let image = reg.push_image("dev/app", "1.0.0", &layers, None).await;
+    let (index, children) = reg.push_index("dev/app", "2.0.0").await;
+
+    let job = promote(&app, "test-passed", "1.0.0", &image).await;
+    assert_eq!(
+        (job["state"].as_str(), job["outcome"].as_str()),
+        (Some("succeeded"), Some("promoted")),
+        "{job:#}"
+    );
+    assert_eq!(
+        reg.manifest_digest("staging/app", "1.0.0", None)
+            .await
+            .as_deref(),
+        Some(image.as_str())
+    );
+    let job = promote(&app, "test-passed", "2.0.0", &index).await;
+    assert_eq!(job["state"], "succeeded", "{job:#}");
+    assert_eq!(
+        reg.manifest_digest("staging/app", "2.0.0", None)
+            .await
+            .as_deref(),
+        Some(index.as_str())
+    );
+    for child in &children {
+        assert_eq!(
+            reg.manifest_digest("staging/app", child, None)
+                .await
+                .as_deref(),
+            Some(child.as_str())
+        );
+    }
+
+    // No blob bytes were uploaded to staging: every blob arrived by mount.
+    wait_until("the manifest push notifications for staging", || async {
+        notifications(&notified)
+            .await
+            .iter()
+            .filter(|e| {
+                e["action"] == "push"
+                    && e["target"]["repository"] == "staging/app"
+                    && e["target"]["tag"].is_string()
+            })
+            .count()
+            == 2
+    })
+    .await;
+    let events = notifications(&notified).await;
+    let staging: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["target"]["repository"] == "staging/app")
+        .collect();
+    let blob_pushes = staging
+        .iter()
+        .filter(|e| {
+            // Blob events carry application/octet-stream; manifests and indexes
+            // carry their own types.
+            e["action"] == "push" && e["target"]["mediaType"] == "application/octet-stream"
+        })
+        .count();
+    assert_eq!(blob_pushes, 0, "blob bytes were re-uploaded: {staging:#?}");
+    // config + 2 layers, and per child of the index a config and a layer.
+    let mounts = staging.iter().filter(|e| e["action"] == "mount").count();
+    assert_eq!(mounts, 3 + 2 * 2, "{staging:#?}");
+
+    // A second run finds the work done.
+    let again = promote(&app, "test-passed", "1.0.0", &image).await;
+    assert_eq!(again["outcome"], "noop");
+    let again = promote(&app, "test-passed", "2.0.0", &index).await;
+    assert_eq!(again["outcome"], "noop");
+
+    // The tested digest or nothing: a re-pushed tag is refused.
+    let moved = reg
+        .push_image("dev/app", "1.0.0", &[b"another build".to_vec()], None)
+        .await;
+    let refused = promote(&app, "test-passed", "1.0.0", &image).await;
+    assert_eq!(refused["last_error"]["code"], "digest_mismatch");
+    assert!(
+        refused["last_error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&moved)
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn promotes_an_index_between_two_registries() {
+    let a = RegistryProc::start(RegistryOptions::default()).await;
+    let b = RegistryProc::start(RegistryOptions::default()).await;
+    let app = spawn_app(&format!(
+        "{}\n{RULES}\n{CROSS}",
+        targets(&a.base, Some(&b.base))
+    ))
+    .await;
+    let (index, children) = a.push_index("dev/app", "3.0.0").await;
+    let job = promote(&app, "ship", "3.0.0", &index).await;
+    assert_eq!(
+        (job["state"].as_str(), job["outcome"].as_str()),
+        (Some("succeeded"), Some("promoted")),
+        "{job:#}"
+    );
+    assert_eq!(
+        b.manifest_digest("prod/app", "3.0.0", None)
+            .await
+            .as_deref(),
+        Some(index.as_str())
+    );
+    for child in &children {
+        assert_eq!(
+            b.manifest_digest("prod/app", child, None).await.as_deref(),
+            Some(child.as_str())
+        );
+    }
+    let again = promote(&app, "ship", "3.0.0", &index).await;
+    assert_eq!(again["outcome"], "noop");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_move_removes_the_source_tag() {
+    let reg = RegistryProc::start(RegistryOptions::default()).await;
+    let app = spawn_app(&format!("{}\n{RULES}", targets(&reg.base, None))).await;
+    let image = reg
+        .push_image(
+            "dev/app",
+            "4.0.0",
+            &[format!("move me {}", ulid_like()).into_bytes()],
+            None,
+        )
+        .await;
+    let job = promote(&app, "move", "4.0.0", &image).await;
+    assert_eq!(job["state"], "succeeded", "{job:#}");
+    assert_eq!(
+        reg.manifest_digest("moved/app", "4.0.0", None)
+            .await
+            .as_deref(),
+        Some(image.as_str())
+    );
+    assert_eq!(
+        reg.manifest_digest("dev/app", "4.0.0", None).await,
+        None,
+        "the source tag is gone"
+    );
+    // Retried after the move, the job sees it done.
+    let again = promote(&app, "move", "4.0.0", &image).await;
+    assert_eq!(again["outcome"], "noop", "{again:#}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_bearer_token_protected_registry() {
+    let tokens = TokenServer::start("robot", "s3cret").await;
+    let reg = RegistryProc::start(RegistryOptions {
+        auth: Auth::Token {
+            realm: tokens.realm(),
+            cert: tokens.cert.clone(),
+        },
+        ..RegistryOptions::default()
+    })
+    .await;
+    let anonymous = reqwest::get(format!("{}/v2/", reg.base)).await.unwrap();
+    assert_eq!(anonymous.status(), 401, "the registry wants a token");
+    let push = tokens.token_for("robot", "s3cret", "dev/app").await;
+    let image = reg
+        .push_image(
+            "dev/app",
+            "5.0.0",
+            &[format!("secret layer {}", ulid_like()).into_bytes()],
+            Some(&push),
+        )
+        .await;
+
+    let app = spawn_app(&format!(
+        "[[targets]]\nname = \"reg\"\nkind = \"oci\"\nurl = \"{}\"\nusername = \"robot\"\npassword = \"s3cret\"\n{RULES}",
+        reg.base
+    ))
+    .await;
+    let job = promote(&app, "test-passed", "5.0.0", &image).await;
+    assert_eq!(job["state"], "succeeded", "{job:#}\n{}", reg.log());
+    let read = tokens.token_for("robot", "s3cret", "staging/app").await;
+    assert_eq!(
+        reg.manifest_digest("staging/app", "5.0.0", Some(&read))
+            .await
+            .as_deref(),
+        Some(image.as_str())
+    );
+    // Tokens are cached: one per scope, not one per request.
+    let issued = tokens.server.received_requests().await.unwrap().len();
+    assert!(issued <= 8, "{issued} token requests");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_registry_push_is_promoted_end_to_end_through_its_notifications() {
+    let port = free_port();
+    let app = spawn_app(&format!(
+        r#"{}
+[[sources]]
+name = "registry"
+format = "registry"
+verify = {{ scheme = "token", header = "Authorization", secrets = ["env:TEST_REGISTRY_TOKEN"] }}
+
+[[rules]]
+name = "dev-to-staging"
+source = "registry"
+event = "registry.push"
+match = {{ repo = "dev" }}
+action = {{ type = "promote", target = "reg", to_repo = "staging" }}
+"#,
+        targets(&format!("http://127.0.0.1:{port}"), None)
+    ))
+    .await;
+    let reg = RegistryProc::start(RegistryOptions {
+        port: Some(port),
+        notify: Some((
+            format!("{}/hooks/registry", app.base),
+            format!("Bearer {REGISTRY_TOKEN}"),
+        )),
+        ..RegistryOptions::default()
+    })
+    .await;
+    // Only the registry is touched from here on.
+    let image = reg
+        .push_image(
+            "dev/app",
+            "1.0.0",
+            &[format!("e2e {}", ulid_like()).into_bytes()],
+            None,
+        )
+        .await;
+    wait_until("staging/app:1.0.0", || async {
+        reg.manifest_digest("staging/app", "1.0.0", None)
+            .await
+            .is_some()
+    })
+    .await;
+    assert_eq!(
+        reg.manifest_digest("staging/app", "1.0.0", None)
+            .await
+            .as_deref(),
+        Some(image.as_str())
+    );
+    app.stop().await;
+}
+
+/// Peak resident memory of a process, from /proc (kB → MB).
+fn peak_rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb / 1024.0
+}
+
+#[tokio::test]
+async fn a_200_mb_layer_streams_between_registries_in_bounded_memory() {
+    let a = RegistryProc::start(RegistryOptions::default()).await;
+    let b = RegistryProc::start(RegistryOptions::default()).await;
+    // 200 MB of incompressible bytes.
+    let mut layer = vec![0u8; 200 * 1024 * 1024];
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    for chunk in layer.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    let image = a.push_image("dev/big", "1.0.0", &[layer], None).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "http://127.0.0.1:1",
+        &format!(
+            "{}\n{}",
+            targets(&a.base, Some(&b.base))
+                .replace("kind = \"oci\"", "kind = \"oci\"\ntimeout = \"120s\""),
+            CROSS
+        ),
+        "30s",
+    );
+    let gantry = ChildApp::start(&config, free_port()).await;
+    let before = peak_rss_mb(gantry.pid());
+    let body = format!(
+        r#"{{"event":"ship","repo":"dev","image":"big","tag":"1.0.0","digest":"{image}"}}"#
+    );
+    let started = Instant::now();
+    let answer: Value = gantry
+        .client
+        .send("ci", body.as_bytes())
+        .await
+        .json()
+        .await
+        .unwrap();
+    let job = gantry
+        .client
+        .wait_final(answer["jobs"][0]["id"].as_str().unwrap())
+        .await;
+    let took = started.elapsed();
+    assert_eq!(job["state"], "succeeded", "{job:#}");
+    assert_eq!(
+        b.manifest_digest("prod/big", "1.0.0", None)
+            .await
+            .as_deref(),
+        Some(image.as_str())
+    );
+    let peak = peak_rss_mb(gantry.pid());
+    println!(
+        "200 MB layer promoted across registries in {took:.1?}; gantry peak RSS {before:.1} MB before, {peak:.1} MB after"
+    );
+    assert!(peak < 100.0, "peak RSS {peak:.1} MB");
+}
