@@ -73,8 +73,7 @@ fn parse_challenge(header: &str) -> Option<Challenge> {
         }
         let value: String = if chars.peek() == Some(&'"') {
             chars.next();
-            let v = chars.by_ref().take_while(|c| *c != '"').collect();
-            v
+            chars.by_ref().take_while(|c| *c != '"').collect()
         } else {
             chars.by_ref().take_while(|c| *c != ',').collect()
         };
