@@ -3,6 +3,7 @@
 
 mod action;
 mod graph;
+mod index;
 mod matcher;
 mod template;
 
@@ -12,12 +13,14 @@ use std::sync::Arc;
 use crate::config::{Config, Field, Problem, RetryPolicy};
 use crate::domain::{Action, Event, JobError};
 use action::ActionTemplate;
+use index::{Literals, RuleIndex};
 pub use matcher::{Captures, Matcher};
 
-/// All rules, in config order.
+/// All rules, in config order, and the index that finds the few an event can match.
 #[derive(Debug)]
 pub struct RuleSet {
     rules: Vec<Rule>,
+    index: RuleIndex,
 }
 
 #[derive(Debug)]
@@ -36,6 +39,7 @@ pub struct Rule {
     dry_run: bool,
     /// The rule as loaded, for `GET /api/v1/rules`.
     pub spec: serde_json::Value,
+    literals: Literals,
 }
 
 /// A promotion one rule asks for one event. `action` is an error when the templates
@@ -114,8 +118,18 @@ impl RuleSet {
                 let needs = action.needs();
                 let dry_run = r.dry_run || target_dry_run;
                 let spec = describe(r, &rc.retry, dry_run, &needs);
+                let literals = Literals {
+                    sources: r.source.as_ref().map(|s| s.patterns().to_vec()),
+                    kinds: r.event.as_ref().and_then(|e| index::literals(e.patterns())),
+                    repos: r
+                        .matches
+                        .repo
+                        .as_ref()
+                        .and_then(|p| index::literals(p.patterns())),
+                };
                 Some(Rule {
                     spec,
+                    literals,
                     name: r.name.clone(),
                     target: r.action.target.clone(),
                     retry: rc.retry,
@@ -130,7 +144,8 @@ impl RuleSet {
             })
             .collect();
         if problems.is_empty() {
-            Ok(RuleSet { rules })
+            let index = RuleIndex::build(rules.iter().map(|r| r.literals.clone()));
+            Ok(RuleSet { rules, index })
         } else {
             Err(problems)
         }
@@ -146,10 +161,13 @@ impl RuleSet {
 
     /// The promotions the rules ask for this event, in rule order.
     pub fn plan<'a>(&'a self, event: &Event) -> Vec<Planned<'a>> {
+        let mut candidates = Vec::new();
+        self.index.candidates(event, &mut candidates);
         let mut captures = Captures::new();
-        self.rules
-            .iter()
-            .filter_map(|rule| {
+        candidates
+            .into_iter()
+            .filter_map(|i| {
+                let rule = &self.rules[i];
                 captures.clear();
                 rule.matches(event, &mut captures).then(|| Planned {
                     rule,
