@@ -61,6 +61,14 @@ impl Matcher {
         match self {
             Matcher::Glob(g) => g.is_match(value),
             Matcher::Regex(re, names) => {
+                // `is_match` runs on the fast engines; captures are worth their cost
+                // only once the regex is known to match and has groups to give.
+                if !re.is_match(value) {
+                    return false;
+                }
+                if names.is_empty() {
+                    return true;
+                }
                 let Some(caps) = re.captures(value) else {
                     return false;
                 };

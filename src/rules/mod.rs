@@ -13,7 +13,7 @@ use std::sync::Arc;
 use crate::config::{Config, Field, Problem, RetryPolicy};
 use crate::domain::{Action, Event, JobError};
 use action::ActionTemplate;
-use index::{Literals, RuleIndex};
+use index::{Key, Literals, RuleIndex};
 pub use matcher::{Captures, Matcher};
 
 /// All rules, in config order, and the index that finds the few an event can match.
@@ -118,14 +118,18 @@ impl RuleSet {
                 let needs = action.needs();
                 let dry_run = r.dry_run || target_dry_run;
                 let spec = describe(r, &rc.retry, dry_run, &needs);
+                let key = |spec: &Option<crate::config::OneOrMany>| {
+                    spec.as_ref()
+                        .map_or(Key::Any, |p| Key::of_patterns(p.patterns()))
+                };
                 let literals = Literals {
-                    sources: r.source.as_ref().map(|s| s.patterns().to_vec()),
-                    kinds: r.event.as_ref().and_then(|e| index::literals(e.patterns())),
-                    repos: r
-                        .matches
-                        .repo
+                    sources: r
+                        .source
                         .as_ref()
-                        .and_then(|p| index::literals(p.patterns())),
+                        .map_or(Key::Any, |s| Key::exact(s.patterns())),
+                    kinds: key(&r.event),
+                    repos: key(&r.matches.repo),
+                    images: key(&r.matches.image),
                 };
                 Some(Rule {
                     spec,
