@@ -6,7 +6,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -35,6 +35,8 @@ struct State {
     /// Every promotion applied, by its target tag.
     effects: HashMap<Tag, usize>,
     promote_calls: usize,
+    /// When each promote call arrived, with its target tag, in arrival order.
+    arrivals: Vec<(String, Instant)>,
     faults: VecDeque<Fault>,
     delay: Duration,
 }
@@ -100,6 +102,12 @@ impl FakeArtifactory {
         self.state().promote_calls
     }
 
+    /// When each promote call arrived, by target tag: the end-to-end benchmark's clock.
+    #[allow(dead_code, reason = "used by benches/e2e.rs, which shares this fake")]
+    pub fn arrivals(&self) -> Vec<(String, Instant)> {
+        self.state().arrivals.clone()
+    }
+
     pub fn fail_next(&self, faults: impl IntoIterator<Item = Fault>) {
         self.state().faults.extend(faults);
     }
@@ -143,9 +151,10 @@ impl FakeArtifactory {
                 head.push_str(&format!("{k}: {v}\r\n"));
             }
             head.push_str("Content-Type: application/json\r\n\r\n");
-            if stream.write_all(head.as_bytes()).await.is_err()
-                || stream.write_all(body.as_bytes()).await.is_err()
-            {
+            // One write: a head and a body written apart meet Nagle's algorithm and
+            // the client's delayed ACK, and every response would take 40 ms.
+            head.push_str(&body);
+            if stream.write_all(head.as_bytes()).await.is_err() {
                 return;
             }
         }
@@ -159,8 +168,14 @@ impl FakeArtifactory {
         stream: &mut TcpStream,
     ) -> Option<(u16, Vec<(&'static str, String)>, String)> {
         let (fault, delay) = {
+            let arrived = Instant::now();
+            let target_tag = serde_json::from_slice::<Value>(body)
+                .ok()
+                .and_then(|v| Some(v["targetTag"].as_str()?.to_string()))
+                .unwrap_or_default();
             let mut s = self.state();
             s.promote_calls += 1;
+            s.arrivals.push((target_tag, arrived));
             (s.faults.pop_front(), s.delay)
         };
         tokio::time::sleep(delay).await;
