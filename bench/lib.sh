@@ -7,9 +7,10 @@ SMOKE="${SMOKE:-0}"
 WORK="$(mktemp -d)"
 PIDS=()
 cleanup() {
+  status=$?
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  rm -rf "$WORK"
+  if [ "$status" = 0 ]; then rm -rf "$WORK"; else echo "failed; logs kept in $WORK" >&2; fi
 }
 trap cleanup EXIT
 

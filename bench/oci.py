@@ -163,8 +163,9 @@ match = {{ repo = "dev" }}
 action = {{ type = "promote", target = "reg", to_repo = "gantry" }}
 """)
     env = dict(os.environ, BENCH_SECRET=SECRET, RUST_LOG="warn")
+    log = open(os.path.join(WORK, "gantry.log"), "w")
     proc = subprocess.Popen([GANTRY, "serve", "--config", config], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(url + "/readyz")
@@ -189,7 +190,9 @@ action = {{ type = "promote", target = "reg", to_repo = "gantry" }}
             if m and int(m.group(1)) >= len(digests):
                 break
             if time.time() > deadline:
-                sys.exit("gantry: promotions did not finish within 120 s")
+                jobs = re.findall(rb"gantry_(?:jobs|attempts_total)\{.*", metrics)
+                sys.exit("gantry: promotions did not finish within 120 s: "
+                         + b"; ".join(jobs).decode() + f" (log: {log.name})")
             time.sleep(0.005)
         elapsed = time.monotonic() - started
     finally:

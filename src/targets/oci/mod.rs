@@ -84,6 +84,30 @@ impl Copy<'_> {
         if self.dst.has_blob(&self.dst_repo, digest).await? {
             return Ok(());
         }
+        // Promotions sharing a layer upload it side by side, and a registry may fail
+        // some of them (Docker Distribution answers 400 "digest did not match" or
+        // 500). What matters is whether the blob is there now; if not, the next
+        // attempt uploads it again, so a 400 here is worth retrying.
+        match self.transfer(digest, size).await {
+            Err(e)
+                if self
+                    .dst
+                    .has_blob(&self.dst_repo, digest)
+                    .await
+                    .unwrap_or(false) =>
+            {
+                tracing::debug!(digest, error = %e.error.message, "upload failed; blob is there");
+                Ok(())
+            }
+            Err(mut e) if e.upstream_status == Some(400) => {
+                e.retryable = true;
+                Err(e)
+            }
+            other => other,
+        }
+    }
+
+    async fn transfer(&self, digest: &str, size: Option<u64>) -> Result<(), TargetError> {
         let mount = self
             .src
             .same_registry(self.dst)
