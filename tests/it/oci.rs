@@ -398,3 +398,135 @@ async fn a_200_mb_layer_streams_between_registries_in_bounded_memory() {
     );
     assert!(peak < 100.0, "peak RSS {peak:.1} MB");
 }
+
+/// A registry (wiremock) where `staging/app` lacks the one blob of `dev/app:1.0.0`,
+/// offers no mount (202) and refuses the upload with 400 DIGEST_INVALID, as Docker
+/// Distribution does to one of two simultaneous uploads of a blob. With
+/// `blob_appears`, the other upload landed: the blob is there right after.
+async fn racing_registry(blob_appears: bool) -> (MockServer, String) {
+    use sha2::Digest;
+    use wiremock::matchers::{path, query_param};
+    let reg = MockServer::start().await;
+    let config = b"{}".to_vec();
+    let blob = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&config)));
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": blob, "size": config.len()},
+        "layers": [],
+    })
+    .to_string();
+    let digest = format!(
+        "sha256:{}",
+        hex::encode(sha2::Sha256::digest(manifest.as_bytes()))
+    );
+    let manifest_response = ResponseTemplate::new(200)
+        .insert_header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+        .insert_header("Docker-Content-Digest", digest.as_str())
+        .set_body_bytes(manifest.into_bytes());
+    Mock::given(path("/v2/dev/app/manifests/1.0.0"))
+        .respond_with(manifest_response)
+        .mount(&reg)
+        .await;
+    // The destination tag: absent, and (when the copy can finish) there after.
+    let staging_tag = "/v2/staging/app/manifests/1.0.0";
+    Mock::given(method("HEAD"))
+        .and(path(staging_tag))
+        .respond_with(ResponseTemplate::new(404))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&reg)
+        .await;
+    if blob_appears {
+        Mock::given(method("HEAD"))
+            .and(path(staging_tag))
+            .respond_with(
+                ResponseTemplate::new(200).insert_header("Docker-Content-Digest", digest.as_str()),
+            )
+            .mount(&reg)
+            .await;
+    }
+    let staging_blob = format!("/v2/staging/app/blobs/{blob}");
+    Mock::given(method("HEAD"))
+        .and(path(staging_blob.as_str()))
+        .respond_with(ResponseTemplate::new(404))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&reg)
+        .await;
+    Mock::given(method("HEAD"))
+        .and(path(staging_blob.as_str()))
+        .respond_with(ResponseTemplate::new(if blob_appears { 200 } else { 404 }))
+        .mount(&reg)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v2/staging/app/blobs/uploads/"))
+        .and(query_param("mount", blob.as_str()))
+        .respond_with(ResponseTemplate::new(202).insert_header("Location", "/upload/1"))
+        .mount(&reg)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(format!("/v2/dev/app/blobs/{blob}")))
+        .respond_with(ResponseTemplate::new(200).set_body_bytes(config))
+        .mount(&reg)
+        .await;
+    Mock::given(method("PUT"))
+        .and(path("/upload/1"))
+        .respond_with(ResponseTemplate::new(400).set_body_string(
+            r#"{"errors":[{"code":"DIGEST_INVALID","message":"provided digest did not match uploaded content"}]}"#,
+        ))
+        .mount(&reg)
+        .await;
+    Mock::given(method("PUT"))
+        .and(path(staging_tag))
+        .respond_with(ResponseTemplate::new(201))
+        .mount(&reg)
+        .await;
+    (reg, digest)
+}
+
+async fn manifest_puts(reg: &MockServer) -> usize {
+    let requests = reg.received_requests().await.unwrap_or_default();
+    requests
+        .iter()
+        .filter(|r| r.method.as_str() == "PUT" && r.url.path().contains("/manifests/"))
+        .count()
+}
+
+#[tokio::test]
+async fn a_refused_blob_upload_is_retried() {
+    let (reg, digest) = racing_registry(false).await;
+    let app = spawn_app(&format!("{}\n{RULES}", targets(&reg.uri(), None))).await;
+    let body = format!(
+        r#"{{"event":"test-passed","repo":"dev","image":"app","tag":"1.0.0","digest":"{digest}"}}"#
+    );
+    let answer: Value = app.send("ci", body.as_bytes()).await.json().await.unwrap();
+    let id = answer["jobs"][0]["id"].as_str().expect("a job").to_string();
+    let job = app.wait_final(&id).await;
+    // Every attempt (the test config allows 4) tried the upload again.
+    assert_eq!(job["state"], "failed", "{job:#}");
+    let attempts = job["attempts"].as_array().expect("attempts");
+    assert_eq!(attempts.len(), 4, "{job:#}");
+    assert!(
+        attempts
+            .iter()
+            .all(|a| a["error"]["code"] == "upstream_rejected"),
+        "{job:#}"
+    );
+    assert_eq!(manifest_puts(&reg).await, 0, "no manifest without its blob");
+}
+
+#[tokio::test]
+async fn a_refused_blob_upload_is_fine_when_the_blob_is_there() {
+    let (reg, digest) = racing_registry(true).await;
+    let app = spawn_app(&format!("{}\n{RULES}", targets(&reg.uri(), None))).await;
+    let job = promote(&app, "test-passed", "1.0.0", &digest).await;
+    assert_eq!(
+        (job["state"].as_str(), job["outcome"].as_str()),
+        (Some("succeeded"), Some("promoted")),
+        "{job:#}"
+    );
+    assert_eq!(job["attempts"].as_array().map(Vec::len), Some(1), "{job:#}");
+    assert_eq!(manifest_puts(&reg).await, 1);
+}
