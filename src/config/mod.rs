@@ -6,6 +6,7 @@
 
 mod raw;
 pub mod secret;
+mod store_url;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -17,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 pub use raw::{OneOrMany, RawAction, RawMatch, RawRule};
 pub use secret::Secret;
+pub use store_url::{PostgresUrl, StoreUrl};
 
 const EMBEDDED_DEFAULTS: &str = include_str!("defaults.toml");
 
@@ -135,11 +137,6 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// How long running attempts may take to finish after SIGTERM.
     pub shutdown_grace: Duration,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StoreUrl {
-    Sqlite(PathBuf),
 }
 
 #[derive(Debug, Clone)]
@@ -506,7 +503,9 @@ fn validate(
             None
         }
     };
-    let store = parse_store_url(&raw.store.url, problems);
+    let store = store_url::parse_store_url(&raw.store.url)
+        .map_err(|why| problems.push(Problem::error("store.url", why)))
+        .ok();
     let retry = RetryPolicy {
         max_attempts: raw.defaults.retry.max_attempts.unwrap_or(10),
         initial_backoff: raw
@@ -565,19 +564,6 @@ fn validate(
         targets,
         rules,
     })
-}
-
-fn parse_store_url(url: &str, problems: &mut Vec<Problem>) -> Option<StoreUrl> {
-    match url.strip_prefix("sqlite://") {
-        Some(path) if !path.is_empty() => Some(StoreUrl::Sqlite(PathBuf::from(path))),
-        _ => {
-            problems.push(Problem::error(
-                "store.url",
-                format!("`{url}` is not a supported store URL; use sqlite://PATH"),
-            ));
-            None
-        }
-    }
 }
 
 fn check_retry(loc: &str, retry: &RetryPolicy, problems: &mut Vec<Problem>) {

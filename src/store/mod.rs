@@ -1,6 +1,8 @@
 //! Durable state behind one trait of domain verbs, so the rest of gantry never sees
 //! SQL and a second engine is a second implementation, not a rewrite.
 
+mod postgres;
+mod rows;
 mod sqlite;
 
 use std::sync::Arc;
@@ -10,6 +12,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 use tokio::sync::Notify;
 
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 use crate::audit::{Anchor, AuditEntry, AuditKind, AuditRecord, ChainCheck, Verdict};
@@ -347,5 +350,6 @@ pub trait Store: Send + Sync {
 pub async fn open(url: &StoreUrl) -> Result<Arc<dyn Store>, StoreError> {
     match url {
         StoreUrl::Sqlite(path) => Ok(Arc::new(SqliteStore::open(path).await?)),
+        StoreUrl::Postgres(url) => Ok(Arc::new(PostgresStore::open(url).await?)),
     }
 }

@@ -17,16 +17,18 @@ use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 use tokio::sync::{Notify, oneshot};
 
+use super::rows::{
+    ATTEMPT_COLUMNS, AUDIT_COLUMNS, Arg, Columns, EVENT_COLUMNS, JOB_COLUMNS, JobInsert, Landing,
+    attempt_values, audit_listing, events_listing, job_state, jobs_listing, lease_expired, millis,
+    operator_move, page, payload_text, read_attempt, read_audit, read_event, read_job, sql_limit,
+};
 use super::{
     AttemptReport, AuditFilter, ChainLink, ChainRow, EventFilter, IngestOutcome, JobFilter, JobRef,
     JobSummary, LeasedJob, NewEvent, OperatorAction, OperatorOutcome, Page, Pruned, QueueStats,
     Release, Store, StoreError, StoredEvent, Transition,
 };
-use crate::audit::{Anchor, AuditEntry, AuditKind, AuditRecord, GENESIS, chain_hash};
-use crate::domain::{
-    Action, AttemptRecord, Event, Job, JobError, JobErrorCode, JobState, Millis, Outcome, Subject,
-    now_millis, subject_key,
-};
+use crate::audit::{Anchor, AuditEntry, AuditRecord, GENESIS, chain_hash};
+use crate::domain::{AttemptRecord, Job, JobState, Millis, now_millis};
 
 /// Most operations committed in one transaction.
 const MAX_BATCH: usize = 512;
@@ -187,10 +189,6 @@ fn unavailable(e: rusqlite::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
-fn corrupt(what: &str, value: &str) -> StoreError {
-    StoreError::Corrupt(format!("{what} `{value}`"))
-}
-
 impl SqliteStore {
     /// Opens (creating if needed) the database file and migrates it.
     pub async fn open(path: &Path) -> Result<SqliteStore, StoreError> {
@@ -349,10 +347,6 @@ fn in_savepoint<T>(
     }
 }
 
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
 fn append_audit(conn: &Connection, entry: &AuditEntry) -> Result<i64, StoreError> {
     let head: Option<(i64, String)> = conn
         .prepare_cached("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
@@ -361,13 +355,11 @@ fn append_audit(conn: &Connection, entry: &AuditEntry) -> Result<i64, StoreError
     let (prev_seq, prev_hash) = head.unwrap_or((0, GENESIS.to_string()));
     let seq = prev_seq + 1;
     let hash = chain_hash(&prev_hash, seq, entry);
-    conn.prepare_cached(
-        "INSERT INTO audit (seq, at, kind, actor, event_id, job_id, rule, target, repo, image,
-            tag, digest, from_ref, to_ref, outcome, upstream_status, message, prev_hash, hash,
-            parent_job_id, chain_depth)
+    conn.prepare_cached(&format!(
+        "INSERT INTO audit ({AUDIT_COLUMNS})
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19,
-            ?20, ?21)",
-    )
+            ?20, ?21)"
+    ))
     .and_then(|mut s| {
         s.execute(params![
             seq,
@@ -445,13 +437,12 @@ fn ingest_one(
     )
     .and_then(|mut s| s.execute(params![ev.source, ev.delivery_id, ev.id, ev.received_at]))
     .map_err(unavailable)?;
-    let payload = serde_json::to_string(&ev.payload).unwrap_or_default();
+    let payload = payload_text(ev);
     let s = &ev.subject;
-    conn.prepare_cached(
-        "INSERT INTO events (id, source, type, delivery_id, received_at, repo, image, tag, digest,
-            path, build_name, build_number, payload, parent_job_id, chain_depth)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
-    )
+    conn.prepare_cached(&format!(
+        "INSERT INTO events ({EVENT_COLUMNS})
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+    ))
     .and_then(|mut st| {
         st.execute(params![
             ev.id,
@@ -492,13 +483,7 @@ fn ingest_one(
                 continue;
             }
         }
-        let (action, state, error) = match &job.action {
-            Ok(a) => (serde_json::to_string(a).ok(), JobState::Queued, None),
-            Err(e) => (None, JobState::Failed, Some(e)),
-        };
-        let output = job.action.as_ref().ok().map(|a| a.output_subject());
-        let target_ref = output.as_ref().and_then(subject_key);
-        let target_digest = output.and_then(|o| o.digest);
+        let row = JobInsert::of(job);
         conn.prepare_cached(
             "INSERT INTO jobs (id, event_id, rule, target, action, state, next_attempt_at,
                 last_error_code, last_error_message, parent_job_id, chain_depth, created_at,
@@ -511,20 +496,20 @@ fn ingest_one(
                 ev.id,
                 job.rule,
                 job.target,
-                action,
-                state.as_str(),
+                row.action,
+                row.state.as_str(),
                 ev.received_at,
-                error.map(|e| e.code.as_str()),
-                error.map(|e| e.message.as_str()),
+                row.error_code,
+                row.error_message,
                 ev.parent_job_id,
                 ev.chain_depth,
-                target_ref,
-                target_digest,
+                row.target_ref,
+                row.target_digest,
             ])
         })
         .map_err(unavailable)?;
         append_audit(conn, &AuditEntry::job_created(ev, job))?;
-        batch.wake_workers |= state == JobState::Queued;
+        batch.wake_workers |= row.state == JobState::Queued;
         jobs.push(JobRef {
             id: job.id.clone(),
             rule: job.rule.clone(),
@@ -537,31 +522,23 @@ fn ingest_one(
     })
 }
 
-const EVENT_COLUMNS: &str = "id, source, type, delivery_id, received_at, repo, image, tag, digest,
-    path, build_name, build_number, payload, parent_job_id, chain_depth";
+impl Columns for Row<'_> {
+    fn text(&self, i: usize) -> Result<String, StoreError> {
+        self.get(i).map_err(unavailable)
+    }
+    fn text_opt(&self, i: usize) -> Result<Option<String>, StoreError> {
+        self.get(i).map_err(unavailable)
+    }
+    fn int(&self, i: usize) -> Result<i64, StoreError> {
+        self.get(i).map_err(unavailable)
+    }
+    fn int_opt(&self, i: usize) -> Result<Option<i64>, StoreError> {
+        self.get(i).map_err(unavailable)
+    }
+}
 
 fn event_from_row(conn: &Connection, r: &Row<'_>) -> Result<StoredEvent, StoreError> {
-    let get = |e: rusqlite::Error| unavailable(e);
-    let payload: String = r.get(12).map_err(get)?;
-    let event = Event {
-        id: r.get(0).map_err(get)?,
-        source: r.get(1).map_err(get)?,
-        kind: r.get(2).map_err(get)?,
-        delivery_id: r.get(3).map_err(get)?,
-        received_at: r.get(4).map_err(get)?,
-        subject: Subject {
-            repo: r.get(5).map_err(get)?,
-            image: r.get(6).map_err(get)?,
-            tag: r.get(7).map_err(get)?,
-            digest: r.get(8).map_err(get)?,
-            path: r.get(9).map_err(get)?,
-            build_name: r.get(10).map_err(get)?,
-            build_number: r.get(11).map_err(get)?,
-        },
-        payload: serde_json::from_str(&payload).map_err(|_| corrupt("event payload", &payload))?,
-        parent_job_id: r.get(13).map_err(get)?,
-        chain_depth: r.get(14).map_err(get)?,
-    };
+    let event = read_event(r)?;
     let mut stmt = conn
         .prepare_cached("SELECT id, rule, state FROM jobs WHERE event_id = ?1 ORDER BY id")
         .map_err(unavailable)?;
@@ -577,89 +554,21 @@ fn event_from_row(conn: &Connection, r: &Row<'_>) -> Result<StoredEvent, StoreEr
     let mut jobs = Vec::new();
     for row in rows {
         let (id, rule, state) = row.map_err(unavailable)?;
-        let state = JobState::parse(&state).ok_or_else(|| corrupt("job state", &state))?;
+        let state = job_state(&state)?;
         jobs.push(JobSummary { id, rule, state });
     }
     Ok(StoredEvent { event, jobs })
 }
 
-const JOB_COLUMNS: &str = "id, rule, state, outcome, event_id, target, action, last_error_code,
-    last_error_message, parent_job_id, chain_depth, created_at, updated_at";
-
-/// A job row without its attempt history.
-fn job_from_row(r: &Row<'_>) -> Result<Job, StoreError> {
-    let get = |e: rusqlite::Error| unavailable(e);
-    let state: String = r.get(2).map_err(get)?;
-    let outcome: Option<String> = r.get(3).map_err(get)?;
-    let action: Option<String> = r.get(6).map_err(get)?;
-    let code: Option<String> = r.get(7).map_err(get)?;
-    let message: Option<String> = r.get(8).map_err(get)?;
-    Ok(Job {
-        id: r.get(0).map_err(get)?,
-        rule: r.get(1).map_err(get)?,
-        state: JobState::parse(&state).ok_or_else(|| corrupt("job state", &state))?,
-        outcome: match outcome {
-            Some(o) => Some(Outcome::parse(&o).ok_or_else(|| corrupt("outcome", &o))?),
-            None => None,
-        },
-        event_id: r.get(4).map_err(get)?,
-        target: r.get(5).map_err(get)?,
-        action: match action {
-            Some(a) => {
-                Some(serde_json::from_str::<Action>(&a).map_err(|_| corrupt("job action", &a))?)
-            }
-            None => None,
-        },
-        attempts: Vec::new(),
-        last_error: job_error(code, message)?,
-        parent_job_id: r.get(9).map_err(get)?,
-        chain_depth: r.get(10).map_err(get)?,
-        created_at: r.get(11).map_err(get)?,
-        updated_at: r.get(12).map_err(get)?,
-    })
-}
-
-fn job_error(
-    code: Option<String>,
-    message: Option<String>,
-) -> Result<Option<JobError>, StoreError> {
-    match code {
-        None => Ok(None),
-        Some(c) => Ok(Some(JobError {
-            code: JobErrorCode::parse(&c).ok_or_else(|| corrupt("error code", &c))?,
-            message: message.unwrap_or_default(),
-        })),
-    }
-}
-
 fn load_attempts(conn: &Connection, job: &mut Job) -> Result<(), StoreError> {
     let mut stmt = conn
-        .prepare_cached(
-            "SELECT n, started_at, duration_ms, upstream_status, error_code, error_message
-             FROM attempts WHERE job_id = ?1 ORDER BY n",
-        )
+        .prepare_cached(&format!(
+            "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE job_id = ?1 ORDER BY n"
+        ))
         .map_err(unavailable)?;
-    let rows = stmt
-        .query_map([&job.id], |r| {
-            Ok((
-                r.get::<_, u32>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, Option<u16>>(3)?,
-                r.get::<_, Option<String>>(4)?,
-                r.get::<_, Option<String>>(5)?,
-            ))
-        })
-        .map_err(unavailable)?;
-    for row in rows {
-        let (n, started_at, duration, status, code, message) = row.map_err(unavailable)?;
-        job.attempts.push(AttemptRecord {
-            n,
-            started_at,
-            duration_ms: u64::try_from(duration).unwrap_or(0),
-            upstream_status: status,
-            error: job_error(code, message)?,
-        });
+    let mut rows = stmt.query([&job.id]).map_err(unavailable)?;
+    while let Some(row) = rows.next().map_err(unavailable)? {
+        job.attempts.push(read_attempt(row)?);
     }
     Ok(())
 }
@@ -672,25 +581,25 @@ fn load_job(conn: &Connection, id: &str) -> Result<Option<Job>, StoreError> {
     let Some(row) = rows.next().map_err(unavailable)? else {
         return Ok(None);
     };
-    let mut job = job_from_row(row)?;
+    let mut job = read_job(row)?;
     load_attempts(conn, &mut job)?;
     Ok(Some(job))
 }
 
 fn insert_attempt(conn: &Connection, job_id: &str, a: &AttemptRecord) -> Result<(), StoreError> {
-    conn.prepare_cached(
-        "INSERT INTO attempts (job_id, n, started_at, duration_ms, upstream_status, error_code,
-            error_message) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )
+    let (duration_ms, upstream_status, code, message) = attempt_values(a);
+    conn.prepare_cached(&format!(
+        "INSERT INTO attempts (job_id, {ATTEMPT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+    ))
     .and_then(|mut s| {
         s.execute(params![
             job_id,
             a.n,
             a.started_at,
-            i64::try_from(a.duration_ms).unwrap_or(i64::MAX),
-            a.upstream_status,
-            a.error.as_ref().map(|e| e.code.as_str()),
-            a.error.as_ref().map(|e| e.message.as_str()),
+            duration_ms,
+            upstream_status,
+            code,
+            message,
         ])
     })
     .map_err(unavailable)?;
@@ -734,17 +643,7 @@ fn lease_next(
         .map_err(unavailable)?;
     if job.state == JobState::Running {
         // The previous holder stopped renewing: its attempt is on the record as lost.
-        let started_at = started.unwrap_or(now);
-        let lost = AttemptRecord {
-            n: attempts,
-            started_at,
-            duration_ms: u64::try_from(now - started_at).unwrap_or(0),
-            upstream_status: None,
-            error: Some(JobError::new(
-                JobErrorCode::LeaseExpired,
-                "the worker holding this job stopped renewing its lease",
-            )),
-        };
+        let lost = lease_expired(attempts, started, now);
         insert_attempt(conn, &id, &lost)?;
         append_audit(conn, &AuditEntry::attempt(&job, &lost))?;
         job.attempts.push(lost);
@@ -839,11 +738,7 @@ fn finish_attempt(
     }
     insert_attempt(conn, &report.job_id, &report.attempt)?;
     let now = now_millis();
-    let (state, outcome, next_at, error) = match &report.transition {
-        Transition::Succeeded(o) => (JobState::Succeeded, Some(o.as_str()), now, None),
-        Transition::Retry { at } => (JobState::Retrying, None, *at, report.attempt.error.as_ref()),
-        Transition::Failed(e) => (JobState::Failed, None, now, Some(e)),
-    };
+    let to = Landing::of(report, now);
     conn.prepare_cached(
         "UPDATE jobs SET state = ?2, outcome = ?3, next_attempt_at = ?4, lease_owner = NULL,
             lease_expires_at = NULL, attempt_started_at = NULL,
@@ -855,11 +750,11 @@ fn finish_attempt(
     .and_then(|mut s| {
         s.execute(params![
             report.job_id,
-            state.as_str(),
-            outcome,
-            next_at,
-            error.map(|e| e.code.as_str()),
-            error.map(|e| e.message.as_str()),
+            to.state.as_str(),
+            to.outcome,
+            to.next_attempt_at,
+            to.error_code,
+            to.error_message,
             now,
         ])
     })
@@ -879,24 +774,10 @@ fn operate_on(
     let Some(mut job) = load_job(conn, job_id)? else {
         return Ok(OperatorOutcome::NotFound);
     };
-    let (allowed, to, kind) = match action {
-        OperatorAction::Retry => (
-            matches!(job.state, JobState::Failed | JobState::Cancelled) && job.action.is_some(),
-            JobState::Queued,
-            AuditKind::JobRetried,
-        ),
-        OperatorAction::Cancel => (
-            matches!(
-                job.state,
-                JobState::Queued | JobState::Retrying | JobState::Failed
-            ),
-            JobState::Cancelled,
-            AuditKind::JobCancelled,
-        ),
+    let (to, kind) = match operator_move(&job, action) {
+        Ok(m) => m,
+        Err(state) => return Ok(OperatorOutcome::Conflict(state)),
     };
-    if !allowed {
-        return Ok(OperatorOutcome::Conflict(job.state));
-    }
     let now = now_millis();
     conn.prepare_cached(
         "UPDATE jobs SET state = ?2, next_attempt_at = ?3, updated_at = ?3,
@@ -911,41 +792,20 @@ fn operate_on(
     Ok(OperatorOutcome::Done(Box::new(job)))
 }
 
-const AUDIT_COLUMNS: &str = "seq, at, kind, actor, event_id, job_id, rule, target, repo, image,
-    tag, digest, from_ref, to_ref, outcome, upstream_status, message, prev_hash, hash,
-    parent_job_id, chain_depth";
+/// SQLite's n-th parameter.
+fn param(n: usize) -> String {
+    format!("?{n}")
+}
 
-fn audit_from_row(r: &Row<'_>) -> rusqlite::Result<(AuditRecord, String)> {
-    let kind: String = r.get(2)?;
-    Ok((
-        AuditRecord {
-            seq: r.get(0)?,
-            entry: AuditEntry {
-                at: r.get(1)?,
-                // Replaced below once the kind is known to be valid.
-                kind: AuditKind::EventReceived,
-                actor: r.get(3)?,
-                event_id: r.get(4)?,
-                job_id: r.get(5)?,
-                rule: r.get(6)?,
-                target: r.get(7)?,
-                repo: r.get(8)?,
-                image: r.get(9)?,
-                tag: r.get(10)?,
-                digest: r.get(11)?,
-                from: r.get(12)?,
-                to: r.get(13)?,
-                outcome: r.get(14)?,
-                upstream_status: r.get(15)?,
-                message: r.get(16)?,
-                parent_job_id: r.get(19)?,
-                chain_depth: r.get(20)?,
-            },
-            prev_hash: r.get(17)?,
-            hash: r.get(18)?,
-        },
-        kind,
-    ))
+fn args(args: Vec<Arg>) -> rusqlite::ParamsFromIter<Vec<SqlValue>> {
+    params_from_iter(
+        args.into_iter()
+            .map(|a| match a {
+                Arg::Text(v) => SqlValue::Text(v),
+                Arg::Int(v) => SqlValue::Integer(v),
+            })
+            .collect(),
+    )
 }
 
 #[async_trait]
@@ -1094,34 +954,14 @@ impl Store for SqliteStore {
 
     async fn events(&self, filter: EventFilter) -> Result<Page<StoredEvent>, StoreError> {
         self.read(move |conn| {
-            let mut sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE 1 = 1");
-            let mut args: Vec<SqlValue> = Vec::new();
-            if let Some(v) = filter.source {
-                sql.push_str(" AND source = ?");
-                args.push(SqlValue::Text(v));
-            }
-            if let Some(v) = filter.kind {
-                sql.push_str(" AND type = ?");
-                args.push(SqlValue::Text(v));
-            }
-            if let Some(v) = filter.before {
-                sql.push_str(" AND id < ?");
-                args.push(SqlValue::Text(v));
-            }
-            sql.push_str(" ORDER BY id DESC LIMIT ?");
-            args.push(SqlValue::Integer(
-                i64::try_from(filter.limit).unwrap_or(100),
-            ));
-            let mut stmt = conn.prepare(&sql).map_err(unavailable)?;
-            let mut rows = stmt.query(params_from_iter(args)).map_err(unavailable)?;
+            let q = events_listing(&filter, param);
+            let mut stmt = conn.prepare_cached(&q.sql).map_err(unavailable)?;
+            let mut rows = stmt.query(args(q.args)).map_err(unavailable)?;
             let mut items = Vec::new();
             while let Some(row) = rows.next().map_err(unavailable)? {
                 items.push(event_from_row(conn, row)?);
             }
-            let next = (items.len() == filter.limit)
-                .then(|| items.last().map(|e| e.event.id.clone()))
-                .flatten();
-            Ok(Page { items, next })
+            Ok(page(items, filter.limit, |e| e.event.id.clone()))
         })
         .await
     }
@@ -1133,91 +973,30 @@ impl Store for SqliteStore {
 
     async fn jobs(&self, filter: JobFilter) -> Result<Page<Job>, StoreError> {
         self.read(move |conn| {
-            let mut sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE 1 = 1");
-            let mut args: Vec<SqlValue> = Vec::new();
-            if let Some(state) = filter.state {
-                sql.push_str(" AND state = ?");
-                args.push(SqlValue::Text(state.as_str().into()));
-            }
-            if let Some(rule) = filter.rule {
-                sql.push_str(" AND rule = ?");
-                args.push(SqlValue::Text(rule));
-            }
-            if let Some(before) = filter.before {
-                sql.push_str(" AND id < ?");
-                args.push(SqlValue::Text(before));
-            }
-            sql.push_str(" ORDER BY id DESC LIMIT ?");
-            args.push(SqlValue::Integer(
-                i64::try_from(filter.limit).unwrap_or(100),
-            ));
-            let mut stmt = conn.prepare(&sql).map_err(unavailable)?;
-            let mut rows = stmt.query(params_from_iter(args)).map_err(unavailable)?;
+            let q = jobs_listing(&filter, param);
+            let mut stmt = conn.prepare_cached(&q.sql).map_err(unavailable)?;
+            let mut rows = stmt.query(args(q.args)).map_err(unavailable)?;
             let mut items = Vec::new();
             while let Some(row) = rows.next().map_err(unavailable)? {
-                let mut job = job_from_row(row)?;
+                let mut job = read_job(row)?;
                 load_attempts(conn, &mut job)?;
                 items.push(job);
             }
-            let next = (items.len() == filter.limit)
-                .then(|| items.last().map(|j| j.id.clone()))
-                .flatten();
-            Ok(Page { items, next })
+            Ok(page(items, filter.limit, |j| j.id.clone()))
         })
         .await
     }
 
     async fn audit(&self, filter: AuditFilter) -> Result<Page<AuditRecord>, StoreError> {
         self.read(move |conn| {
-            let mut sql = format!("SELECT {AUDIT_COLUMNS} FROM audit WHERE 1 = 1");
-            let mut args: Vec<SqlValue> = Vec::new();
-            let mut cond = |clause: &str, value: SqlValue| {
-                sql.push_str(clause);
-                args.push(value);
-            };
-            if let Some(v) = filter.since {
-                cond(" AND at >= ?", SqlValue::Integer(v));
-            }
-            if let Some(v) = filter.until {
-                cond(" AND at < ?", SqlValue::Integer(v));
-            }
-            if let Some(v) = filter.rule {
-                cond(" AND rule = ?", SqlValue::Text(v));
-            }
-            if let Some(v) = filter.image {
-                cond(" AND image = ?", SqlValue::Text(v));
-            }
-            if let Some(v) = filter.tag {
-                cond(" AND tag = ?", SqlValue::Text(v));
-            }
-            if let Some(v) = filter.kind {
-                cond(" AND kind = ?", SqlValue::Text(v.as_str().into()));
-            }
-            if let Some(v) = filter.job {
-                cond(" AND job_id = ?", SqlValue::Text(v));
-            }
-            if let Some(v) = filter.after {
-                cond(" AND seq > ?", SqlValue::Integer(v));
-            }
-            cond(
-                " ORDER BY seq ASC LIMIT ?",
-                SqlValue::Integer(i64::try_from(filter.limit).unwrap_or(100)),
-            );
-            let mut stmt = conn.prepare(&sql).map_err(unavailable)?;
-            let rows = stmt
-                .query_map(params_from_iter(args), audit_from_row)
-                .map_err(unavailable)?;
+            let q = audit_listing(&filter, param);
+            let mut stmt = conn.prepare_cached(&q.sql).map_err(unavailable)?;
+            let mut rows = stmt.query(args(q.args)).map_err(unavailable)?;
             let mut items = Vec::new();
-            for row in rows {
-                let (mut record, kind) = row.map_err(unavailable)?;
-                record.entry.kind =
-                    AuditKind::parse(&kind).ok_or_else(|| corrupt("audit kind", &kind))?;
-                items.push(record);
+            while let Some(row) = rows.next().map_err(unavailable)? {
+                items.push(read_audit(row).map_err(StoreError::Corrupt)?);
             }
-            let next = (items.len() == filter.limit)
-                .then(|| items.last().map(|r| r.seq.to_string()))
-                .flatten();
-            Ok(Page { items, next })
+            Ok(page(items, filter.limit, |r| r.seq.to_string()))
         })
         .await
     }
@@ -1229,19 +1008,16 @@ impl Store for SqliteStore {
                     "SELECT {AUDIT_COLUMNS} FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2"
                 ))
                 .map_err(unavailable)?;
-            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-            let mut rows = stmt.query(params![after, limit]).map_err(unavailable)?;
+            let mut rows = stmt
+                .query(params![after, sql_limit(limit)])
+                .map_err(unavailable)?;
             let mut out = Vec::new();
             while let Some(row) = rows.next().map_err(unavailable)? {
                 let seq: i64 = row.get(0).map_err(unavailable)?;
-                let record = audit_from_row(row).map_err(|e| e.to_string()).and_then(
-                    |(mut record, kind)| {
-                        record.entry.kind = AuditKind::parse(&kind)
-                            .ok_or_else(|| format!("unknown kind `{kind}`"))?;
-                        Ok(record)
-                    },
-                );
-                out.push(ChainRow { seq, record });
+                out.push(ChainRow {
+                    seq,
+                    record: read_audit(row),
+                });
             }
             Ok(out)
         })

@@ -1,4 +1,5 @@
-//! A worker killed mid-attempt: its job is taken over once the lease expires.
+//! A worker killed mid-attempt: its job is taken over once the lease expires. Every
+//! test runs on SQLite and on PostgreSQL.
 
 use std::time::Duration;
 
@@ -7,10 +8,18 @@ use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::fake_artifactory::FakeArtifactory;
-use crate::harness::{ChildApp, VIEWER_TOKEN, free_port, posts, write_config};
+use crate::harness::{ChildApp, VIEWER_TOKEN, free_port, posts, write_config_on};
+use crate::stores::TestStore;
 
-#[tokio::test]
-async fn a_job_whose_worker_died_is_retaken_after_its_lease_expires() {
+on_each_store!(
+    TestStore:
+    a_job_whose_worker_died_is_retaken_after_its_lease_expires,
+    sigterm_lets_the_running_attempt_finish_and_leaves_the_queue_for_the_next_start,
+    an_attempt_cut_off_by_the_grace_period_is_released_and_not_repeated,
+    killed_mid_stream_every_accepted_event_is_promoted_exactly_once,
+);
+
+async fn a_job_whose_worker_died_is_retaken_after_its_lease_expires(store: TestStore) {
     let upstream = MockServer::start().await;
     // The first promote hangs long enough for the process to be killed under it.
     Mock::given(method("POST"))
@@ -24,7 +33,7 @@ async fn a_job_whose_worker_died_is_retaken_after_its_lease_expires() {
         .mount(&upstream)
         .await;
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(
+    let config = write_config_on(
         dir.path(),
         &upstream.uri(),
         r#"
@@ -35,6 +44,7 @@ event = "test-passed"
 action = { type = "promote", target = "jfrog", to_repo = "staging" }
 "#,
         "1s",
+        &store.url(dir.path()),
     );
 
     let first = ChildApp::start(&config, free_port()).await;
@@ -64,14 +74,16 @@ action = { type = "promote", target = "jfrog", to_repo = "staging" }
     assert_eq!(posts(&upstream).await, 2);
 }
 
-/// A config on the fake Artifactory; `extra` goes into `[worker]`-free TOML after it.
-fn fake_config(
+/// A config on the fake Artifactory and `store`; `extra` goes into `[worker]`-free
+/// TOML after it.
+pub fn fake_config(
+    store: &TestStore,
     dir: &std::path::Path,
     fake: &FakeArtifactory,
     lease: &str,
     extra: &str,
 ) -> std::path::PathBuf {
-    write_config(
+    write_config_on(
         dir,
         &fake.uri(),
         &format!(
@@ -85,31 +97,41 @@ action = {{ type = "promote", target = "jfrog", to_repo = "staging" }}
 "#
         ),
         lease,
+        &store.url(dir),
     )
 }
 
-fn event(i: usize) -> Vec<u8> {
+pub fn event(i: usize) -> Vec<u8> {
     format!(
         r#"{{"event":"test-passed","repo":"dev","image":"app","tag":"1.0.{i}","digest":"sha256:{i:064x}"}}"#
     )
     .into_bytes()
 }
 
-async fn jobs_in(client: &crate::harness::Client, state: &str) -> Vec<Value> {
-    let r: Value = client
-        .get(
-            &format!("/api/v1/jobs?state={state}&limit=1000"),
-            Some(VIEWER_TOKEN),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
-    r["jobs"].as_array().unwrap().clone()
+/// Every job in `state`, paging through the listing.
+pub async fn jobs_in(client: &crate::harness::Client, state: &str) -> Vec<Value> {
+    let (mut jobs, mut after) = (Vec::new(), String::new());
+    loop {
+        let r: Value = client
+            .get(
+                &format!("/api/v1/jobs?state={state}&limit=1000{after}"),
+                Some(VIEWER_TOKEN),
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        jobs.extend(r["jobs"].as_array().unwrap().iter().cloned());
+        match r["next"].as_str() {
+            Some(next) => after = format!("&after={next}"),
+            None => return jobs,
+        }
+    }
 }
 
-#[tokio::test]
-async fn sigterm_lets_the_running_attempt_finish_and_leaves_the_queue_for_the_next_start() {
+async fn sigterm_lets_the_running_attempt_finish_and_leaves_the_queue_for_the_next_start(
+    store: TestStore,
+) {
     let fake = FakeArtifactory::start().await;
     for i in 0..3 {
         fake.put(
@@ -121,7 +143,7 @@ async fn sigterm_lets_the_running_attempt_finish_and_leaves_the_queue_for_the_ne
     }
     fake.set_delay(Duration::from_millis(1500));
     let dir = tempfile::tempdir().unwrap();
-    let config = fake_config(dir.path(), &fake, "30s", "");
+    let config = fake_config(&store, dir.path(), &fake, "30s", "");
     let port = free_port();
     // One worker: one attempt runs, the other jobs wait in the queue.
     let first =
@@ -175,14 +197,13 @@ async fn sigterm_lets_the_running_attempt_finish_and_leaves_the_queue_for_the_ne
     assert_eq!(fake.effects(), 3);
 }
 
-#[tokio::test]
-async fn an_attempt_cut_off_by_the_grace_period_is_released_and_not_repeated() {
+async fn an_attempt_cut_off_by_the_grace_period_is_released_and_not_repeated(store: TestStore) {
     let fake = FakeArtifactory::start().await;
     fake.put("dev", "app", "1.0.0", &format!("sha256:{:064x}", 0));
     // The upstream takes 1 s to act; the process gives it 200 ms.
     fake.set_delay(Duration::from_secs(1));
     let dir = tempfile::tempdir().unwrap();
-    let config = fake_config(dir.path(), &fake, "30s", "");
+    let config = fake_config(&store, dir.path(), &fake, "30s", "");
     let first = ChildApp::start_with_env(
         &config,
         free_port(),
@@ -215,11 +236,11 @@ async fn an_attempt_cut_off_by_the_grace_period_is_released_and_not_repeated() {
     assert_eq!(fake.effects(), 1);
 }
 
-#[tokio::test]
-async fn killed_mid_stream_every_accepted_event_is_promoted_exactly_once() {
-    const EVENTS: usize = 600;
+/// A fake Artifactory holding the source tag of each of the first `n` [`event`]s,
+/// answering after `delay`.
+pub async fn fake_with_events(n: usize, delay: Duration) -> FakeArtifactory {
     let fake = FakeArtifactory::start().await;
-    for i in 0..EVENTS {
+    for i in 0..n {
         fake.put(
             "dev",
             "app",
@@ -227,9 +248,15 @@ async fn killed_mid_stream_every_accepted_event_is_promoted_exactly_once() {
             &format!("sha256:{i:064x}"),
         );
     }
-    fake.set_delay(Duration::from_millis(20));
+    fake.set_delay(delay);
+    fake
+}
+
+async fn killed_mid_stream_every_accepted_event_is_promoted_exactly_once(store: TestStore) {
+    const EVENTS: usize = 600;
+    let fake = fake_with_events(EVENTS, Duration::from_millis(20)).await;
     let dir = tempfile::tempdir().unwrap();
-    let config = fake_config(dir.path(), &fake, "2s", "");
+    let config = fake_config(&store, dir.path(), &fake, "2s", "");
     let port = free_port();
     let first = ChildApp::start(&config, port).await;
     let client = std::sync::Arc::new(crate::harness::Client::new(first.client.base.clone()));

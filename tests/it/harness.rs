@@ -53,8 +53,8 @@ delivery_header = "X-Gitlab-Event-UUID"
 fields = { tag = "/ref", image = "/project/path_with_namespace" }
 "#;
 
-/// The config every test starts from; `{upstream}` and `{db}` are filled in, and the
-/// test appends its own rules.
+/// The config every test starts from; `{upstream}`, `{store}` and `{lease}` are
+/// filled in, and the test appends its own rules.
 const BASE: &str = r#"
 [server]
 listen = "127.0.0.1:0"
@@ -62,7 +62,7 @@ max_body_bytes = 65536
 shutdown_grace = "5s"
 
 [store]
-url = "sqlite://{db}"
+url = "{store}"
 
 [defaults.retry]
 max_attempts = 4
@@ -128,9 +128,21 @@ pub fn hmac_hex(secret: &str, body: &[u8]) -> String {
 
 /// Writes a config for `upstream` and a database in `dir`, with `rules` appended.
 pub fn write_config(dir: &Path, upstream: &str, rules: &str, lease: &str) -> PathBuf {
+    let store = crate::stores::TestStore::Sqlite.url(dir);
+    write_config_on(dir, upstream, rules, lease, &store)
+}
+
+/// Like [`write_config`], on the store `store_url` names.
+pub fn write_config_on(
+    dir: &Path,
+    upstream: &str,
+    rules: &str,
+    lease: &str,
+    store_url: &str,
+) -> PathBuf {
     let toml = format!("{BASE}\n{rules}")
         .replace("{upstream}", upstream)
-        .replace("{db}", &dir.join("gantry.db").display().to_string())
+        .replace("{store}", store_url)
         .replace("{lease}", lease);
     let path = dir.join("gantry.toml");
     std::fs::write(&path, toml).unwrap();

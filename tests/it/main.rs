@@ -1,5 +1,9 @@
 //! Integration tests: gantry driven through its real interfaces (HTTP on a random
-//! port, a real SQLite file, the real binary), with wiremock as Artifactory.
+//! port, a real SQLite file or PostgreSQL schema, the real binary), with wiremock as
+//! Artifactory.
+
+#[macro_use]
+mod stores;
 
 mod actions;
 mod admin;
@@ -15,6 +19,8 @@ mod ingest;
 mod oci;
 mod promote;
 mod registry;
+mod replicas;
 mod secrets;
 mod sources;
+mod store_contract;
 mod surface;

@@ -1,0 +1,1311 @@
+//! The shared store: one PostgreSQL database behind any number of `gantry serve`
+//! replicas (SPEC §7).
+//!
+//! tokio-postgres is the maintained native async client (no C library; it pipelines
+//! queries and delivers LISTEN/NOTIFY through its connection), and deadpool-postgres
+//! a small pool over it that keeps each connection's prepared statements. Connections
+//! are plain TCP (`NoTls`): TLS is not supported yet.
+//!
+//! What keeps several replicas correct:
+//! - Jobs are leased with `FOR UPDATE SKIP LOCKED` and a lease expiry: two workers
+//!   never take the same job, a dead replica's jobs are taken over once their leases
+//!   expire, and every later write about an attempt is fenced by its lease.
+//! - A delivery is deduplicated by the primary key of `deliveries`: two requests for
+//!   one delivery meet in one index entry, and the second waits for the first to
+//!   commit and then sees it.
+//! - Audit records are appended under the lock of the one-row `audit_head` table,
+//!   taken last in every write transaction and held to its commit: sequence numbers
+//!   stay contiguous and each hash follows the one before, whichever replica writes.
+//! - A commit that queues work sends `NOTIFY gantry_work`, delivered on commit; every
+//!   store instance listens on a connection of its own and wakes its idle workers.
+//!   Polling (`next_wakeup`, at most `worker.poll_interval`) remains the fallback.
+//!
+//! Tables live in the connection's current schema (the first of its `search_path`
+//! that exists), so one database can hold several independent installations.
+
+use std::collections::{HashMap, HashSet};
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{
+    Client, GenericClient, Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime,
+    Transaction,
+};
+use futures_util::StreamExt;
+use tokio::sync::{Notify, oneshot};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{AsyncMessage, NoTls, Row};
+
+use super::rows::{
+    ATTEMPT_COLUMNS, AUDIT_COLUMNS, Arg, Columns, EVENT_COLUMNS, JOB_COLUMNS, JobInsert, Landing,
+    Listing, attempt_values, audit_listing, events_listing, job_state, jobs_listing, lease_expired,
+    millis, narrow, operator_move, page, payload_text, read_attempt, read_audit, read_event,
+    read_job, sql_limit,
+};
+use super::{
+    AttemptReport, AuditFilter, ChainLink, ChainRow, EventFilter, IngestOutcome, JobFilter, JobRef,
+    JobSummary, LeasedJob, NewEvent, OperatorAction, OperatorOutcome, Page, Pruned, QueueStats,
+    Release, Store, StoreError, StoredEvent, Transition,
+};
+use crate::audit::{Anchor, AuditEntry, AuditRecord, GENESIS, chain_hash};
+use crate::config::PostgresUrl;
+use crate::domain::{AttemptRecord, Event, Job, JobState, Millis, now_millis};
+
+/// Connections per store instance (per replica). Each operation holds one only for
+/// its own statements, so a dozen serves the HTTP handlers and eight workers, and
+/// three replicas stay well under PostgreSQL's default `max_connections` of 100.
+const POOL_SIZE: usize = 12;
+/// How long to wait for a connection, new or from the pool, before answering 503.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const POOL_WAIT: Duration = Duration::from_secs(10);
+/// Backoff of the listening connection after it dropped.
+const LISTEN_RETRY_MIN: Duration = Duration::from_millis(100);
+const LISTEN_RETRY_MAX: Duration = Duration::from_secs(5);
+/// The notification channel of queued work. Its payload names the schema (so
+/// installations sharing a database ignore each other) and the sending instance.
+const CHANNEL: &str = "gantry_work";
+/// First key of the advisory lock that serialises migrations (the second is the
+/// schema's hash): "gant".
+const MIGRATION_LOCK: i32 = 0x6761_6e74;
+
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE events (
+    id TEXT PRIMARY KEY,
+    source TEXT NOT NULL,
+    type TEXT NOT NULL,
+    delivery_id TEXT NOT NULL,
+    received_at BIGINT NOT NULL,
+    repo TEXT, image TEXT, tag TEXT, digest TEXT, path TEXT,
+    build_name TEXT, build_number TEXT,
+    payload TEXT NOT NULL,
+    parent_job_id TEXT,
+    chain_depth BIGINT NOT NULL
+);
+CREATE INDEX events_received ON events(received_at);
+
+-- The primary key is the dedupe: an insert of a delivery already seen conflicts.
+CREATE TABLE deliveries (
+    source TEXT NOT NULL,
+    delivery_id TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    received_at BIGINT NOT NULL,
+    PRIMARY KEY (source, delivery_id)
+);
+CREATE INDEX deliveries_received ON deliveries(received_at);
+
+CREATE TABLE jobs (
+    id TEXT PRIMARY KEY,
+    event_id TEXT NOT NULL REFERENCES events(id),
+    rule TEXT NOT NULL,
+    target TEXT NOT NULL,
+    action TEXT,
+    state TEXT NOT NULL,
+    outcome TEXT,
+    attempts BIGINT NOT NULL DEFAULT 0,
+    retry_base BIGINT NOT NULL DEFAULT 0,
+    next_attempt_at BIGINT NOT NULL,
+    lease_owner TEXT,
+    lease_expires_at BIGINT,
+    attempt_started_at BIGINT,
+    last_error_code TEXT,
+    last_error_message TEXT,
+    parent_job_id TEXT,
+    chain_depth BIGINT NOT NULL,
+    created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL,
+    target_ref TEXT,
+    target_digest TEXT
+);
+CREATE INDEX jobs_due ON jobs(next_attempt_at) WHERE state IN ('queued', 'retrying');
+CREATE INDEX jobs_leased ON jobs(lease_expires_at) WHERE state = 'running';
+CREATE INDEX jobs_state ON jobs(state, id);
+CREATE INDEX jobs_rule ON jobs(rule, id);
+CREATE INDEX jobs_event ON jobs(event_id);
+CREATE INDEX jobs_target_ref ON jobs(target_ref, created_at) WHERE target_ref IS NOT NULL;
+CREATE UNIQUE INDEX jobs_rule_parent ON jobs(rule, parent_job_id) WHERE parent_job_id IS NOT NULL;
+
+CREATE TABLE attempts (
+    job_id TEXT NOT NULL REFERENCES jobs(id),
+    n BIGINT NOT NULL,
+    started_at BIGINT NOT NULL,
+    duration_ms BIGINT NOT NULL,
+    upstream_status BIGINT,
+    error_code TEXT,
+    error_message TEXT,
+    PRIMARY KEY (job_id, n)
+);
+
+CREATE TABLE audit (
+    seq BIGINT PRIMARY KEY,
+    at BIGINT NOT NULL,
+    kind TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    event_id TEXT, job_id TEXT, rule TEXT, target TEXT,
+    repo TEXT, image TEXT, tag TEXT, digest TEXT,
+    from_ref TEXT, to_ref TEXT, outcome TEXT,
+    upstream_status BIGINT,
+    message TEXT,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    parent_job_id TEXT,
+    chain_depth BIGINT
+);
+CREATE INDEX audit_at ON audit(at);
+CREATE INDEX audit_job ON audit(job_id);
+CREATE INDEX audit_rule ON audit(rule);
+CREATE INDEX audit_image ON audit(image);
+
+-- The head of the hash chain, locked by every append until its commit.
+CREATE TABLE audit_head (
+    only_row BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (only_row),
+    seq BIGINT NOT NULL,
+    hash TEXT NOT NULL
+);
+"#];
+
+/// The store on a PostgreSQL database that several replicas share.
+pub struct PostgresStore {
+    pool: Pool,
+    signal: Arc<Notify>,
+    /// The payload of this instance's notifications: `{schema} {instance id}`.
+    notice: String,
+    _listener: Listener,
+}
+
+/// What a write transaction does at its commit: the audit records to chain, and
+/// whether it queued work for idle workers.
+#[derive(Default)]
+struct Writes {
+    audit: Vec<AuditEntry>,
+    wake: bool,
+}
+
+fn unavailable(e: tokio_postgres::Error) -> StoreError {
+    StoreError::Unavailable(match e.as_db_error() {
+        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        None => e.to_string(),
+    })
+}
+
+fn pool_error(e: PoolError) -> StoreError {
+    StoreError::Unavailable(format!("no database connection: {e}"))
+}
+
+impl Columns for Row {
+    fn text(&self, i: usize) -> Result<String, StoreError> {
+        self.try_get(i).map_err(|e| column(i, &e))
+    }
+    fn text_opt(&self, i: usize) -> Result<Option<String>, StoreError> {
+        self.try_get(i).map_err(|e| column(i, &e))
+    }
+    fn int(&self, i: usize) -> Result<i64, StoreError> {
+        self.try_get(i).map_err(|e| column(i, &e))
+    }
+    fn int_opt(&self, i: usize) -> Result<Option<i64>, StoreError> {
+        self.try_get(i).map_err(|e| column(i, &e))
+    }
+}
+
+fn column(i: usize, e: &tokio_postgres::Error) -> StoreError {
+    StoreError::Corrupt(format!("column {i}: {e}"))
+}
+
+type Params<'a> = [&'a (dyn ToSql + Sync)];
+
+async fn query<C: GenericClient>(c: &C, sql: &str, p: &Params<'_>) -> Result<Vec<Row>, StoreError> {
+    let stmt = c.prepare_cached(sql).await.map_err(unavailable)?;
+    c.query(&stmt, p).await.map_err(unavailable)
+}
+
+async fn query_opt<C: GenericClient>(
+    c: &C,
+    sql: &str,
+    p: &Params<'_>,
+) -> Result<Option<Row>, StoreError> {
+    let stmt = c.prepare_cached(sql).await.map_err(unavailable)?;
+    c.query_opt(&stmt, p).await.map_err(unavailable)
+}
+
+async fn execute<C: GenericClient>(c: &C, sql: &str, p: &Params<'_>) -> Result<u64, StoreError> {
+    let stmt = c.prepare_cached(sql).await.map_err(unavailable)?;
+    c.execute(&stmt, p).await.map_err(unavailable)
+}
+
+/// PostgreSQL's n-th parameter.
+fn param(n: usize) -> String {
+    format!("${n}")
+}
+
+/// A listing's rows, each read with `read`.
+async fn listed<T>(
+    c: &Client,
+    q: &Listing,
+    read: impl Fn(&Row) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    let args: Vec<&(dyn ToSql + Sync)> = q
+        .args
+        .iter()
+        .map(|a| match a {
+            Arg::Text(v) => v as &(dyn ToSql + Sync),
+            Arg::Int(v) => v as &(dyn ToSql + Sync),
+        })
+        .collect();
+    query(c, &q.sql, &args).await?.iter().map(read).collect()
+}
+
+impl PostgresStore {
+    /// Connects, migrates the current schema (replicas starting together take turns)
+    /// and listens for other replicas' work before returning.
+    pub async fn open(url: &PostgresUrl) -> Result<PostgresStore, StoreError> {
+        let mut pg: tokio_postgres::Config = url
+            .expose()
+            .parse()
+            .map_err(|e| StoreError::Unavailable(format!("invalid store URL: {e}")))?;
+        if pg.get_connect_timeout().is_none() {
+            pg.connect_timeout(CONNECT_TIMEOUT);
+        }
+        if pg.get_application_name().is_none() {
+            pg.application_name("gantry");
+        }
+        let manager = Manager::from_config(
+            pg.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(POOL_WAIT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .recycle_timeout(Some(CONNECT_TIMEOUT))
+            .build()
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let schema = {
+            let mut client = pool.get().await.map_err(pool_error)?;
+            migrate(&mut client).await?
+        };
+        let signal = Arc::new(Notify::new());
+        let notice = format!("{schema} {}", ulid::Ulid::generate());
+        let listener = Listener::start(pg, notice.clone(), signal.clone()).await?;
+        Ok(PostgresStore {
+            pool,
+            signal,
+            notice,
+            _listener: listener,
+        })
+    }
+
+    async fn client(&self) -> Result<Client, StoreError> {
+        self.pool.get().await.map_err(pool_error)
+    }
+
+    /// Chains the transaction's audit records, sends the wake-up, commits, and wakes
+    /// this instance's own workers at once.
+    async fn commit(&self, tx: Transaction<'_>, w: Writes) -> Result<(), StoreError> {
+        let notify = async {
+            if w.wake {
+                let sql = "SELECT pg_notify($1, $2)";
+                execute(&tx, sql, &[&CHANNEL, &self.notice]).await?;
+            }
+            Ok(())
+        };
+        tokio::try_join!(notify, append(&tx, &w.audit))?;
+        tx.commit().await.map_err(unavailable)?;
+        if w.wake {
+            self.signal.notify_waiters();
+        }
+        Ok(())
+    }
+}
+
+async fn migrate(client: &mut Client) -> Result<String, StoreError> {
+    let tx = client.transaction().await.map_err(unavailable)?;
+    let schema = query_opt(&tx, "SELECT current_schema()", &[])
+        .await?
+        .map(|r| r.text_opt(0))
+        .transpose()?
+        .flatten()
+        .ok_or_else(|| {
+            StoreError::Unavailable(
+                "no schema to create gantry's tables in: none of the search_path exists".into(),
+            )
+        })?;
+    // Replicas starting together: one migrates, the others wait and find it done.
+    execute(
+        &tx,
+        "SELECT pg_advisory_xact_lock($1, hashtext(current_schema()))",
+        &[&MIGRATION_LOCK],
+    )
+    .await?;
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")
+        .await
+        .map_err(unavailable)?;
+    let version = query_opt(
+        &tx,
+        "SELECT COALESCE(MAX(version), 0) FROM schema_version",
+        &[],
+    )
+    .await?
+    .map_or(Ok(0), |r| r.int(0))?;
+    let known = i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX);
+    if version > known {
+        tracing::warn!(
+            version,
+            known,
+            "the database schema is newer than this gantry; running on it unchanged"
+        );
+    }
+    for (i, sql) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .skip(usize::try_from(version).unwrap_or(0))
+    {
+        tx.batch_execute(sql).await.map_err(unavailable)?;
+        let v = i64::try_from(i + 1).unwrap_or(i64::MAX);
+        execute(
+            &tx,
+            "INSERT INTO schema_version (version) VALUES ($1)",
+            &[&v],
+        )
+        .await?;
+    }
+    execute(
+        &tx,
+        "INSERT INTO audit_head (seq, hash) VALUES (0, $1) ON CONFLICT DO NOTHING",
+        &[&GENESIS],
+    )
+    .await?;
+    tx.commit().await.map_err(unavailable)?;
+    Ok(schema)
+}
+
+/// Locks the head of the audit chain until the transaction ends and reads it: no
+/// other transaction can append, or take the same sequence numbers, meanwhile.
+async fn lock_head(tx: &Transaction<'_>) -> Result<(i64, String), StoreError> {
+    let head = query_opt(tx, "SELECT seq, hash FROM audit_head FOR UPDATE", &[])
+        .await?
+        .ok_or_else(|| StoreError::Corrupt("the audit chain head is missing".into()))?;
+    Ok((head.int(0)?, head.text(1)?))
+}
+
+/// Appends `entries` to the audit chain, in order, under the head's lock.
+async fn append(tx: &Transaction<'_>, entries: &[AuditEntry]) -> Result<(), StoreError> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let (mut seq, mut prev) = lock_head(tx).await?;
+    let mut c = AuditColumns::default();
+    for e in entries {
+        seq += 1;
+        let hash = chain_hash(&prev, seq, e);
+        c.seq.push(seq);
+        c.at.push(e.at);
+        c.kind.push(e.kind.as_str());
+        c.actor.push(&e.actor);
+        c.event_id.push(e.event_id.as_deref());
+        c.job_id.push(e.job_id.as_deref());
+        c.rule.push(e.rule.as_deref());
+        c.target.push(e.target.as_deref());
+        c.repo.push(e.repo.as_deref());
+        c.image.push(e.image.as_deref());
+        c.tag.push(e.tag.as_deref());
+        c.digest.push(e.digest.as_deref());
+        c.from.push(e.from.as_deref());
+        c.to.push(e.to.as_deref());
+        c.outcome.push(e.outcome.as_deref());
+        c.upstream_status.push(e.upstream_status.map(i64::from));
+        c.message.push(e.message.as_deref());
+        c.prev_hash.push(std::mem::replace(&mut prev, hash.clone()));
+        c.hash.push(hash);
+        c.parent_job_id.push(e.parent_job_id.as_deref());
+        c.chain_depth.push(e.chain_depth.map(i64::from));
+    }
+    let sql = format!(
+        "WITH appended AS (
+            INSERT INTO audit ({AUDIT_COLUMNS})
+            SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[],
+                $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
+                $11::text[], $12::text[], $13::text[], $14::text[], $15::text[],
+                $16::bigint[], $17::text[], $18::text[], $19::text[], $20::text[],
+                $21::bigint[]))
+         UPDATE audit_head SET seq = $22, hash = $23"
+    );
+    execute(
+        tx,
+        &sql,
+        &[
+            &c.seq,
+            &c.at,
+            &c.kind,
+            &c.actor,
+            &c.event_id,
+            &c.job_id,
+            &c.rule,
+            &c.target,
+            &c.repo,
+            &c.image,
+            &c.tag,
+            &c.digest,
+            &c.from,
+            &c.to,
+            &c.outcome,
+            &c.upstream_status,
+            &c.message,
+            &c.prev_hash,
+            &c.hash,
+            &c.parent_job_id,
+            &c.chain_depth,
+            &seq,
+            &prev,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Audit records column by column, for one multi-row insert.
+#[derive(Default)]
+struct AuditColumns<'a> {
+    seq: Vec<i64>,
+    at: Vec<i64>,
+    kind: Vec<&'static str>,
+    actor: Vec<&'a str>,
+    event_id: Vec<Option<&'a str>>,
+    job_id: Vec<Option<&'a str>>,
+    rule: Vec<Option<&'a str>>,
+    target: Vec<Option<&'a str>>,
+    repo: Vec<Option<&'a str>>,
+    image: Vec<Option<&'a str>>,
+    tag: Vec<Option<&'a str>>,
+    digest: Vec<Option<&'a str>>,
+    from: Vec<Option<&'a str>>,
+    to: Vec<Option<&'a str>>,
+    outcome: Vec<Option<&'a str>>,
+    upstream_status: Vec<Option<i64>>,
+    message: Vec<Option<&'a str>>,
+    prev_hash: Vec<String>,
+    hash: Vec<String>,
+    parent_job_id: Vec<Option<&'a str>>,
+    chain_depth: Vec<Option<i64>>,
+}
+
+/// Stores one event with its jobs, unless its delivery was seen within `window`.
+async fn ingest_one(
+    tx: &Transaction<'_>,
+    new: &NewEvent,
+    window: Duration,
+    w: &mut Writes,
+) -> Result<IngestOutcome, StoreError> {
+    let ev = &new.event;
+    // Claims the delivery, or takes it over when the one seen is older than the window.
+    let claimed = query_opt(
+        tx,
+        "INSERT INTO deliveries (source, delivery_id, event_id, received_at)
+         VALUES ($1, $2, $3, $4)
+         ON CONFLICT (source, delivery_id) DO UPDATE
+         SET event_id = EXCLUDED.event_id, received_at = EXCLUDED.received_at
+         WHERE deliveries.received_at < EXCLUDED.received_at - $5
+         RETURNING event_id",
+        &[
+            &ev.source,
+            &ev.delivery_id,
+            &ev.id,
+            &ev.received_at,
+            &millis(window),
+        ],
+    )
+    .await?;
+    if claimed.is_none() {
+        return duplicate(tx, ev, w).await;
+    }
+
+    let s = &ev.subject;
+    let payload = payload_text(ev);
+    let depth = i64::from(ev.chain_depth);
+    let insert_event = format!(
+        "INSERT INTO events ({EVENT_COLUMNS})
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+    );
+    let planned: Vec<JobInsert<'_>> = new.jobs.iter().map(JobInsert::of).collect();
+    let ids: Vec<&str> = new.jobs.iter().map(|j| j.id.as_str()).collect();
+    let rules: Vec<&str> = new.jobs.iter().map(|j| j.rule.as_str()).collect();
+    let targets: Vec<&str> = new.jobs.iter().map(|j| j.target.as_str()).collect();
+    let actions: Vec<Option<&str>> = planned.iter().map(|p| p.action.as_deref()).collect();
+    let states: Vec<&str> = planned.iter().map(|p| p.state.as_str()).collect();
+    let codes: Vec<Option<&str>> = planned.iter().map(|p| p.error_code).collect();
+    let messages: Vec<Option<&str>> = planned.iter().map(|p| p.error_message).collect();
+    let target_refs: Vec<Option<&str>> = planned.iter().map(|p| p.target_ref.as_deref()).collect();
+    let digests: Vec<Option<&str>> = planned.iter().map(|p| p.target_digest.as_deref()).collect();
+    // A rule acts once per parent promotion: a second job for the same parent is
+    // skipped by the unique index, even when another replica inserted the first.
+    let insert_jobs = "INSERT INTO jobs (id, event_id, rule, target, action, state,
+            next_attempt_at, last_error_code, last_error_message, parent_job_id, chain_depth,
+            created_at, updated_at, target_ref, target_digest)
+         SELECT j.id, $1, j.rule, j.target, j.action, j.state, $2, j.code, j.message, $3, $4,
+            $2, $2, j.target_ref, j.target_digest
+         FROM unnest($5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
+            $11::text[], $12::text[], $13::text[])
+            AS j(id, rule, target, action, state, code, message, target_ref, target_digest)
+         ON CONFLICT (rule, parent_job_id) WHERE parent_job_id IS NOT NULL DO NOTHING
+         RETURNING id";
+    // Both prepared first, so that the two inserts go out in order in one round trip.
+    let (event_stmt, jobs_stmt) = tokio::try_join!(
+        tx.prepare_cached(&insert_event),
+        tx.prepare_cached(insert_jobs)
+    )
+    .map_err(unavailable)?;
+    let event_params: [&(dyn ToSql + Sync); 15] = [
+        &ev.id,
+        &ev.source,
+        &ev.kind,
+        &ev.delivery_id,
+        &ev.received_at,
+        &s.repo,
+        &s.image,
+        &s.tag,
+        &s.digest,
+        &s.path,
+        &s.build_name,
+        &s.build_number,
+        &payload,
+        &ev.parent_job_id,
+        &depth,
+    ];
+    let job_params: [&(dyn ToSql + Sync); 13] = [
+        &ev.id,
+        &ev.received_at,
+        &ev.parent_job_id,
+        &depth,
+        &ids,
+        &rules,
+        &targets,
+        &actions,
+        &states,
+        &codes,
+        &messages,
+        &target_refs,
+        &digests,
+    ];
+    let jobs = async {
+        if new.jobs.is_empty() {
+            Ok(Vec::new())
+        } else {
+            tx.query(&jobs_stmt, &job_params).await
+        }
+    };
+    let (_, inserted) =
+        tokio::try_join!(tx.execute(&event_stmt, &event_params), jobs).map_err(unavailable)?;
+    let inserted: HashSet<String> = inserted
+        .iter()
+        .map(|r| r.text(0))
+        .collect::<Result<_, _>>()?;
+
+    w.audit.push(AuditEntry::received(ev));
+    w.audit.extend(new.notes.iter().cloned());
+    let mut refs = Vec::with_capacity(new.jobs.len());
+    for (job, plan) in new.jobs.iter().zip(&planned) {
+        if !inserted.contains(&job.id) {
+            let existing = query_opt(
+                tx,
+                "SELECT id FROM jobs WHERE rule = $1 AND parent_job_id = $2",
+                &[&job.rule, &ev.parent_job_id],
+            )
+            .await?
+            .ok_or_else(|| StoreError::Corrupt(format!("job {} was not stored", job.id)))?;
+            w.audit
+                .push(AuditEntry::duplicate_job(ev, job, &existing.text(0)?));
+            continue;
+        }
+        w.audit.push(AuditEntry::job_created(ev, job));
+        w.wake |= plan.state == JobState::Queued;
+        refs.push(JobRef {
+            id: job.id.clone(),
+            rule: job.rule.clone(),
+        });
+    }
+    Ok(IngestOutcome {
+        event_id: ev.id.clone(),
+        jobs: refs,
+        duplicate: false,
+    })
+}
+
+/// The answer for a delivery already stored within the window: its first event.
+async fn duplicate(
+    tx: &Transaction<'_>,
+    ev: &Event,
+    w: &mut Writes,
+) -> Result<IngestOutcome, StoreError> {
+    let rows = query(
+        tx,
+        "SELECT d.event_id, j.id, j.rule FROM deliveries d
+         LEFT JOIN jobs j ON j.event_id = d.event_id
+         WHERE d.source = $1 AND d.delivery_id = $2 ORDER BY j.id",
+        &[&ev.source, &ev.delivery_id],
+    )
+    .await?;
+    let Some(first) = rows.first() else {
+        return Err(StoreError::Unavailable(
+            "the delivery was removed while being deduplicated; send it again".into(),
+        ));
+    };
+    let original = first.text(0)?;
+    let mut jobs = Vec::new();
+    for r in &rows {
+        if let Some(id) = r.text_opt(1)? {
+            jobs.push(JobRef {
+                id,
+                rule: r.text(2)?,
+            });
+        }
+    }
+    w.audit.push(AuditEntry::duplicate(ev, &original));
+    Ok(IngestOutcome {
+        event_id: original,
+        jobs,
+        duplicate: true,
+    })
+}
+
+async fn insert_attempt<C: GenericClient>(
+    c: &C,
+    job_id: &str,
+    a: &AttemptRecord,
+) -> Result<(), StoreError> {
+    let (duration_ms, upstream_status, code, message) = attempt_values(a);
+    let sql = format!(
+        "INSERT INTO attempts (job_id, {ATTEMPT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+    );
+    let n = i64::from(a.n);
+    let p: [&(dyn ToSql + Sync); 7] = [
+        &job_id,
+        &n,
+        &a.started_at,
+        &duration_ms,
+        &upstream_status,
+        &code,
+        &message,
+    ];
+    execute(c, &sql, &p).await.map(|_| ())
+}
+
+/// Fills in the attempt history of each job, in one query.
+async fn load_attempts<C: GenericClient>(c: &C, jobs: &mut [Job]) -> Result<(), StoreError> {
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
+    let sql = format!(
+        "SELECT {ATTEMPT_COLUMNS}, job_id FROM attempts WHERE job_id = ANY($1) ORDER BY job_id, n"
+    );
+    let mut by_job: HashMap<String, Vec<AttemptRecord>> = HashMap::new();
+    for r in query(c, &sql, &[&ids]).await? {
+        let attempt = read_attempt(&r)?;
+        by_job.entry(r.text(6)?).or_default().push(attempt);
+    }
+    for job in jobs {
+        job.attempts = by_job.remove(&job.id).unwrap_or_default();
+    }
+    Ok(())
+}
+
+async fn load_job<C: GenericClient>(
+    c: &C,
+    id: &str,
+    for_update: bool,
+) -> Result<Option<Job>, StoreError> {
+    let lock = if for_update { " FOR UPDATE" } else { "" };
+    let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1{lock}");
+    let Some(row) = query_opt(c, &sql, &[&id]).await? else {
+        return Ok(None);
+    };
+    let mut job = [read_job(&row)?];
+    load_attempts(c, &mut job).await?;
+    let [job] = job;
+    Ok(Some(job))
+}
+
+/// Adds to each event the jobs it produced, in one query.
+async fn with_jobs<C: GenericClient>(
+    c: &C,
+    events: Vec<Event>,
+) -> Result<Vec<StoredEvent>, StoreError> {
+    let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+    let mut by_event: HashMap<String, Vec<JobSummary>> = HashMap::new();
+    if !ids.is_empty() {
+        let sql = "SELECT event_id, id, rule, state FROM jobs WHERE event_id = ANY($1) ORDER BY id";
+        for r in query(c, sql, &[&ids]).await? {
+            by_event.entry(r.text(0)?).or_default().push(JobSummary {
+                id: r.text(1)?,
+                rule: r.text(2)?,
+                state: job_state(&r.text(3)?)?,
+            });
+        }
+    }
+    Ok(events
+        .into_iter()
+        .map(|event| StoredEvent {
+            jobs: by_event.remove(&event.id).unwrap_or_default(),
+            event,
+        })
+        .collect())
+}
+
+/// Which jobs a lease query picks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pick {
+    /// Queued, or retrying and due.
+    Due,
+    /// Running under a lease that expired: its worker died.
+    Expired,
+}
+
+/// Leases one job of `pick` in one statement: `SKIP LOCKED` passes over a job
+/// another worker is leasing at this moment instead of waiting for it. Returns the
+/// job's columns, then `attempts`, `retry_base` and the previous attempt's start.
+fn lease_sql(pick: Pick) -> String {
+    let (condition, order) = match pick {
+        Pick::Due => (
+            "state IN ('queued', 'retrying') AND next_attempt_at <= $1",
+            "next_attempt_at",
+        ),
+        Pick::Expired => (
+            "state = 'running' AND lease_expires_at <= $1",
+            "lease_expires_at",
+        ),
+    };
+    format!(
+        "UPDATE jobs SET state = 'running', lease_owner = $2, lease_expires_at = $3,
+            attempts = attempts + 1, attempt_started_at = $1, updated_at = $1
+         FROM (SELECT id AS picked, attempt_started_at AS was_started FROM jobs
+               WHERE {condition} ORDER BY {order} LIMIT 1 FOR UPDATE SKIP LOCKED) p
+         WHERE id = p.picked
+         RETURNING {JOB_COLUMNS}, attempts, retry_base, p.was_started"
+    )
+}
+
+/// The job a lease query returned, with its history and, for a takeover, the
+/// record of the attempt that was lost.
+async fn leased<C: GenericClient>(
+    c: &C,
+    row: &Row,
+    pick: Pick,
+    now: Millis,
+    w: &mut Writes,
+) -> Result<(LeasedJob, Option<AttemptRecord>), StoreError> {
+    let mut job = [read_job(row)?];
+    let attempt: u32 = narrow("job attempts", row.int(13)?)?;
+    let retry_base: u32 = narrow("job retry base", row.int(14)?)?;
+    if attempt > 1 {
+        load_attempts(c, &mut job).await?;
+    }
+    let [mut job] = job;
+    let was_started = row.int_opt(15)?;
+    let lost = (pick == Pick::Expired).then(|| {
+        // The previous holder stopped renewing: its attempt is on the record as lost.
+        let lost = lease_expired(attempt - 1, was_started, now);
+        w.audit.push(AuditEntry::attempt(&job, &lost));
+        job.attempts.push(lost.clone());
+        lost
+    });
+    let leased = LeasedJob {
+        job,
+        attempt,
+        attempts_in_budget: attempt.saturating_sub(retry_base),
+        started_at: now,
+    };
+    Ok((leased, lost))
+}
+
+/// The lease fence: `worker` still holds attempt `$3` of job `$1`.
+const HELD: &str = "id = $1 AND state = 'running' AND lease_owner = $2 AND attempts = $3";
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn ingest(
+        &self,
+        batch: Vec<NewEvent>,
+        dedupe_window: Duration,
+    ) -> Result<Vec<IngestOutcome>, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(unavailable)?;
+        let mut w = Writes::default();
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for new in &batch {
+            outcomes.push(ingest_one(&tx, new, dedupe_window, &mut w).await?);
+        }
+        self.commit(tx, w).await?;
+        Ok(outcomes)
+    }
+
+    async fn promotion_of(
+        &self,
+        key: &str,
+        digest: Option<&str>,
+        since: Millis,
+    ) -> Result<Option<ChainLink>, StoreError> {
+        let client = self.client().await?;
+        let row = query_opt(
+            &client,
+            "SELECT id, chain_depth FROM jobs
+             WHERE target_ref = $1 AND created_at >= $2
+               AND state NOT IN ('failed', 'cancelled')
+               AND ($3::text IS NULL OR target_digest IS NULL OR target_digest = $3)
+             ORDER BY created_at DESC LIMIT 1",
+            &[&key, &since, &digest],
+        )
+        .await?;
+        row.map(|r| {
+            Ok(ChainLink {
+                job_id: r.text(0)?,
+                chain_depth: narrow("job chain depth", r.int(1)?)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn append_audit(&self, entry: AuditEntry) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(unavailable)?;
+        let w = Writes {
+            audit: vec![entry],
+            wake: false,
+        };
+        self.commit(tx, w).await
+    }
+
+    async fn lease_job(
+        &self,
+        worker: &str,
+        lease: Duration,
+    ) -> Result<Option<LeasedJob>, StoreError> {
+        let now = now_millis();
+        let expires = now.saturating_add(millis(lease));
+        let mut client = self.client().await?;
+        // A due job: one statement, committed on its own.
+        let p: [&(dyn ToSql + Sync); 3] = [&now, &worker, &expires];
+        if let Some(row) = query_opt(&client, &lease_sql(Pick::Due), &p).await? {
+            let mut w = Writes::default();
+            let (job, _) = leased(&client, &row, Pick::Due, now, &mut w).await?;
+            return Ok(Some(job));
+        }
+        // A job whose worker died: taken over together with the record of the attempt
+        // it lost.
+        let tx = client.transaction().await.map_err(unavailable)?;
+        let Some(row) = query_opt(&tx, &lease_sql(Pick::Expired), &p).await? else {
+            return Ok(None);
+        };
+        let mut w = Writes::default();
+        let (job, lost) = leased(&tx, &row, Pick::Expired, now, &mut w).await?;
+        if let Some(lost) = &lost {
+            insert_attempt(&tx, &job.job.id, lost).await?;
+        }
+        self.commit(tx, w).await?;
+        Ok(Some(job))
+    }
+
+    async fn renew_lease(
+        &self,
+        job_id: &str,
+        worker: &str,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let expires = now_millis().saturating_add(millis(lease));
+        let n = execute(
+            &client,
+            "UPDATE jobs SET lease_expires_at = $3
+             WHERE id = $1 AND lease_owner = $2 AND state = 'running'",
+            &[&job_id, &worker, &expires],
+        )
+        .await?;
+        Ok(n == 1)
+    }
+
+    async fn record_attempt(&self, report: AttemptReport) -> Result<bool, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(unavailable)?;
+        let now = now_millis();
+        let to = Landing::of(&report, now);
+        let n = i64::from(report.attempt.n);
+        let sql = format!(
+            "UPDATE jobs SET state = $4, outcome = $5, next_attempt_at = $6, lease_owner = NULL,
+                lease_expires_at = NULL, attempt_started_at = NULL,
+                last_error_code = COALESCE($7, last_error_code),
+                last_error_message = CASE WHEN $7::text IS NULL THEN last_error_message ELSE $8 END,
+                updated_at = $9
+             WHERE {HELD}"
+        );
+        let p: [&(dyn ToSql + Sync); 9] = [
+            &report.job_id,
+            &report.worker,
+            &n,
+            &to.state.as_str(),
+            &to.outcome,
+            &to.next_attempt_at,
+            &to.error_code,
+            &to.error_message,
+            &now,
+        ];
+        if execute(&tx, &sql, &p).await? == 0 {
+            // The lease was lost: nothing is written (the transaction rolls back).
+            return Ok(false);
+        }
+        let mut w = Writes::default();
+        if let Some(emitted) = &report.emit {
+            // Its delivery id names the job, which succeeds only once: no window needed.
+            ingest_one(&tx, emitted, Duration::ZERO, &mut w).await?;
+        }
+        insert_attempt(&tx, &report.job_id, &report.attempt).await?;
+        w.audit.extend(report.audit.iter().cloned());
+        w.wake |= matches!(report.transition, Transition::Retry { .. });
+        self.commit(tx, w).await?;
+        Ok(true)
+    }
+
+    async fn release_job(&self, r: Release) -> Result<bool, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(unavailable)?;
+        let now = now_millis();
+        let n = i64::from(r.attempt);
+        let mut w = Writes {
+            audit: Vec::new(),
+            wake: true,
+        };
+        match &r.interrupted {
+            None => {
+                let sql = format!(
+                    "UPDATE jobs SET
+                        state = CASE WHEN attempts > 1 THEN 'retrying' ELSE 'queued' END,
+                        attempts = attempts - 1, next_attempt_at = $4, lease_owner = NULL,
+                        lease_expires_at = NULL, attempt_started_at = NULL, updated_at = $5
+                     WHERE {HELD}"
+                );
+                let p: [&(dyn ToSql + Sync); 5] = [&r.job_id, &r.worker, &n, &r.at, &now];
+                if execute(&tx, &sql, &p).await? == 0 {
+                    return Ok(false);
+                }
+            }
+            Some(attempt) => {
+                let error = attempt.error.as_ref();
+                let (code, message) = (
+                    error.map(|e| e.code.as_str()),
+                    error.map(|e| e.message.as_str()),
+                );
+                let sql = format!(
+                    "UPDATE jobs SET state = 'retrying', next_attempt_at = $4, lease_owner = NULL,
+                        lease_expires_at = NULL, attempt_started_at = NULL,
+                        last_error_code = $5, last_error_message = $6, updated_at = $7
+                     WHERE {HELD}
+                     RETURNING {JOB_COLUMNS}"
+                );
+                let p: [&(dyn ToSql + Sync); 7] =
+                    [&r.job_id, &r.worker, &n, &r.at, &code, &message, &now];
+                let Some(row) = query_opt(&tx, &sql, &p).await? else {
+                    return Ok(false);
+                };
+                let job = read_job(&row)?;
+                insert_attempt(&tx, &r.job_id, attempt).await?;
+                w.audit.push(AuditEntry::interrupted(&job, attempt));
+            }
+        }
+        self.commit(tx, w).await?;
+        Ok(true)
+    }
+
+    async fn operate(
+        &self,
+        job_id: &str,
+        action: OperatorAction,
+        actor: &str,
+    ) -> Result<OperatorOutcome, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(unavailable)?;
+        let Some(mut job) = load_job(&tx, job_id, true).await? else {
+            return Ok(OperatorOutcome::NotFound);
+        };
+        let (to, kind) = match operator_move(&job, action) {
+            Ok(m) => m,
+            Err(state) => return Ok(OperatorOutcome::Conflict(state)),
+        };
+        let now = now_millis();
+        execute(
+            &tx,
+            "UPDATE jobs SET state = $2, next_attempt_at = $3, updated_at = $3,
+                retry_base = CASE WHEN $2::text = 'queued' THEN attempts ELSE retry_base END
+             WHERE id = $1",
+            &[&job_id, &to.as_str(), &now],
+        )
+        .await?;
+        job.state = to;
+        job.updated_at = now;
+        let w = Writes {
+            audit: vec![AuditEntry::operator(kind, actor, &job)],
+            wake: action == OperatorAction::Retry,
+        };
+        self.commit(tx, w).await?;
+        Ok(OperatorOutcome::Done(Box::new(job)))
+    }
+
+    async fn next_wakeup(&self) -> Result<Option<Millis>, StoreError> {
+        let client = self.client().await?;
+        let row = query_opt(
+            &client,
+            "SELECT LEAST(
+                (SELECT MIN(next_attempt_at) FROM jobs WHERE state IN ('queued', 'retrying')),
+                (SELECT MIN(lease_expires_at) FROM jobs WHERE state = 'running'))",
+            &[],
+        )
+        .await?;
+        Ok(row.map(|r| r.int_opt(0)).transpose()?.flatten())
+    }
+
+    async fn event(&self, id: &str) -> Result<Option<StoredEvent>, StoreError> {
+        let client = self.client().await?;
+        let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = $1");
+        let Some(row) = query_opt(&client, &sql, &[&id]).await? else {
+            return Ok(None);
+        };
+        let event = read_event(&row)?;
+        Ok(with_jobs(&client, vec![event]).await?.pop())
+    }
+
+    async fn events(&self, filter: EventFilter) -> Result<Page<StoredEvent>, StoreError> {
+        let client = self.client().await?;
+        let q = events_listing(&filter, param);
+        let events = listed(&client, &q, read_event).await?;
+        let items = with_jobs(&client, events).await?;
+        Ok(page(items, filter.limit, |e| e.event.id.clone()))
+    }
+
+    async fn job(&self, id: &str) -> Result<Option<Job>, StoreError> {
+        let client = self.client().await?;
+        load_job(&client, id, false).await
+    }
+
+    async fn jobs(&self, filter: JobFilter) -> Result<Page<Job>, StoreError> {
+        let client = self.client().await?;
+        let q = jobs_listing(&filter, param);
+        let mut jobs = listed(&client, &q, read_job).await?;
+        load_attempts(&client, &mut jobs).await?;
+        Ok(page(jobs, filter.limit, |j| j.id.clone()))
+    }
+
+    async fn audit(&self, filter: AuditFilter) -> Result<Page<AuditRecord>, StoreError> {
+        let client = self.client().await?;
+        let q = audit_listing(&filter, param);
+        let records = listed(&client, &q, |r| read_audit(r).map_err(StoreError::Corrupt)).await?;
+        Ok(page(records, filter.limit, |r| r.seq.to_string()))
+    }
+
+    async fn audit_chain(&self, after: i64, limit: usize) -> Result<Vec<ChainRow>, StoreError> {
+        let client = self.client().await?;
+        let sql = format!("SELECT {AUDIT_COLUMNS} FROM audit WHERE seq > $1 ORDER BY seq LIMIT $2");
+        query(&client, &sql, &[&after, &sql_limit(limit)])
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(ChainRow {
+                    seq: r.int(0)?,
+                    record: read_audit(r),
+                })
+            })
+            .collect()
+    }
+
+    async fn prune(
+        &self,
+        audit_before: Option<Millis>,
+        deliveries_before: Millis,
+    ) -> Result<Pruned, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(unavailable)?;
+        let deliveries = execute(
+            &tx,
+            "DELETE FROM deliveries WHERE received_at < $1",
+            &[&deliveries_before],
+        )
+        .await?;
+        let mut w = Writes::default();
+        let mut audit_records = 0;
+        if let Some(before) = audit_before {
+            // The head first: replicas pruning at once take turns, and the second
+            // finds the first's cut.
+            lock_head(&tx).await?;
+            let last = query_opt(
+                &tx,
+                "SELECT seq, hash FROM audit WHERE at < $1 ORDER BY seq DESC LIMIT 1",
+                &[&before],
+            )
+            .await?;
+            if let Some(last) = last {
+                let anchor = Anchor {
+                    seq: last.int(0)?,
+                    hash: last.text(1)?,
+                };
+                let removed =
+                    execute(&tx, "DELETE FROM audit WHERE seq <= $1", &[&anchor.seq]).await?;
+                // The checkpoint goes at the end of the chain, so it survives the cut.
+                w.audit.push(AuditEntry::pruned(&anchor, removed));
+                audit_records = removed;
+            }
+        }
+        self.commit(tx, w).await?;
+        Ok(Pruned {
+            audit_records,
+            deliveries,
+        })
+    }
+
+    async fn queue_stats(&self) -> Result<QueueStats, StoreError> {
+        let client = self.client().await?;
+        let mut stats = QueueStats::default();
+        let counts = query(
+            &client,
+            "SELECT state, COUNT(*) FROM jobs GROUP BY state",
+            &[],
+        );
+        let oldest = query_opt(
+            &client,
+            "SELECT MIN(created_at) FROM jobs WHERE state IN ('queued', 'retrying')",
+            &[],
+        );
+        let (counts, oldest) = tokio::try_join!(counts, oldest)?;
+        for r in counts {
+            if let Some(state) = JobState::parse(&r.text(0)?) {
+                stats
+                    .by_state
+                    .insert(state, u64::try_from(r.int(1)?).unwrap_or(0));
+            }
+        }
+        stats.oldest_waiting_since = oldest.map(|r| r.int_opt(0)).transpose()?.flatten();
+        Ok(stats)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client.simple_query("SELECT 1").await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    fn work_signal(&self) -> Arc<Notify> {
+        self.signal.clone()
+    }
+}
+
+/// The task that hears other replicas' work; it ends with its store.
+struct Listener(tokio::task::JoinHandle<()>);
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Listener {
+    /// Returns once listening, so nothing committed after `open` goes unheard.
+    async fn start(
+        pg: tokio_postgres::Config,
+        notice: String,
+        signal: Arc<Notify>,
+    ) -> Result<Listener, StoreError> {
+        let (ready, listening) = oneshot::channel();
+        let task = tokio::spawn(listen(pg, notice, signal, ready));
+        match listening.await {
+            Ok(Ok(())) => Ok(Listener(task)),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(StoreError::Unavailable(
+                "the listening connection stopped".into(),
+            )),
+        }
+    }
+}
+
+/// Keeps one connection listening on [`CHANNEL`], reconnecting with backoff when it
+/// drops; workers fall back to polling meanwhile.
+async fn listen(
+    pg: tokio_postgres::Config,
+    notice: String,
+    signal: Arc<Notify>,
+    ready: oneshot::Sender<Result<(), StoreError>>,
+) {
+    let mut ready = Some(ready);
+    let mut backoff = LISTEN_RETRY_MIN;
+    let mut down = false;
+    loop {
+        let result = session(&pg, &notice, &signal, || {
+            backoff = LISTEN_RETRY_MIN;
+            if let Some(ready) = ready.take() {
+                let _ = ready.send(Ok(()));
+            } else if down {
+                tracing::info!("listening for other replicas' work again");
+                down = false;
+                // Whatever was queued meanwhile went unheard.
+                signal.notify_waiters();
+            }
+        })
+        .await;
+        if let Some(ready) = ready.take() {
+            let error = match result {
+                Err(e) => unavailable(e),
+                Ok(()) => StoreError::Unavailable("the listening connection closed".into()),
+            };
+            let _ = ready.send(Err(error));
+            return;
+        }
+        if !down {
+            let reason = result.err().map_or("closed".to_string(), |e| e.to_string());
+            tracing::warn!(error = %reason,
+                "lost the connection that listens for other replicas' work; polling until it is back");
+            down = true;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(LISTEN_RETRY_MAX);
+    }
+}
+
+/// One listening connection, until it ends.
+async fn session(
+    pg: &tokio_postgres::Config,
+    notice: &str,
+    signal: &Notify,
+    mut on_listening: impl FnMut(),
+) -> Result<(), tokio_postgres::Error> {
+    let (client, mut connection) = pg.connect(NoTls).await?;
+    // The connection delivers notifications only while it is polled, and it must be
+    // polled for the LISTEN itself to complete.
+    let mut messages = pin!(futures_util::stream::poll_fn(move |cx| {
+        connection.poll_message(cx)
+    }));
+    let sql = format!("LISTEN {CHANNEL}");
+    let mut listening = pin!(client.batch_execute(&sql));
+    loop {
+        tokio::select! {
+            done = &mut listening => {
+                done?;
+                break;
+            }
+            message = messages.next() => match message {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e),
+                None => return Ok(()),
+            },
+        }
+    }
+    on_listening();
+    let schema = notice.rsplit_once(' ').map_or(notice, |(s, _)| s);
+    while let Some(message) = messages.next().await {
+        if let AsyncMessage::Notification(n) = message? {
+            // Its own commits already woke this instance's workers.
+            let from_schema = n.payload().rsplit_once(' ').map(|(s, _)| s);
+            if n.payload() != notice && from_schema == Some(schema) {
+                signal.notify_waiters();
+            }
+        }
+    }
+    Ok(())
+}

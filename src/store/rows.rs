@@ -1,0 +1,382 @@
+//! What the stores share below their SQL: the column lists of their tables (the
+//! same names in both), the conversion of stored strings and integers back into
+//! domain values, and the decisions a verb makes between its reads and its writes.
+//! Each store only moves values between its driver's rows and these plain structs,
+//! so the two cannot drift apart in what a stored row means.
+
+use std::time::Duration;
+
+use super::{
+    AttemptReport, AuditFilter, EventFilter, JobFilter, OperatorAction, Page, StoreError,
+    Transition,
+};
+use crate::audit::{AuditEntry, AuditKind, AuditRecord};
+use crate::domain::{
+    Action, AttemptRecord, Event, Job, JobError, JobErrorCode, JobState, Millis, NewJob, Outcome,
+    Subject, subject_key,
+};
+
+pub(super) const EVENT_COLUMNS: &str = "id, source, type, delivery_id, received_at, repo, image,
+    tag, digest, path, build_name, build_number, payload, parent_job_id, chain_depth";
+
+pub(super) const JOB_COLUMNS: &str = "id, rule, state, outcome, event_id, target, action,
+    last_error_code, last_error_message, parent_job_id, chain_depth, created_at, updated_at";
+
+pub(super) const ATTEMPT_COLUMNS: &str =
+    "n, started_at, duration_ms, upstream_status, error_code, error_message";
+
+pub(super) const AUDIT_COLUMNS: &str = "seq, at, kind, actor, event_id, job_id, rule, target,
+    repo, image, tag, digest, from_ref, to_ref, outcome, upstream_status, message, prev_hash,
+    hash, parent_job_id, chain_depth";
+
+pub(super) fn corrupt(what: &str, value: &str) -> StoreError {
+    StoreError::Corrupt(format!("{what} `{value}`"))
+}
+
+pub(super) fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// A listing's `limit` as SQL takes it.
+pub(super) fn sql_limit(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+/// The typed columns of a result row, as a store's driver reads them; the row
+/// structs below read themselves through it, so both stores read a row one way.
+pub(super) trait Columns {
+    fn text(&self, i: usize) -> Result<String, StoreError>;
+    fn text_opt(&self, i: usize) -> Result<Option<String>, StoreError>;
+    fn int(&self, i: usize) -> Result<i64, StoreError>;
+    fn int_opt(&self, i: usize) -> Result<Option<i64>, StoreError>;
+}
+
+/// A stored integer that must fit a narrower domain type.
+pub(super) fn narrow<T: TryFrom<i64>>(what: &str, v: i64) -> Result<T, StoreError> {
+    T::try_from(v).map_err(|_| corrupt(what, &v.to_string()))
+}
+
+fn narrow_opt<T: TryFrom<i64>>(what: &str, v: Option<i64>) -> Result<Option<T>, StoreError> {
+    v.map(|v| narrow(what, v)).transpose()
+}
+
+/// An `events` row, in [`EVENT_COLUMNS`] order.
+pub(super) fn read_event(r: &impl Columns) -> Result<Event, StoreError> {
+    let payload = r.text(12)?;
+    Ok(Event {
+        id: r.text(0)?,
+        source: r.text(1)?,
+        kind: r.text(2)?,
+        delivery_id: r.text(3)?,
+        received_at: r.int(4)?,
+        subject: Subject {
+            repo: r.text_opt(5)?,
+            image: r.text_opt(6)?,
+            tag: r.text_opt(7)?,
+            digest: r.text_opt(8)?,
+            path: r.text_opt(9)?,
+            build_name: r.text_opt(10)?,
+            build_number: r.text_opt(11)?,
+        },
+        payload: serde_json::from_str(&payload).map_err(|_| corrupt("event payload", &payload))?,
+        parent_job_id: r.text_opt(13)?,
+        chain_depth: narrow("event chain depth", r.int(14)?)?,
+    })
+}
+
+/// An event's payload as stored.
+pub(super) fn payload_text(event: &Event) -> String {
+    // Serializing a JSON value cannot fail.
+    serde_json::to_string(&event.payload).unwrap_or_default()
+}
+
+/// A `jobs` row, in [`JOB_COLUMNS`] order: the job without its attempt history.
+pub(super) fn read_job(r: &impl Columns) -> Result<Job, StoreError> {
+    Ok(Job {
+        id: r.text(0)?,
+        rule: r.text(1)?,
+        state: job_state(&r.text(2)?)?,
+        outcome: match r.text_opt(3)? {
+            Some(o) => Some(Outcome::parse(&o).ok_or_else(|| corrupt("outcome", &o))?),
+            None => None,
+        },
+        event_id: r.text(4)?,
+        target: r.text(5)?,
+        action: match r.text_opt(6)? {
+            Some(a) => {
+                Some(serde_json::from_str::<Action>(&a).map_err(|_| corrupt("job action", &a))?)
+            }
+            None => None,
+        },
+        attempts: Vec::new(),
+        last_error: job_error(r.text_opt(7)?, r.text_opt(8)?)?,
+        parent_job_id: r.text_opt(9)?,
+        chain_depth: narrow("job chain depth", r.int(10)?)?,
+        created_at: r.int(11)?,
+        updated_at: r.int(12)?,
+    })
+}
+
+pub(super) fn job_state(state: &str) -> Result<JobState, StoreError> {
+    JobState::parse(state).ok_or_else(|| corrupt("job state", state))
+}
+
+fn job_error(
+    code: Option<String>,
+    message: Option<String>,
+) -> Result<Option<JobError>, StoreError> {
+    match code {
+        None => Ok(None),
+        Some(c) => Ok(Some(JobError {
+            code: JobErrorCode::parse(&c).ok_or_else(|| corrupt("error code", &c))?,
+            message: message.unwrap_or_default(),
+        })),
+    }
+}
+
+/// An `attempts` row, in [`ATTEMPT_COLUMNS`] order.
+pub(super) fn read_attempt(r: &impl Columns) -> Result<AttemptRecord, StoreError> {
+    Ok(AttemptRecord {
+        n: narrow("attempt number", r.int(0)?)?,
+        started_at: r.int(1)?,
+        duration_ms: u64::try_from(r.int(2)?).unwrap_or(0),
+        upstream_status: narrow_opt("upstream status", r.int_opt(3)?)?,
+        error: job_error(r.text_opt(4)?, r.text_opt(5)?)?,
+    })
+}
+
+/// An attempt's values as stored: duration, upstream status and error.
+pub(super) fn attempt_values(a: &AttemptRecord) -> (i64, Option<i64>, Option<&str>, Option<&str>) {
+    (
+        i64::try_from(a.duration_ms).unwrap_or(i64::MAX),
+        a.upstream_status.map(i64::from),
+        a.error.as_ref().map(|e| e.code.as_str()),
+        a.error.as_ref().map(|e| e.message.as_str()),
+    )
+}
+
+/// An `audit` row, in [`AUDIT_COLUMNS`] order, or why it cannot be read: for
+/// verification that is a broken record, not an error.
+pub(super) fn read_audit(r: &impl Columns) -> Result<AuditRecord, String> {
+    let kind = r.text(2).map_err(|e| e.to_string())?;
+    let kind = AuditKind::parse(&kind).ok_or_else(|| format!("unknown kind `{kind}`"))?;
+    let read = || -> Result<AuditRecord, StoreError> {
+        Ok(AuditRecord {
+            seq: r.int(0)?,
+            entry: AuditEntry {
+                at: r.int(1)?,
+                kind,
+                actor: r.text(3)?,
+                event_id: r.text_opt(4)?,
+                job_id: r.text_opt(5)?,
+                rule: r.text_opt(6)?,
+                target: r.text_opt(7)?,
+                repo: r.text_opt(8)?,
+                image: r.text_opt(9)?,
+                tag: r.text_opt(10)?,
+                digest: r.text_opt(11)?,
+                from: r.text_opt(12)?,
+                to: r.text_opt(13)?,
+                outcome: r.text_opt(14)?,
+                upstream_status: narrow_opt("upstream status", r.int_opt(15)?)?,
+                message: r.text_opt(16)?,
+                parent_job_id: r.text_opt(19)?,
+                chain_depth: narrow_opt("chain depth", r.int_opt(20)?)?,
+            },
+            prev_hash: r.text(17)?,
+            hash: r.text(18)?,
+        })
+    };
+    read().map_err(|e| e.to_string())
+}
+
+/// How a job the rules planned is stored: queued with its rendered action, or failed
+/// at once with the template error, and the key its promotion's result is known by.
+pub(super) struct JobInsert<'a> {
+    pub action: Option<String>,
+    pub state: JobState,
+    pub error_code: Option<&'static str>,
+    pub error_message: Option<&'a str>,
+    pub target_ref: Option<String>,
+    pub target_digest: Option<String>,
+}
+
+impl<'a> JobInsert<'a> {
+    pub fn of(job: &'a NewJob) -> Self {
+        let (action, state, error) = match &job.action {
+            Ok(a) => (serde_json::to_string(a).ok(), JobState::Queued, None),
+            Err(e) => (None, JobState::Failed, Some(e)),
+        };
+        let output = job.action.as_ref().ok().map(Action::output_subject);
+        JobInsert {
+            action,
+            state,
+            error_code: error.map(|e| e.code.as_str()),
+            error_message: error.map(|e| e.message.as_str()),
+            target_ref: output.as_ref().and_then(subject_key),
+            target_digest: output.and_then(|o| o.digest),
+        }
+    }
+}
+
+/// The attempt of a worker whose lease expired, as its successor records it.
+pub(super) fn lease_expired(n: u32, started_at: Option<Millis>, now: Millis) -> AttemptRecord {
+    let started_at = started_at.unwrap_or(now);
+    AttemptRecord {
+        n,
+        started_at,
+        duration_ms: u64::try_from(now - started_at).unwrap_or(0),
+        upstream_status: None,
+        error: Some(JobError::new(
+            JobErrorCode::LeaseExpired,
+            "the worker holding this job stopped renewing its lease",
+        )),
+    }
+}
+
+/// Where an operator's action takes a job and how it is audited, or the state that
+/// forbids it.
+pub(super) fn operator_move(
+    job: &Job,
+    action: OperatorAction,
+) -> Result<(JobState, AuditKind), JobState> {
+    let (allowed, to, kind) = match action {
+        OperatorAction::Retry => (
+            matches!(job.state, JobState::Failed | JobState::Cancelled) && job.action.is_some(),
+            JobState::Queued,
+            AuditKind::JobRetried,
+        ),
+        OperatorAction::Cancel => (
+            matches!(
+                job.state,
+                JobState::Queued | JobState::Retrying | JobState::Failed
+            ),
+            JobState::Cancelled,
+            AuditKind::JobCancelled,
+        ),
+    };
+    if allowed {
+        Ok((to, kind))
+    } else {
+        Err(job.state)
+    }
+}
+
+/// What an attempt's report writes on its job.
+pub(super) struct Landing<'a> {
+    pub state: JobState,
+    pub outcome: Option<&'static str>,
+    pub next_attempt_at: Millis,
+    /// The new last error; `None` keeps the previous one.
+    pub error_code: Option<&'static str>,
+    pub error_message: Option<&'a str>,
+}
+
+impl<'a> Landing<'a> {
+    pub fn of(report: &'a AttemptReport, now: Millis) -> Self {
+        let (state, outcome, next_attempt_at, error) = match &report.transition {
+            Transition::Succeeded(o) => (JobState::Succeeded, Some(o.as_str()), now, None),
+            Transition::Retry { at } => {
+                (JobState::Retrying, None, *at, report.attempt.error.as_ref())
+            }
+            Transition::Failed(e) => (JobState::Failed, None, now, Some(e)),
+        };
+        Landing {
+            state,
+            outcome,
+            next_attempt_at,
+            error_code: error.map(|e| e.code.as_str()),
+            error_message: error.map(|e| e.message.as_str()),
+        }
+    }
+}
+
+/// One page of a newest-first or oldest-first listing: a full page may have a next.
+pub(super) fn page<T>(items: Vec<T>, limit: usize, cursor: impl Fn(&T) -> String) -> Page<T> {
+    let next = (items.len() == limit)
+        .then(|| items.last().map(cursor))
+        .flatten();
+    Page { items, next }
+}
+
+/// A value bound to a listing's query.
+pub(super) enum Arg {
+    Text(String),
+    Int(i64),
+}
+
+/// A listing's SQL and the values bound to it, built the same way for every store;
+/// only the way a driver writes the n-th parameter (`?n`, `$n`) differs.
+pub(super) struct Listing {
+    pub sql: String,
+    pub args: Vec<Arg>,
+    param: fn(usize) -> String,
+}
+
+impl Listing {
+    fn new(select: String, param: fn(usize) -> String) -> Self {
+        Listing {
+            sql: format!("{select} WHERE 1 = 1"),
+            args: Vec::new(),
+            param,
+        }
+    }
+
+    /// Adds ` AND {condition} <param>`, e.g. `condition` = `"rule ="`.
+    fn and(&mut self, condition: &str, arg: Arg) {
+        self.args.push(arg);
+        let p = (self.param)(self.args.len());
+        self.sql.push_str(&format!(" AND {condition} {p}"));
+    }
+
+    fn and_text(&mut self, condition: &str, value: Option<String>) {
+        if let Some(v) = value {
+            self.and(condition, Arg::Text(v));
+        }
+    }
+
+    fn and_int(&mut self, condition: &str, value: Option<i64>) {
+        if let Some(v) = value {
+            self.and(condition, Arg::Int(v));
+        }
+    }
+
+    fn order_limit(mut self, order: &str, limit: usize) -> Self {
+        self.args.push(Arg::Int(sql_limit(limit)));
+        let p = (self.param)(self.args.len());
+        self.sql.push_str(&format!(" ORDER BY {order} LIMIT {p}"));
+        self
+    }
+}
+
+/// Received events, newest first.
+pub(super) fn events_listing(f: &EventFilter, param: fn(usize) -> String) -> Listing {
+    let mut q = Listing::new(format!("SELECT {EVENT_COLUMNS} FROM events"), param);
+    q.and_text("source =", f.source.clone());
+    q.and_text("type =", f.kind.clone());
+    q.and_text("id <", f.before.clone());
+    q.order_limit("id DESC", f.limit)
+}
+
+/// Jobs without their attempts, newest first.
+pub(super) fn jobs_listing(f: &JobFilter, param: fn(usize) -> String) -> Listing {
+    let mut q = Listing::new(format!("SELECT {JOB_COLUMNS} FROM jobs"), param);
+    q.and_text("state =", f.state.map(|s| s.as_str().to_string()));
+    q.and_text("rule =", f.rule.clone());
+    q.and_text("id <", f.before.clone());
+    q.order_limit("id DESC", f.limit)
+}
+
+/// Audit records, oldest first.
+pub(super) fn audit_listing(f: &AuditFilter, param: fn(usize) -> String) -> Listing {
+    let mut q = Listing::new(format!("SELECT {AUDIT_COLUMNS} FROM audit"), param);
+    q.and_int("at >=", f.since);
+    q.and_int("at <", f.until);
+    q.and_text("rule =", f.rule.clone());
+    q.and_text("image =", f.image.clone());
+    q.and_text("tag =", f.tag.clone());
+    q.and_text("kind =", f.kind.map(|k| k.as_str().to_string()));
+    q.and_text("job_id =", f.job.clone());
+    q.and_int("seq >", f.after);
+    q.order_limit("seq ASC", f.limit)
+}

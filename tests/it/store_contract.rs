@@ -1,0 +1,941 @@
+//! The store contract: what every `Store` must do, run against SQLite and
+//! PostgreSQL alike through `gantry::store::open`. On PostgreSQL a second store
+//! instance on the same schema plays another replica.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use gantry::audit::{AuditEntry, AuditKind, AuditRecord};
+use gantry::config::{PostgresUrl, StoreUrl};
+use gantry::domain::{
+    Action, AttemptRecord, Event, ImageRef, JobError, JobErrorCode, JobState, NewJob, Op, Outcome,
+    Subject, new_id, now_millis, subject_key,
+};
+use gantry::store::{
+    AttemptReport, AuditFilter, EventFilter, JobFilter, LeasedJob, NewEvent, OperatorAction,
+    OperatorOutcome, Release, Store, Transition,
+};
+use serde_json::json;
+
+use crate::stores::{Open, PgSchema};
+
+const DAY: i64 = 86_400_000;
+const WINDOW: Duration = Duration::from_secs(86_400);
+const LEASE: Duration = Duration::from_secs(30);
+
+/// A store under test, and a second instance on the same database: another replica
+/// on PostgreSQL, the same store on SQLite (which serves one process).
+struct Backend {
+    store: Arc<dyn Store>,
+    replica: Arc<dyn Store>,
+    /// Dropped last: the SQLite directory or the PostgreSQL schema.
+    _db: Box<dyn std::any::Any + Send>,
+}
+
+impl Backend {
+    /// The instance the `k`-th of several concurrent tasks uses: every other one
+    /// goes to the other replica.
+    fn instance(&self, k: usize) -> Arc<dyn Store> {
+        if k.is_multiple_of(2) {
+            self.store.clone()
+        } else {
+            self.replica.clone()
+        }
+    }
+}
+
+impl Open for Backend {
+    async fn sqlite() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = gantry::store::open(&StoreUrl::Sqlite(dir.path().join("g.db")))
+            .await
+            .unwrap();
+        Backend {
+            replica: store.clone(),
+            store,
+            _db: Box::new(dir),
+        }
+    }
+
+    async fn postgres() -> Option<Self> {
+        let schema = PgSchema::create().await?;
+        let url = StoreUrl::Postgres(PostgresUrl::parse(&schema.url()).unwrap());
+        // Two replicas migrating at once: one waits for the other's migration.
+        let (store, replica) = tokio::join!(gantry::store::open(&url), gantry::store::open(&url));
+        Some(Backend {
+            store: store.unwrap(),
+            replica: replica.unwrap(),
+            _db: Box::new(schema),
+        })
+    }
+}
+
+on_each_store!(
+    Backend:
+    ingest_commits_the_event_its_jobs_and_their_audit,
+    a_delivery_seen_within_the_window_is_the_same_event_and_no_second_job,
+    leases_renewals_attempts_and_releases_hold_only_under_the_lease,
+    an_expired_lease_is_taken_over_and_the_lost_attempt_recorded,
+    concurrent_leasers_never_share_a_job,
+    operator_actions_move_only_the_states_that_allow_them,
+    promotion_of_finds_the_job_an_echo_belongs_to,
+    a_rule_acts_once_per_parent_promotion,
+    listings_filter_and_page_with_cursors,
+    the_audit_chain_stays_linear_under_concurrent_appends,
+    pruning_cuts_the_chain_at_a_checkpoint_that_verifies,
+    the_work_signal_fires_after_a_commit_that_queues_work,
+);
+
+fn promote(tag: &str) -> Action {
+    let digest = Some(format!("sha256:{:0>64}", tag.replace('.', "")));
+    Action {
+        op: Op::Promote {
+            from: ImageRef {
+                repo: "dev".into(),
+                image: "app".into(),
+                tag: tag.into(),
+                digest: digest.clone(),
+            },
+            to: ImageRef {
+                repo: "staging".into(),
+                image: "app".into(),
+                tag: tag.into(),
+                digest,
+            },
+            copy: true,
+            to_target: None,
+        },
+        dry_run: false,
+    }
+}
+
+fn event(source: &str, delivery: &str, tag: &str) -> Event {
+    Event {
+        id: new_id(),
+        source: source.into(),
+        kind: "test-passed".into(),
+        delivery_id: delivery.into(),
+        received_at: now_millis(),
+        subject: Subject {
+            repo: Some("dev".into()),
+            image: Some("app".into()),
+            tag: Some(tag.into()),
+            ..Subject::default()
+        },
+        payload: json!({"event": "test-passed", "tag": tag, "nested": {"n": [1, 2]}}),
+        parent_job_id: None,
+        chain_depth: 0,
+    }
+}
+
+fn job(rule: &str, tag: &str) -> NewJob {
+    NewJob {
+        id: new_id(),
+        rule: rule.into(),
+        target: "jfrog".into(),
+        action: Ok(promote(tag)),
+    }
+}
+
+/// An event from `ci` for `tag` with one job per rule.
+fn planned(delivery: &str, tag: &str, rules: &[&str]) -> NewEvent {
+    NewEvent {
+        event: event("ci", delivery, tag),
+        jobs: rules.iter().map(|r| job(r, tag)).collect(),
+        notes: Vec::new(),
+    }
+}
+
+/// Ingests one event with one job and returns the job's id.
+async fn one_job(store: &dyn Store, tag: &str) -> String {
+    let out = store
+        .ingest(vec![planned(&new_id(), tag, &["r"])], WINDOW)
+        .await
+        .unwrap();
+    out[0].jobs[0].id.clone()
+}
+
+fn report(leased: &LeasedJob, worker: &str, transition: Transition) -> AttemptReport {
+    let error = match &transition {
+        Transition::Succeeded(_) => None,
+        Transition::Retry { .. } => Some(JobError::new(
+            JobErrorCode::UpstreamUnavailable,
+            "upstream answered 503",
+        )),
+        Transition::Failed(e) => Some(e.clone()),
+    };
+    AttemptReport {
+        job_id: leased.job.id.clone(),
+        worker: worker.into(),
+        attempt: AttemptRecord {
+            n: leased.attempt,
+            started_at: leased.started_at,
+            duration_ms: 7,
+            upstream_status: Some(if error.is_some() { 503 } else { 200 }),
+            error,
+        },
+        transition,
+        audit: vec![AuditEntry::rejected("test", "an attempt's record")],
+        emit: None,
+    }
+}
+
+/// The audit records of `kind` (any when `None`) about `job` (any when `None`).
+async fn records(
+    store: &dyn Store,
+    kind: Option<AuditKind>,
+    job: Option<&str>,
+) -> Vec<AuditRecord> {
+    let filter = AuditFilter {
+        kind,
+        job: job.map(str::to_string),
+        limit: 1000,
+        ..AuditFilter::default()
+    };
+    store.audit(filter).await.unwrap().items
+}
+
+/// Reports an attempt of `leased` by `worker`; whether the store took it.
+async fn record(
+    store: &dyn Store,
+    leased: &LeasedJob,
+    worker: &str,
+    transition: Transition,
+) -> bool {
+    let report = report(leased, worker, transition);
+    store.record_attempt(report).await.unwrap()
+}
+
+async fn kinds(store: &dyn Store) -> Vec<AuditKind> {
+    let all = records(store, None, None).await;
+    all.iter().map(|r| r.entry.kind).collect()
+}
+
+async fn verified(store: &dyn Store) -> u64 {
+    let verdict = store.verify_audit().await.unwrap();
+    assert!(verdict.ok, "{verdict:?}");
+    verdict.records
+}
+
+async fn ingest_commits_the_event_its_jobs_and_their_audit(b: Backend) {
+    let store = &*b.store;
+    let mut new = planned("d-1", "1.0.0", &["promote"]);
+    new.jobs.push(NewJob {
+        id: new_id(),
+        rule: "broken".into(),
+        target: "jfrog".into(),
+        action: Err(JobError::new(
+            JobErrorCode::TemplateError,
+            "no value for {{x}}",
+        )),
+    });
+    new.notes
+        .push(AuditEntry::chain_refused(&new.event, &["deep".into()], 5));
+    let event_id = new.event.id.clone();
+    let out = store.ingest(vec![new.clone()], WINDOW).await.unwrap();
+    assert_eq!(out.len(), 1);
+    assert!(!out[0].duplicate);
+    assert_eq!(out[0].event_id, event_id);
+    let rules: Vec<&str> = out[0].jobs.iter().map(|j| j.rule.as_str()).collect();
+    assert_eq!(rules, ["promote", "broken"]);
+
+    // Read back through the other instance: it is committed, not cached.
+    let stored = b.replica.event(&event_id).await.unwrap().unwrap();
+    assert_eq!(stored.event.payload, new.event.payload);
+    assert_eq!(stored.event.subject, new.event.subject);
+    assert_eq!(stored.event.received_at, new.event.received_at);
+    let states: HashMap<&str, JobState> = stored
+        .jobs
+        .iter()
+        .map(|j| (j.rule.as_str(), j.state))
+        .collect();
+    assert_eq!(states["promote"], JobState::Queued);
+    assert_eq!(states["broken"], JobState::Failed);
+
+    let queued = b.replica.job(&out[0].jobs[0].id).await.unwrap().unwrap();
+    assert_eq!(queued.action, Some(promote("1.0.0")));
+    assert_eq!(
+        (queued.event_id.as_str(), queued.chain_depth),
+        (event_id.as_str(), 0)
+    );
+    assert!(queued.attempts.is_empty() && queued.last_error.is_none());
+    let failed = b.replica.job(&out[0].jobs[1].id).await.unwrap().unwrap();
+    assert_eq!(failed.action, None);
+    assert_eq!(
+        failed.last_error.map(|e| e.code),
+        Some(JobErrorCode::TemplateError)
+    );
+
+    assert_eq!(
+        kinds(store).await,
+        [
+            AuditKind::EventReceived,
+            AuditKind::ChainRefused,
+            AuditKind::JobCreated,
+            AuditKind::JobFailed
+        ]
+    );
+    assert_eq!(verified(&*b.replica).await, 4);
+    let stats = store.queue_stats().await.unwrap();
+    assert_eq!(stats.by_state.get(&JobState::Queued), Some(&1));
+    assert_eq!(stats.by_state.get(&JobState::Failed), Some(&1));
+    assert_eq!(stats.oldest_waiting_since, Some(queued.created_at));
+    let wakeup = store.next_wakeup().await.unwrap().unwrap();
+    assert!(wakeup <= now_millis());
+    store.ping().await.unwrap();
+}
+
+async fn a_delivery_seen_within_the_window_is_the_same_event_and_no_second_job(b: Backend) {
+    let first = planned("same", "1.0.0", &["r"]);
+    let out = b.store.ingest(vec![first.clone()], WINDOW).await.unwrap();
+    let (original, jobs) = (out[0].event_id.clone(), out[0].jobs.clone());
+
+    // Again, through the other replica: the first event and its job, nothing new.
+    let again = planned("same", "1.0.0", &["r"]);
+    let dup = b.replica.ingest(vec![again.clone()], WINDOW).await.unwrap();
+    assert!(dup[0].duplicate);
+    assert_eq!(
+        (dup[0].event_id.clone(), dup[0].jobs.clone()),
+        (original.clone(), jobs)
+    );
+    assert!(b.store.event(&again.event.id).await.unwrap().is_none());
+    let all = b
+        .store
+        .jobs(JobFilter {
+            limit: 100,
+            ..JobFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.items.len(), 1);
+    let last = records(&*b.store, Some(AuditKind::EventDuplicate), None).await;
+    assert_eq!(last.len(), 1);
+    assert_eq!(last[0].entry.event_id.as_deref(), Some(original.as_str()));
+
+    // Twice in one batch: the second is a duplicate of the first.
+    let (x, y) = (
+        planned("pair", "2.0.0", &["r"]),
+        planned("pair", "2.0.0", &["r"]),
+    );
+    let out = b.store.ingest(vec![x.clone(), y], WINDOW).await.unwrap();
+    assert!(!out[0].duplicate && out[1].duplicate);
+    assert_eq!(out[1].event_id, x.event.id);
+    assert_eq!(out[1].jobs, out[0].jobs);
+
+    // The same delivery racing through both instances: stored once.
+    let racers: Vec<_> = (0..8)
+        .map(|k| {
+            let store = b.instance(k);
+            tokio::spawn(async move {
+                let new = planned("race", "3.0.0", &["r"]);
+                store.ingest(vec![new], WINDOW).await.unwrap().remove(0)
+            })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for r in racers {
+        outcomes.push(r.await.unwrap());
+    }
+    assert_eq!(outcomes.iter().filter(|o| !o.duplicate).count(), 1);
+    let ids: HashSet<&str> = outcomes.iter().map(|o| o.event_id.as_str()).collect();
+    assert_eq!(ids.len(), 1, "{outcomes:?}");
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| o.jobs.len() == 1 && o.jobs == outcomes[0].jobs)
+    );
+
+    // Past the window the same delivery is new again.
+    let mut late = planned("same", "1.0.0", &["r"]);
+    late.event.received_at = first.event.received_at + 2_000;
+    let out = b
+        .replica
+        .ingest(vec![late.clone()], Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert!(!out[0].duplicate);
+    assert_eq!(out[0].event_id, late.event.id);
+    // And the delivery now names the new event.
+    let out = b
+        .store
+        .ingest(vec![planned("same", "1.0.0", &["r"])], WINDOW)
+        .await
+        .unwrap();
+    assert_eq!(
+        (out[0].duplicate, out[0].event_id.as_str()),
+        (true, late.event.id.as_str())
+    );
+    verified(&*b.store).await;
+}
+
+async fn leases_renewals_attempts_and_releases_hold_only_under_the_lease(b: Backend) {
+    let (store, replica) = (&*b.store, &*b.replica);
+    let id = one_job(store, "1.0.0").await;
+
+    let leased = store.lease_job("w1", LEASE).await.unwrap().unwrap();
+    assert_eq!(leased.job.id, id);
+    assert_eq!((leased.attempt, leased.attempts_in_budget), (1, 1));
+    assert_eq!(leased.job.state, JobState::Running);
+    assert!(replica.lease_job("w2", LEASE).await.unwrap().is_none());
+    assert!(store.renew_lease(&id, "w1", LEASE).await.unwrap());
+    assert!(!replica.renew_lease(&id, "w2", LEASE).await.unwrap());
+    // Another worker cannot report on it.
+    assert!(
+        !record(
+            replica,
+            &leased,
+            "w2",
+            Transition::Succeeded(Outcome::Promoted)
+        )
+        .await
+    );
+
+    // Given back untried: queued again, no attempt spent.
+    let back = Release {
+        job_id: id.clone(),
+        worker: "w1".into(),
+        attempt: 1,
+        at: now_millis(),
+        interrupted: None,
+    };
+    assert!(store.release_job(back.clone()).await.unwrap());
+    assert!(!store.release_job(back).await.unwrap());
+    let job = replica.job(&id).await.unwrap().unwrap();
+    assert_eq!((job.state, job.attempts.len()), (JobState::Queued, 0));
+
+    // A retryable failure.
+    let leased = replica.lease_job("w2", LEASE).await.unwrap().unwrap();
+    assert_eq!(leased.attempt, 1);
+    let retry = Transition::Retry { at: now_millis() };
+    assert!(record(replica, &leased, "w2", retry.clone()).await);
+    assert!(!record(replica, &leased, "w2", retry).await);
+    let job = store.job(&id).await.unwrap().unwrap();
+    assert_eq!(job.state, JobState::Retrying);
+    assert_eq!(job.attempts.len(), 1);
+    assert_eq!(job.attempts[0].upstream_status, Some(503));
+    assert_eq!(
+        job.last_error.map(|e| e.code),
+        Some(JobErrorCode::UpstreamUnavailable)
+    );
+
+    // Interrupted by a shutdown: the attempt is recorded and the job released.
+    let leased = store.lease_job("w1", LEASE).await.unwrap().unwrap();
+    assert_eq!((leased.attempt, leased.job.attempts.len()), (2, 1));
+    let interrupted = AttemptRecord {
+        n: 2,
+        started_at: leased.started_at,
+        duration_ms: 3,
+        upstream_status: None,
+        error: Some(JobError::new(JobErrorCode::Interrupted, "shut down")),
+    };
+    assert!(
+        store
+            .release_job(Release {
+                job_id: id.clone(),
+                worker: "w1".into(),
+                attempt: 2,
+                at: now_millis(),
+                interrupted: Some(interrupted),
+            })
+            .await
+            .unwrap()
+    );
+    let job = replica.job(&id).await.unwrap().unwrap();
+    assert_eq!((job.state, job.attempts.len()), (JobState::Retrying, 2));
+    assert_eq!(
+        job.last_error.map(|e| e.code),
+        Some(JobErrorCode::Interrupted)
+    );
+
+    // Success.
+    let leased = replica.lease_job("w2", LEASE).await.unwrap().unwrap();
+    assert_eq!((leased.attempt, leased.attempts_in_budget), (3, 3));
+    assert!(
+        record(
+            replica,
+            &leased,
+            "w2",
+            Transition::Succeeded(Outcome::Promoted)
+        )
+        .await
+    );
+    let job = store.job(&id).await.unwrap().unwrap();
+    assert_eq!(job.state, JobState::Succeeded);
+    assert_eq!(job.outcome, Some(Outcome::Promoted));
+    assert_eq!(
+        job.attempts.iter().map(|a| a.n).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    assert!(store.lease_job("w1", LEASE).await.unwrap().is_none());
+    assert!(store.next_wakeup().await.unwrap().is_none());
+    assert!(kinds(store).await.contains(&AuditKind::JobInterrupted));
+    verified(store).await;
+}
+
+async fn an_expired_lease_is_taken_over_and_the_lost_attempt_recorded(b: Backend) {
+    let id = one_job(&*b.store, "1.0.0").await;
+    // A lease that expires at once: its worker "died".
+    let dead = b
+        .store
+        .lease_job("dead", Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap();
+    let taken = b.replica.lease_job("alive", LEASE).await.unwrap().unwrap();
+    assert_eq!(taken.job.id, id);
+    assert_eq!(taken.attempt, 2);
+    assert_eq!(taken.job.attempts.len(), 1);
+    assert_eq!(
+        taken.job.attempts[0].error.as_ref().map(|e| e.code),
+        Some(JobErrorCode::LeaseExpired)
+    );
+
+    // The dead worker's late report and renewal are refused.
+    assert!(
+        !record(
+            &*b.store,
+            &dead,
+            "dead",
+            Transition::Succeeded(Outcome::Promoted)
+        )
+        .await
+    );
+    assert!(!b.store.renew_lease(&id, "dead", LEASE).await.unwrap());
+    assert!(
+        record(
+            &*b.replica,
+            &taken,
+            "alive",
+            Transition::Succeeded(Outcome::Noop)
+        )
+        .await
+    );
+    let job = b.store.job(&id).await.unwrap().unwrap();
+    assert_eq!(
+        (job.state, job.outcome),
+        (JobState::Succeeded, Some(Outcome::Noop))
+    );
+    let codes: Vec<Option<JobErrorCode>> = job
+        .attempts
+        .iter()
+        .map(|a| a.error.as_ref().map(|e| e.code))
+        .collect();
+    assert_eq!(codes, [Some(JobErrorCode::LeaseExpired), None]);
+    let attempts = records(&*b.store, Some(AuditKind::JobAttempt), Some(&id)).await;
+    assert!(
+        attempts[0]
+            .entry
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("lease_expired")
+    );
+    verified(&*b.store).await;
+}
+
+async fn concurrent_leasers_never_share_a_job(b: Backend) {
+    const JOBS: usize = 200;
+    const LEASERS: usize = 8;
+    for chunk in 0..JOBS / 50 {
+        let batch = (0..50)
+            .map(|i| planned(&new_id(), &format!("1.{chunk}.{i}"), &["r"]))
+            .collect();
+        b.store.ingest(batch, WINDOW).await.unwrap();
+    }
+    let mut tasks = Vec::new();
+    for k in 0..LEASERS {
+        // Half of them on the other replica.
+        let store = b.instance(k);
+        tasks.push(tokio::spawn(async move {
+            let worker = format!("w{k}");
+            let mut mine = Vec::new();
+            while let Some(leased) = store.lease_job(&worker, LEASE).await.unwrap() {
+                let done = Transition::Succeeded(Outcome::Promoted);
+                assert!(record(&*store, &leased, &worker, done).await);
+                mine.push(leased.job.id);
+            }
+            mine
+        }));
+    }
+    let mut leased = Vec::new();
+    for t in tasks {
+        leased.extend(t.await.unwrap());
+    }
+    let unique: HashSet<&String> = leased.iter().collect();
+    assert_eq!(leased.len(), JOBS, "a job was leased twice or never");
+    assert_eq!(unique.len(), JOBS);
+    let stats = b.store.queue_stats().await.unwrap();
+    assert_eq!(
+        stats.by_state.get(&JobState::Succeeded),
+        Some(&(JOBS as u64))
+    );
+    assert_eq!(stats.oldest_waiting_since, None);
+    verified(&*b.store).await;
+}
+
+/// An operator's action by `ops`: the job's new state, or the state that forbids it.
+async fn act(store: &dyn Store, id: &str, action: OperatorAction) -> Result<JobState, JobState> {
+    match store.operate(id, action, "ops").await.unwrap() {
+        OperatorOutcome::Done(job) => Ok(job.state),
+        OperatorOutcome::Conflict(state) => Err(state),
+        OperatorOutcome::NotFound => panic!("job {id} not found"),
+    }
+}
+
+async fn operator_actions_move_only_the_states_that_allow_them(b: Backend) {
+    let (store, replica) = (&*b.store, &*b.replica);
+    let id = one_job(store, "1.0.0").await;
+    use OperatorAction::{Cancel, Retry};
+    assert_eq!(act(store, &id, Retry).await, Err(JobState::Queued));
+    assert_eq!(act(replica, &id, Cancel).await, Ok(JobState::Cancelled));
+    assert_eq!(act(store, &id, Cancel).await, Err(JobState::Cancelled));
+    // A cancelled job is revived by a retry.
+    assert_eq!(act(store, &id, Retry).await, Ok(JobState::Queued));
+
+    // A failed job: retried with its history kept and a fresh attempt budget.
+    let leased = store.lease_job("w", LEASE).await.unwrap().unwrap();
+    let fail = Transition::Failed(JobError::new(
+        JobErrorCode::UpstreamRejected,
+        "403 Forbidden",
+    ));
+    assert!(record(store, &leased, "w", fail).await);
+    assert_eq!(act(replica, &id, Retry).await, Ok(JobState::Queued));
+    let again = store.lease_job("w", LEASE).await.unwrap().unwrap();
+    assert_eq!((again.attempt, again.attempts_in_budget), (2, 1));
+    assert_eq!(again.job.attempts.len(), 1);
+    // Running: neither action applies.
+    assert_eq!(act(store, &id, Cancel).await, Err(JobState::Running));
+
+    let missing = store.operate("nope", Retry, "ops").await.unwrap();
+    assert!(matches!(missing, OperatorOutcome::NotFound));
+    // A job whose templates failed has nothing to retry.
+    let mut broken = planned(&new_id(), "2.0.0", &[]);
+    broken.jobs.push(NewJob {
+        id: new_id(),
+        rule: "broken".into(),
+        target: "jfrog".into(),
+        action: Err(JobError::new(JobErrorCode::TemplateError, "no tag")),
+    });
+    let out = store.ingest(vec![broken], WINDOW).await.unwrap();
+    let broken_id = &out[0].jobs[0].id;
+    assert_eq!(act(store, broken_id, Retry).await, Err(JobState::Failed));
+
+    let actions = records(store, None, Some(&id)).await;
+    let by_ops: Vec<AuditKind> = actions
+        .iter()
+        .filter(|r| r.entry.actor == "ops")
+        .map(|r| r.entry.kind)
+        .collect();
+    assert_eq!(
+        by_ops,
+        [
+            AuditKind::JobCancelled,
+            AuditKind::JobRetried,
+            AuditKind::JobRetried
+        ]
+    );
+    verified(store).await;
+}
+
+async fn found(store: &dyn Store, key: &str, digest: Option<&str>, since: i64) -> bool {
+    let link = store.promotion_of(key, digest, since).await.unwrap();
+    link.is_some()
+}
+
+async fn promotion_of_finds_the_job_an_echo_belongs_to(b: Backend) {
+    let id = one_job(&*b.store, "1.0.0").await;
+    let output = promote("1.0.0").output_subject();
+    let key = subject_key(&output).unwrap();
+    let digest = output.digest.clone().unwrap();
+    let since = now_millis() - 60_000;
+    let link = b.replica.promotion_of(&key, Some(&digest), since).await;
+    let link = link.unwrap().unwrap();
+    assert_eq!((link.job_id.as_str(), link.chain_depth), (id.as_str(), 0));
+    let store = &*b.store;
+    assert!(found(store, &key, None, since).await);
+    let other = format!("sha256:{:0>64}", "f");
+    assert!(!found(store, &key, Some(&other), since).await);
+    assert!(!found(store, &key, None, now_millis() + 60_000).await);
+    assert!(!found(store, "docker:staging/app:9.9.9", None, since).await);
+    act(store, &id, OperatorAction::Cancel).await.unwrap();
+    assert!(!found(store, &key, None, since).await);
+}
+
+async fn a_rule_acts_once_per_parent_promotion(b: Backend) {
+    let parent = one_job(&*b.store, "1.0.0").await;
+    let leased = b.store.lease_job("w", LEASE).await.unwrap().unwrap();
+    // The success emits gantry's own event, whose rule `next` makes a child job.
+    let mut emitted = planned(&format!("job:{parent}"), "1.0.0", &["next"]);
+    emitted.event.source = "gantry".into();
+    emitted.event.parent_job_id = Some(parent.clone());
+    emitted.event.chain_depth = 1;
+    let mut done = report(&leased, "w", Transition::Succeeded(Outcome::Promoted));
+    done.emit = Some(emitted.clone());
+    assert!(b.store.record_attempt(done).await.unwrap());
+    let child = b
+        .replica
+        .jobs(JobFilter {
+            rule: Some("next".into()),
+            limit: 10,
+            ..JobFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(child.items.len(), 1);
+    let child = &child.items[0];
+    assert_eq!(child.parent_job_id.as_deref(), Some(parent.as_str()));
+    assert_eq!((child.chain_depth, child.state), (1, JobState::Queued));
+    assert_eq!(child.event_id, emitted.event.id);
+
+    // The upstream's echo of the same promotion: stored, but `next` acts only once.
+    let mut echo = planned("echo-1", "1.0.0", &["next"]);
+    echo.event.source = "artifactory".into();
+    echo.event.parent_job_id = Some(parent.clone());
+    echo.event.chain_depth = 1;
+    let out = b.replica.ingest(vec![echo], WINDOW).await.unwrap();
+    assert!(!out[0].duplicate);
+    assert!(out[0].jobs.is_empty());
+    let dups = records(&*b.store, Some(AuditKind::JobDuplicate), None).await;
+    assert_eq!(dups.len(), 1);
+    assert_eq!(dups[0].entry.job_id.as_deref(), Some(child.id.as_str()));
+    verified(&*b.store).await;
+}
+
+async fn listings_filter_and_page_with_cursors(b: Backend) {
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let source = if i < 3 { "ci" } else { "artifactory" };
+        let rule = if i % 2 == 0 { "a" } else { "b" };
+        let mut new = planned(&new_id(), &format!("1.0.{i}"), &[rule]);
+        new.event.source = source.into();
+        ids.push(new.event.id.clone());
+        b.store.ingest(vec![new], WINDOW).await.unwrap();
+    }
+    let s = &*b.replica;
+    let page = |before: Option<String>| EventFilter {
+        before,
+        limit: 2,
+        ..EventFilter::default()
+    };
+    let first = s.events(page(None)).await.unwrap();
+    let second = s.events(page(first.next.clone())).await.unwrap();
+    let third = s.events(page(second.next.clone())).await.unwrap();
+    let seen: Vec<String> = [&first, &second, &third]
+        .iter()
+        .flat_map(|p| p.items.iter().map(|e| e.event.id.clone()))
+        .collect();
+    let newest_first: Vec<String> = ids.iter().rev().cloned().collect();
+    assert_eq!(seen, newest_first);
+    assert!(first.next.is_some() && third.next.is_none());
+    assert_eq!(first.items[0].jobs.len(), 1);
+    let from = s
+        .events(EventFilter {
+            source: Some("artifactory".into()),
+            kind: Some("test-passed".into()),
+            limit: 10,
+            ..EventFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(from.items.len(), 2);
+    assert!(from.next.is_none());
+
+    let rule_a = s
+        .jobs(JobFilter {
+            rule: Some("a".into()),
+            state: Some(JobState::Queued),
+            limit: 2,
+            ..JobFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(rule_a.items.len(), 2);
+    let rest = s
+        .jobs(JobFilter {
+            rule: Some("a".into()),
+            before: rule_a.next.clone(),
+            limit: 2,
+            ..JobFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(rest.items.len(), 1);
+    assert!(rest.items[0].id < rule_a.items[1].id);
+
+    let audit = |after: Option<i64>| AuditFilter {
+        after,
+        limit: 4,
+        ..AuditFilter::default()
+    };
+    let head = s.audit(audit(None)).await.unwrap();
+    let seqs: Vec<i64> = head.items.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, [1, 2, 3, 4]);
+    assert_eq!(head.next.as_deref(), Some("4"));
+    let tail = s.audit(audit(Some(4))).await.unwrap();
+    assert_eq!(tail.items[0].seq, 5);
+    let created = s
+        .audit(AuditFilter {
+            kind: Some(AuditKind::JobCreated),
+            tag: Some("1.0.3".into()),
+            image: Some("app".into()),
+            rule: Some("b".into()),
+            since: Some(now_millis() - DAY),
+            until: Some(now_millis() + DAY),
+            limit: 10,
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(created.items.len(), 1);
+    assert_eq!(
+        created.items[0].entry.event_id.as_deref(),
+        Some(ids[3].as_str())
+    );
+}
+
+async fn the_audit_chain_stays_linear_under_concurrent_appends(b: Backend) {
+    const TASKS: usize = 8;
+    const EACH: usize = 25;
+    let mut tasks = Vec::new();
+    for k in 0..TASKS {
+        let store = b.instance(k);
+        tasks.push(tokio::spawn(async move {
+            for i in 0..EACH {
+                if i % 5 == 0 {
+                    // Ingests chain several records in one transaction.
+                    store
+                        .ingest(vec![planned(&new_id(), "1.0.0", &["r"])], WINDOW)
+                        .await
+                        .unwrap();
+                } else {
+                    let entry = AuditEntry::rejected("test", &format!("task {k} record {i}"));
+                    store.append_audit(entry).await.unwrap();
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // Each ingest writes two records: the event received and its job created.
+    let ingests = TASKS * EACH / 5;
+    let expected = (TASKS * EACH - ingests + ingests * 2) as u64;
+    assert_eq!(verified(&*b.store).await, expected);
+    let rows = b.replica.audit_chain(0, 10_000).await.unwrap();
+    let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, (1..=expected as i64).collect::<Vec<_>>());
+}
+
+async fn pruning_cuts_the_chain_at_a_checkpoint_that_verifies(b: Backend) {
+    let now = now_millis();
+    for i in 0..10 {
+        let mut e = AuditEntry::rejected("ci", &format!("record {i}"));
+        e.at = now - (10 - i) * DAY;
+        b.store.append_audit(e).await.unwrap();
+    }
+    // An old delivery, past the dedupe window.
+    let mut old = planned("old-delivery", "1.0.0", &[]);
+    old.event.received_at = now - 2 * DAY;
+    b.store.ingest(vec![old], WINDOW).await.unwrap();
+
+    // Keep the last 4 days: records 1–6 go, and a checkpoint names record 6's hash.
+    let pruned = b
+        .replica
+        .prune(Some(now - 4 * DAY - 1), now - DAY)
+        .await
+        .unwrap();
+    assert_eq!((pruned.audit_records, pruned.deliveries), (6, 1));
+    let verdict = b.store.verify_audit().await.unwrap();
+    assert!(verdict.ok, "{verdict:?}");
+    // Records 7–10, the received event (11) and the checkpoint (12).
+    assert_eq!((verdict.records, verdict.head_seq), (6, Some(12)));
+    let rows = b.store.audit_chain(0, 100).await.unwrap();
+    assert_eq!(rows.first().map(|r| r.seq), Some(7));
+    // Nothing older than the cut is left, so a second pass removes nothing.
+    let again = b
+        .store
+        .prune(Some(now - 4 * DAY - 1), now - DAY)
+        .await
+        .unwrap();
+    assert_eq!((again.audit_records, again.deliveries), (0, 0));
+    assert!(b.store.verify_audit().await.unwrap().ok);
+
+    // The pruned delivery is new again.
+    let out = b
+        .store
+        .ingest(vec![planned("old-delivery", "1.0.0", &[])], WINDOW)
+        .await
+        .unwrap();
+    assert!(!out[0].duplicate);
+}
+
+async fn the_work_signal_fires_after_a_commit_that_queues_work(b: Backend) {
+    // On PostgreSQL the replica hears the other instance's commit (LISTEN/NOTIFY).
+    let signal = b.replica.work_signal();
+    let notified = signal.notified();
+    tokio::pin!(notified);
+    notified.as_mut().enable();
+    b.store
+        .ingest(vec![planned(&new_id(), "1.0.0", &["r"])], WINDOW)
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), notified)
+        .await
+        .expect("the work signal did not fire");
+}
+
+/// The connection that listens for other replicas' work is re-established when it
+/// drops, and wakes workers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_listener_reconnects_after_its_connection_drops() {
+    let Some(schema) = PgSchema::create().await else {
+        return;
+    };
+    let url = StoreUrl::Postgres(PostgresUrl::parse(&schema.url()).unwrap());
+    let (store, replica) = (
+        gantry::store::open(&url).await.unwrap(),
+        gantry::store::open(&url).await.unwrap(),
+    );
+    let admin = schema.connect().await;
+    let listeners = "SELECT pid FROM pg_stat_activity
+        WHERE application_name = $1 AND query LIKE 'LISTEN%' AND pid <> pg_backend_pid()";
+    let before = admin.query(listeners, &[&schema.name()]).await.unwrap();
+    assert_eq!(before.len(), 2, "one listener per instance");
+    let killed = admin
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE application_name = $1 AND query LIKE 'LISTEN%'",
+            &[&schema.name()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(killed, 2);
+    let old: HashSet<i32> = before.iter().map(|r| r.get(0)).collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now: HashSet<i32> = admin
+            .query(listeners, &[&schema.name()])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if now.len() == 2 && now.is_disjoint(&old) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the listeners did not come back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Past the wake-up a reconnection gives (work may have been queued meanwhile).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let b = Backend {
+        store,
+        replica,
+        _db: Box::new(schema),
+    };
+    the_work_signal_fires_after_a_commit_that_queues_work(b).await;
+}
