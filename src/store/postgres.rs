@@ -25,7 +25,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::pin::pin;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -764,10 +764,18 @@ enum Pick {
     Expired,
 }
 
+/// The lease statements, built once: every idle worker runs one on each wake-up.
+static LEASE_SQL: LazyLock<[String; 2]> =
+    LazyLock::new(|| [build_lease_sql(Pick::Due), build_lease_sql(Pick::Expired)]);
+
+fn lease_sql(pick: Pick) -> &'static str {
+    &LEASE_SQL[pick as usize]
+}
+
 /// Leases one job of `pick` in one statement: `SKIP LOCKED` passes over a job
 /// another worker is leasing at this moment instead of waiting for it. Returns the
 /// job's columns, then `attempts`, `retry_base` and the previous attempt's start.
-fn lease_sql(pick: Pick) -> String {
+fn build_lease_sql(pick: Pick) -> String {
     let (condition, order) = match pick {
         Pick::Due => (
             "state IN ('queued', 'retrying') AND next_attempt_at <= $1",
@@ -888,7 +896,7 @@ impl Store for PostgresStore {
         let mut client = self.client().await?;
         // A due job: one statement, committed on its own.
         let p: [&(dyn ToSql + Sync); 3] = [&now, &worker, &expires];
-        if let Some(row) = query_opt(&client, &lease_sql(Pick::Due), &p).await? {
+        if let Some(row) = query_opt(&client, lease_sql(Pick::Due), &p).await? {
             let mut w = Writes::default();
             let (job, _) = leased(&client, &row, Pick::Due, now, &mut w).await?;
             return Ok(Some(job));
@@ -896,7 +904,7 @@ impl Store for PostgresStore {
         // A job whose worker died: taken over together with the record of the attempt
         // it lost.
         let tx = client.transaction().await.map_err(unavailable)?;
-        let Some(row) = query_opt(&tx, &lease_sql(Pick::Expired), &p).await? else {
+        let Some(row) = query_opt(&tx, lease_sql(Pick::Expired), &p).await? else {
             return Ok(None);
         };
         let mut w = Writes::default();

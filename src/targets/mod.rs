@@ -40,6 +40,24 @@ pub struct TargetError {
 }
 
 impl TargetError {
+    /// Digest pinning, shared by every target: the source must still hold the digest
+    /// the event named (`named`), or the promotion would ship an untested build.
+    /// `holds` says how the source holds it ("points at", "has checksum").
+    pub fn unless_pinned(
+        subject: &dyn std::fmt::Display,
+        named: Option<&str>,
+        current: Option<&str>,
+        holds: &str,
+    ) -> Result<(), TargetError> {
+        match (named, current) {
+            (Some(named), Some(current)) if named != current => Err(TargetError::permanent(
+                JobErrorCode::DigestMismatch,
+                format!("{subject} now {holds} {current}, not {named} named by the event"),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// A failure no retry can fix.
     pub fn permanent(code: JobErrorCode, message: impl Into<String>) -> Self {
         TargetError {

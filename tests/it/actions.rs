@@ -62,6 +62,19 @@ async fn job_for(app: &TestApp, source: &str, body: &[u8]) -> Value {
     app.wait_final(&id).await
 }
 
+/// The final state of the job an approved release bundle version produced.
+async fn bundle_job(app: &TestApp, bundle: &str, version: &str) -> Value {
+    let body = json!({"event": "bundle-approved", "build": {"name": bundle, "number": version}});
+    job_for(app, "ci", body.to_string().as_bytes()).await
+}
+
+/// Asserts the job failed, with `text` in its last error's message.
+fn assert_failed_with(job: &Value, text: &str) {
+    assert_eq!(job["state"], "failed", "{job:#}");
+    let message = job["last_error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains(text), "{message}");
+}
+
 fn posts(requests: &[Request]) -> Vec<&Request> {
     requests
         .iter()
@@ -328,12 +341,7 @@ async fn an_async_release_bundle_promotion_is_polled_to_completion() {
         .expect(1)
         .mount(&app.upstream)
         .await;
-    let job = job_for(
-        &app,
-        "ci",
-        br#"{"event":"bundle-approved","build":{"name":"Commons-Bundle","number":"1.0.0"}}"#,
-    )
-    .await;
+    let job = bundle_job(&app, "Commons-Bundle", "1.0.0").await;
     assert_eq!(
         (job["state"].as_str(), job["outcome"].as_str()),
         (Some("succeeded"), Some("promoted")),
@@ -353,12 +361,7 @@ async fn a_release_bundle_promotion_created_synchronously_needs_no_polling() {
         .expect(1)
         .mount(&app.upstream)
         .await;
-    let job = job_for(
-        &app,
-        "ci",
-        br#"{"event":"bundle-approved","build":{"name":"b","number":"2"}}"#,
-    )
-    .await;
+    let job = bundle_job(&app, "b", "2").await;
     assert_eq!(job["state"], "succeeded");
     let received = app.upstream.received_requests().await.unwrap();
     assert!(
@@ -384,19 +387,8 @@ async fn a_failed_async_release_bundle_promotion_fails_the_job_with_its_messages
         ]})))
         .mount(&app.upstream)
         .await;
-    let job = job_for(
-        &app,
-        "ci",
-        br#"{"event":"bundle-approved","build":{"name":"b","number":"3"}}"#,
-    )
-    .await;
-    assert_eq!(job["state"], "failed");
-    assert!(
-        job["last_error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("Target artifact already exists: npm-prod/a.tgz")
-    );
+    let job = bundle_job(&app, "b", "3").await;
+    assert_failed_with(&job, "Target artifact already exists: npm-prod/a.tgz");
     app.stop().await;
 }
 
@@ -436,36 +428,15 @@ async fn release_bundle_errors_and_earlier_promotions() {
         ]})))
         .mount(&app.upstream)
         .await;
-    let noop = job_for(
-        &app,
-        "ci",
-        br#"{"event":"bundle-approved","build":{"name":"b","number":"4"}}"#,
-    )
-    .await;
+    let noop = bundle_job(&app, "b", "4").await;
     assert_eq!(noop["outcome"], "noop", "{noop:#}");
-    let waited = job_for(
-        &app,
-        "ci",
-        br#"{"event":"bundle-approved","build":{"name":"b","number":"5"}}"#,
-    )
-    .await;
+    let waited = bundle_job(&app, "b", "5").await;
     assert_eq!(
         (waited["state"].as_str(), waited["outcome"].as_str()),
         (Some("succeeded"), Some("promoted"))
     );
-    let refused = job_for(
-        &app,
-        "ci",
-        br#"{"event":"bundle-approved","build":{"name":"b","number":"6"}}"#,
-    )
-    .await;
-    assert_eq!(refused["state"], "failed");
-    assert!(
-        refused["last_error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("has not been signed")
-    );
+    let refused = bundle_job(&app, "b", "6").await;
+    assert_failed_with(&refused, "has not been signed");
     assert_eq!(
         posts(&app.upstream.received_requests().await.unwrap()).len(),
         1,

@@ -59,10 +59,7 @@ async fn an_operator_retry_revives_a_failed_job_and_keeps_its_history() {
         .with_priority(1)
         .mount(&app.upstream)
         .await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200))
-        .mount(&app.upstream)
-        .await;
+    app.upstream_answers(200).await;
     let id = send_one(&app, "1.0.0").await;
     assert_eq!(app.wait_final(&id).await["state"], "failed");
 
@@ -97,10 +94,7 @@ async fn an_operator_retry_revives_a_failed_job_and_keeps_its_history() {
 #[tokio::test]
 async fn jobs_are_listed_newest_first_filtered_and_paged() {
     let app = spawn_app(RULE).await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(400))
-        .mount(&app.upstream)
-        .await;
+    app.upstream_answers(400).await;
     let mut ids = Vec::new();
     for tag in ["1", "2", "3"] {
         let id = send_one(&app, tag).await;

@@ -3,8 +3,6 @@
 //! and the paging of `GET /api/v1/audit`.
 
 use serde_json::Value;
-use wiremock::matchers::method;
-use wiremock::{Mock, ResponseTemplate};
 
 use crate::harness::{TestApp, VIEWER_TOKEN, spawn_app};
 
@@ -25,10 +23,7 @@ action = { type = "promote", target = "jfrog", to_repo = "scanned" }
 /// An app with a trail of a few dozen records: promotions that succeed and fail.
 async fn app_with_trail() -> TestApp {
     let app = spawn_app(RULE).await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200))
-        .mount(&app.upstream)
-        .await;
+    app.upstream_answers(200).await;
     for (event, tag) in [
         ("test-passed", "1"),
         ("test-passed", "2"),

@@ -257,10 +257,7 @@ action = { type = "promote", target = "jfrog", to_repo = "staging" }
         .with_priority(1)
         .mount(&app.upstream)
         .await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200))
-        .mount(&app.upstream)
-        .await;
+    app.upstream_answers(200).await;
     let body = br#"{"event":"test-passed","repo":"dev","image":"app","tag":"1.0.0"}"#;
     let answer: serde_json::Value = app.send("ci", body).await.json().await.unwrap();
     let id = answer["jobs"][0]["id"].as_str().unwrap().to_string();

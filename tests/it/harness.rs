@@ -11,7 +11,7 @@ use gantry::config::{self, ConfigPath};
 use hmac::{KeyInit, Mac};
 use serde_json::Value;
 use tempfile::TempDir;
-use wiremock::MockServer;
+use wiremock::{Mock, MockServer, ResponseTemplate};
 
 /// `server.max_body_bytes` in the test config.
 pub const MAX_BODY: usize = 65536;
@@ -297,6 +297,14 @@ pub async fn spawn_app(rules: &str) -> TestApp {
 }
 
 impl TestApp {
+    /// Makes the fake upstream answer every POST with `status`.
+    pub async fn upstream_answers(&self, status: u16) {
+        Mock::given(wiremock::matchers::method("POST"))
+            .respond_with(ResponseTemplate::new(status))
+            .mount(&self.upstream)
+            .await;
+    }
+
     /// The SQLite file the app runs on, for tests that tamper with it.
     pub fn db_path(&self) -> PathBuf {
         self._dir.path().join("gantry.db")

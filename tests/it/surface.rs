@@ -100,10 +100,7 @@ async fn every_admin_route_wants_a_token_of_the_right_role() {
 #[tokio::test]
 async fn events_rules_and_simulate() {
     let app = spawn_app(RULES).await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200))
-        .mount(&app.upstream)
-        .await;
+    app.upstream_answers(200).await;
     let body =
         br#"{"event":"test-passed","repo":"dev","image":"app","tag":"1.2.0","digest":"sha256:ab"}"#;
     let answer: Value = app.send("ci", body).await.json().await.unwrap();
@@ -228,10 +225,7 @@ async fn a_scrape_counts_what_happened() {
         .with_priority(1)
         .mount(&app.upstream)
         .await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200))
-        .mount(&app.upstream)
-        .await;
+    app.upstream_answers(200).await;
     // 3 accepted (2 with a job), 1 duplicate, 2 rejected, 1 from an unknown source.
     let mut jobs = Vec::new();
     for tag in ["1.0.0", "1.1.0", "0.1.0"] {

@@ -23,9 +23,10 @@ enum Record {
     None,
 }
 
-/// The latest promotion of this version to this environment.
-async fn existing(a: &Artifactory, from: &BundleRef, env: &str) -> Result<Record, TargetError> {
-    let url = a.url([
+/// The promotion records of a bundle version: read to find earlier promotions,
+/// posted to to start one.
+fn records_url(a: &Artifactory, from: &BundleRef) -> reqwest::Url {
+    a.url([
         "lifecycle",
         "api",
         "v2",
@@ -33,8 +34,12 @@ async fn existing(a: &Artifactory, from: &BundleRef, env: &str) -> Result<Record
         "records",
         &from.bundle,
         &from.version,
-    ]);
-    let Some(records) = a.read_json(url).await? else {
+    ])
+}
+
+/// The latest promotion of this version to this environment.
+async fn existing(a: &Artifactory, from: &BundleRef, env: &str) -> Result<Record, TargetError> {
+    let Some(records) = a.read_json(records_url(a, from)).await? else {
         return Ok(Record::None);
     };
     let promotions = records
@@ -130,15 +135,7 @@ pub async fn promote(
     if dry_run {
         return Ok(done(Outcome::DryRun, None));
     }
-    let mut url = a.url([
-        "lifecycle",
-        "api",
-        "v2",
-        "promotion",
-        "records",
-        &from.bundle,
-        &from.version,
-    ]);
+    let mut url = records_url(a, from);
     url.query_pairs_mut().append_pair("async", "true");
     let mut body = json!({ "environment": to.environment });
     if !to.included_repositories.is_empty() {

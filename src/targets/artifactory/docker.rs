@@ -5,7 +5,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 
 use super::{Artifactory, done};
-use crate::domain::{ImageRef, JobErrorCode, Outcome};
+use crate::domain::{ImageRef, Outcome};
 use crate::targets::{Effect, TargetError, status_error, transport_error};
 
 /// Every manifest type a tag can point at, so the digest read is the one stored.
@@ -61,14 +61,7 @@ pub async fn promote(
     dry_run: bool,
 ) -> Result<Effect, TargetError> {
     let source = digest_of(a, from).await?;
-    if let (Some(named), Some(current)) = (&from.digest, &source)
-        && named != current
-    {
-        return Err(TargetError::permanent(
-            JobErrorCode::DigestMismatch,
-            format!("{from} now points at {current}, not at {named} named by the event"),
-        ));
-    }
+    TargetError::unless_pinned(from, from.digest.as_deref(), source.as_deref(), "points at")?;
     let expected = from.digest.as_deref().or(source.as_deref());
     let target = digest_of(a, to).await?;
     if already_done(expected, source.as_deref(), target.as_deref(), copy) {

@@ -5,7 +5,7 @@ use reqwest::Method;
 use serde_json::Value;
 
 use super::{Artifactory, done};
-use crate::domain::{ItemRef, JobErrorCode, Outcome};
+use crate::domain::{ItemRef, Outcome};
 use crate::targets::{Effect, TargetError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,14 +36,12 @@ pub async fn transfer(
     dry_run: bool,
 ) -> Result<Effect, TargetError> {
     let source = sha256_of(a, from).await?;
-    if let (Some(named), Some(current)) = (&from.digest, &source)
-        && named != current
-    {
-        return Err(TargetError::permanent(
-            JobErrorCode::DigestMismatch,
-            format!("{from} now has checksum {current}, not {named} named by the event"),
-        ));
-    }
+    TargetError::unless_pinned(
+        from,
+        from.digest.as_deref(),
+        source.as_deref(),
+        "has checksum",
+    )?;
     let expected = from.digest.as_deref().or(source.as_deref());
     let target = sha256_of(a, to).await?;
     let moved_away = mode == Mode::Copy || source.as_deref() != expected;

@@ -212,17 +212,12 @@ impl OciTarget {
                 self.registry.name
             )));
         };
-        if let Some(named) = &from.digest
-            && *named != source.digest
-        {
-            return Err(TargetError::permanent(
-                JobErrorCode::DigestMismatch,
-                format!(
-                    "{from} now points at {}, not at {named} named by the event",
-                    source.digest
-                ),
-            ));
-        }
+        TargetError::unless_pinned(
+            from,
+            from.digest.as_deref(),
+            Some(&source.digest),
+            "points at",
+        )?;
         let copied = target.as_deref() == Some(source.digest.as_str());
         if copied && copy {
             return Ok(done(Outcome::Noop));
