@@ -127,8 +127,10 @@ pub async fn start(service: Service, mode: Mode) -> anyhow::Result<Running> {
                 sources,
                 rules,
                 store: store.clone(),
-                dedupe_window: config.defaults.dedupe_window,
-                max_chain_depth: config.defaults.max_chain_depth,
+                policy: store::IngestPolicy {
+                    dedupe_window: config.defaults.dedupe_window,
+                    max_chain_depth: config.defaults.max_chain_depth,
+                },
             },
             store,
             admin_tokens: config.admin_tokens.clone(),

@@ -15,9 +15,9 @@ use crate::audit::AuditEntry;
 use crate::config::{Config, Problem};
 use serde::Serialize;
 
-use crate::domain::{Action, Event, JobError, NewJob, now_millis, subject_key};
+use crate::domain::{Action, Event, JobError, NewJob, now_millis};
 use crate::rules::RuleSet;
-use crate::store::{IngestOutcome, NewEvent, Store, StoreError};
+use crate::store::{IngestOutcome, IngestPolicy, NewEvent, Store, StoreError};
 
 /// Read access to request headers, by case-insensitive name, whatever carried them.
 pub trait Headers {
@@ -102,14 +102,14 @@ impl Receipt {
 /// Plans an event's jobs for the store. A chain deeper than `max_chain_depth` gets
 /// none, and a note on the record says which promotions were refused.
 pub fn plan(rules: &RuleSet, event: Event, max_chain_depth: u32) -> NewEvent {
-    let mut jobs = plan_jobs(rules, &event);
-    let mut notes = Vec::new();
-    if event.chain_depth > max_chain_depth && !jobs.is_empty() {
-        let refused: Vec<String> = jobs.iter().map(|j| j.rule.clone()).collect();
-        notes.push(AuditEntry::chain_refused(&event, &refused, max_chain_depth));
-        jobs.clear();
-    }
-    NewEvent { event, jobs, notes }
+    let jobs = plan_jobs(rules, &event);
+    let mut new = NewEvent {
+        event,
+        jobs,
+        notes: Vec::new(),
+    };
+    new.refuse_past(max_chain_depth);
+    new
 }
 
 /// Plans the jobs the rules ask for an event: a template that cannot be rendered
@@ -192,8 +192,7 @@ pub struct Ingest {
     pub sources: Sources,
     pub rules: Arc<RuleSet>,
     pub store: Arc<dyn Store>,
-    pub dedupe_window: std::time::Duration,
-    pub max_chain_depth: u32,
+    pub policy: IngestPolicy,
 }
 
 impl Ingest {
@@ -224,37 +223,17 @@ impl Ingest {
             .get(source_name)
             .ok_or_else(|| IngestError::UnknownSource(source_name.to_string()))?;
         let verified = source.verifier.verify(headers, body)?;
-        let mut events =
-            source
-                .normalizer
-                .normalize(&source.name, verified, headers, now_millis())?;
-        for event in &mut events {
-            self.link_echo(event).await?;
-        }
+        let events = source
+            .normalizer
+            .normalize(&source.name, verified, headers, now_millis())?;
+        // Planned here, in parallel with other requests; the store links echoes to
+        // their chains in its transaction and applies the depth limit then.
         let batch = events
             .into_iter()
-            .map(|event| plan(&self.rules, event, self.max_chain_depth))
+            .map(|event| plan(&self.rules, event, self.policy.max_chain_depth))
             .collect();
-        let events = self.store.ingest(batch, self.dedupe_window).await?;
+        let events = self.store.ingest(batch, self.policy).await?;
         Ok(Receipt { events })
-    }
-
-    /// An upstream's echo of a promotion gantry made (Artifactory's `docker.promoted`,
-    /// a registry push of the promoted tag) joins that promotion's chain: it gets
-    /// the job as parent and the next depth, so rules acting on it neither start a
-    /// second copy of the next stage nor escape `max_chain_depth`.
-    async fn link_echo(&self, event: &mut Event) -> Result<(), StoreError> {
-        let Some(key) = subject_key(&event.subject) else {
-            return Ok(());
-        };
-        let window = i64::try_from(self.dedupe_window.as_millis()).unwrap_or(i64::MAX);
-        let since = event.received_at.saturating_sub(window);
-        let digest = event.subject.digest.as_deref();
-        if let Some(link) = self.store.promotion_of(&key, digest, since).await? {
-            event.parent_job_id = Some(link.job_id);
-            event.chain_depth = link.chain_depth + 1;
-        }
-        Ok(())
     }
 
     /// Records a refused request. A store failure here is logged and does not change

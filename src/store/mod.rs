@@ -38,11 +38,43 @@ pub struct NewEvent {
     pub notes: Vec<AuditEntry>,
 }
 
+impl NewEvent {
+    /// Joins the chain of the promotion this event echoes (Artifactory's
+    /// `docker.promoted`, a registry push of the promoted tag): the job becomes its
+    /// parent and it goes one level deeper, so rules acting on it neither start a
+    /// second copy of the next stage nor escape `max_chain_depth`.
+    pub fn join_chain(&mut self, link: ChainLink, max_chain_depth: u32) {
+        self.event.parent_job_id = Some(link.job_id);
+        self.event.chain_depth = link.chain_depth + 1;
+        self.refuse_past(max_chain_depth);
+    }
+
+    /// Past `max_chain_depth` the event's jobs are not started; a note on the record
+    /// says which promotions were refused.
+    pub fn refuse_past(&mut self, max_chain_depth: u32) {
+        if self.event.chain_depth > max_chain_depth && !self.jobs.is_empty() {
+            let refused: Vec<String> = self.jobs.iter().map(|j| j.rule.clone()).collect();
+            let note = AuditEntry::chain_refused(&self.event, &refused, max_chain_depth);
+            self.notes.push(note);
+            self.jobs.clear();
+        }
+    }
+}
+
 /// The job whose promotion an event echoes, and how deep its chain is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChainLink {
     pub job_id: String,
     pub chain_depth: u32,
+}
+
+/// How [`Store::ingest`] treats each event of a batch.
+#[derive(Debug, Clone, Copy)]
+pub struct IngestPolicy {
+    /// A delivery seen again within this window is a duplicate; an echo is looked for
+    /// among the promotions made within it.
+    pub dedupe_window: Duration,
+    pub max_chain_depth: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -202,22 +234,17 @@ pub struct Page<T> {
 #[async_trait]
 pub trait Store: Send + Sync {
     /// Stores each event with its jobs and audit records in one transaction, unless
-    /// its delivery was already seen within `dedupe_window`. Returns only once durable.
+    /// its delivery was already seen within the dedupe window. An event without a
+    /// parent that echoes a promotion joins its chain ([`NewEvent::join_chain`]): the
+    /// most recent job within the window, not failed or cancelled, whose promotion
+    /// produced the event's subject (see `domain::subject_key`) and, when both are
+    /// known, the same digest. The lookup runs in the same transaction, so it costs no
+    /// extra round trip. Returns only once durable.
     async fn ingest(
         &self,
         batch: Vec<NewEvent>,
-        dedupe_window: Duration,
+        policy: IngestPolicy,
     ) -> Result<Vec<IngestOutcome>, StoreError>;
-
-    /// The most recent job (since `since`, not failed or cancelled) whose promotion
-    /// produced `key` (see `domain::subject_key`), and, when both are known, the
-    /// same digest: the job an upstream's echo belongs to.
-    async fn promotion_of(
-        &self,
-        key: &str,
-        digest: Option<&str>,
-        since: Millis,
-    ) -> Result<Option<ChainLink>, StoreError>;
 
     /// Appends one audit record on its own.
     async fn append_audit(&self, entry: AuditEntry) -> Result<(), StoreError>;

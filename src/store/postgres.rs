@@ -39,15 +39,15 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{AsyncMessage, NoTls, Row};
 
 use super::rows::{
-    ATTEMPT_COLUMNS, AUDIT_COLUMNS, Arg, Columns, EVENT_COLUMNS, JOB_COLUMNS, JobInsert, Landing,
-    Listing, attempt_values, audit_listing, events_listing, job_state, jobs_listing, lease_expired,
-    millis, narrow, operator_move, page, payload_text, read_attempt, read_audit, read_event,
-    read_job, sql_limit,
+    ATTEMPT_COLUMNS, AUDIT_COLUMNS, Arg, Columns, EMITTED, EVENT_COLUMNS, EchoProbe, JOB_COLUMNS,
+    JobInsert, Landing, Listing, attempt_values, audit_listing, events_listing, job_state,
+    jobs_listing, lease_expired, millis, narrow, operator_move, page, payload_text, read_attempt,
+    read_audit, read_event, read_job, sql_limit,
 };
 use super::{
-    AttemptReport, AuditFilter, ChainLink, ChainRow, EventFilter, IngestOutcome, JobFilter, JobRef,
-    JobSummary, LeasedJob, NewEvent, OperatorAction, OperatorOutcome, Page, Pruned, QueueStats,
-    Release, Store, StoreError, StoredEvent, Transition,
+    AttemptReport, AuditFilter, ChainLink, ChainRow, EventFilter, IngestOutcome, IngestPolicy,
+    JobFilter, JobRef, JobSummary, LeasedJob, NewEvent, OperatorAction, OperatorOutcome, Page,
+    Pruned, QueueStats, Release, Store, StoreError, StoredEvent, Transition,
 };
 use crate::audit::{Anchor, AuditEntry, AuditRecord, GENESIS, chain_hash};
 use crate::config::PostgresUrl;
@@ -494,12 +494,37 @@ struct AuditColumns<'a> {
 }
 
 /// Stores one event with its jobs, unless its delivery was seen within `window`.
+/// The most recent job whose promotion produced what `probe` names.
+async fn promotion_of(
+    tx: &Transaction<'_>,
+    probe: &EchoProbe<'_>,
+) -> Result<Option<ChainLink>, StoreError> {
+    let row = query_opt(
+        tx,
+        "SELECT id, chain_depth FROM jobs
+         WHERE target_ref = $1 AND created_at >= $2
+           AND state NOT IN ('failed', 'cancelled')
+           AND ($3::text IS NULL OR target_digest IS NULL OR target_digest = $3)
+         ORDER BY created_at DESC LIMIT 1",
+        &[&probe.key, &probe.since, &probe.digest],
+    )
+    .await?;
+    row.map(|r| {
+        Ok(ChainLink {
+            job_id: r.text(0)?,
+            chain_depth: narrow("job chain depth", r.int(1)?)?,
+        })
+    })
+    .transpose()
+}
+
 async fn ingest_one(
     tx: &Transaction<'_>,
     new: &NewEvent,
-    window: Duration,
+    policy: IngestPolicy,
     w: &mut Writes,
 ) -> Result<IngestOutcome, StoreError> {
+    let window = policy.dedupe_window;
     let ev = &new.event;
     // Claims the delivery, or takes it over when the one seen is older than the window.
     let claimed = query_opt(
@@ -522,6 +547,20 @@ async fn ingest_one(
     if claimed.is_none() {
         return duplicate(tx, ev, w).await;
     }
+    let joined;
+    let new = match EchoProbe::of(ev, window) {
+        Some(probe) => match promotion_of(tx, &probe).await? {
+            Some(link) => {
+                let mut echo = new.clone();
+                echo.join_chain(link, policy.max_chain_depth);
+                joined = echo;
+                &joined
+            }
+            None => new,
+        },
+        None => new,
+    };
+    let ev = &new.event;
 
     let s = &ev.subject;
     let payload = payload_text(ev);
@@ -837,43 +876,17 @@ impl Store for PostgresStore {
     async fn ingest(
         &self,
         batch: Vec<NewEvent>,
-        dedupe_window: Duration,
+        policy: IngestPolicy,
     ) -> Result<Vec<IngestOutcome>, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(unavailable)?;
         let mut w = Writes::default();
         let mut outcomes = Vec::with_capacity(batch.len());
         for new in &batch {
-            outcomes.push(ingest_one(&tx, new, dedupe_window, &mut w).await?);
+            outcomes.push(ingest_one(&tx, new, policy, &mut w).await?);
         }
         self.commit(tx, w).await?;
         Ok(outcomes)
-    }
-
-    async fn promotion_of(
-        &self,
-        key: &str,
-        digest: Option<&str>,
-        since: Millis,
-    ) -> Result<Option<ChainLink>, StoreError> {
-        let client = self.client().await?;
-        let row = query_opt(
-            &client,
-            "SELECT id, chain_depth FROM jobs
-             WHERE target_ref = $1 AND created_at >= $2
-               AND state NOT IN ('failed', 'cancelled')
-               AND ($3::text IS NULL OR target_digest IS NULL OR target_digest = $3)
-             ORDER BY created_at DESC LIMIT 1",
-            &[&key, &since, &digest],
-        )
-        .await?;
-        row.map(|r| {
-            Ok(ChainLink {
-                job_id: r.text(0)?,
-                chain_depth: narrow("job chain depth", r.int(1)?)?,
-            })
-        })
-        .transpose()
     }
 
     async fn append_audit(&self, entry: AuditEntry) -> Result<(), StoreError> {
@@ -965,8 +978,7 @@ impl Store for PostgresStore {
         }
         let mut w = Writes::default();
         if let Some(emitted) = &report.emit {
-            // Its delivery id names the job, which succeeds only once: no window needed.
-            ingest_one(&tx, emitted, Duration::ZERO, &mut w).await?;
+            ingest_one(&tx, emitted, EMITTED, &mut w).await?;
         }
         insert_attempt(&tx, &report.job_id, &report.attempt).await?;
         w.audit.extend(report.audit.iter().cloned());

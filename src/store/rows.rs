@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use super::{
-    AttemptReport, AuditFilter, EventFilter, JobFilter, OperatorAction, Page, StoreError,
-    Transition,
+    AttemptReport, AuditFilter, EventFilter, IngestPolicy, JobFilter, OperatorAction, Page,
+    StoreError, Transition,
 };
 use crate::audit::{AuditEntry, AuditKind, AuditRecord};
 use crate::domain::{
@@ -40,6 +40,36 @@ pub(super) fn millis(d: Duration) -> i64 {
 /// A listing's `limit` as SQL takes it.
 pub(super) fn sql_limit(limit: usize) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+/// How a store ingests the event a promotion emits: its delivery id names the job,
+/// which succeeds only once, so it needs no window; it already has its parent, so it
+/// is never linked as an echo.
+pub(super) const EMITTED: IngestPolicy = IngestPolicy {
+    dedupe_window: Duration::ZERO,
+    max_chain_depth: u32::MAX,
+};
+
+/// What an event's echo lookup looks for (see `Store::ingest`): the reference its
+/// subject names, its digest when known, and the window's start.
+pub(super) struct EchoProbe<'a> {
+    pub key: String,
+    pub digest: Option<&'a str>,
+    pub since: Millis,
+}
+
+impl<'a> EchoProbe<'a> {
+    /// None for an event already in a chain, or naming nothing a promotion produces.
+    pub(super) fn of(event: &'a Event, window: Duration) -> Option<Self> {
+        if event.parent_job_id.is_some() {
+            return None;
+        }
+        Some(EchoProbe {
+            key: subject_key(&event.subject)?,
+            digest: event.subject.digest.as_deref(),
+            since: event.received_at.saturating_sub(millis(window)),
+        })
+    }
 }
 
 /// The typed columns of a result row, as a store's driver reads them; the row

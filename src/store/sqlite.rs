@@ -3,8 +3,8 @@
 //! rusqlite rather than an async driver, because SQLite has one writer anyway: every
 //! write goes to a single writer thread that drains its queue into one transaction
 //! per batch (group commit), so a burst of webhooks costs one fsync, not one each.
-//! Each operation runs in its own savepoint, so one failing operation does not undo
-//! the others in its batch. Reads run on a separate connection and thread; WAL lets
+//! An operation that fails rolls its batch back and the others run again without
+//! it. Reads run on a separate connection and thread; WAL lets
 //! them proceed while the writer commits.
 
 use std::path::Path;
@@ -13,19 +13,21 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use rusqlite::config::DbConfig;
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 use tokio::sync::{Notify, oneshot};
 
 use super::rows::{
-    ATTEMPT_COLUMNS, AUDIT_COLUMNS, Arg, Columns, EVENT_COLUMNS, JOB_COLUMNS, JobInsert, Landing,
-    attempt_values, audit_listing, events_listing, job_state, jobs_listing, lease_expired, millis,
-    operator_move, page, payload_text, read_attempt, read_audit, read_event, read_job, sql_limit,
+    ATTEMPT_COLUMNS, AUDIT_COLUMNS, Arg, Columns, EMITTED, EVENT_COLUMNS, EchoProbe, JOB_COLUMNS,
+    JobInsert, Landing, attempt_values, audit_listing, events_listing, job_state, jobs_listing,
+    lease_expired, millis, operator_move, page, payload_text, read_attempt, read_audit, read_event,
+    read_job, sql_limit,
 };
 use super::{
-    AttemptReport, AuditFilter, ChainLink, ChainRow, EventFilter, IngestOutcome, JobFilter, JobRef,
-    JobSummary, LeasedJob, NewEvent, OperatorAction, OperatorOutcome, Page, Pruned, QueueStats,
-    Release, Store, StoreError, StoredEvent, Transition,
+    AttemptReport, AuditFilter, ChainLink, ChainRow, EventFilter, IngestOutcome, IngestPolicy,
+    JobFilter, JobRef, JobSummary, LeasedJob, NewEvent, OperatorAction, OperatorOutcome, Page,
+    Pruned, QueueStats, Release, Store, StoreError, StoredEvent, Transition,
 };
 use crate::audit::{Anchor, AuditEntry, AuditRecord, GENESIS, chain_hash};
 use crate::domain::{AttemptRecord, Job, JobState, Millis, now_millis};
@@ -129,51 +131,40 @@ struct Batch {
     wake_workers: bool,
 }
 
-/// A write queued for the writer thread.
+/// A write queued for the writer thread. It may run twice: once in its batch's
+/// transaction and, if another operation fails that batch, again alone.
 trait WriteOp: Send {
-    fn run(self: Box<Self>, conn: &Connection, batch: &mut Batch) -> Box<dyn Finish>;
-    fn abort(self: Box<Self>, error: StoreError);
-}
-
-/// Delivers a write's result once its batch's commit is known.
-trait Finish: Send {
-    fn finish(self: Box<Self>, commit: &Result<(), StoreError>);
+    /// Runs the operation in the open transaction; false when it failed.
+    fn run(&mut self, conn: &Connection, batch: &mut Batch) -> bool;
+    /// Delivers the last run's result, or the commit's failure.
+    fn finish(self: Box<Self>, commit: Result<(), StoreError>);
 }
 
 struct Op<T, F> {
     f: F,
-    reply: oneshot::Sender<Result<T, StoreError>>,
-}
-
-struct Done<T> {
-    result: Result<T, StoreError>,
+    result: Option<Result<T, StoreError>>,
     reply: oneshot::Sender<Result<T, StoreError>>,
 }
 
 impl<T, F> WriteOp for Op<T, F>
 where
     T: Send + 'static,
-    F: FnOnce(&Connection, &mut Batch) -> Result<T, StoreError> + Send,
+    F: FnMut(&Connection, &mut Batch) -> Result<T, StoreError> + Send,
 {
-    fn run(self: Box<Self>, conn: &Connection, batch: &mut Batch) -> Box<dyn Finish> {
-        let Op { f, reply } = *self;
-        let result = in_savepoint(conn, |c| f(c, batch));
-        Box::new(Done { result, reply })
+    fn run(&mut self, conn: &Connection, batch: &mut Batch) -> bool {
+        let result = (self.f)(conn, batch);
+        let ok = result.is_ok();
+        self.result = Some(result);
+        ok
     }
 
-    fn abort(self: Box<Self>, error: StoreError) {
-        let _ = self.reply.send(Err(error));
-    }
-}
-
-impl<T: Send> Finish for Done<T> {
-    fn finish(self: Box<Self>, commit: &Result<(), StoreError>) {
-        let result = match commit {
-            Ok(()) => self.result,
-            Err(e) => Err(e.clone()),
-        };
+    fn finish(self: Box<Self>, commit: Result<(), StoreError>) {
+        let Op { result, reply, .. } = *self;
+        let result = commit.and_then(|()| {
+            result.unwrap_or_else(|| Err(StoreError::Unavailable("the write did not run".into())))
+        });
         // The caller may have gone away (client disconnected); nothing to do then.
-        let _ = self.reply.send(result);
+        let _ = reply.send(result);
     }
 }
 
@@ -233,11 +224,15 @@ impl SqliteStore {
     async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection, &mut Batch) -> Result<T, StoreError> + Send + 'static,
+        F: FnMut(&Connection, &mut Batch) -> Result<T, StoreError> + Send + 'static,
     {
         let (reply, rx) = oneshot::channel();
         self.writer
-            .send(Box::new(Op { f, reply }))
+            .send(Box::new(Op {
+                f,
+                result: None,
+                reply,
+            }))
             .map_err(|_| StoreError::Unavailable("the writer thread has stopped".into()))?;
         rx.await
             .map_err(|_| StoreError::Unavailable("the writer thread has stopped".into()))?
@@ -275,9 +270,15 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
         "PRAGMA journal_mode = WAL;
          PRAGMA synchronous = FULL;
          PRAGMA foreign_keys = ON;
-         PRAGMA busy_timeout = 5000;",
+         PRAGMA busy_timeout = 5000;
+         PRAGMA temp_store = MEMORY;",
     )
     .map_err(unavailable)?;
+    // Plans that never depend on the values bound: otherwise SQLite re-prepares a
+    // statement whenever a value its plan looked at changes, which for the echo and
+    // lease lookups meant parsing their SQL again on every call.
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
+        .map_err(unavailable)?;
     Ok(conn)
 }
 
@@ -308,43 +309,73 @@ fn writer_loop(conn: &Connection, rx: &mpsc::Receiver<Box<dyn WriteOp>>, signal:
                 Err(_) => break,
             }
         }
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-            let error = unavailable(e);
-            for op in ops {
-                op.abort(error.clone());
+        match commit_together(conn, &mut ops) {
+            Ok(batch) => {
+                if batch.wake_workers {
+                    signal.notify_waiters();
+                }
+                for op in ops {
+                    op.finish(Ok(()));
+                }
             }
-            continue;
-        }
-        let mut batch = Batch::default();
-        let finishes: Vec<Box<dyn Finish>> =
-            ops.into_iter().map(|op| op.run(conn, &mut batch)).collect();
-        let commit = conn.execute_batch("COMMIT").map_err(unavailable);
-        if commit.is_err() {
-            let _ = conn.execute_batch("ROLLBACK");
-        } else if batch.wake_workers {
-            signal.notify_waiters();
-        }
-        for f in finishes {
-            f.finish(&commit);
+            // One operation failed: the batch was rolled back and each runs again alone,
+            // so its failure is its own.
+            Err(Unwound::OpFailed) => {
+                for mut op in ops {
+                    let commit = match commit_together(conn, std::slice::from_mut(&mut op)) {
+                        Ok(batch) => {
+                            if batch.wake_workers {
+                                signal.notify_waiters();
+                            }
+                            Ok(())
+                        }
+                        Err(Unwound::OpFailed) => Ok(()),
+                        Err(Unwound::Tx(e)) => Err(e),
+                    };
+                    op.finish(commit);
+                }
+            }
+            Err(Unwound::Tx(e)) => {
+                for op in ops {
+                    op.finish(Err(e.clone()));
+                }
+            }
         }
     }
 }
 
-fn in_savepoint<T>(
-    conn: &Connection,
-    f: impl FnOnce(&Connection) -> Result<T, StoreError>,
-) -> Result<T, StoreError> {
-    conn.execute_batch("SAVEPOINT op").map_err(unavailable)?;
-    match f(conn) {
-        Ok(v) => {
-            conn.execute_batch("RELEASE op").map_err(unavailable)?;
-            Ok(v)
-        }
-        Err(e) => {
-            let _ = conn.execute_batch("ROLLBACK TO op; RELEASE op");
-            Err(e)
-        }
+/// Why a batch's transaction was rolled back.
+enum Unwound {
+    /// An operation failed; its result says how.
+    OpFailed,
+    /// Beginning or committing the transaction failed.
+    Tx(StoreError),
+}
+
+/// Runs `ops` in one transaction and commits it if every one succeeded. No savepoint
+/// per operation: SQLite would copy every page an operation touches into a
+/// sub-journal, which cost a quarter of the writer's time; a failed operation is rare
+/// and costs the batch a rerun instead.
+fn commit_together(conn: &Connection, ops: &mut [Box<dyn WriteOp>]) -> Result<Batch, Unwound> {
+    let sql = |sql: &str| {
+        conn.execute_batch(sql)
+            .map_err(|e| Unwound::Tx(unavailable(e)))
+    };
+    sql("BEGIN IMMEDIATE")?;
+    let mut batch = Batch::default();
+    let mut all_ok = true;
+    for op in ops.iter_mut() {
+        all_ok &= op.run(conn, &mut batch);
     }
+    if !all_ok {
+        let _ = conn.execute_batch("ROLLBACK");
+        return Err(Unwound::OpFailed);
+    }
+    if let Err(e) = sql("COMMIT") {
+        let _ = conn.execute_batch("ROLLBACK");
+        return Err(e);
+    }
+    Ok(batch)
 }
 
 fn append_audit(conn: &Connection, entry: &AuditEntry) -> Result<i64, StoreError> {
@@ -389,12 +420,34 @@ fn append_audit(conn: &Connection, entry: &AuditEntry) -> Result<i64, StoreError
     Ok(seq)
 }
 
+/// The most recent job whose promotion produced what `probe` names.
+fn promotion_of(conn: &Connection, probe: &EchoProbe<'_>) -> Result<Option<ChainLink>, StoreError> {
+    conn.prepare_cached(
+        "SELECT id, chain_depth FROM jobs
+         WHERE target_ref = ?1 AND created_at >= ?2
+           AND state NOT IN ('failed', 'cancelled')
+           AND (?3 IS NULL OR target_digest IS NULL OR target_digest = ?3)
+         ORDER BY created_at DESC LIMIT 1",
+    )
+    .and_then(|mut s| {
+        s.query_row(params![probe.key, probe.since, probe.digest], |r| {
+            Ok(ChainLink {
+                job_id: r.get(0)?,
+                chain_depth: r.get(1)?,
+            })
+        })
+        .optional()
+    })
+    .map_err(unavailable)
+}
+
 fn ingest_one(
     conn: &Connection,
     new: &NewEvent,
-    window: Duration,
+    policy: IngestPolicy,
     batch: &mut Batch,
 ) -> Result<IngestOutcome, StoreError> {
+    let window = policy.dedupe_window;
     let ev = &new.event;
     let seen: Option<(String, i64)> = conn
         .prepare_cached(
@@ -429,6 +482,21 @@ fn ingest_one(
             duplicate: true,
         });
     }
+    // `new` stays as planned: the batch may run again after a rollback.
+    let joined;
+    let new = match EchoProbe::of(ev, window) {
+        Some(probe) => match promotion_of(conn, &probe)? {
+            Some(link) => {
+                let mut echo = new.clone();
+                echo.join_chain(link, policy.max_chain_depth);
+                joined = echo;
+                &joined
+            }
+            None => new,
+        },
+        None => new,
+    };
+    let ev = &new.event;
 
     conn.prepare_cached(
         "INSERT INTO deliveries (source, delivery_id, event_id, received_at) VALUES (?1, ?2, ?3, ?4)
@@ -617,14 +685,19 @@ fn lease_next(
             .and_then(|mut s| s.query_row([now], |r| r.get(0)).optional())
             .map_err(unavailable)
     };
+    // INDEXED BY: without statistics SQLite would take `jobs_state` and sort every
+    // queued job for each lease; the partial indexes give the next one in a step,
+    // however long the backlog.
     let due = pick(
-        "SELECT id FROM jobs WHERE state IN ('queued', 'retrying') AND next_attempt_at <= ?1
+        "SELECT id FROM jobs INDEXED BY jobs_due
+         WHERE state IN ('queued', 'retrying') AND next_attempt_at <= ?1
          ORDER BY next_attempt_at LIMIT 1",
     )?;
     let id = match due {
         Some(id) => id,
         None => match pick(
-            "SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at <= ?1
+            "SELECT id FROM jobs INDEXED BY jobs_leased
+             WHERE state = 'running' AND lease_expires_at <= ?1
              ORDER BY lease_expires_at LIMIT 1",
         )? {
             Some(id) => id,
@@ -733,8 +806,7 @@ fn finish_attempt(
         return Ok(false);
     }
     if let Some(emitted) = &report.emit {
-        // Its delivery id names the job, which succeeds only once: no window needed.
-        ingest_one(conn, emitted, Duration::ZERO, batch)?;
+        ingest_one(conn, emitted, EMITTED, batch)?;
     }
     insert_attempt(conn, &report.job_id, &report.attempt)?;
     let now = now_millis();
@@ -813,42 +885,13 @@ impl Store for SqliteStore {
     async fn ingest(
         &self,
         batch: Vec<NewEvent>,
-        dedupe_window: Duration,
+        policy: IngestPolicy,
     ) -> Result<Vec<IngestOutcome>, StoreError> {
         self.write(move |conn, b| {
             batch
                 .iter()
-                .map(|new| ingest_one(conn, new, dedupe_window, b))
+                .map(|new| ingest_one(conn, new, policy, b))
                 .collect()
-        })
-        .await
-    }
-
-    async fn promotion_of(
-        &self,
-        key: &str,
-        digest: Option<&str>,
-        since: Millis,
-    ) -> Result<Option<ChainLink>, StoreError> {
-        let (key, digest) = (key.to_string(), digest.map(str::to_string));
-        self.read(move |conn| {
-            conn.prepare_cached(
-                "SELECT id, chain_depth FROM jobs
-                 WHERE target_ref = ?1 AND created_at >= ?2
-                   AND state NOT IN ('failed', 'cancelled')
-                   AND (?3 IS NULL OR target_digest IS NULL OR target_digest = ?3)
-                 ORDER BY created_at DESC LIMIT 1",
-            )
-            .and_then(|mut s| {
-                s.query_row(params![key, since, digest], |r| {
-                    Ok(ChainLink {
-                        job_id: r.get(0)?,
-                        chain_depth: r.get(1)?,
-                    })
-                })
-                .optional()
-            })
-            .map_err(unavailable)
         })
         .await
     }
@@ -926,9 +969,11 @@ impl Store for SqliteStore {
         self.read(|conn| {
             conn.query_row(
                 "SELECT MIN(t) FROM (
-                    SELECT MIN(next_attempt_at) AS t FROM jobs WHERE state IN ('queued', 'retrying')
+                    SELECT MIN(next_attempt_at) AS t FROM jobs INDEXED BY jobs_due
+                    WHERE state IN ('queued', 'retrying')
                     UNION ALL
-                    SELECT MIN(lease_expires_at) FROM jobs WHERE state = 'running')",
+                    SELECT MIN(lease_expires_at) FROM jobs INDEXED BY jobs_leased
+                    WHERE state = 'running')",
                 [],
                 |r| r.get(0),
             )

@@ -10,18 +10,21 @@ use gantry::audit::{AuditEntry, AuditKind, AuditRecord};
 use gantry::config::{PostgresUrl, StoreUrl};
 use gantry::domain::{
     Action, AttemptRecord, Event, ImageRef, JobError, JobErrorCode, JobState, NewJob, Op, Outcome,
-    Subject, new_id, now_millis, subject_key,
+    Subject, new_id, now_millis,
 };
 use gantry::store::{
-    AttemptReport, AuditFilter, EventFilter, JobFilter, LeasedJob, NewEvent, OperatorAction,
-    OperatorOutcome, Release, Store, Transition,
+    AttemptReport, AuditFilter, EventFilter, IngestPolicy, JobFilter, LeasedJob, NewEvent,
+    OperatorAction, OperatorOutcome, Release, Store, Transition,
 };
 use serde_json::json;
 
 use crate::stores::{Open, PgSchema};
 
 const DAY: i64 = 86_400_000;
-const WINDOW: Duration = Duration::from_secs(86_400);
+const POLICY: IngestPolicy = IngestPolicy {
+    dedupe_window: Duration::from_secs(86_400),
+    max_chain_depth: 5,
+};
 const LEASE: Duration = Duration::from_secs(30);
 
 /// A store under test, and a second instance on the same database: another replica
@@ -79,7 +82,7 @@ on_each_store!(
     an_expired_lease_is_taken_over_and_the_lost_attempt_recorded,
     concurrent_leasers_never_share_a_job,
     operator_actions_move_only_the_states_that_allow_them,
-    promotion_of_finds_the_job_an_echo_belongs_to,
+    an_echo_joins_the_chain_of_the_promotion_it_echoes,
     a_rule_acts_once_per_parent_promotion,
     listings_filter_and_page_with_cursors,
     the_audit_chain_stays_linear_under_concurrent_appends,
@@ -150,7 +153,7 @@ fn planned(delivery: &str, tag: &str, rules: &[&str]) -> NewEvent {
 /// Ingests one event with one job and returns the job's id.
 async fn one_job(store: &dyn Store, tag: &str) -> String {
     let out = store
-        .ingest(vec![planned(&new_id(), tag, &["r"])], WINDOW)
+        .ingest(vec![planned(&new_id(), tag, &["r"])], POLICY)
         .await
         .unwrap();
     out[0].jobs[0].id.clone()
@@ -233,7 +236,7 @@ async fn ingest_commits_the_event_its_jobs_and_their_audit(b: Backend) {
     new.notes
         .push(AuditEntry::chain_refused(&new.event, &["deep".into()], 5));
     let event_id = new.event.id.clone();
-    let out = store.ingest(vec![new.clone()], WINDOW).await.unwrap();
+    let out = store.ingest(vec![new.clone()], POLICY).await.unwrap();
     assert_eq!(out.len(), 1);
     assert!(!out[0].duplicate);
     assert_eq!(out[0].event_id, event_id);
@@ -288,12 +291,12 @@ async fn ingest_commits_the_event_its_jobs_and_their_audit(b: Backend) {
 
 async fn a_delivery_seen_within_the_window_is_the_same_event_and_no_second_job(b: Backend) {
     let first = planned("same", "1.0.0", &["r"]);
-    let out = b.store.ingest(vec![first.clone()], WINDOW).await.unwrap();
+    let out = b.store.ingest(vec![first.clone()], POLICY).await.unwrap();
     let (original, jobs) = (out[0].event_id.clone(), out[0].jobs.clone());
 
     // Again, through the other replica: the first event and its job, nothing new.
     let again = planned("same", "1.0.0", &["r"]);
-    let dup = b.replica.ingest(vec![again.clone()], WINDOW).await.unwrap();
+    let dup = b.replica.ingest(vec![again.clone()], POLICY).await.unwrap();
     assert!(dup[0].duplicate);
     assert_eq!(
         (dup[0].event_id.clone(), dup[0].jobs.clone()),
@@ -318,7 +321,7 @@ async fn a_delivery_seen_within_the_window_is_the_same_event_and_no_second_job(b
         planned("pair", "2.0.0", &["r"]),
         planned("pair", "2.0.0", &["r"]),
     );
-    let out = b.store.ingest(vec![x.clone(), y], WINDOW).await.unwrap();
+    let out = b.store.ingest(vec![x.clone(), y], POLICY).await.unwrap();
     assert!(!out[0].duplicate && out[1].duplicate);
     assert_eq!(out[1].event_id, x.event.id);
     assert_eq!(out[1].jobs, out[0].jobs);
@@ -329,7 +332,7 @@ async fn a_delivery_seen_within_the_window_is_the_same_event_and_no_second_job(b
             let store = b.instance(k);
             tokio::spawn(async move {
                 let new = planned("race", "3.0.0", &["r"]);
-                store.ingest(vec![new], WINDOW).await.unwrap().remove(0)
+                store.ingest(vec![new], POLICY).await.unwrap().remove(0)
             })
         })
         .collect();
@@ -351,7 +354,13 @@ async fn a_delivery_seen_within_the_window_is_the_same_event_and_no_second_job(b
     late.event.received_at = first.event.received_at + 2_000;
     let out = b
         .replica
-        .ingest(vec![late.clone()], Duration::from_secs(1))
+        .ingest(
+            vec![late.clone()],
+            IngestPolicy {
+                dedupe_window: Duration::from_secs(1),
+                ..POLICY
+            },
+        )
         .await
         .unwrap();
     assert!(!out[0].duplicate);
@@ -359,7 +368,7 @@ async fn a_delivery_seen_within_the_window_is_the_same_event_and_no_second_job(b
     // And the delivery now names the new event.
     let out = b
         .store
-        .ingest(vec![planned("same", "1.0.0", &["r"])], WINDOW)
+        .ingest(vec![planned("same", "1.0.0", &["r"])], POLICY)
         .await
         .unwrap();
     assert_eq!(
@@ -541,7 +550,7 @@ async fn concurrent_leasers_never_share_a_job(b: Backend) {
         let batch = (0..50)
             .map(|i| planned(&new_id(), &format!("1.{chunk}.{i}"), &["r"]))
             .collect();
-        b.store.ingest(batch, WINDOW).await.unwrap();
+        b.store.ingest(batch, POLICY).await.unwrap();
     }
     let mut tasks = Vec::new();
     for k in 0..LEASERS {
@@ -617,7 +626,7 @@ async fn operator_actions_move_only_the_states_that_allow_them(b: Backend) {
         target: "jfrog".into(),
         action: Err(JobError::new(JobErrorCode::TemplateError, "no tag")),
     });
-    let out = store.ingest(vec![broken], WINDOW).await.unwrap();
+    let out = store.ingest(vec![broken], POLICY).await.unwrap();
     let broken_id = &out[0].jobs[0].id;
     assert_eq!(act(store, broken_id, Retry).await, Err(JobState::Failed));
 
@@ -638,28 +647,64 @@ async fn operator_actions_move_only_the_states_that_allow_them(b: Backend) {
     verified(store).await;
 }
 
-async fn found(store: &dyn Store, key: &str, digest: Option<&str>, since: i64) -> bool {
-    let link = store.promotion_of(key, digest, since).await.unwrap();
-    link.is_some()
+/// An event from `ci` naming what the promotion of `tag` produced, with `digest`,
+/// and a job for rule `next` (promoting something else).
+fn echo(tag: &str, digest: Option<String>) -> NewEvent {
+    let mut echo = planned(&new_id(), tag, &[]);
+    echo.jobs.push(job("next", "2.0.0"));
+    echo.event.subject = promote(tag).output_subject();
+    echo.event.subject.digest = digest;
+    echo
 }
 
-async fn promotion_of_finds_the_job_an_echo_belongs_to(b: Backend) {
+/// Ingests `new`; returns the stored event's parent and depth, and its job count.
+async fn chain_of(
+    store: &dyn Store,
+    new: NewEvent,
+    policy: IngestPolicy,
+) -> (Option<String>, u32, usize) {
+    let out = store.ingest(vec![new], policy).await.unwrap();
+    let stored = store.event(&out[0].event_id).await.unwrap().unwrap();
+    let e = stored.event;
+    (e.parent_job_id, e.chain_depth, out[0].jobs.len())
+}
+
+async fn an_echo_joins_the_chain_of_the_promotion_it_echoes(b: Backend) {
     let id = one_job(&*b.store, "1.0.0").await;
     let output = promote("1.0.0").output_subject();
-    let key = subject_key(&output).unwrap();
-    let digest = output.digest.clone().unwrap();
-    let since = now_millis() - 60_000;
-    let link = b.replica.promotion_of(&key, Some(&digest), since).await;
-    let link = link.unwrap().unwrap();
-    assert_eq!((link.job_id.as_str(), link.chain_depth), (id.as_str(), 0));
-    let store = &*b.store;
-    assert!(found(store, &key, None, since).await);
-    let other = format!("sha256:{:0>64}", "f");
-    assert!(!found(store, &key, Some(&other), since).await);
-    assert!(!found(store, &key, None, now_millis() + 60_000).await);
-    assert!(!found(store, "docker:staging/app:9.9.9", None, since).await);
-    act(store, &id, OperatorAction::Cancel).await.unwrap();
-    assert!(!found(store, &key, None, since).await);
+    let (digest, other) = (output.digest.clone(), Some(format!("sha256:{:0>64}", "f")));
+    let store = &*b.replica;
+    // Past the depth limit the echo is stored and its jobs refused, on the record.
+    let shallow = IngestPolicy {
+        max_chain_depth: 0,
+        ..POLICY
+    };
+    let refused = (Some(id.clone()), 1, 0);
+    assert_eq!(
+        chain_of(store, echo("1.0.0", digest.clone()), shallow).await,
+        refused
+    );
+    let notes = records(&*b.store, Some(AuditKind::ChainRefused), None).await;
+    assert_eq!(notes.len(), 1);
+    let joined = (Some(id.clone()), 1, 1);
+    assert_eq!(chain_of(store, echo("1.0.0", digest), POLICY).await, joined);
+    // A second echo joins too, and `next` acts once per parent promotion.
+    let again = (Some(id.clone()), 1, 0);
+    assert_eq!(chain_of(store, echo("1.0.0", None), POLICY).await, again);
+    let alone = (None, 0, 1);
+    assert_eq!(chain_of(store, echo("1.0.0", other), POLICY).await, alone);
+    assert_eq!(chain_of(store, echo("9.9.9", None), POLICY).await, alone);
+    // A promotion older than the window, or cancelled, has no echoes.
+    let narrow = IngestPolicy {
+        dedupe_window: Duration::from_secs(1),
+        ..POLICY
+    };
+    let mut late = echo("1.0.0", None);
+    late.event.received_at += 2_000;
+    assert_eq!(chain_of(store, late, narrow).await, alone);
+    act(&*b.store, &id, OperatorAction::Cancel).await.unwrap();
+    assert_eq!(chain_of(store, echo("1.0.0", None), POLICY).await, alone);
+    verified(&*b.store).await;
 }
 
 async fn a_rule_acts_once_per_parent_promotion(b: Backend) {
@@ -693,7 +738,7 @@ async fn a_rule_acts_once_per_parent_promotion(b: Backend) {
     echo.event.source = "artifactory".into();
     echo.event.parent_job_id = Some(parent.clone());
     echo.event.chain_depth = 1;
-    let out = b.replica.ingest(vec![echo], WINDOW).await.unwrap();
+    let out = b.replica.ingest(vec![echo], POLICY).await.unwrap();
     assert!(!out[0].duplicate);
     assert!(out[0].jobs.is_empty());
     let dups = records(&*b.store, Some(AuditKind::JobDuplicate), None).await;
@@ -710,7 +755,7 @@ async fn listings_filter_and_page_with_cursors(b: Backend) {
         let mut new = planned(&new_id(), &format!("1.0.{i}"), &[rule]);
         new.event.source = source.into();
         ids.push(new.event.id.clone());
-        b.store.ingest(vec![new], WINDOW).await.unwrap();
+        b.store.ingest(vec![new], POLICY).await.unwrap();
     }
     let s = &*b.replica;
     let page = |before: Option<String>| EventFilter {
@@ -805,7 +850,7 @@ async fn the_audit_chain_stays_linear_under_concurrent_appends(b: Backend) {
                 if i % 5 == 0 {
                     // Ingests chain several records in one transaction.
                     store
-                        .ingest(vec![planned(&new_id(), "1.0.0", &["r"])], WINDOW)
+                        .ingest(vec![planned(&new_id(), "1.0.0", &["r"])], POLICY)
                         .await
                         .unwrap();
                 } else {
@@ -837,7 +882,7 @@ async fn pruning_cuts_the_chain_at_a_checkpoint_that_verifies(b: Backend) {
     // An old delivery, past the dedupe window.
     let mut old = planned("old-delivery", "1.0.0", &[]);
     old.event.received_at = now - 2 * DAY;
-    b.store.ingest(vec![old], WINDOW).await.unwrap();
+    b.store.ingest(vec![old], POLICY).await.unwrap();
 
     // Keep the last 4 days: records 1–6 go, and a checkpoint names record 6's hash.
     let pruned = b
@@ -864,7 +909,7 @@ async fn pruning_cuts_the_chain_at_a_checkpoint_that_verifies(b: Backend) {
     // The pruned delivery is new again.
     let out = b
         .store
-        .ingest(vec![planned("old-delivery", "1.0.0", &[])], WINDOW)
+        .ingest(vec![planned("old-delivery", "1.0.0", &[])], POLICY)
         .await
         .unwrap();
     assert!(!out[0].duplicate);
@@ -877,7 +922,7 @@ async fn the_work_signal_fires_after_a_commit_that_queues_work(b: Backend) {
     tokio::pin!(notified);
     notified.as_mut().enable();
     b.store
-        .ingest(vec![planned(&new_id(), "1.0.0", &["r"])], WINDOW)
+        .ingest(vec![planned(&new_id(), "1.0.0", &["r"])], POLICY)
         .await
         .unwrap();
     tokio::time::timeout(Duration::from_secs(5), notified)
@@ -938,4 +983,41 @@ async fn postgres_listener_reconnects_after_its_connection_drops() {
         _db: Box::new(schema),
     };
     the_work_signal_fires_after_a_commit_that_queues_work(b).await;
+}
+
+/// SQLite commits a batch of concurrent writes together; one that fails rolls the
+/// batch back and the others run again without it, so only it fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_failing_write_fails_alone_in_its_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("g.db");
+    let store = gantry::store::open(&StoreUrl::Sqlite(path.clone()))
+        .await
+        .unwrap();
+    let broken = one_job(&*store, "1.0.0").await;
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let n = conn
+        .execute("UPDATE jobs SET state = 'bogus' WHERE id = ?1", [&broken])
+        .unwrap();
+    assert_eq!(n, 1);
+
+    // Every write is queued before the writer can take any but the first: polled
+    // together, each future sends its write on its first poll.
+    let ingests =
+        (0..50).map(|i| store.ingest(vec![planned(&format!("d{i}"), "2.0.0", &["r"])], POLICY));
+    let (mut ingests, failing) = tokio::join!(
+        futures_util::future::join_all(ingests),
+        store.operate(&broken, OperatorAction::Retry, "ops"),
+    );
+    assert!(failing.is_err(), "{failing:?}");
+    for out in ingests.drain(..) {
+        let out = out.unwrap();
+        assert_eq!((out[0].duplicate, out[0].jobs.len()), (false, 1));
+    }
+    let count = |table: &str| -> i64 {
+        let sql = format!("SELECT count(*) FROM {table}");
+        conn.query_row(&sql, [], |r| r.get(0)).unwrap()
+    };
+    assert_eq!((count("events"), count("jobs")), (51, 51));
+    verified(&*store).await;
 }
