@@ -140,7 +140,7 @@ pub async fn start(service: Service, mode: Mode) -> anyhow::Result<Running> {
         });
         let server = HttpServer::new(move || {
             App::new()
-                .wrap(TracingLogger::default())
+                .wrap(TracingLogger::<api::RequestSpan>::new())
                 .app_data(state.clone())
                 .configure(api::routes)
         })

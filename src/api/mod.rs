@@ -10,6 +10,7 @@ mod auth;
 mod error;
 mod health;
 mod hooks;
+mod span;
 
 use std::sync::Arc;
 
@@ -20,6 +21,7 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 pub use error::ApiError;
+pub use span::RequestSpan;
 
 use crate::config::AdminToken;
 use crate::ingest::Ingest;

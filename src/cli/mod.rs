@@ -184,6 +184,8 @@ fn init_logging() {
             .json()
             .flatten_event(true)
             .with_current_span(true)
+            // The request span is the only one; listing it again adds nothing.
+            .with_span_list(false)
             .init();
     }
 }
