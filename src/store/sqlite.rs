@@ -265,13 +265,16 @@ fn spawn_thread(name: &str, f: impl FnOnce() + Send + 'static) -> Result<(), Sto
 fn connect(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path).map_err(unavailable)?;
     // FULL: a commit is on disk before the 202, even across a power cut; group commit
-    // keeps that affordable.
+    // keeps that affordable. A 16 MiB page cache (the default is 2 MiB) keeps the
+    // index pages ingest touches in memory instead of reading them back; statement
+    // journals stay in memory too, instead of a temporary file each.
     conn.execute_batch(
         "PRAGMA journal_mode = WAL;
          PRAGMA synchronous = FULL;
          PRAGMA foreign_keys = ON;
          PRAGMA busy_timeout = 5000;
-         PRAGMA temp_store = MEMORY;",
+         PRAGMA temp_store = MEMORY;
+         PRAGMA cache_size = -16384;",
     )
     .map_err(unavailable)?;
     // Plans that never depend on the values bound: otherwise SQLite re-prepares a
