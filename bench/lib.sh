@@ -10,7 +10,7 @@ cleanup() {
   status=$?
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  if [ "$status" = 0 ]; then rm -rf "$WORK"; else echo "failed; logs kept in $WORK" >&2; fi
+  if [ "$status" = 0 ] && [ -z "${KEEP:-}" ]; then rm -rf "$WORK"; else echo "failed; logs kept in $WORK" >&2; fi
 }
 trap cleanup EXIT
 

@@ -121,6 +121,19 @@ action = {{ type = "promote", target = "jfrog", to_repo = "staging" }}
         logs.contains("webhook accepted"),
         "the logs were not captured:\n{logs}"
     );
+    // A request's lines name it by method, path and request id.
+    let accepted = logs.lines().find(|l| l.contains("webhook accepted"));
+    let accepted: Value = serde_json::from_str(accepted.unwrap()).unwrap();
+    let span = &accepted["span"];
+    assert_eq!(
+        (span["method"].as_str(), span["path"].as_str()),
+        (Some("POST"), Some("/hooks/ci"))
+    );
+    assert_eq!(
+        span["request_id"].as_str().map(str::len),
+        Some(36),
+        "{span}"
+    );
     // The rejection and the attempt that handled the secrets were logged.
     assert!(
         logs.contains("invalid_signature") && logs.contains(&job_id),
