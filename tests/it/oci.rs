@@ -399,13 +399,11 @@ async fn a_200_mb_layer_streams_between_registries_in_bounded_memory() {
     assert!(peak < 100.0, "peak RSS {peak:.1} MB");
 }
 
-/// A registry (wiremock) where `staging/app` lacks the one blob of `dev/app:1.0.0`,
-/// offers no mount (202) and refuses the upload with 400 DIGEST_INVALID, as Docker
-/// Distribution does to one of two simultaneous uploads of a blob. With
-/// `blob_appears`, the other upload landed: the blob is there right after.
-async fn racing_registry(blob_appears: bool) -> (MockServer, String) {
+/// A registry (wiremock) whose `dev/app:1.0.0` is an image of one blob, its config.
+/// Returns the server, the manifest's digest and the blob's.
+async fn one_blob_image() -> (MockServer, String, String) {
     use sha2::Digest;
-    use wiremock::matchers::{path, query_param};
+    use wiremock::matchers::path;
     let reg = MockServer::start().await;
     let config = b"{}".to_vec();
     let blob = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&config)));
@@ -429,24 +427,43 @@ async fn racing_registry(blob_appears: bool) -> (MockServer, String) {
         .respond_with(manifest_response)
         .mount(&reg)
         .await;
-    // The destination tag: absent, and (when the copy can finish) there after.
-    let staging_tag = "/v2/staging/app/manifests/1.0.0";
-    Mock::given(method("HEAD"))
-        .and(path(staging_tag))
-        .respond_with(ResponseTemplate::new(404))
-        .up_to_n_times(1)
-        .with_priority(1)
+    Mock::given(method("GET"))
+        .and(path(format!("/v2/dev/app/blobs/{blob}")))
+        .respond_with(ResponseTemplate::new(200).set_body_bytes(config))
         .mount(&reg)
         .await;
-    if blob_appears {
+    (reg, digest, blob)
+}
+
+const STAGING_TAG: &str = "/v2/staging/app/manifests/1.0.0";
+
+/// The destination tag answers 404 `absent` times, then (unless `None`) `digest`.
+async fn staging_tag(reg: &MockServer, absent: u64, digest: Option<&str>) {
+    use wiremock::matchers::path;
+    Mock::given(method("HEAD"))
+        .and(path(STAGING_TAG))
+        .respond_with(ResponseTemplate::new(404))
+        .up_to_n_times(absent)
+        .with_priority(1)
+        .mount(reg)
+        .await;
+    if let Some(digest) = digest {
         Mock::given(method("HEAD"))
-            .and(path(staging_tag))
-            .respond_with(
-                ResponseTemplate::new(200).insert_header("Docker-Content-Digest", digest.as_str()),
-            )
-            .mount(&reg)
+            .and(path(STAGING_TAG))
+            .respond_with(ResponseTemplate::new(200).insert_header("Docker-Content-Digest", digest))
+            .mount(reg)
             .await;
     }
+}
+
+/// [`one_blob_image`], where `staging/app` lacks the blob, offers no mount (202) and
+/// refuses the upload with 400 DIGEST_INVALID, as Docker Distribution does to one of
+/// two simultaneous uploads of a blob. With `blob_appears`, the other upload landed:
+/// the blob is there right after.
+async fn racing_registry(blob_appears: bool) -> (MockServer, String) {
+    use wiremock::matchers::{path, query_param};
+    let (reg, digest, blob) = one_blob_image().await;
+    staging_tag(&reg, 1, blob_appears.then_some(digest.as_str())).await;
     let staging_blob = format!("/v2/staging/app/blobs/{blob}");
     Mock::given(method("HEAD"))
         .and(path(staging_blob.as_str()))
@@ -466,11 +483,6 @@ async fn racing_registry(blob_appears: bool) -> (MockServer, String) {
         .respond_with(ResponseTemplate::new(202).insert_header("Location", "/upload/1"))
         .mount(&reg)
         .await;
-    Mock::given(method("GET"))
-        .and(path(format!("/v2/dev/app/blobs/{blob}")))
-        .respond_with(ResponseTemplate::new(200).set_body_bytes(config))
-        .mount(&reg)
-        .await;
     Mock::given(method("PUT"))
         .and(path("/upload/1"))
         .respond_with(ResponseTemplate::new(400).set_body_string(
@@ -479,7 +491,34 @@ async fn racing_registry(blob_appears: bool) -> (MockServer, String) {
         .mount(&reg)
         .await;
     Mock::given(method("PUT"))
-        .and(path(staging_tag))
+        .and(path(STAGING_TAG))
+        .respond_with(ResponseTemplate::new(201))
+        .mount(&reg)
+        .await;
+    (reg, digest)
+}
+
+/// [`one_blob_image`], where `staging/app` has the blob and refuses the first
+/// manifest PUT with 400 and the registry error `code`, then accepts it.
+async fn manifest_refused_once(code: &str) -> (MockServer, String) {
+    use wiremock::matchers::path;
+    let (reg, digest, blob) = one_blob_image().await;
+    staging_tag(&reg, 2, Some(&digest)).await;
+    Mock::given(method("HEAD"))
+        .and(path(format!("/v2/staging/app/blobs/{blob}")))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&reg)
+        .await;
+    let refusal = format!(r#"{{"errors":[{{"code":"{code}","message":"refused"}}]}}"#);
+    Mock::given(method("PUT"))
+        .and(path(STAGING_TAG))
+        .respond_with(ResponseTemplate::new(400).set_body_string(refusal))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&reg)
+        .await;
+    Mock::given(method("PUT"))
+        .and(path(STAGING_TAG))
         .respond_with(ResponseTemplate::new(201))
         .mount(&reg)
         .await;
@@ -529,4 +568,27 @@ async fn a_refused_blob_upload_is_fine_when_the_blob_is_there() {
     );
     assert_eq!(job["attempts"].as_array().map(Vec::len), Some(1), "{job:#}");
     assert_eq!(manifest_puts(&reg).await, 1);
+}
+
+/// A manifest refused because the registry cannot see a blob yet (one mounted by a
+/// concurrent promotion) is put again by the next attempt; any other 400 is final.
+#[tokio::test]
+async fn a_manifest_refused_for_an_unseen_blob_is_retried() {
+    for (code, state, attempts) in [
+        ("MANIFEST_BLOB_UNKNOWN", "succeeded", 2),
+        ("BLOB_UNKNOWN", "succeeded", 2),
+        ("MANIFEST_INVALID", "failed", 1),
+    ] {
+        let (reg, digest) = manifest_refused_once(code).await;
+        let app = spawn_app(&format!("{}\n{RULES}", targets(&reg.uri(), None))).await;
+        let job = promote(&app, "test-passed", "1.0.0", &digest).await;
+        let tried = job["attempts"].as_array().map(Vec::len);
+        assert_eq!(
+            (job["state"].as_str(), tried),
+            (Some(state), Some(attempts)),
+            "{code}: {job:#}"
+        );
+        assert_eq!(job["attempts"][0]["error"]["code"], "upstream_rejected");
+        assert_eq!(manifest_puts(&reg).await, attempts, "{code}");
+    }
 }

@@ -5,10 +5,11 @@
 
 mod registry;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use futures_util::future::try_join_all;
 use reqwest::StatusCode;
 use serde_json::Value;
 
@@ -131,12 +132,13 @@ impl Copy<'_> {
         let config = parsed
             .get("config")
             .map(|c| std::slice::from_ref(c).to_vec());
-        let blobs = descriptors(config.map(Value::Array).as_ref())
-            .into_iter()
-            .chain(descriptors(parsed.get("layers")));
-        for (digest, size) in blobs {
-            self.blob(&digest, size).await?;
-        }
+        let mut blobs = descriptors(config.map(Value::Array).as_ref());
+        blobs.extend(descriptors(parsed.get("layers")));
+        // A manifest may name a blob twice (empty layers); it is copied once. The
+        // blobs are copied side by side, the manifest only after all of them.
+        let mut seen = HashSet::new();
+        blobs.retain(|(digest, _)| seen.insert(digest.clone()));
+        try_join_all(blobs.iter().map(|(digest, size)| self.blob(digest, *size))).await?;
         self.dst
             .put_manifest(&self.dst_repo, reference, manifest)
             .await

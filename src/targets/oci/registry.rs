@@ -429,7 +429,20 @@ impl Registry {
                     .body(manifest.bytes.clone())
             })
             .await?;
-        Registry::check(response).await.map(|_| ())
+        if response.status() != StatusCode::BAD_REQUEST {
+            return Registry::check(response).await.map(|_| ());
+        }
+        // Blobs just mounted or uploaded by concurrent promotions can be invisible
+        // for a moment (Docker Distribution writes their links without locking):
+        // the manifest is refused with BLOB_UNKNOWN, and the next attempt, which
+        // checks every blob again, succeeds.
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap_or_default();
+        let mut e = status_error(StatusCode::BAD_REQUEST, &headers, &text);
+        e.retryable = error_codes(&text)
+            .iter()
+            .any(|c| c == "BLOB_UNKNOWN" || c == "MANIFEST_BLOB_UNKNOWN");
+        Err(e)
     }
 
     /// Deletes a manifest reference (a tag where the registry allows it, else the
@@ -452,6 +465,21 @@ impl Registry {
         let text = response.text().await.unwrap_or_default();
         Err(status_error(status, &headers, &text))
     }
+}
+
+/// The `errors[].code` of a registry's error body (OCI distribution spec).
+fn error_codes(body: &str) -> Vec<String> {
+    #[derive(serde::Deserialize)]
+    struct Body {
+        errors: Vec<Code>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Code {
+        code: String,
+    }
+    serde_json::from_str::<Body>(body)
+        .map(|b| b.errors.into_iter().map(|e| e.code).collect())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
