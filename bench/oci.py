@@ -193,7 +193,9 @@ action = {{ type = "promote", target = "reg", to_repo = "gantry" }}
                 jobs = re.findall(rb"gantry_(?:jobs|attempts_total)\{.*", metrics)
                 sys.exit("gantry: promotions did not finish within 120 s: "
                          + b"; ".join(jobs).decode() + f" (log: {log.name})")
-            time.sleep(0.005)
+            # Every 20 ms: polling costs CPU the promotions share (2 cores), and 20 ms is
+            # under 2 % of the time measured.
+            time.sleep(0.02)
         elapsed = time.monotonic() - started
     finally:
         proc.terminate()

@@ -592,3 +592,41 @@ async fn a_manifest_refused_for_an_unseen_blob_is_retried() {
         assert_eq!(manifest_puts(&reg).await, attempts, "{code}");
     }
 }
+
+/// A copy is verified: the digest the registry says it stored under the tag (or, when
+/// its answer names none, the tag's digest read back) must be the source's.
+#[tokio::test]
+async fn a_copy_the_registry_did_not_store_as_sent_is_not_a_success() {
+    use wiremock::matchers::path;
+    let other = format!("sha256:{:0>64}", "e");
+    for answered in [Some(other.as_str()), None] {
+        let (reg, digest, blob) = one_blob_image().await;
+        staging_tag(&reg, u64::MAX, None).await;
+        Mock::given(method("HEAD"))
+            .and(path(format!("/v2/staging/app/blobs/{blob}")))
+            .respond_with(ResponseTemplate::new(200))
+            .mount(&reg)
+            .await;
+        let mut stored = ResponseTemplate::new(201);
+        if let Some(d) = answered {
+            stored = stored.insert_header("Docker-Content-Digest", d);
+        }
+        Mock::given(method("PUT"))
+            .and(path(STAGING_TAG))
+            .respond_with(stored)
+            .mount(&reg)
+            .await;
+        let app = spawn_app(&format!("{}\n{RULES}", targets(&reg.uri(), None))).await;
+        let job = promote(&app, "test-passed", "1.0.0", &digest).await;
+        assert_eq!(job["state"], "failed", "{job:#}");
+        let message = job["attempts"][0]["error"]["message"]
+            .as_str()
+            .unwrap_or("");
+        let points_at = answered.unwrap_or("nothing");
+        assert!(
+            message.contains(&format!("points at {points_at}, not {digest}")),
+            "{message}"
+        );
+        assert_eq!(job["attempts"].as_array().map(Vec::len), Some(4));
+    }
+}

@@ -413,12 +413,14 @@ impl Registry {
         Registry::check(response).await.map(|_| ())
     }
 
+    /// Puts a manifest; returns the `Docker-Content-Digest` the registry answered
+    /// with, the digest it stored, when it sent one.
     pub async fn put_manifest(
         &self,
         repository: &str,
         reference: &str,
         manifest: &Manifest,
-    ) -> Result<(), TargetError> {
+    ) -> Result<Option<String>, TargetError> {
         let url = self.url(&format!("/v2/{repository}/manifests/{reference}"));
         let scope = scope_for(repository, true);
         let response = self
@@ -430,7 +432,12 @@ impl Registry {
             })
             .await?;
         if response.status() != StatusCode::BAD_REQUEST {
-            return Registry::check(response).await.map(|_| ());
+            let response = Registry::check(response).await?;
+            return Ok(response
+                .headers()
+                .get("Docker-Content-Digest")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string));
         }
         // Blobs just mounted or uploaded by concurrent promotions can be invisible
         // for a moment (Docker Distribution writes their links without locking):
