@@ -5,6 +5,7 @@ mod postgres;
 mod rows;
 mod sqlite;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,6 +48,19 @@ impl NewEvent {
         self.event.parent_job_id = Some(link.job_id);
         self.event.chain_depth = link.chain_depth + 1;
         self.refuse_past(max_chain_depth);
+    }
+
+    /// This event as stored: joined to `link`'s chain when it echoes a promotion,
+    /// else as planned. `self` stays as planned (a batch may be run again).
+    pub fn joined(&self, link: Option<ChainLink>, max_chain_depth: u32) -> Cow<'_, NewEvent> {
+        match link {
+            Some(link) => {
+                let mut echo = self.clone();
+                echo.join_chain(link, max_chain_depth);
+                Cow::Owned(echo)
+            }
+            None => Cow::Borrowed(self),
+        }
     }
 
     /// Past `max_chain_depth` the event's jobs are not started; a note on the record

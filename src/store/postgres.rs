@@ -547,19 +547,11 @@ async fn ingest_one(
     if claimed.is_none() {
         return duplicate(tx, ev, w).await;
     }
-    let joined;
-    let new = match EchoProbe::of(ev, window) {
-        Some(probe) => match promotion_of(tx, &probe).await? {
-            Some(link) => {
-                let mut echo = new.clone();
-                echo.join_chain(link, policy.max_chain_depth);
-                joined = echo;
-                &joined
-            }
-            None => new,
-        },
-        None => new,
+    let link = match EchoProbe::of(ev, window) {
+        Some(probe) => promotion_of(tx, &probe).await?,
+        None => None,
     };
+    let new = new.joined(link, policy.max_chain_depth);
     let ev = &new.event;
 
     let s = &ev.subject;

@@ -485,20 +485,11 @@ fn ingest_one(
             duplicate: true,
         });
     }
-    // `new` stays as planned: the batch may run again after a rollback.
-    let joined;
-    let new = match EchoProbe::of(ev, window) {
-        Some(probe) => match promotion_of(conn, &probe)? {
-            Some(link) => {
-                let mut echo = new.clone();
-                echo.join_chain(link, policy.max_chain_depth);
-                joined = echo;
-                &joined
-            }
-            None => new,
-        },
-        None => new,
+    let link = match EchoProbe::of(ev, window) {
+        Some(probe) => promotion_of(conn, &probe)?,
+        None => None,
     };
+    let new = new.joined(link, policy.max_chain_depth);
     let ev = &new.event;
 
     conn.prepare_cached(
