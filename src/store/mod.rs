@@ -40,27 +40,20 @@ pub struct NewEvent {
 }
 
 impl NewEvent {
-    /// Joins the chain of the promotion this event echoes (Artifactory's
-    /// `docker.promoted`, a registry push of the promoted tag): the job becomes its
-    /// parent and it goes one level deeper, so rules acting on it neither start a
-    /// second copy of the next stage nor escape `max_chain_depth`.
-    pub fn join_chain(&mut self, link: ChainLink, max_chain_depth: u32) {
-        self.event.parent_job_id = Some(link.job_id);
-        self.event.chain_depth = link.chain_depth + 1;
-        self.refuse_past(max_chain_depth);
-    }
-
-    /// This event as stored: joined to `link`'s chain when it echoes a promotion,
-    /// else as planned. `self` stays as planned (a batch may be run again).
+    /// This event as stored. When it echoes a promotion (Artifactory's
+    /// `docker.promoted`, a registry push of the promoted tag) it joins that
+    /// promotion's chain: the job becomes its parent and it goes one level deeper, so
+    /// rules acting on it neither start a second copy of the next stage nor escape
+    /// `max_chain_depth`. `self` stays as planned (a batch may be run again).
     pub fn joined(&self, link: Option<ChainLink>, max_chain_depth: u32) -> Cow<'_, NewEvent> {
-        match link {
-            Some(link) => {
-                let mut echo = self.clone();
-                echo.join_chain(link, max_chain_depth);
-                Cow::Owned(echo)
-            }
-            None => Cow::Borrowed(self),
-        }
+        let Some(link) = link else {
+            return Cow::Borrowed(self);
+        };
+        let mut echo = self.clone();
+        echo.event.parent_job_id = Some(link.job_id);
+        echo.event.chain_depth = link.chain_depth + 1;
+        echo.refuse_past(max_chain_depth);
+        Cow::Owned(echo)
     }
 
     /// Past `max_chain_depth` the event's jobs are not started; a note on the record
@@ -249,7 +242,7 @@ pub struct Page<T> {
 pub trait Store: Send + Sync {
     /// Stores each event with its jobs and audit records in one transaction, unless
     /// its delivery was already seen within the dedupe window. An event without a
-    /// parent that echoes a promotion joins its chain ([`NewEvent::join_chain`]): the
+    /// parent that echoes a promotion joins its chain ([`NewEvent::joined`]): the
     /// most recent job within the window, not failed or cancelled, whose promotion
     /// produced the event's subject (see `domain::subject_key`) and, when both are
     /// known, the same digest. The lookup runs in the same transaction, so it costs no

@@ -493,7 +493,6 @@ struct AuditColumns<'a> {
     chain_depth: Vec<Option<i64>>,
 }
 
-/// Stores one event with its jobs, unless its delivery was seen within `window`.
 /// The most recent job whose promotion produced what `probe` names.
 async fn promotion_of(
     tx: &Transaction<'_>,
@@ -518,6 +517,7 @@ async fn promotion_of(
     .transpose()
 }
 
+/// Stores one event with its jobs, unless its delivery was seen within the window.
 async fn ingest_one(
     tx: &Transaction<'_>,
     new: &NewEvent,

@@ -312,28 +312,20 @@ fn writer_loop(conn: &Connection, rx: &mpsc::Receiver<Box<dyn WriteOp>>, signal:
                 Err(_) => break,
             }
         }
-        match commit_together(conn, &mut ops) {
-            Ok(batch) => {
-                if batch.wake_workers {
-                    signal.notify_waiters();
-                }
+        match commit_together(conn, &mut ops, signal) {
+            Ok(()) => {
                 for op in ops {
                     op.finish(Ok(()));
                 }
             }
             // One operation failed: the batch was rolled back and each runs again alone,
-            // so its failure is its own.
+            // so its failure is its own (the commit that did not happen is not).
             Err(Unwound::OpFailed) => {
                 for mut op in ops {
-                    let commit = match commit_together(conn, std::slice::from_mut(&mut op)) {
-                        Ok(batch) => {
-                            if batch.wake_workers {
-                                signal.notify_waiters();
-                            }
-                            Ok(())
-                        }
-                        Err(Unwound::OpFailed) => Ok(()),
+                    let commit = match commit_together(conn, std::slice::from_mut(&mut op), signal)
+                    {
                         Err(Unwound::Tx(e)) => Err(e),
+                        Ok(()) | Err(Unwound::OpFailed) => Ok(()),
                     };
                     op.finish(commit);
                 }
@@ -358,8 +350,13 @@ enum Unwound {
 /// Runs `ops` in one transaction and commits it if every one succeeded. No savepoint
 /// per operation: SQLite would copy every page an operation touches into a
 /// sub-journal, which cost a quarter of the writer's time; a failed operation is rare
-/// and costs the batch a rerun instead.
-fn commit_together(conn: &Connection, ops: &mut [Box<dyn WriteOp>]) -> Result<Batch, Unwound> {
+/// and costs the batch a rerun instead. Idle workers are woken once the commit queued
+/// work for them.
+fn commit_together(
+    conn: &Connection,
+    ops: &mut [Box<dyn WriteOp>],
+    signal: &Notify,
+) -> Result<(), Unwound> {
     let sql = |sql: &str| {
         conn.execute_batch(sql)
             .map_err(|e| Unwound::Tx(unavailable(e)))
@@ -378,7 +375,10 @@ fn commit_together(conn: &Connection, ops: &mut [Box<dyn WriteOp>]) -> Result<Ba
         let _ = conn.execute_batch("ROLLBACK");
         return Err(e);
     }
-    Ok(batch)
+    if batch.wake_workers {
+        signal.notify_waiters();
+    }
+    Ok(())
 }
 
 fn append_audit(conn: &Connection, entry: &AuditEntry) -> Result<i64, StoreError> {

@@ -241,13 +241,18 @@ impl Registry {
     }
 
     async fn check(response: Response) -> Result<Response, TargetError> {
-        let status = response.status();
-        if status.is_success() {
+        if response.status().is_success() {
             return Ok(response);
         }
+        Err(Registry::refusal(response).await.0)
+    }
+
+    /// A failed answer classified, with its body for a closer look.
+    async fn refusal(response: Response) -> (TargetError, String) {
+        let status = response.status();
         let headers = response.headers().clone();
         let text = response.text().await.unwrap_or_default();
-        Err(status_error(status, &headers, &text))
+        (status_error(status, &headers, &text), text)
     }
 
     /// A manifest by tag or digest, byte for byte; `None` when there is none.
@@ -303,12 +308,7 @@ impl Registry {
             return Ok(None);
         }
         let response = Registry::check(response).await?;
-        let header = response
-            .headers()
-            .get("Docker-Content-Digest")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        match header {
+        match content_digest(&response) {
             Some(d) => Ok(Some(d)),
             // Not every registry sends the header on HEAD: read the manifest then.
             None => Ok(self
@@ -431,24 +431,18 @@ impl Registry {
                     .body(manifest.bytes.clone())
             })
             .await?;
-        if response.status() != StatusCode::BAD_REQUEST {
-            let response = Registry::check(response).await?;
-            return Ok(response
-                .headers()
-                .get("Docker-Content-Digest")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string));
+        if response.status().is_success() {
+            return Ok(content_digest(&response));
         }
         // Blobs just mounted or uploaded by concurrent promotions can be invisible
         // for a moment (Docker Distribution writes their links without locking):
         // the manifest is refused with BLOB_UNKNOWN, and the next attempt, which
         // checks every blob again, succeeds.
-        let headers = response.headers().clone();
-        let text = response.text().await.unwrap_or_default();
-        let mut e = status_error(StatusCode::BAD_REQUEST, &headers, &text);
-        e.retryable = error_codes(&text)
-            .iter()
-            .any(|c| c == "BLOB_UNKNOWN" || c == "MANIFEST_BLOB_UNKNOWN");
+        let (mut e, body) = Registry::refusal(response).await;
+        e.retryable |= e.upstream_status == Some(400)
+            && error_codes(&body)
+                .iter()
+                .any(|c| c == "BLOB_UNKNOWN" || c == "MANIFEST_BLOB_UNKNOWN");
         Err(e)
     }
 
@@ -472,6 +466,15 @@ impl Registry {
         let text = response.text().await.unwrap_or_default();
         Err(status_error(status, &headers, &text))
     }
+}
+
+/// The digest a registry names for the manifest it answered about.
+fn content_digest(response: &Response) -> Option<String> {
+    response
+        .headers()
+        .get("Docker-Content-Digest")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
 }
 
 /// The `errors[].code` of a registry's error body (OCI distribution spec).
