@@ -106,6 +106,15 @@ pub enum JobErrorCode {
     DigestMismatch,
     /// The attempt was still running when the process shut down.
     Interrupted,
+    /// A value that would become part of an upstream URL (repository, tag, digest,
+    /// repo key, path, build or bundle name) does not fit the upstream's grammar; no
+    /// request was sent.
+    InvalidReference,
+    /// A move copied and verified its image but could not remove the source tag alone
+    /// without removing other tags too; the source tag stays.
+    MoveIncomplete,
+    /// An upstream answer was larger than gantry reads (SPEC §13 bounds).
+    ResponseTooLarge,
 }
 
 impl JobErrorCode {
@@ -120,6 +129,9 @@ impl JobErrorCode {
             JobErrorCode::LeaseExpired => "lease_expired",
             JobErrorCode::DigestMismatch => "digest_mismatch",
             JobErrorCode::Interrupted => "interrupted",
+            JobErrorCode::InvalidReference => "invalid_reference",
+            JobErrorCode::MoveIncomplete => "move_incomplete",
+            JobErrorCode::ResponseTooLarge => "response_too_large",
         }
     }
 
