@@ -11,7 +11,7 @@ use tracing_actix_web::TracingLogger;
 
 use crate::api::{self, AppState};
 use crate::config::{Config, Problem};
-use crate::ingest::{Ingest, Sources};
+use crate::ingest::{Ingest, Rejections, Sources};
 use crate::metrics::Metrics;
 use crate::rules::RuleSet;
 use crate::store;
@@ -34,6 +34,8 @@ pub struct Running {
     server: Option<(ServerHandle, tokio::task::JoinHandle<std::io::Result<()>>)>,
     workers: Option<worker::Pool>,
     maintenance: Option<tokio::task::JoinHandle<()>>,
+    /// Refusals counted but not yet on the record, written at stop.
+    rejections: Arc<Rejections>,
     grace: Duration,
 }
 
@@ -119,6 +121,7 @@ pub async fn start(service: Service, mode: Mode) -> anyhow::Result<Running> {
         }))),
     };
 
+    let rejections = Rejections::new(store.clone(), config.audit_rejections_every);
     let (addr, server) = if mode == Mode::WorkersOnly {
         (None, None)
     } else {
@@ -131,6 +134,7 @@ pub async fn start(service: Service, mode: Mode) -> anyhow::Result<Running> {
                     dedupe_window: config.defaults.dedupe_window,
                     max_chain_depth: config.defaults.max_chain_depth,
                 },
+                rejections: rejections.clone(),
             },
             store,
             admin_tokens: config.admin_tokens.clone(),
@@ -162,6 +166,7 @@ pub async fn start(service: Service, mode: Mode) -> anyhow::Result<Running> {
         server,
         workers,
         maintenance,
+        rejections,
         grace,
     })
 }
@@ -221,6 +226,7 @@ impl Running {
             }
         };
         tokio::join!(server, workers);
+        self.rejections.flush_all().await;
         tracing::info!("gantry stopped");
     }
 }

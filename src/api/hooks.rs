@@ -102,31 +102,37 @@ pub async fn receive(
     Ok(HttpResponse::build(status).json(answer))
 }
 
-/// The checks HTTP alone can make, then the ingest pipeline.
+/// The checks HTTP alone can make, then the ingest pipeline. A refusal goes on the
+/// record (summarised, see `ingest::rejections`); a store failure does not, as it is
+/// not the sender's doing and the sender will send again.
 async fn accept(
     req: &HttpRequest,
     source: &str,
     payload: web::Payload,
     state: &AppState,
 ) -> Result<Receipt, ApiError> {
-    let ingest = &state.ingest;
-    if let Err(e) = precheck(req, source, state) {
-        ingest.audit_rejection(source, &e.message).await;
-        return Err(e);
+    let result: Result<Receipt, ApiError> = async {
+        precheck(req, source, state)?;
+        let body = read_body(payload, state.max_body_bytes).await?;
+        Ok(state.ingest.receive(source, req.headers(), &body).await?)
     }
-    let body = match read_body(payload, state.max_body_bytes).await {
-        Ok(b) => b,
-        Err(e) => {
-            ingest.audit_rejection(source, &e.message).await;
-            return Err(e);
-        }
-    };
-    Ok(ingest.receive(source, req.headers(), &body).await?)
+    .await;
+    if let Err(e) = &result
+        && !e.status.is_server_error()
+    {
+        let known = state.ingest.sources.get(source).is_some();
+        state
+            .ingest
+            .rejections
+            .note(source, known, e.code, &e.message)
+            .await;
+    }
+    result
 }
 
 fn precheck(req: &HttpRequest, source: &str, state: &AppState) -> Result<(), ApiError> {
     if state.ingest.sources.get(source).is_none() {
-        return Err(IngestError::UnknownSource(source.to_string()).into());
+        return Err(IngestError::unknown_source(source).into());
     }
     let declared = req
         .headers()

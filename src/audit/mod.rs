@@ -204,8 +204,22 @@ impl AuditEntry {
         e
     }
 
+    /// One refused request.
     pub fn rejected(source: &str, reason: &str) -> Self {
-        AuditEntry::new(AuditKind::EventRejected, &bounded(source, 128)).saying(reason)
+        AuditEntry::rejections(source, reason, 1)
+    }
+
+    /// `count` refused requests of one source for one reason, summarised (see
+    /// `ingest::rejections`); `reason` is the last one's.
+    pub fn rejections(source: &str, reason: &str, count: u64) -> Self {
+        let e = AuditEntry::new(AuditKind::EventRejected, source);
+        if count == 1 {
+            e.saying(reason)
+        } else {
+            e.saying(&format!(
+                "{count} requests refused since the last record; the last: {reason}"
+            ))
+        }
     }
 
     pub fn job_created(event: &Event, job: &NewJob) -> Self {

@@ -65,6 +65,9 @@ pub enum AuditCommand {
     },
 }
 
+/// A server that does not accept within this long is not there.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub struct Client {
     base: reqwest::Url,
     token: Option<String>,
@@ -73,7 +76,13 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(url: &str, token: Option<&str>) -> Result<Self, Failure> {
+    /// A client whose every request gives up after `timeout`: a server that
+    /// accepts and never answers must not hang a script.
+    pub fn new(
+        url: &str,
+        token: Option<&str>,
+        timeout: std::time::Duration,
+    ) -> Result<Self, Failure> {
         let base = reqwest::Url::parse(url)
             .map_err(|e| Failure::Config(format!("error: --url `{url}`: {e}")))?;
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -83,7 +92,11 @@ impl Client {
         Ok(Client {
             base,
             token: token.map(str::to_string),
-            http: reqwest::Client::new(),
+            http: reqwest::Client::builder()
+                .timeout(timeout)
+                .connect_timeout(timeout.min(CONNECT_TIMEOUT))
+                .build()
+                .context("cannot build the HTTP client")?,
             runtime,
         })
     }

@@ -41,6 +41,11 @@ struct Cli {
     #[arg(long, global = true, env = "GANTRY_TOKEN", hide_env_values = true)]
     token: Option<String>,
 
+    /// How long an admin command waits for the server's answer (each request).
+    #[arg(long, global = true, env = "GANTRY_TIMEOUT", default_value = "30s",
+        value_parser = humantime::parse_duration)]
+    timeout: std::time::Duration,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -135,12 +140,10 @@ pub fn main() -> ExitCode {
             output,
         } => simulate_command(&path, &source, &event, &headers, output),
         Command::Sign { source, event } => sign(&path, &source, &event),
-        Command::Jobs(command) => {
-            admin::Client::new(&cli.url, cli.token.as_deref()).and_then(|c| c.jobs(command))
-        }
-        Command::Audit(command) => {
-            admin::Client::new(&cli.url, cli.token.as_deref()).and_then(|c| c.audit(command))
-        }
+        Command::Jobs(command) => admin::Client::new(&cli.url, cli.token.as_deref(), cli.timeout)
+            .and_then(|c| c.jobs(command)),
+        Command::Audit(command) => admin::Client::new(&cli.url, cli.token.as_deref(), cli.timeout)
+            .and_then(|c| c.audit(command)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

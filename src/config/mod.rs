@@ -126,6 +126,9 @@ pub struct Config {
     pub admin_tokens: Vec<AdminToken>,
     /// How long audit records are kept (`[audit] retain`); `None` keeps them all.
     pub audit_retain: Option<Duration>,
+    /// How often refused requests are summarised on the record, per source and
+    /// reason (`[audit] rejections_every`).
+    pub audit_rejections_every: Duration,
     pub sources: Vec<SourceConfig>,
     pub targets: Vec<TargetConfig>,
     pub rules: Vec<RuleConfig>,
@@ -530,6 +533,12 @@ fn validate(
             "keeps less than an hour of records; the trail is the record of what happened",
         ));
     }
+    if raw.audit.rejections_every.is_zero() {
+        problems.push(Problem::error(
+            "audit.rejections_every",
+            "must be longer than zero: refused requests would each be a durable write",
+        ));
+    }
     check_worker(&raw.worker, problems);
     check_names(
         "admin.tokens",
@@ -560,6 +569,7 @@ fn validate(
         },
         admin_tokens,
         audit_retain: raw.audit.retain,
+        audit_rejections_every: raw.audit.rejections_every,
         sources,
         targets,
         rules,

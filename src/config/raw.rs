@@ -18,7 +18,6 @@ pub struct RawConfig {
     pub worker: RawWorker,
     #[serde(default)]
     pub admin: RawAdmin,
-    #[serde(default)]
     pub audit: RawAudit,
     #[serde(default)]
     pub sources: Vec<RawSource>,
@@ -73,13 +72,17 @@ pub struct RawWorker {
     pub poll_interval: Duration,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAudit {
     /// Records older than this are pruned (the chain stays verifiable); unset keeps
     /// everything.
     #[serde(default, with = "humantime_serde")]
     pub retain: Option<Duration>,
+    /// Refused requests are recorded at most once per this period per source and
+    /// reason, with their count.
+    #[serde(with = "humantime_serde")]
+    pub rejections_every: Duration,
 }
 
 #[derive(Debug, Default, Deserialize)]

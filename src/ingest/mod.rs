@@ -3,15 +3,16 @@
 //! before answering. Rejections are audited too.
 
 mod formats;
+mod rejections;
 mod verify;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 pub use formats::{MAX_DEPTH, NormalizeError, Normalizer};
+pub use rejections::{MAX_SOURCE_NAME, Rejections, cut_source_name};
 pub use verify::{Verified, Verifier, VerifyError, same_secret};
 
-use crate::audit::AuditEntry;
 use crate::config::{Config, Problem};
 use serde::Serialize;
 
@@ -76,6 +77,7 @@ impl Sources {
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
+    /// The name as the request gave it, cut to [`MAX_SOURCE_NAME`].
     #[error("unknown source `{0}`")]
     UnknownSource(String),
     #[error(transparent)]
@@ -90,6 +92,14 @@ pub enum IngestError {
 #[derive(Debug)]
 pub struct Receipt {
     pub events: Vec<IngestOutcome>,
+}
+
+impl IngestError {
+    /// An unknown source, its name cut so that a long path cannot flood an answer
+    /// or a log line.
+    pub fn unknown_source(name: &str) -> Self {
+        IngestError::UnknownSource(cut_source_name(name))
+    }
 }
 
 impl Receipt {
@@ -157,7 +167,7 @@ pub fn simulate(
 ) -> Result<Vec<Simulation>, IngestError> {
     let src = sources
         .get(source)
-        .ok_or_else(|| IngestError::UnknownSource(source.to_string()))?;
+        .ok_or_else(|| IngestError::unknown_source(source))?;
     let events = src.normalizer.normalize(
         &src.name,
         Verified::trusted_local_file(body),
@@ -193,26 +203,14 @@ pub struct Ingest {
     pub rules: Arc<RuleSet>,
     pub store: Arc<dyn Store>,
     pub policy: IngestPolicy,
+    /// Refused requests, summarised on the record.
+    pub rejections: Arc<Rejections>,
 }
 
 impl Ingest {
-    /// Verifies, normalizes, plans and commits one request body.
+    /// Verifies, normalizes, plans and commits one request body. A refusal is put
+    /// on the record by the caller, which knows what the sender was answered.
     pub async fn receive(
-        &self,
-        source_name: &str,
-        headers: &dyn Headers,
-        body: &[u8],
-    ) -> Result<Receipt, IngestError> {
-        let result = self.accept(source_name, headers, body).await;
-        if let Err(e) = &result
-            && !matches!(e, IngestError::Store(_))
-        {
-            self.audit_rejection(source_name, &e.to_string()).await;
-        }
-        result
-    }
-
-    async fn accept(
         &self,
         source_name: &str,
         headers: &dyn Headers,
@@ -221,7 +219,7 @@ impl Ingest {
         let source = self
             .sources
             .get(source_name)
-            .ok_or_else(|| IngestError::UnknownSource(source_name.to_string()))?;
+            .ok_or_else(|| IngestError::unknown_source(source_name))?;
         let verified = source.verifier.verify(headers, body)?;
         let events = source
             .normalizer
@@ -234,14 +232,5 @@ impl Ingest {
             .collect();
         let events = self.store.ingest(batch, self.policy).await?;
         Ok(Receipt { events })
-    }
-
-    /// Records a refused request. A store failure here is logged and does not change
-    /// the answer: the sender still learns why it was refused.
-    pub async fn audit_rejection(&self, source_name: &str, reason: &str) {
-        let entry = AuditEntry::rejected(source_name, reason);
-        if let Err(e) = self.store.append_audit(entry).await {
-            tracing::error!(error = %e, "could not audit a rejected request");
-        }
     }
 }

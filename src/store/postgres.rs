@@ -39,10 +39,10 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{AsyncMessage, NoTls, Row};
 
 use super::rows::{
-    ATTEMPT_COLUMNS, AUDIT_COLUMNS, Arg, Columns, EMITTED, EVENT_COLUMNS, EchoProbe, JOB_COLUMNS,
-    JobInsert, Landing, Listing, attempt_values, audit_listing, events_listing, job_state,
-    jobs_listing, lease_expired, millis, narrow, operator_move, page, payload_text, read_attempt,
-    read_audit, read_event, read_job, sql_limit,
+    ATTEMPT_COLUMNS, AUDIT_COLUMNS, Arg, Columns, EMITTED, EVENT_COLUMNS, EVENTS_PAGE_BYTES_COLUMN,
+    EchoProbe, JOB_COLUMNS, JobInsert, Landing, Listing, attempt_values, audit_listing,
+    events_listing, events_page, job_state, jobs_listing, lease_expired, millis, narrow,
+    operator_move, page, payload_text, read_attempt, read_audit, read_event, read_job, sql_limit,
 };
 use super::{
     AttemptReport, AuditFilter, ChainLink, ChainRow, EventFilter, IngestOutcome, IngestPolicy,
@@ -272,8 +272,12 @@ impl PostgresStore {
         let manager = Manager::from_config(
             pg.clone(),
             NoTls,
+            // Verified: a pooled connection is checked with an empty query before it
+            // is handed out, so one the server closed (a restart, a failover, an
+            // idle timeout) is replaced instead of failing the request it was given
+            // to. One round trip per checkout is the price.
             ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
+                recycling_method: RecyclingMethod::Verified,
             },
         );
         let pool = Pool::builder(manager)
@@ -809,16 +813,16 @@ fn lease_sql(pick: Pick) -> &'static str {
 fn build_lease_sql(pick: Pick) -> String {
     let (condition, order) = match pick {
         Pick::Due => (
-            "state IN ('queued', 'retrying') AND next_attempt_at <= $1",
+            "state IN ('queued', 'retrying') AND next_attempt_at <= $1".to_string(),
             "next_attempt_at",
         ),
         Pick::Expired => (
-            "state = 'running' AND lease_expires_at <= $1",
+            format!("state = 'running' AND lease_expires_at <= {STORE_NOW}"),
             "lease_expires_at",
         ),
     };
     format!(
-        "UPDATE jobs SET state = 'running', lease_owner = $2, lease_expires_at = $3,
+        "UPDATE jobs SET state = 'running', lease_owner = $2, lease_expires_at = {STORE_NOW} + $3,
             attempts = attempts + 1, attempt_started_at = $1, updated_at = $1
          FROM (SELECT id AS picked, attempt_started_at AS was_started FROM jobs
                WHERE {condition} ORDER BY {order} LIMIT 1 FOR UPDATE SKIP LOCKED) p
@@ -860,6 +864,11 @@ async fn leased<C: GenericClient>(
     Ok((leased, lost))
 }
 
+/// The store's clock in milliseconds. Leases are set and judged by it alone, so a
+/// replica whose clock runs ahead cannot take over a job another replica still
+/// holds, and one whose clock lags cannot keep a job past its lease.
+const STORE_NOW: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
+
 /// The lease fence: `worker` still holds attempt `$3` of job `$1`.
 const HELD: &str = "id = $1 AND state = 'running' AND lease_owner = $2 AND attempts = $3";
 
@@ -897,10 +906,10 @@ impl Store for PostgresStore {
         lease: Duration,
     ) -> Result<Option<LeasedJob>, StoreError> {
         let now = now_millis();
-        let expires = now.saturating_add(millis(lease));
+        let lease = millis(lease);
         let mut client = self.client().await?;
         // A due job: one statement, committed on its own.
-        let p: [&(dyn ToSql + Sync); 3] = [&now, &worker, &expires];
+        let p: [&(dyn ToSql + Sync); 3] = [&now, &worker, &lease];
         if let Some(row) = query_opt(&client, lease_sql(Pick::Due), &p).await? {
             let mut w = Writes::default();
             let (job, _) = leased(&client, &row, Pick::Due, now, &mut w).await?;
@@ -928,14 +937,13 @@ impl Store for PostgresStore {
         lease: Duration,
     ) -> Result<bool, StoreError> {
         let client = self.client().await?;
-        let expires = now_millis().saturating_add(millis(lease));
-        let n = execute(
-            &client,
-            "UPDATE jobs SET lease_expires_at = $3
-             WHERE id = $1 AND lease_owner = $2 AND state = 'running'",
-            &[&job_id, &worker, &expires],
-        )
-        .await?;
+        static RENEW: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "UPDATE jobs SET lease_expires_at = {STORE_NOW} + $3
+                 WHERE id = $1 AND lease_owner = $2 AND state = 'running'"
+            )
+        });
+        let n = execute(&client, &RENEW, &[&job_id, &worker, &millis(lease)]).await?;
         Ok(n == 1)
     }
 
@@ -1089,9 +1097,14 @@ impl Store for PostgresStore {
     async fn events(&self, filter: EventFilter) -> Result<Page<StoredEvent>, StoreError> {
         let client = self.client().await?;
         let q = events_listing(&filter, param);
-        let events = listed(&client, &q, read_event).await?;
+        let rows = listed(&client, &q, |r| {
+            Ok((read_event(r)?, r.int(EVENTS_PAGE_BYTES_COLUMN)?))
+        })
+        .await?;
+        let bytes = rows.last().map(|(_, b)| *b);
+        let events = rows.into_iter().map(|(e, _)| e).collect();
         let items = with_jobs(&client, events).await?;
-        Ok(page(items, filter.limit, |e| e.event.id.clone()))
+        Ok(events_page(items, filter.limit, bytes))
     }
 
     async fn job(&self, id: &str) -> Result<Option<Job>, StoreError> {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::{
     AttemptReport, AuditFilter, EventFilter, IngestPolicy, JobFilter, OperatorAction, Page,
-    StoreError, Transition,
+    StoreError, StoredEvent, Transition,
 };
 use crate::audit::{AuditEntry, AuditKind, AuditRecord};
 use crate::domain::{
@@ -379,13 +379,49 @@ impl Listing {
     }
 }
 
-/// Received events, newest first.
+/// A page of events holds at most about this many bytes of payloads: a thousand
+/// events of a megabyte each would otherwise be read into memory for one answer.
+/// The first event of a page is always in it, whatever its size.
+pub(super) const MAX_EVENTS_PAGE_BYTES: i64 = 8 << 20;
+
+/// Received events, newest first, cut once their payloads pass
+/// [`MAX_EVENTS_PAGE_BYTES`]. Each row ends with the payload bytes up to and
+/// including it (column [`EVENTS_PAGE_BYTES_COLUMN`]), which tells a page that was
+/// cut from one that ran out of events. The count limit applies first, so the sum
+/// never reads more than one page's rows.
 pub(super) fn events_listing(f: &EventFilter, param: fn(usize) -> String) -> Listing {
     let mut q = Listing::new(format!("SELECT {EVENT_COLUMNS} FROM events"), param);
     q.and_text("source =", f.source.clone());
     q.and_text("type =", f.kind.clone());
     q.and_text("id <", f.before.clone());
-    q.order_limit("id DESC", f.limit)
+    let mut q = q.order_limit("id DESC", f.limit);
+    q.sql = format!(
+        "SELECT {EVENT_COLUMNS}, upto FROM (
+            SELECT {EVENT_COLUMNS},
+                SUM(octet_length(payload)) OVER (ORDER BY id DESC) AS upto
+            FROM ({}) latest) counted
+         WHERE upto - octet_length(payload) < {MAX_EVENTS_PAGE_BYTES}
+         ORDER BY id DESC",
+        q.sql
+    );
+    q
+}
+
+/// Where [`events_listing`] puts the running sum of payload bytes.
+pub(super) const EVENTS_PAGE_BYTES_COLUMN: usize = 15;
+
+/// A page of events: there may be more after it when it is full by count, or when
+/// its payloads reached the byte bound (`bytes`, the running sum of its last row).
+pub(super) fn events_page(
+    items: Vec<StoredEvent>,
+    limit: usize,
+    bytes: Option<i64>,
+) -> Page<StoredEvent> {
+    let mut p = page(items, limit, |e| e.event.id.clone());
+    if p.next.is_none() && bytes.is_some_and(|b| b >= MAX_EVENTS_PAGE_BYTES) {
+        p.next = p.items.last().map(|e| e.event.id.clone());
+    }
+    p
 }
 
 /// Jobs without their attempts, newest first.

@@ -19,10 +19,10 @@ use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 use tokio::sync::{Notify, oneshot};
 
 use super::rows::{
-    ATTEMPT_COLUMNS, AUDIT_COLUMNS, Arg, Columns, EMITTED, EVENT_COLUMNS, EchoProbe, JOB_COLUMNS,
-    JobInsert, Landing, attempt_values, audit_listing, events_listing, job_state, jobs_listing,
-    lease_expired, millis, operator_move, page, payload_text, read_attempt, read_audit, read_event,
-    read_job, sql_limit,
+    ATTEMPT_COLUMNS, AUDIT_COLUMNS, Arg, Columns, EMITTED, EVENT_COLUMNS, EVENTS_PAGE_BYTES_COLUMN,
+    EchoProbe, JOB_COLUMNS, JobInsert, Landing, attempt_values, audit_listing, events_listing,
+    events_page, job_state, jobs_listing, lease_expired, millis, operator_move, page, payload_text,
+    read_attempt, read_audit, read_event, read_job, sql_limit,
 };
 use super::{
     AttemptReport, AuditFilter, ChainLink, ChainRow, EventFilter, IngestOutcome, IngestPolicy,
@@ -996,11 +996,12 @@ impl Store for SqliteStore {
             let q = events_listing(&filter, param);
             let mut stmt = conn.prepare_cached(&q.sql).map_err(unavailable)?;
             let mut rows = stmt.query(args(q.args)).map_err(unavailable)?;
-            let mut items = Vec::new();
+            let (mut items, mut bytes) = (Vec::new(), None);
             while let Some(row) = rows.next().map_err(unavailable)? {
                 items.push(event_from_row(conn, row)?);
+                bytes = Some(row.int(EVENTS_PAGE_BYTES_COLUMN)?);
             }
-            Ok(page(items, filter.limit, |e| e.event.id.clone()))
+            Ok(events_page(items, filter.limit, bytes))
         })
         .await
     }

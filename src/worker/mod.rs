@@ -155,6 +155,9 @@ enum Step {
     Done(Result<Effect, TargetError>),
     /// Held back (circuit open, shutting down) until this instant; no attempt spent.
     Held(Millis),
+    /// The lease was lost (another worker took the job over): the attempt stopped
+    /// where it was, and nothing is written (the store fences this worker out).
+    Lost,
 }
 
 impl Worker {
@@ -215,10 +218,13 @@ impl Worker {
                 ))),
                 (Some(action), Some(handle)) => {
                     let work = self.guarded(&leased, handle, action);
-                    self.renewing(&job.id, work).await
+                    self.renewing(&job.id, work).await.unwrap_or(Step::Lost)
                 }
             };
             match step {
+                Step::Lost => {
+                    tracing::warn!("lease lost: attempt abandoned; another worker owns the job")
+                }
                 Step::Held(at) => self.hold(&leased, at).await,
                 Step::Done(result) => {
                     let duration_ms =
@@ -261,19 +267,30 @@ impl Worker {
         Step::Done(handle.target.perform(action).await)
     }
 
-    /// Runs `work` while renewing the job's lease every third of its length.
-    async fn renewing<T>(&self, job_id: &str, work: impl Future<Output = T>) -> T {
+    /// Runs `work` while renewing the job's lease every third of its length; `None`
+    /// when the lease is lost first. `work` is then dropped where it stands, so no
+    /// further upstream call is made: the job is someone else's. A lease that could
+    /// not be renewed for its whole length (the store unreachable) counts as lost
+    /// too, as another worker may hold it by now.
+    async fn renewing<T>(&self, job_id: &str, work: impl Future<Output = T>) -> Option<T> {
         let lease = self.ctx.config.lease;
         tokio::pin!(work);
         let mut renew = tokio::time::interval(lease / 3);
         renew.tick().await;
+        let mut renewed = Instant::now();
         loop {
             tokio::select! {
-                result = &mut work => return result,
+                // Checked first: an answer that is already there is not thrown away.
+                biased;
+                result = &mut work => return Some(result),
                 _ = renew.tick() => {
                     match self.ctx.store.renew_lease(job_id, &self.id, lease).await {
-                        Ok(true) => {}
-                        Ok(false) => tracing::warn!("lease lost while the attempt runs"),
+                        Ok(true) => renewed = Instant::now(),
+                        Ok(false) => return None,
+                        Err(e) if renewed.elapsed() >= lease => {
+                            tracing::warn!(error = %e, "cannot renew the lease for its whole length");
+                            return None;
+                        }
                         Err(e) => tracing::warn!(error = %e, "cannot renew the lease"),
                     }
                 }
@@ -402,7 +419,9 @@ fn decide(
             attempt.upstream_status = e.upstream_status;
             attempt.error = Some(e.error.clone());
             if e.retryable && leased.attempts_in_budget < policy.max_attempts {
-                let mut delay = backoff(policy, n, e.retry_after);
+                // Counted within the budget, so that after an operator's retry the
+                // backoff starts small again.
+                let mut delay = backoff(policy, leased.attempts_in_budget, e.retry_after);
                 if e.ambiguous {
                     delay = delay.max(min_delay);
                 }
@@ -459,5 +478,105 @@ fn promoted_event(job: &Job, action: &Action, outcome: Outcome) -> Event {
         }),
         parent_job_id: Some(job.id.clone()),
         chain_depth: job.chain_depth + 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::JobState;
+
+    fn leased(attempt: u32, attempts_in_budget: u32) -> LeasedJob {
+        LeasedJob {
+            job: Job {
+                id: "job".into(),
+                rule: "rule".into(),
+                state: JobState::Running,
+                outcome: None,
+                event_id: "event".into(),
+                target: "target".into(),
+                action: None,
+                attempts: Vec::new(),
+                last_error: None,
+                parent_job_id: None,
+                chain_depth: 0,
+                created_at: 0,
+                updated_at: 0,
+            },
+            attempt,
+            attempts_in_budget,
+            started_at: now_millis(),
+        }
+    }
+
+    fn unavailable() -> TargetError {
+        TargetError {
+            retryable: true,
+            ..TargetError::permanent(JobErrorCode::UpstreamUnavailable, "503")
+        }
+    }
+
+    #[test]
+    fn after_an_operator_retry_the_backoff_starts_small_again() {
+        let policy = RetryPolicy {
+            max_attempts: 10,
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(300),
+        };
+        // Attempt 12 of the job, the first since an operator's retry.
+        for _ in 0..20 {
+            let before = now_millis();
+            let report = decide(
+                "w",
+                &leased(12, 1),
+                5,
+                &policy,
+                Duration::ZERO,
+                Err(unavailable()),
+            );
+            let Transition::Retry { at } = report.transition else {
+                panic!("expected a retry, got {:?}", report.transition);
+            };
+            assert!(
+                at - before <= 1_000 + 50,
+                "first retry after an operator's retry waits {} ms",
+                at - before
+            );
+        }
+    }
+
+    #[test]
+    fn the_budget_not_the_attempt_number_decides_when_to_give_up() {
+        let policy = RetryPolicy {
+            max_attempts: 3,
+            initial_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(1),
+        };
+        let go_on = decide(
+            "w",
+            &leased(7, 2),
+            5,
+            &policy,
+            Duration::ZERO,
+            Err(unavailable()),
+        );
+        assert!(matches!(go_on.transition, Transition::Retry { .. }));
+        let stop = decide(
+            "w",
+            &leased(8, 3),
+            5,
+            &policy,
+            Duration::ZERO,
+            Err(unavailable()),
+        );
+        let Transition::Failed(e) = stop.transition else {
+            panic!("expected failed, got {:?}", stop.transition);
+        };
+        assert_eq!(e.code, JobErrorCode::UpstreamUnavailable);
+        assert!(
+            e.message.starts_with("gave up after 3 attempts"),
+            "{}",
+            e.message
+        );
     }
 }

@@ -35,12 +35,36 @@ mod tests {
     }
 
     proptest! {
+        /// Whatever the attempt and whatever the upstream asks for, no wait is longer
+        /// than `max_backoff`.
         #[test]
-        fn stays_within_the_exponential_cap(n in 1u32..80, initial in 1u64..5_000, max in 5_000u64..600_000) {
+        fn never_waits_longer_than_the_cap(n in 1u32..200, initial in 1u64..5_000, max in 5_000u64..600_000, after_s in proptest::option::of(0u64..100_000)) {
             let p = policy(initial, max);
-            let d = backoff(&p, n, None);
-            let cap = Duration::from_millis(initial).saturating_mul(2u32.saturating_pow(n - 1)).min(p.max_backoff);
-            prop_assert!(d <= cap);
+            let d = backoff(&p, n, after_s.map(Duration::from_secs));
+            prop_assert!(d <= p.max_backoff, "{d:?}");
+        }
+
+        /// The first retry waits at most `initial_backoff` (an off-by-one in the
+        /// exponent would double it).
+        #[test]
+        fn the_first_retry_waits_at_most_the_initial_backoff(initial in 1u64..5_000) {
+            let p = policy(initial, 600_000);
+            prop_assert!(backoff(&p, 1, None) <= p.initial_backoff);
+        }
+
+        /// The ceiling doubles with each attempt until the cap: among 64 draws for
+        /// attempt n + 1, one lies beyond attempt n's ceiling (a chance of 2^-64 to
+        /// miss if the ceiling really doubled), and none beyond twice it.
+        #[test]
+        fn the_ceiling_doubles_per_attempt(n in 1u32..8, initial in 1u64..1_000) {
+            let p = policy(initial, 600_000);
+            let mut ceiling = Duration::from_millis(initial);
+            for _ in 1..n {
+                ceiling += ceiling;
+            }
+            let draws: Vec<Duration> = (0..64).map(|_| backoff(&p, n + 1, None)).collect();
+            prop_assert!(draws.iter().any(|d| *d > ceiling), "{draws:?} all within {ceiling:?}");
+            prop_assert!(draws.iter().all(|d| *d <= ceiling * 2), "{draws:?} beyond {:?}", ceiling * 2);
         }
 
         #[test]

@@ -1,7 +1,8 @@
 //! The stores a test can run on: a SQLite file in the test's directory, or a
 //! PostgreSQL schema of the test's own on the server at 127.0.0.1:5432 (or the base
 //! URL in `GANTRY_TEST_PG`), dropped at the end. Without a server the PostgreSQL
-//! variant of a test says so loudly and passes.
+//! variant of a test says so loudly and passes, except under CI (`CI` set), where
+//! it fails.
 
 use std::path::Path;
 use std::time::Duration;
@@ -51,6 +52,13 @@ impl PgSchema {
         let base = std::env::var("GANTRY_TEST_PG").unwrap_or_else(|_| DEFAULT_PG.to_string());
         let client = match connect(&base).await {
             Ok(c) => c,
+            // In CI a PostgreSQL test that did not run is a failure, not a pass:
+            // `.ci/run` makes sure the server is there.
+            Err(e) if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) => {
+                panic!(
+                    "PostgreSQL not reachable at {base} ({e}) and CI is set: the PostgreSQL tests must run"
+                )
+            }
             Err(e) => {
                 eprintln!(
                     "\n!!!!!!!!\nSKIPPED: PostgreSQL not reachable at {base} ({e}); \

@@ -1,0 +1,252 @@
+//! Hygiene at the edges (SPEC §13), the parts outside the targets: bounded listings,
+//! refusals that cannot grow the store, long made-up source names, pooled
+//! connections a server closed, admin commands that cannot hang, and the lease.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gantry::config::{PostgresUrl, StoreUrl};
+use gantry::domain::{Event, Subject, new_id, now_millis};
+use gantry::store::{EventFilter, IngestPolicy, NewEvent, Store};
+use serde_json::{Value, json};
+
+use crate::harness::spawn_app;
+use crate::stores::{Open, PgSchema};
+
+const POLICY: IngestPolicy = IngestPolicy {
+    dedupe_window: Duration::from_secs(86_400),
+    max_chain_depth: 5,
+};
+
+/// A store of either engine, and what keeps its database alive.
+struct Opened {
+    store: Arc<dyn Store>,
+    _db: Box<dyn std::any::Any + Send>,
+}
+
+impl Open for Opened {
+    async fn sqlite() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = gantry::store::open(&StoreUrl::Sqlite(dir.path().join("g.db")))
+            .await
+            .unwrap();
+        Opened {
+            store,
+            _db: Box::new(dir),
+        }
+    }
+
+    async fn postgres() -> Option<Self> {
+        let schema = PgSchema::create().await?;
+        let url = StoreUrl::Postgres(PostgresUrl::parse(&schema.url()).unwrap());
+        let store = gantry::store::open(&url).await.unwrap();
+        Some(Opened {
+            store,
+            _db: Box::new(schema),
+        })
+    }
+}
+
+on_each_store!(Opened: a_page_of_events_is_bounded_by_bytes_and_pages_on,);
+
+fn big_event(n: usize, pad: usize) -> NewEvent {
+    NewEvent {
+        event: Event {
+            id: new_id(),
+            source: "ci".into(),
+            kind: "test-passed".into(),
+            delivery_id: new_id(),
+            received_at: now_millis(),
+            subject: Subject::default(),
+            payload: json!({ "n": n, "pad": "x".repeat(pad) }),
+            parent_job_id: None,
+            chain_depth: 0,
+        },
+        jobs: Vec::new(),
+        notes: Vec::new(),
+    }
+}
+
+/// 40 events of 1 MiB: a page of 1000 holds at most 8 MiB of them (7 whole events
+/// plus the one that crosses the bound), and the cursor leads through all 40.
+async fn a_page_of_events_is_bounded_by_bytes_and_pages_on(o: Opened) {
+    const EVENTS: usize = 40;
+    for n in 0..EVENTS {
+        o.store
+            .ingest(vec![big_event(n, 1 << 20)], POLICY)
+            .await
+            .unwrap();
+    }
+    let mut before = None;
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    loop {
+        let page = o
+            .store
+            .events(EventFilter {
+                before: before.clone(),
+                limit: 1000,
+                ..EventFilter::default()
+            })
+            .await
+            .unwrap();
+        pages += 1;
+        assert!(
+            page.items.len() <= 8,
+            "a page of {} events of 1 MiB",
+            page.items.len()
+        );
+        seen.extend(
+            page.items
+                .iter()
+                .map(|e| e.event.payload["n"].as_u64().unwrap()),
+        );
+        match page.next {
+            Some(next) => before = Some(next),
+            None => break,
+        }
+        assert!(pages <= EVENTS, "the cursor does not advance");
+    }
+    let newest_first: Vec<u64> = (0..EVENTS as u64).rev().collect();
+    assert_eq!(seen, newest_first);
+    assert!(pages >= 5, "{pages} pages");
+    // One event larger than the bound still comes back alone.
+    o.store
+        .ingest(vec![big_event(99, 9 << 20)], POLICY)
+        .await
+        .unwrap();
+    let page = o
+        .store
+        .events(EventFilter {
+            limit: 1000,
+            ..EventFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 1);
+    assert_eq!(page.items[0].event.payload["n"], 99);
+    assert!(page.next.is_some());
+}
+
+/// A server restart (here: every session of the store's terminated by the server)
+/// leaves the pool holding closed connections; the next request gets a fresh one
+/// instead of an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_pooled_connections_closed_by_the_server_are_replaced() {
+    let Some(schema) = PgSchema::create().await else {
+        return;
+    };
+    let url = StoreUrl::Postgres(PostgresUrl::parse(&schema.url()).unwrap());
+    let store = gantry::store::open(&url).await.unwrap();
+    // Several connections in the pool, each used once.
+    let reads: Vec<_> = (0..4)
+        .map(|_| {
+            let s = store.clone();
+            tokio::spawn(async move {
+                s.events(EventFilter {
+                    limit: 1,
+                    ..EventFilter::default()
+                })
+                .await
+            })
+        })
+        .collect();
+    for r in reads {
+        r.await.unwrap().unwrap();
+    }
+    let admin = schema.connect().await;
+    let killed: i64 = admin
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE application_name = $1 AND pid <> pg_backend_pid()
+               AND query NOT ILIKE '%LISTEN%'",
+            &[&schema.name()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(killed >= 1, "no pooled session to terminate");
+    for i in 0..8 {
+        store
+            .events(EventFilter {
+                limit: 1,
+                ..EventFilter::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("request {i} after the sessions were closed: {e}"));
+    }
+}
+
+/// Refused requests: the first per source and reason is on the record at once, the
+/// rest of the period as one record with their count; unknown sources, whatever
+/// their names, share one key; the metrics count each.
+#[tokio::test]
+async fn refusals_are_summarised_on_the_record_and_counted_in_metrics() {
+    let app = spawn_app("[audit]\nrejections_every = \"1s\"\n").await;
+    let client = reqwest::Client::new();
+    const EACH: usize = 60;
+    for i in 0..EACH {
+        let bad = client
+            .post(format!("{}/hooks/ci", app.base))
+            .header("Content-Type", "application/json")
+            .header("X-Signature", "sha256=00")
+            .body(format!(r#"{{"event":"x","i":{i}}}"#))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(bad.status(), 401);
+        let name = format!("made-up-{i}-{}", "y".repeat(4000));
+        let unknown = client
+            .post(format!("{}/hooks/{name}", app.base))
+            .header("Content-Type", "application/json")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(unknown.status(), 404);
+        let body: Value = unknown.json().await.unwrap();
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.len() < 100,
+            "answer echoes the whole name: {} bytes",
+            message.len()
+        );
+    }
+    // Right away: one record per key, for the first refusal.
+    let now = app.audit("kind=event.rejected&limit=1000").await;
+    assert_eq!(now.len(), 2, "{now:#?}");
+    // Within the period's end: the rest, counted.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let records = loop {
+        let r = app.audit("kind=event.rejected&limit=1000").await;
+        if r.len() >= 4 || Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(records.len(), 4, "{records:#?}");
+    let total = |actor: &dyn Fn(&str) -> bool| -> u64 {
+        records
+            .iter()
+            .filter(|r| actor(r["actor"].as_str().unwrap()))
+            .map(|r| r["count"].as_u64().unwrap_or(1))
+            .sum()
+    };
+    assert_eq!(total(&|a| a == "ci"), EACH as u64);
+    assert_eq!(total(&|a| a.starts_with("made-up-")), EACH as u64);
+    for r in &records {
+        let actor = r["actor"].as_str().unwrap();
+        assert!(actor.len() <= 64 + 3, "actor of {} bytes", actor.len());
+        assert!(r["message"].as_str().unwrap().len() < 400);
+    }
+    let metrics = app.get("/metrics", None).await.text().await.unwrap();
+    for (label, n) in [("ci", EACH), ("unknown", EACH)] {
+        let line =
+            format!(r#"gantry_events_received_total{{source="{label}",result="rejected"}} {n}"#);
+        assert!(metrics.contains(&line), "{line} not in metrics");
+    }
+    // A good request is still accepted and recorded as usual.
+    let ok = app.send("ci", br#"{"event":"x"}"#).await;
+    assert_eq!(ok.status(), 202);
+    app.stop().await;
+}
