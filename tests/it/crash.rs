@@ -219,9 +219,10 @@ async fn an_attempt_cut_off_by_the_grace_period_is_released_and_not_repeated(sto
         .await
         .unwrap();
     let id = answer["jobs"][0]["id"].as_str().unwrap().to_string();
-    while fake.promote_calls() == 0 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    crate::harness::eventually("the first promote call", Duration::from_secs(10), || {
+        fake.promote_calls() > 0
+    })
+    .await;
     assert!(first.terminate(Duration::from_secs(5)).await.success());
 
     let second = ChildApp::start(&config, free_port()).await;
@@ -285,9 +286,10 @@ async fn killed_mid_stream_every_accepted_event_is_promoted_exactly_once(store: 
     let watcher = {
         let accepted = accepted.clone();
         tokio::spawn(async move {
-            while accepted.lock().unwrap().len() < 300 {
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
+            crate::harness::eventually("300 accepted events", Duration::from_secs(60), || {
+                accepted.lock().unwrap().len() >= 300
+            })
+            .await;
             first.kill();
             let _ = killed_tx.send(());
         })

@@ -250,3 +250,73 @@ async fn refusals_are_summarised_on_the_record_and_counted_in_metrics() {
     assert_eq!(ok.status(), 202);
     app.stop().await;
 }
+
+/// An admin command against a server that accepts and never answers gives up
+/// after `--timeout` with exit 1, instead of hanging the script that ran it.
+#[tokio::test]
+async fn an_admin_command_gives_up_after_its_timeout() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    // Accepts and holds every connection, answering nothing.
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            held.push(stream);
+        }
+    });
+    let started = Instant::now();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .args(["jobs", "list", "--timeout", "1s", "--token", "t", "--url"])
+        .arg(format!("http://{addr}"))
+        .env_clear()
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(20), out)
+        .await
+        .expect("the command hung")
+        .unwrap();
+    let took = started.elapsed();
+    holder.abort();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot reach gantry"), "{stderr}");
+}
+
+/// A 4 KB made-up source name reaches no log line whole: the request span's path
+/// and the refusal's message are cut.
+#[tokio::test]
+async fn a_long_unknown_source_name_is_cut_in_the_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = crate::harness::write_config(dir.path(), "http://127.0.0.1:1", "", "30s");
+    let log_path = dir.path().join("gantry.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let app =
+        crate::harness::ChildApp::start_logged(&config, crate::harness::free_port(), log).await;
+    let name = format!("n{}", "z".repeat(4096));
+    let status = reqwest::Client::new()
+        .post(format!("{}/hooks/{name}", app.client.base))
+        .header("Content-Type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 404);
+    assert!(app.terminate(Duration::from_secs(10)).await.success());
+    let logged = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        logged.contains("nzzz"),
+        "the request is not in the log at all"
+    );
+    let longest = logged
+        .lines()
+        .flat_map(|l| l.split(|c: char| c != 'z'))
+        .map(str::len)
+        .max()
+        .unwrap_or(0);
+    assert!(
+        longest <= 64,
+        "a run of {longest} bytes of the name in the log"
+    );
+}

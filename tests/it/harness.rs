@@ -489,3 +489,16 @@ pub fn fixture(name: &str) -> Vec<u8> {
     )
     .unwrap()
 }
+
+/// Polls `check` until it holds, failing the test (naming `what`) after `within`:
+/// a test that waits always has a deadline.
+pub async fn eventually(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !check() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

@@ -92,9 +92,10 @@ async fn three_replicas_share_the_work_and_lose_nothing_when_one_is_killed() {
     let killer = {
         let answers = answers.clone();
         tokio::spawn(async move {
-            while answers.lock().unwrap().len() < EVENTS / 2 {
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
+            crate::harness::eventually("half of the answers", Duration::from_secs(60), || {
+                answers.lock().unwrap().len() >= EVENTS / 2
+            })
+            .await;
             victim.kill();
             answers.lock().unwrap().len()
         })
