@@ -320,3 +320,70 @@ async fn a_long_unknown_source_name_is_cut_in_the_logs() {
         "a run of {longest} bytes of the name in the log"
     );
 }
+
+/// Two replicas whose clocks disagree by an hour: the one ahead must not take over
+/// a job the other still holds and renews, because leases are judged by the
+/// store's clock (SPEC §13). Needs Debian's `faketime`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_clock_runs_ahead_does_not_take_over_a_held_lease() {
+    use wiremock::matchers::method;
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    let Some(schema) = PgSchema::create().await else {
+        return;
+    };
+    let upstream = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(3)))
+        .mount(&upstream)
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = crate::harness::write_config_on(
+        dir.path(),
+        &upstream.uri(),
+        r#"
+[[rules]]
+name = "r"
+source = "ci"
+event = "test-passed"
+action = { type = "promote", target = "jfrog", to_repo = "staging" }
+"#,
+        "1s",
+        &schema.url(),
+    );
+    let holder = crate::harness::ChildApp::start(&config, crate::harness::free_port()).await;
+    let body = br#"{"event":"test-passed","repo":"dev","image":"app","tag":"1.0.0"}"#;
+    let answer: Value = holder.client.send("ci", body).await.json().await.unwrap();
+    let id = answer["jobs"][0]["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while crate::harness::posts(&upstream).await == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the promote never reached the upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The promote is at the upstream for 3 s, three leases; a workers-only replica an hour ahead
+    // starts beside it.
+    let ahead = tokio::process::Command::new("faketime")
+        .args(["-f", "+1h"])
+        .arg(env!("CARGO_BIN_EXE_gantry"))
+        .args(["serve", "--workers-only", "--config"])
+        .arg(&config)
+        .envs(crate::harness::env())
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("Debian's faketime is needed (apt-get install faketime)");
+    let job = holder.client.wait_final(&id).await;
+    drop(ahead);
+    assert_eq!(job["state"], "succeeded", "{job:#}");
+    assert_eq!(
+        job["attempts"].as_array().unwrap().len(),
+        1,
+        "the job was taken over: {job:#}"
+    );
+    assert_eq!(crate::harness::posts(&upstream).await, 1, "promoted twice");
+}
