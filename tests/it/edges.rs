@@ -387,3 +387,91 @@ action = { type = "promote", target = "jfrog", to_repo = "staging" }
     );
     assert_eq!(crate::harness::posts(&upstream).await, 1, "promoted twice");
 }
+
+/// A worker that learns its lease is lost makes no upstream call after that: here
+/// the replica holding the job is paused past its lease while it waits for a
+/// read, another replica takes the job over, and when the first one resumes its
+/// renewal says the job is no longer its own, so it never sends the promote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_lost_its_lease_makes_no_further_call() {
+    use wiremock::matchers::{method, path_regex};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    let Some(schema) = PgSchema::create().await else {
+        return;
+    };
+    let upstream = MockServer::start().await;
+    // Reading the source tag takes 4 s; everything else answers at once.
+    Mock::given(method("HEAD"))
+        .and(path_regex("/api/docker/dev/"))
+        .respond_with(ResponseTemplate::new(404).set_delay(Duration::from_secs(4)))
+        .mount(&upstream)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&upstream)
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = crate::harness::write_config_on(
+        dir.path(),
+        &upstream.uri(),
+        r#"
+[[rules]]
+name = "r"
+source = "ci"
+event = "test-passed"
+action = { type = "promote", target = "jfrog", to_repo = "staging" }
+"#,
+        "1s",
+        &schema.url(),
+    );
+    let first = crate::harness::ChildApp::start(&config, crate::harness::free_port()).await;
+    let body = br#"{"event":"test-passed","repo":"dev","image":"app","tag":"1.0.0"}"#;
+    let answer: Value = first.client.send("ci", body).await.json().await.unwrap();
+    let id = answer["jobs"][0]["id"].as_str().unwrap().to_string();
+    let heads = || async {
+        upstream
+            .received_requests()
+            .await
+            .unwrap_or_default()
+            .iter()
+            .filter(|r| r.method.as_str() == "HEAD")
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while heads().await == 0 {
+        assert!(Instant::now() < deadline, "the source read never came");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &first.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    };
+    signal("-STOP");
+    // The second replica takes the job over once the paused one's lease expires.
+    let second = crate::harness::ChildApp::start(&config, crate::harness::free_port()).await;
+    second
+        .client
+        .wait_for(&id, |j| {
+            j["attempts"].as_array().is_some_and(|a| a.len() == 1)
+        })
+        .await;
+    signal("-CONT");
+    let job = second.client.wait_final(&id).await;
+    assert_eq!(job["state"], "succeeded", "{job:#}");
+    assert_eq!(
+        job["attempts"][0]["error"]["code"], "lease_expired",
+        "{job:#}"
+    );
+    // Time for the first replica's read to come back, and its promote if it sent one.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        crate::harness::posts(&upstream).await,
+        1,
+        "promoted by both replicas"
+    );
+}
