@@ -40,9 +40,9 @@ use tokio_postgres::{AsyncMessage, NoTls, Row};
 
 use super::rows::{
     ATTEMPT_COLUMNS, AUDIT_COLUMNS, Arg, Columns, EMITTED, EVENT_COLUMNS, EchoProbe, JOB_COLUMNS,
-    JobInsert, Landing, Listing, attempt_values, audit_listing, events_listing, job_state,
-    jobs_listing, lease_expired, millis, narrow, operator_move, page, payload_text, read_attempt,
-    read_audit, read_event, read_job, sql_limit,
+    JobInsert, Landing, Listing, attempt_values, audit_listing, chain_sql, checkpoints_sql,
+    events_listing, job_state, jobs_listing, lease_expired, millis, narrow, operator_move, page,
+    payload_text, read_attempt, read_audit, read_event, read_job, sql_limit,
 };
 use super::{
     AttemptReport, AuditFilter, ChainLink, ChainRow, EventFilter, IngestOutcome, IngestPolicy,
@@ -70,7 +70,8 @@ const CHANNEL: &str = "gantry_work";
 /// schema's hash): "gant".
 const MIGRATION_LOCK: i32 = 0x6761_6e74;
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE events (
     id TEXT PRIMARY KEY,
     source TEXT NOT NULL,
@@ -163,7 +164,11 @@ CREATE TABLE audit_head (
     seq BIGINT NOT NULL,
     hash TEXT NOT NULL
 );
-"#];
+"#,
+    r#"
+CREATE INDEX audit_checkpoints ON audit(seq) WHERE kind = 'audit.pruned';
+"#,
+];
 
 /// The store on a PostgreSQL database that several replicas share.
 pub struct PostgresStore {
@@ -301,6 +306,27 @@ impl PostgresStore {
 
     async fn client(&self) -> Result<Client, StoreError> {
         self.pool.get().await.map_err(pool_error)
+    }
+
+    /// Audit records as verification reads them, by `sql` with a sequence number and
+    /// a limit bound.
+    async fn chain_rows(
+        &self,
+        sql: &str,
+        seq: i64,
+        limit: usize,
+    ) -> Result<Vec<ChainRow>, StoreError> {
+        let client = self.client().await?;
+        query(&client, sql, &[&seq, &sql_limit(limit)])
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(ChainRow {
+                    seq: r.int(0)?,
+                    record: read_audit(r),
+                })
+            })
+            .collect()
     }
 
     /// Chains the transaction's audit records, sends the wake-up, commits, and wakes
@@ -1115,18 +1141,16 @@ impl Store for PostgresStore {
     }
 
     async fn audit_chain(&self, after: i64, limit: usize) -> Result<Vec<ChainRow>, StoreError> {
-        let client = self.client().await?;
-        let sql = format!("SELECT {AUDIT_COLUMNS} FROM audit WHERE seq > $1 ORDER BY seq LIMIT $2");
-        query(&client, &sql, &[&after, &sql_limit(limit)])
-            .await?
-            .iter()
-            .map(|r| {
-                Ok(ChainRow {
-                    seq: r.int(0)?,
-                    record: read_audit(r),
-                })
-            })
-            .collect()
+        self.chain_rows(&chain_sql(param), after, limit).await
+    }
+
+    async fn audit_checkpoints(
+        &self,
+        before: i64,
+        limit: usize,
+    ) -> Result<Vec<ChainRow>, StoreError> {
+        self.chain_rows(&checkpoints_sql(param), before, limit)
+            .await
     }
 
     async fn prune(

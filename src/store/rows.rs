@@ -29,6 +29,29 @@ pub(super) const AUDIT_COLUMNS: &str = "seq, at, kind, actor, event_id, job_id, 
     repo, image, tag, digest, from_ref, to_ref, outcome, upstream_status, message, prev_hash,
     hash, parent_job_id, chain_depth";
 
+/// Audit records after the sequence number bound first, oldest first, at most the
+/// second: the chain as verification reads it.
+pub(super) fn chain_sql(param: fn(usize) -> String) -> String {
+    format!(
+        "SELECT {AUDIT_COLUMNS} FROM audit WHERE seq > {} ORDER BY seq LIMIT {}",
+        param(1),
+        param(2)
+    )
+}
+
+/// Pruning checkpoints before the sequence number bound first, newest first, at most
+/// the second. The kind is written out (not bound) so that both engines use the
+/// partial index `audit_checkpoints`: walking back from the head costs one index
+/// step per checkpoint, however many thousands a long retention leaves.
+pub(super) fn checkpoints_sql(param: fn(usize) -> String) -> String {
+    format!(
+        "SELECT {AUDIT_COLUMNS} FROM audit WHERE kind = 'audit.pruned' AND seq < {}
+         ORDER BY seq DESC LIMIT {}",
+        param(1),
+        param(2)
+    )
+}
+
 pub(super) fn corrupt(what: &str, value: &str) -> StoreError {
     StoreError::Corrupt(format!("{what} `{value}`"))
 }

@@ -20,9 +20,9 @@ use tokio::sync::{Notify, oneshot};
 
 use super::rows::{
     ATTEMPT_COLUMNS, AUDIT_COLUMNS, Arg, Columns, EMITTED, EVENT_COLUMNS, EchoProbe, JOB_COLUMNS,
-    JobInsert, Landing, attempt_values, audit_listing, events_listing, job_state, jobs_listing,
-    lease_expired, millis, operator_move, page, payload_text, read_attempt, read_audit, read_event,
-    read_job, sql_limit,
+    JobInsert, Landing, attempt_values, audit_listing, chain_sql, checkpoints_sql, events_listing,
+    job_state, jobs_listing, lease_expired, millis, operator_move, page, payload_text,
+    read_attempt, read_audit, read_event, read_job, sql_limit,
 };
 use super::{
     AttemptReport, AuditFilter, ChainLink, ChainRow, EventFilter, IngestOutcome, IngestPolicy,
@@ -122,6 +122,9 @@ CREATE INDEX jobs_target_ref ON jobs(target_ref, created_at) WHERE target_ref IS
 CREATE UNIQUE INDEX jobs_rule_parent ON jobs(rule, parent_job_id) WHERE parent_job_id IS NOT NULL;
 ALTER TABLE audit ADD COLUMN parent_job_id TEXT;
 ALTER TABLE audit ADD COLUMN chain_depth INTEGER;
+"#,
+    r#"
+CREATE INDEX audit_checkpoints ON audit(seq) WHERE kind = 'audit.pruned';
 "#,
 ];
 
@@ -251,6 +254,32 @@ impl SqliteStore {
             .map_err(|_| StoreError::Unavailable("the reader thread has stopped".into()))?;
         rx.await
             .map_err(|_| StoreError::Unavailable("the reader thread has stopped".into()))?
+    }
+
+    /// Audit records as verification reads them, by `sql` with a sequence number and
+    /// a limit bound.
+    async fn chain_rows(
+        &self,
+        sql: String,
+        seq: i64,
+        limit: usize,
+    ) -> Result<Vec<ChainRow>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&sql).map_err(unavailable)?;
+            let mut rows = stmt
+                .query(params![seq, sql_limit(limit)])
+                .map_err(unavailable)?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(unavailable)? {
+                let seq: i64 = row.get(0).map_err(unavailable)?;
+                out.push(ChainRow {
+                    seq,
+                    record: read_audit(row),
+                });
+            }
+            Ok(out)
+        })
+        .await
     }
 }
 
@@ -1041,26 +1070,15 @@ impl Store for SqliteStore {
     }
 
     async fn audit_chain(&self, after: i64, limit: usize) -> Result<Vec<ChainRow>, StoreError> {
-        self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(&format!(
-                    "SELECT {AUDIT_COLUMNS} FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2"
-                ))
-                .map_err(unavailable)?;
-            let mut rows = stmt
-                .query(params![after, sql_limit(limit)])
-                .map_err(unavailable)?;
-            let mut out = Vec::new();
-            while let Some(row) = rows.next().map_err(unavailable)? {
-                let seq: i64 = row.get(0).map_err(unavailable)?;
-                out.push(ChainRow {
-                    seq,
-                    record: read_audit(row),
-                });
-            }
-            Ok(out)
-        })
-        .await
+        self.chain_rows(chain_sql(param), after, limit).await
+    }
+
+    async fn audit_checkpoints(
+        &self,
+        before: i64,
+        limit: usize,
+    ) -> Result<Vec<ChainRow>, StoreError> {
+        self.chain_rows(checkpoints_sql(param), before, limit).await
     }
 
     async fn prune(
