@@ -6,7 +6,7 @@ mod chain;
 
 use serde::Serialize;
 
-pub use chain::{Anchor, ChainCheck, HASH_VERSION, LEGACY_HASH_VERSION, Verdict, chain_hash};
+pub use chain::{Anchor, ChainCheck, HASH_VERSION, Verdict, chain_hash};
 
 use crate::domain::{
     Action, AttemptRecord, Event, Job, JobError, Millis, NewJob, Op, Outcome, bounded, now_millis,
