@@ -2,23 +2,244 @@
 //! sequence and its canonical content, so an edited, deleted, inserted or reordered
 //! record breaks every hash after it. Pruning old records keeps the chain checkable
 //! through a checkpoint record that carries the last pruned hash.
+//!
+//! This module alone decides what a record's hash covers (its form); stores persist
+//! the form's version with each record. Forms so far:
+//! - v0 (before store migration 2): `serde_json` of the entry's fields of the time in
+//!   declaration order, absent ones as `null`, `at` in RFC 3339.
+//! - v1 (from migration 2): v0 followed by `parent_job_id` and `chain_depth`. Adding
+//!   those two changed the bytes of every record, so a trail written before no longer
+//!   verified: the reason for v2.
+//! - v2 ([`HASH_VERSION`]): RFC 8785 (JCS) canonical JSON of the fields present only
+//!   (`at` in milliseconds) and `hash_version: 2` itself. A field added later is absent
+//!   from every older record and leaves its hash alone; the version is inside what is
+//!   hashed, so relabelling a record's version breaks its hash.
+//!
+//! Records stored before versions were (v0 or v1; a store cannot tell which) carry
+//! [`LEGACY_HASH_VERSION`].
 
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::{AuditEntry, AuditKind, AuditRecord, GENESIS};
+use super::{AuditEntry, AuditKind, AuditRecord, GENESIS, as_rfc3339};
+use crate::domain::Millis;
 
-/// The chain hash of a record: SHA-256 over the previous hash, the sequence and the
-/// canonical JSON of the entry (fields in declaration order).
+/// The form of every record written now.
+pub const HASH_VERSION: u32 = 2;
+/// The version stores give records written before versions were stored: their hash
+/// covers the v1 form, or the v0 form when they lack v1's fields.
+pub const LEGACY_HASH_VERSION: u32 = 1;
+
+/// The chain hash of a record written now: the [`HASH_VERSION`] form.
 pub fn chain_hash(prev_hash: &str, seq: i64, entry: &AuditEntry) -> String {
-    // Serializing a struct of strings and numbers cannot fail.
-    let canonical = serde_json::to_vec(entry).unwrap_or_default();
+    digest(prev_hash, seq, &canonical(entry))
+}
+
+/// SHA-256 over the previous hash, the sequence and the record's form; the same
+/// framing in every version.
+fn digest(prev_hash: &str, seq: i64, form: &[u8]) -> String {
     let mut h = Sha256::new();
     h.update(prev_hash.as_bytes());
     h.update(b"\n");
     h.update(seq.to_string().as_bytes());
     h.update(b"\n");
-    h.update(&canonical);
+    h.update(form);
     hex::encode(h.finalize())
+}
+
+/// Whether `r.hash` is the hash of `r` in the form its version names; an error for
+/// a version this gantry does not know (written by a newer one, or edited).
+fn sealed(r: &AuditRecord) -> Result<bool, String> {
+    let holds = |form: &[u8]| digest(&r.prev_hash, r.seq, form) == r.hash;
+    match r.hash_version {
+        HASH_VERSION => Ok(holds(&canonical(&r.entry))),
+        LEGACY_HASH_VERSION => Ok(legacy_forms(&r.entry).iter().any(|f| holds(f))),
+        v => Err(format!("its hash version {v} is unknown to this gantry")),
+    }
+}
+
+/// The v2 form: every field present, none absent, keys sorted by JCS.
+#[derive(Serialize)]
+struct Canonical<'a> {
+    hash_version: u32,
+    at: Millis,
+    kind: AuditKind,
+    actor: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    job_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rule: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    target: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    repo: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    image: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tag: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    digest: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    from: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    to: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outcome: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upstream_status: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parent_job_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    chain_depth: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    count: Option<u64>,
+}
+
+fn canonical(entry: &AuditEntry) -> Vec<u8> {
+    use canon_json::CanonJsonSerialize;
+    // Taken apart without `..`: a field added to `AuditEntry` does not compile until
+    // it is placed here, so no field escapes the hash.
+    let AuditEntry {
+        at,
+        kind,
+        actor,
+        event_id,
+        job_id,
+        rule,
+        target,
+        repo,
+        image,
+        tag,
+        digest,
+        from,
+        to,
+        outcome,
+        upstream_status,
+        message,
+        parent_job_id,
+        chain_depth,
+        count,
+    } = entry;
+    let form = Canonical {
+        hash_version: HASH_VERSION,
+        at: *at,
+        kind: *kind,
+        actor,
+        event_id: event_id.as_deref(),
+        job_id: job_id.as_deref(),
+        rule: rule.as_deref(),
+        target: target.as_deref(),
+        repo: repo.as_deref(),
+        image: image.as_deref(),
+        tag: tag.as_deref(),
+        digest: digest.as_deref(),
+        from: from.as_deref(),
+        to: to.as_deref(),
+        outcome: outcome.as_deref(),
+        upstream_status: *upstream_status,
+        message: message.as_deref(),
+        parent_job_id: parent_job_id.as_deref(),
+        chain_depth: *chain_depth,
+        count: *count,
+    };
+    // Strings and integers: JCS cannot fail on them (it refuses only odd floats).
+    form.to_canon_json_vec().unwrap_or_default()
+}
+
+/// The v0 form, and with `chain` the v1 form (its two fields follow v0's).
+#[derive(Serialize)]
+struct Legacy<'a> {
+    #[serde(serialize_with = "as_rfc3339")]
+    at: Millis,
+    kind: AuditKind,
+    actor: &'a str,
+    event_id: &'a Option<String>,
+    job_id: &'a Option<String>,
+    rule: &'a Option<String>,
+    target: &'a Option<String>,
+    repo: &'a Option<String>,
+    image: &'a Option<String>,
+    tag: &'a Option<String>,
+    digest: &'a Option<String>,
+    from: &'a Option<String>,
+    to: &'a Option<String>,
+    outcome: &'a Option<String>,
+    upstream_status: Option<u16>,
+    message: &'a Option<String>,
+    #[serde(flatten)]
+    chain: Option<LegacyChain<'a>>,
+}
+
+#[derive(Serialize)]
+struct LegacyChain<'a> {
+    parent_job_id: &'a Option<String>,
+    chain_depth: Option<u32>,
+}
+
+/// The forms a legacy record's hash may cover: v1, and v0 only when the fields v0
+/// lacked are absent. A field neither covers (`count`) must be absent too, or it
+/// could be added to an old record unnoticed: then no form fits.
+fn legacy_forms(entry: &AuditEntry) -> Vec<Vec<u8>> {
+    let AuditEntry {
+        at,
+        kind,
+        actor,
+        event_id,
+        job_id,
+        rule,
+        target,
+        repo,
+        image,
+        tag,
+        digest,
+        from,
+        to,
+        outcome,
+        upstream_status,
+        message,
+        parent_job_id,
+        chain_depth,
+        count,
+    } = entry;
+    if count.is_some() {
+        return Vec::new();
+    }
+    let v0 = Legacy {
+        at: *at,
+        kind: *kind,
+        actor,
+        event_id,
+        job_id,
+        rule,
+        target,
+        repo,
+        image,
+        tag,
+        digest,
+        from,
+        to,
+        outcome,
+        upstream_status: *upstream_status,
+        message,
+        chain: None,
+    };
+    let v1 = Legacy {
+        chain: Some(LegacyChain {
+            parent_job_id,
+            chain_depth: *chain_depth,
+        }),
+        ..v0
+    };
+    // Serializing strings and integers to JSON cannot fail.
+    let mut forms = vec![serde_json::to_vec(&v1).unwrap_or_default()];
+    if parent_job_id.is_none() && chain_depth.is_none() {
+        forms.push(serde_json::to_vec(&v0).unwrap_or_default());
+    }
+    forms
 }
 
 /// Where a (possibly pruned) chain starts: the last sequence before it and its hash.
@@ -123,13 +344,15 @@ impl ChainCheck {
                     r.seq, self.prev.seq
                 ),
             ))
-        } else if chain_hash(&r.prev_hash, r.seq, &r.entry) != r.hash {
-            Some((
-                r.seq,
-                format!("record {} does not match its hash: it was edited", r.seq),
-            ))
         } else {
-            None
+            match sealed(r) {
+                Ok(true) => None,
+                Ok(false) => Some((
+                    r.seq,
+                    format!("record {} does not match its hash: it was edited", r.seq),
+                )),
+                Err(why) => Some((r.seq, format!("record {} cannot be read: {why}", r.seq))),
+            }
         };
         if let Some(p) = problem {
             self.broken = Some(p);
@@ -182,13 +405,15 @@ mod tests {
         let mut prev = GENESIS.to_string();
         (1..=n)
             .map(|seq| {
-                let entry = AuditEntry::rejected("src", &format!("reason {seq}"));
+                let mut entry = AuditEntry::rejections("src", &format!("reason {seq}"), 1);
+                entry.count = None;
                 let hash = chain_hash(&prev, seq, &entry);
                 let r = AuditRecord {
                     seq,
                     entry,
                     prev_hash: prev.clone(),
                     hash: hash.clone(),
+                    hash_version: HASH_VERSION,
                 };
                 prev = hash;
                 r
@@ -236,6 +461,48 @@ mod tests {
             r.seq = i as i64 + 1;
         }
         assert_eq!(check(&inserted, Anchor::genesis()).first_broken, Some(4));
+    }
+
+    #[test]
+    fn the_v2_form_is_jcs_of_the_fields_present_and_its_version() {
+        let mut e = AuditEntry::rejections("ci", "bad signature", 1);
+        e.count = None;
+        e.at = 1_700_000_000_123;
+        assert_eq!(
+            String::from_utf8(canonical(&e)).unwrap(),
+            r#"{"actor":"ci","at":1700000000123,"hash_version":2,"kind":"event.rejected","message":"bad signature"}"#
+        );
+        e.count = Some(7);
+        e.chain_depth = Some(0);
+        assert_eq!(
+            String::from_utf8(canonical(&e)).unwrap(),
+            r#"{"actor":"ci","at":1700000000123,"chain_depth":0,"count":7,"hash_version":2,"kind":"event.rejected","message":"bad signature"}"#
+        );
+    }
+
+    #[test]
+    fn a_relabelled_version_or_a_count_added_to_an_old_record_breaks_the_chain() {
+        let mut t = trail(3);
+        t[1].entry.count = Some(5);
+        assert_eq!(check(&t, Anchor::genesis()).first_broken, Some(2));
+
+        let mut t = trail(3);
+        t[1].hash_version = LEGACY_HASH_VERSION;
+        assert_eq!(check(&t, Anchor::genesis()).first_broken, Some(2));
+
+        let mut t = trail(3);
+        t[1].hash_version = 3;
+        let v = check(&t, Anchor::genesis());
+        assert_eq!(v.first_broken, Some(2));
+        assert!(v.reason.unwrap().contains("hash version 3 is unknown"));
+
+        // A legacy record (v1 form) given a count: no legacy form covers one.
+        let mut legacy = trail(1).remove(0);
+        legacy.hash_version = LEGACY_HASH_VERSION;
+        legacy.hash = digest(GENESIS, 1, &legacy_forms(&legacy.entry)[0]);
+        assert!(check(std::slice::from_ref(&legacy), Anchor::genesis()).ok);
+        legacy.entry.count = Some(1);
+        assert!(!check(&[legacy], Anchor::genesis()).ok);
     }
 
     #[test]

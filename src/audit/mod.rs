@@ -6,7 +6,7 @@ mod chain;
 
 use serde::Serialize;
 
-pub use chain::{Anchor, ChainCheck, Verdict, chain_hash};
+pub use chain::{Anchor, ChainCheck, HASH_VERSION, Verdict, chain_hash};
 
 use crate::domain::{
     Action, AttemptRecord, Event, Job, JobError, Millis, NewJob, Op, Outcome, bounded, now_millis,
@@ -97,8 +97,8 @@ impl AuditKind {
     }
 }
 
-/// Who, what, when, outcome and why of one decision. Field order is the canonical
-/// order the hash is computed over.
+/// Who, what, when, outcome and why of one decision. What its hash covers is decided
+/// in `chain`, not by how the API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     #[serde(serialize_with = "as_rfc3339")]
@@ -123,6 +123,10 @@ pub struct AuditEntry {
     /// For chained promotions: the job whose result led here, and how deep.
     pub parent_job_id: Option<String>,
     pub chain_depth: Option<u32>,
+    /// How many decisions of the same kind this one record stands for, where records
+    /// are aggregated (refusals a minute); absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
 }
 
 /// A stored record: its place in the chain and the hashes that bind it there.
@@ -133,6 +137,9 @@ pub struct AuditRecord {
     pub entry: AuditEntry,
     pub prev_hash: String,
     pub hash: String,
+    /// The form `hash` covers (see `audit::chain`): an exported trail carries what
+    /// checking it needs.
+    pub hash_version: u32,
 }
 
 /// The hash of the record before the first.
@@ -159,6 +166,7 @@ impl AuditEntry {
             message: None,
             parent_job_id: None,
             chain_depth: None,
+            count: None,
         }
     }
 
@@ -204,15 +212,11 @@ impl AuditEntry {
         e
     }
 
-    /// One refused request.
-    pub fn rejected(source: &str, reason: &str) -> Self {
-        AuditEntry::rejections(source, reason, 1)
-    }
-
     /// `count` refused requests of one source for one reason, summarised (see
     /// `ingest::rejections`); `reason` is the last one's.
     pub fn rejections(source: &str, reason: &str, count: u64) -> Self {
-        let e = AuditEntry::new(AuditKind::EventRejected, source);
+        let mut e = AuditEntry::new(AuditKind::EventRejected, source);
+        e.count = Some(count);
         if count == 1 {
             e.saying(reason)
         } else {

@@ -309,6 +309,13 @@ pub trait Store: Send + Sync {
         deliveries_before: Millis,
     ) -> Result<Pruned, StoreError>;
 
+    /// Pruning checkpoints (`audit.pruned`) before `before`, newest first.
+    async fn audit_checkpoints(
+        &self,
+        before: i64,
+        limit: usize,
+    ) -> Result<Vec<ChainRow>, StoreError>;
+
     /// Re-computes the audit hash chain from its start (or its pruning checkpoint)
     /// and names the first broken record. Shared by every store.
     async fn verify_audit(&self) -> Result<Verdict, StoreError> {
@@ -317,35 +324,20 @@ pub trait Store: Send + Sync {
         let anchor = match first.first() {
             None => return Ok(ChainCheck::new(Anchor::genesis()).verdict()),
             Some(row) if row.seq == 1 => Anchor::genesis(),
-            Some(row) => {
-                // Pruned: the checkpoint that names the record before the first.
-                let checkpoints = self
-                    .audit(AuditFilter {
-                        kind: Some(AuditKind::AuditPruned),
-                        limit: PAGE,
-                        ..AuditFilter::default()
-                    })
-                    .await?;
-                match checkpoints
-                    .items
-                    .iter()
-                    .filter_map(Anchor::from_checkpoint)
-                    .find(|a| a.seq + 1 == row.seq)
-                {
-                    Some(anchor) => anchor,
-                    None => {
-                        let mut check = ChainCheck::new(Anchor::genesis());
-                        check.unreadable(
-                            1,
-                            &format!(
-                                "records before {} are gone and no checkpoint names them",
-                                row.seq
-                            ),
-                        );
-                        return Ok(check.verdict());
-                    }
+            Some(row) => match checkpoint_naming(self, row.seq - 1).await? {
+                Some(anchor) => anchor,
+                None => {
+                    let mut check = ChainCheck::new(Anchor::genesis());
+                    check.unreadable(
+                        1,
+                        &format!(
+                            "records before {} are gone and no checkpoint names them",
+                            row.seq
+                        ),
+                    );
+                    return Ok(check.verdict());
                 }
-            }
+            },
         };
         let mut check = ChainCheck::new(anchor);
         let mut after = 0;
@@ -378,6 +370,33 @@ pub trait Store: Send + Sync {
 
     /// Notified after a commit that queued jobs, so idle workers wake at once.
     fn work_signal(&self) -> Arc<Notify>;
+}
+
+/// The anchor of the checkpoint that names `pruned_through` as the last record
+/// pruned. Searched newest first: each pass appends its checkpoint at the head, and
+/// only the newest pass's cut is where the trail now starts, so the search normally
+/// stops at the first checkpoint, however many a long retention has left. Only a
+/// trail cut without a checkpoint makes it read them all. The checkpoint found is
+/// itself in the chain that is then verified, so a forged one breaks it.
+async fn checkpoint_naming<S: Store + ?Sized>(
+    store: &S,
+    pruned_through: i64,
+) -> Result<Option<Anchor>, StoreError> {
+    const PAGE: usize = 100;
+    let mut before = i64::MAX;
+    loop {
+        let page = store.audit_checkpoints(before, PAGE).await?;
+        let found = page
+            .iter()
+            .filter_map(|row| row.record.as_ref().ok())
+            .filter_map(Anchor::from_checkpoint)
+            .find(|a| a.seq == pruned_through);
+        match (found, page.last()) {
+            (Some(anchor), _) => return Ok(Some(anchor)),
+            (None, Some(last)) if page.len() == PAGE => before = last.seq,
+            _ => return Ok(None),
+        }
+    }
 }
 
 /// Opens the store a config names, running its migrations.

@@ -40,16 +40,17 @@ use tokio_postgres::{AsyncMessage, NoTls, Row};
 
 use super::rows::{
     ATTEMPT_COLUMNS, AUDIT_COLUMNS, Arg, Columns, EMITTED, EVENT_COLUMNS, EVENTS_PAGE_BYTES_COLUMN,
-    EchoProbe, JOB_COLUMNS, JobInsert, Landing, Listing, attempt_values, audit_listing,
-    events_listing, events_page, job_state, jobs_listing, lease_expired, millis, narrow,
-    operator_move, page, payload_text, read_attempt, read_audit, read_event, read_job, sql_limit,
+    EchoProbe, JOB_COLUMNS, JobInsert, Landing, Listing, attempt_values, audit_listing, chain_sql,
+    checkpoints_sql, events_listing, events_page, job_state, jobs_listing, lease_expired, millis,
+    narrow, operator_move, page, payload_text, read_attempt, read_audit, read_event, read_job,
+    sql_limit, stored_count,
 };
 use super::{
     AttemptReport, AuditFilter, ChainLink, ChainRow, EventFilter, IngestOutcome, IngestPolicy,
     JobFilter, JobRef, JobSummary, LeasedJob, NewEvent, OperatorAction, OperatorOutcome, Page,
     Pruned, QueueStats, Release, Store, StoreError, StoredEvent, Transition,
 };
-use crate::audit::{Anchor, AuditEntry, AuditRecord, GENESIS, chain_hash};
+use crate::audit::{Anchor, AuditEntry, AuditRecord, GENESIS, HASH_VERSION, chain_hash};
 use crate::config::PostgresUrl;
 use crate::domain::{AttemptRecord, Event, Job, JobState, Millis, now_millis};
 
@@ -70,7 +71,8 @@ const CHANNEL: &str = "gantry_work";
 /// schema's hash): "gant".
 const MIGRATION_LOCK: i32 = 0x6761_6e74;
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE events (
     id TEXT PRIMARY KEY,
     source TEXT NOT NULL,
@@ -163,7 +165,14 @@ CREATE TABLE audit_head (
     seq BIGINT NOT NULL,
     hash TEXT NOT NULL
 );
-"#];
+"#,
+    r#"
+CREATE INDEX audit_checkpoints ON audit(seq) WHERE kind = 'audit.pruned';
+ALTER TABLE audit ADD COLUMN count BIGINT;
+-- The records already here were hashed in the legacy form (audit::chain).
+ALTER TABLE audit ADD COLUMN hash_version BIGINT NOT NULL DEFAULT 1;
+"#,
+];
 
 /// The store on a PostgreSQL database that several replicas share.
 pub struct PostgresStore {
@@ -307,6 +316,27 @@ impl PostgresStore {
         self.pool.get().await.map_err(pool_error)
     }
 
+    /// Audit records as verification reads them, by `sql` with a sequence number and
+    /// a limit bound.
+    async fn chain_rows(
+        &self,
+        sql: &str,
+        seq: i64,
+        limit: usize,
+    ) -> Result<Vec<ChainRow>, StoreError> {
+        let client = self.client().await?;
+        query(&client, sql, &[&seq, &sql_limit(limit)])
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(ChainRow {
+                    seq: r.int(0)?,
+                    record: read_audit(r),
+                })
+            })
+            .collect()
+    }
+
     /// Chains the transaction's audit records, sends the wake-up, commits, and wakes
     /// this instance's own workers at once.
     async fn commit(&self, tx: Transaction<'_>, w: Writes) -> Result<(), StoreError> {
@@ -427,6 +457,8 @@ async fn append(tx: &Transaction<'_>, entries: &[AuditEntry]) -> Result<(), Stor
         c.hash.push(hash);
         c.parent_job_id.push(e.parent_job_id.as_deref());
         c.chain_depth.push(e.chain_depth.map(i64::from));
+        c.count.push(stored_count(e)?);
+        c.hash_version.push(i64::from(HASH_VERSION));
     }
     let sql = format!(
         "WITH appended AS (
@@ -435,8 +467,8 @@ async fn append(tx: &Transaction<'_>, entries: &[AuditEntry]) -> Result<(), Stor
                 $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
                 $11::text[], $12::text[], $13::text[], $14::text[], $15::text[],
                 $16::bigint[], $17::text[], $18::text[], $19::text[], $20::text[],
-                $21::bigint[]))
-         UPDATE audit_head SET seq = $22, hash = $23"
+                $21::bigint[], $22::bigint[], $23::bigint[]))
+         UPDATE audit_head SET seq = $24, hash = $25"
     );
     execute(
         tx,
@@ -463,6 +495,8 @@ async fn append(tx: &Transaction<'_>, entries: &[AuditEntry]) -> Result<(), Stor
             &c.hash,
             &c.parent_job_id,
             &c.chain_depth,
+            &c.count,
+            &c.hash_version,
             &seq,
             &prev,
         ],
@@ -495,6 +529,8 @@ struct AuditColumns<'a> {
     hash: Vec<String>,
     parent_job_id: Vec<Option<&'a str>>,
     chain_depth: Vec<Option<i64>>,
+    count: Vec<Option<i64>>,
+    hash_version: Vec<i64>,
 }
 
 /// The most recent job whose promotion produced what `probe` names.
@@ -1128,18 +1164,16 @@ impl Store for PostgresStore {
     }
 
     async fn audit_chain(&self, after: i64, limit: usize) -> Result<Vec<ChainRow>, StoreError> {
-        let client = self.client().await?;
-        let sql = format!("SELECT {AUDIT_COLUMNS} FROM audit WHERE seq > $1 ORDER BY seq LIMIT $2");
-        query(&client, &sql, &[&after, &sql_limit(limit)])
-            .await?
-            .iter()
-            .map(|r| {
-                Ok(ChainRow {
-                    seq: r.int(0)?,
-                    record: read_audit(r),
-                })
-            })
-            .collect()
+        self.chain_rows(&chain_sql(param), after, limit).await
+    }
+
+    async fn audit_checkpoints(
+        &self,
+        before: i64,
+        limit: usize,
+    ) -> Result<Vec<ChainRow>, StoreError> {
+        self.chain_rows(&checkpoints_sql(param), before, limit)
+            .await
     }
 
     async fn prune(
@@ -1333,4 +1367,101 @@ async fn session(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::rows::old_trail;
+    use super::*;
+
+    /// Where the tests find PostgreSQL unless `GANTRY_TEST_PG` says otherwise.
+    const DEFAULT_PG: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+    /// A trail written at migration 1 (v1 records: PostgreSQL began with the chain
+    /// columns), then opened by this gantry (migrated) and appended to: it verifies
+    /// whole, and an edit of an old record is still found.
+    #[tokio::test]
+    async fn an_audit_trail_written_before_the_upgrade_still_verifies() {
+        let base = std::env::var("GANTRY_TEST_PG").unwrap_or_else(|_| DEFAULT_PG.to_string());
+        let Ok((client, connection)) = tokio_postgres::connect(&base, NoTls).await else {
+            eprintln!("\n!!!!!!!!\nSKIPPED: PostgreSQL not reachable at {base}\n!!!!!!!!\n");
+            return;
+        };
+        tokio::spawn(connection);
+        let schema = format!(
+            "gantry_u_{}",
+            ulid::Ulid::generate().to_string().to_lowercase()
+        );
+        // The database as gantry left it at migration 1, with a trail of v1 records.
+        client
+            .batch_execute(&format!(
+                "CREATE SCHEMA {schema}; SET search_path = {schema}; {}
+                 CREATE TABLE schema_version (version BIGINT NOT NULL);
+                 INSERT INTO schema_version (version) VALUES (1);",
+                MIGRATIONS[0]
+            ))
+            .await
+            .unwrap();
+        let old = old_trail::chained((0, GENESIS), 6, true);
+        let sql = format!(
+            "INSERT INTO audit ({}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            old_trail::V1_COLUMNS
+        );
+        for r in &old {
+            client
+                .execute(
+                    &sql,
+                    &[
+                        &r.seq,
+                        &r.at,
+                        &r.kind,
+                        &r.actor,
+                        &r.job_id,
+                        &r.upstream_status,
+                        &r.message,
+                        &r.prev_hash,
+                        &r.hash,
+                        &r.parent_job_id,
+                        &r.chain_depth,
+                    ],
+                )
+                .await
+                .unwrap();
+        }
+        let last = old.last().unwrap();
+        client
+            .execute(
+                "INSERT INTO audit_head (seq, hash) VALUES ($1, $2)",
+                &[&last.seq, &last.hash],
+            )
+            .await
+            .unwrap();
+
+        let sep = if base.contains('?') { '&' } else { '?' };
+        let url = format!("{base}{sep}options=-csearch_path%3D{schema}");
+        let store = PostgresStore::open(&PostgresUrl::parse(&url).unwrap())
+            .await
+            .unwrap();
+        for i in 0..3 {
+            let entry = AuditEntry::rejections("ci", &format!("new record {i}"), 1);
+            store.append_audit(entry).await.unwrap();
+        }
+        let verdict = store.verify_audit().await.unwrap();
+        let edited = async {
+            client
+                .batch_execute("UPDATE audit SET message = 'nothing' WHERE seq = 2")
+                .await
+                .unwrap();
+            store.verify_audit().await.unwrap()
+        }
+        .await;
+        drop(store);
+        client
+            .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+            .await
+            .unwrap();
+        assert!(verdict.ok, "{verdict:?}");
+        assert_eq!((verdict.records, verdict.head_seq), (9, Some(9)));
+        assert_eq!(edited.first_broken, Some(2), "{edited:?}");
+    }
 }

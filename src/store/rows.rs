@@ -27,7 +27,30 @@ pub(super) const ATTEMPT_COLUMNS: &str =
 
 pub(super) const AUDIT_COLUMNS: &str = "seq, at, kind, actor, event_id, job_id, rule, target,
     repo, image, tag, digest, from_ref, to_ref, outcome, upstream_status, message, prev_hash,
-    hash, parent_job_id, chain_depth";
+    hash, parent_job_id, chain_depth, count, hash_version";
+
+/// Audit records after the sequence number bound first, oldest first, at most the
+/// second: the chain as verification reads it.
+pub(super) fn chain_sql(param: fn(usize) -> String) -> String {
+    format!(
+        "SELECT {AUDIT_COLUMNS} FROM audit WHERE seq > {} ORDER BY seq LIMIT {}",
+        param(1),
+        param(2)
+    )
+}
+
+/// Pruning checkpoints before the sequence number bound first, newest first, at most
+/// the second. The kind is written out (not bound) so that both engines use the
+/// partial index `audit_checkpoints`: walking back from the head costs one index
+/// step per checkpoint, however many thousands a long retention leaves.
+pub(super) fn checkpoints_sql(param: fn(usize) -> String) -> String {
+    format!(
+        "SELECT {AUDIT_COLUMNS} FROM audit WHERE kind = 'audit.pruned' AND seq < {}
+         ORDER BY seq DESC LIMIT {}",
+        param(1),
+        param(2)
+    )
+}
 
 pub(super) fn corrupt(what: &str, value: &str) -> StoreError {
     StoreError::Corrupt(format!("{what} `{value}`"))
@@ -212,12 +235,23 @@ pub(super) fn read_audit(r: &impl Columns) -> Result<AuditRecord, String> {
                 message: r.text_opt(16)?,
                 parent_job_id: r.text_opt(19)?,
                 chain_depth: narrow_opt("chain depth", r.int_opt(20)?)?,
+                count: narrow_opt("audit count", r.int_opt(21)?)?,
             },
             prev_hash: r.text(17)?,
             hash: r.text(18)?,
+            hash_version: narrow("hash version", r.int(22)?)?,
         })
     };
     read().map_err(|e| e.to_string())
+}
+
+/// An audit record's count as stored. One past `i64::MAX` is refused, not cut: the
+/// stored value would no longer be the one hashed.
+pub(super) fn stored_count(entry: &AuditEntry) -> Result<Option<i64>, StoreError> {
+    entry
+        .count
+        .map(|c| i64::try_from(c).map_err(|_| corrupt("audit count", &c.to_string())))
+        .transpose()
 }
 
 /// How a job the rules planned is stored: queued with its rendered action, or failed
@@ -445,4 +479,170 @@ pub(super) fn audit_listing(f: &AuditFilter, param: fn(usize) -> String) -> List
     q.and_text("job_id =", f.job.clone());
     q.and_int("seq >", f.after);
     q.order_limit("seq ASC", f.limit)
+}
+
+/// Audit records as earlier gantry versions wrote them, reproduced here on their own
+/// (not through `audit::chain`) so the upgrade tests of both stores check today's
+/// verifier against what was really stored then.
+#[cfg(test)]
+pub(super) mod old_trail {
+    use sha2::{Digest, Sha256};
+
+    /// The hash every earlier version computed: SHA-256 over the previous hash, the
+    /// sequence and `serde_json` of the record's fields.
+    fn old_hash(prev_hash: &str, seq: i64, json: &[u8]) -> String {
+        let mut h = Sha256::new();
+        h.update(prev_hash.as_bytes());
+        h.update(b"\n");
+        h.update(seq.to_string().as_bytes());
+        h.update(b"\n");
+        h.update(json);
+        hex::encode(h.finalize())
+    }
+
+    /// The record before migration 2 (v0): these fields in this order, absent ones
+    /// as `null`, `at` in RFC 3339.
+    #[derive(serde::Serialize)]
+    struct V0<'a> {
+        at: String,
+        kind: &'a str,
+        actor: &'a str,
+        event_id: Option<&'a str>,
+        job_id: Option<&'a str>,
+        rule: Option<&'a str>,
+        target: Option<&'a str>,
+        repo: Option<&'a str>,
+        image: Option<&'a str>,
+        tag: Option<&'a str>,
+        digest: Option<&'a str>,
+        from: Option<&'a str>,
+        to: Option<&'a str>,
+        outcome: Option<&'a str>,
+        upstream_status: Option<u16>,
+        message: Option<&'a str>,
+    }
+
+    /// The record from migration 2 on (v1): v0's fields, then the chain's.
+    #[derive(serde::Serialize)]
+    struct V1<'a> {
+        at: String,
+        kind: &'a str,
+        actor: &'a str,
+        event_id: Option<&'a str>,
+        job_id: Option<&'a str>,
+        rule: Option<&'a str>,
+        target: Option<&'a str>,
+        repo: Option<&'a str>,
+        image: Option<&'a str>,
+        tag: Option<&'a str>,
+        digest: Option<&'a str>,
+        from: Option<&'a str>,
+        to: Option<&'a str>,
+        outcome: Option<&'a str>,
+        upstream_status: Option<u16>,
+        message: Option<&'a str>,
+        parent_job_id: Option<&'a str>,
+        chain_depth: Option<u32>,
+    }
+
+    /// One old record with the columns it sets (the others are NULL).
+    pub struct OldRecord {
+        pub seq: i64,
+        pub at: i64,
+        pub kind: &'static str,
+        pub actor: &'static str,
+        pub job_id: Option<String>,
+        pub upstream_status: Option<i64>,
+        pub message: String,
+        pub parent_job_id: Option<String>,
+        pub chain_depth: Option<i64>,
+        pub prev_hash: String,
+        pub hash: String,
+    }
+
+    impl OldRecord {
+        fn new(seq: i64, prev_hash: &str, v1: bool) -> OldRecord {
+            let at = 1_700_000_000_000 + seq * 1000;
+            let job_id = (seq % 2 == 0).then(|| format!("job-{seq}"));
+            let upstream_status = (seq % 3 == 0).then_some(502);
+            let message = format!("old record {seq}");
+            let chained = v1 && seq % 2 == 1;
+            let parent_job_id = chained.then(|| format!("parent-{seq}"));
+            let chain_depth = chained.then_some(1);
+            let v0 = V0 {
+                at: crate::domain::rfc3339(at),
+                kind: "job.attempt",
+                actor: "worker",
+                event_id: None,
+                job_id: job_id.as_deref(),
+                rule: None,
+                target: None,
+                repo: None,
+                image: None,
+                tag: None,
+                digest: None,
+                from: None,
+                to: None,
+                outcome: None,
+                upstream_status,
+                message: Some(&message),
+            };
+            let json = if v1 {
+                serde_json::to_vec(&V1 {
+                    at: v0.at.clone(),
+                    kind: v0.kind,
+                    actor: v0.actor,
+                    event_id: v0.event_id,
+                    job_id: v0.job_id,
+                    rule: v0.rule,
+                    target: v0.target,
+                    repo: v0.repo,
+                    image: v0.image,
+                    tag: v0.tag,
+                    digest: v0.digest,
+                    from: v0.from,
+                    to: v0.to,
+                    outcome: v0.outcome,
+                    upstream_status: v0.upstream_status,
+                    message: v0.message,
+                    parent_job_id: parent_job_id.as_deref(),
+                    chain_depth,
+                })
+            } else {
+                serde_json::to_vec(&v0)
+            }
+            .unwrap();
+            OldRecord {
+                seq,
+                at,
+                kind: "job.attempt",
+                actor: "worker",
+                upstream_status: upstream_status.map(i64::from),
+                hash: old_hash(prev_hash, seq, &json),
+                job_id,
+                message,
+                parent_job_id,
+                chain_depth: chain_depth.map(i64::from),
+                prev_hash: prev_hash.to_string(),
+            }
+        }
+    }
+
+    /// `n` records chained after `prev` (seq, hash), hashed as v1 or as v0.
+    pub fn chained(prev: (i64, &str), n: i64, v1: bool) -> Vec<OldRecord> {
+        let mut out: Vec<OldRecord> = Vec::new();
+        for seq in prev.0 + 1..=prev.0 + n {
+            let prev_hash = out.last().map_or(prev.1, |r| r.hash.as_str());
+            let r = OldRecord::new(seq, prev_hash, v1);
+            out.push(r);
+        }
+        out
+    }
+
+    /// The columns a v0 record sets, in the order of `OldRecord`'s fields.
+    pub const V0_COLUMNS: &str = "seq, at, kind, actor, job_id, upstream_status, message,
+        prev_hash, hash";
+    /// The columns a v1 record sets: v0's and the chain's.
+    pub const V1_COLUMNS: &str = "seq, at, kind, actor, job_id, upstream_status, message,
+        prev_hash, hash, parent_job_id, chain_depth";
 }

@@ -20,16 +20,17 @@ use tokio::sync::{Notify, oneshot};
 
 use super::rows::{
     ATTEMPT_COLUMNS, AUDIT_COLUMNS, Arg, Columns, EMITTED, EVENT_COLUMNS, EVENTS_PAGE_BYTES_COLUMN,
-    EchoProbe, JOB_COLUMNS, JobInsert, Landing, attempt_values, audit_listing, events_listing,
-    events_page, job_state, jobs_listing, lease_expired, millis, operator_move, page, payload_text,
-    read_attempt, read_audit, read_event, read_job, sql_limit,
+    EchoProbe, JOB_COLUMNS, JobInsert, Landing, attempt_values, audit_listing, chain_sql,
+    checkpoints_sql, events_listing, events_page, job_state, jobs_listing, lease_expired, millis,
+    operator_move, page, payload_text, read_attempt, read_audit, read_event, read_job, sql_limit,
+    stored_count,
 };
 use super::{
     AttemptReport, AuditFilter, ChainLink, ChainRow, EventFilter, IngestOutcome, IngestPolicy,
     JobFilter, JobRef, JobSummary, LeasedJob, NewEvent, OperatorAction, OperatorOutcome, Page,
     Pruned, QueueStats, Release, Store, StoreError, StoredEvent, Transition,
 };
-use crate::audit::{Anchor, AuditEntry, AuditRecord, GENESIS, chain_hash};
+use crate::audit::{Anchor, AuditEntry, AuditRecord, GENESIS, HASH_VERSION, chain_hash};
 use crate::domain::{AttemptRecord, Job, JobState, Millis, now_millis};
 
 /// Most operations committed in one transaction.
@@ -122,6 +123,12 @@ CREATE INDEX jobs_target_ref ON jobs(target_ref, created_at) WHERE target_ref IS
 CREATE UNIQUE INDEX jobs_rule_parent ON jobs(rule, parent_job_id) WHERE parent_job_id IS NOT NULL;
 ALTER TABLE audit ADD COLUMN parent_job_id TEXT;
 ALTER TABLE audit ADD COLUMN chain_depth INTEGER;
+"#,
+    r#"
+CREATE INDEX audit_checkpoints ON audit(seq) WHERE kind = 'audit.pruned';
+ALTER TABLE audit ADD COLUMN count INTEGER;
+-- The records already here were hashed in the legacy form (audit::chain).
+ALTER TABLE audit ADD COLUMN hash_version INTEGER NOT NULL DEFAULT 1;
 "#,
 ];
 
@@ -251,6 +258,32 @@ impl SqliteStore {
             .map_err(|_| StoreError::Unavailable("the reader thread has stopped".into()))?;
         rx.await
             .map_err(|_| StoreError::Unavailable("the reader thread has stopped".into()))?
+    }
+
+    /// Audit records as verification reads them, by `sql` with a sequence number and
+    /// a limit bound.
+    async fn chain_rows(
+        &self,
+        sql: String,
+        seq: i64,
+        limit: usize,
+    ) -> Result<Vec<ChainRow>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&sql).map_err(unavailable)?;
+            let mut rows = stmt
+                .query(params![seq, sql_limit(limit)])
+                .map_err(unavailable)?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(unavailable)? {
+                let seq: i64 = row.get(0).map_err(unavailable)?;
+                out.push(ChainRow {
+                    seq,
+                    record: read_audit(row),
+                });
+            }
+            Ok(out)
+        })
+        .await
     }
 }
 
@@ -389,10 +422,11 @@ fn append_audit(conn: &Connection, entry: &AuditEntry) -> Result<i64, StoreError
     let (prev_seq, prev_hash) = head.unwrap_or((0, GENESIS.to_string()));
     let seq = prev_seq + 1;
     let hash = chain_hash(&prev_hash, seq, entry);
+    let count = stored_count(entry)?;
     conn.prepare_cached(&format!(
         "INSERT INTO audit ({AUDIT_COLUMNS})
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19,
-            ?20, ?21)"
+            ?20, ?21, ?22, ?23)"
     ))
     .and_then(|mut s| {
         s.execute(params![
@@ -417,6 +451,8 @@ fn append_audit(conn: &Connection, entry: &AuditEntry) -> Result<i64, StoreError
             hash,
             entry.parent_job_id,
             entry.chain_depth,
+            count,
+            HASH_VERSION,
         ])
     })
     .map_err(unavailable)?;
@@ -1042,26 +1078,15 @@ impl Store for SqliteStore {
     }
 
     async fn audit_chain(&self, after: i64, limit: usize) -> Result<Vec<ChainRow>, StoreError> {
-        self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(&format!(
-                    "SELECT {AUDIT_COLUMNS} FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2"
-                ))
-                .map_err(unavailable)?;
-            let mut rows = stmt
-                .query(params![after, sql_limit(limit)])
-                .map_err(unavailable)?;
-            let mut out = Vec::new();
-            while let Some(row) = rows.next().map_err(unavailable)? {
-                let seq: i64 = row.get(0).map_err(unavailable)?;
-                out.push(ChainRow {
-                    seq,
-                    record: read_audit(row),
-                });
-            }
-            Ok(out)
-        })
-        .await
+        self.chain_rows(chain_sql(param), after, limit).await
+    }
+
+    async fn audit_checkpoints(
+        &self,
+        before: i64,
+        limit: usize,
+    ) -> Result<Vec<ChainRow>, StoreError> {
+        self.chain_rows(checkpoints_sql(param), before, limit).await
     }
 
     async fn prune(
@@ -1145,5 +1170,80 @@ impl Store for SqliteStore {
 
     fn work_signal(&self) -> Arc<Notify> {
         self.signal.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::rows::old_trail::{self, OldRecord};
+    use super::*;
+
+    fn insert(conn: &Connection, records: &[OldRecord], v1: bool) {
+        let (columns, values) = if v1 {
+            (
+                old_trail::V1_COLUMNS,
+                "?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11",
+            )
+        } else {
+            (old_trail::V0_COLUMNS, "?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9")
+        };
+        let sql = format!("INSERT INTO audit ({columns}) VALUES ({values})");
+        for r in records {
+            let common = params![
+                r.seq,
+                r.at,
+                r.kind,
+                r.actor,
+                r.job_id,
+                r.upstream_status,
+                r.message,
+                r.prev_hash,
+                r.hash
+            ];
+            if v1 {
+                let mut all = common.to_vec();
+                all.extend(params![r.parent_job_id, r.chain_depth]);
+                conn.execute(&sql, all.as_slice()).unwrap();
+            } else {
+                conn.execute(&sql, common).unwrap();
+            }
+        }
+    }
+
+    /// A trail begun at migration 1 (v0 records), continued after migration 2 (v1
+    /// records), then opened by this gantry (migrated) and appended to: it verifies
+    /// whole, and an edit of an old record is still found.
+    #[tokio::test]
+    async fn an_audit_trail_written_before_the_upgrade_still_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.execute_batch("PRAGMA user_version = 1").unwrap();
+        let v0 = old_trail::chained((0, GENESIS), 4, false);
+        insert(&conn, &v0, false);
+        conn.execute_batch(MIGRATIONS[1]).unwrap();
+        conn.execute_batch("PRAGMA user_version = 2").unwrap();
+        let last = v0.last().unwrap();
+        let v1 = old_trail::chained((last.seq, &last.hash), 4, true);
+        insert(&conn, &v1, true);
+
+        let store = SqliteStore::open(&path).await.unwrap();
+        for i in 0..3 {
+            let entry = AuditEntry::rejections("ci", &format!("new record {i}"), 1);
+            store.append_audit(entry).await.unwrap();
+        }
+        let verdict = store.verify_audit().await.unwrap();
+        assert!(verdict.ok, "{verdict:?}");
+        assert_eq!((verdict.records, verdict.head_seq), (11, Some(11)));
+
+        // A v0 record given a chain depth it never had: v0's form does not cover it.
+        conn.execute("UPDATE audit SET chain_depth = 1 WHERE seq = 3", [])
+            .unwrap();
+        assert_eq!(store.verify_audit().await.unwrap().first_broken, Some(3));
+        // An edited v0 record.
+        conn.execute("UPDATE audit SET message = 'nothing' WHERE seq = 2", [])
+            .unwrap();
+        assert_eq!(store.verify_audit().await.unwrap().first_broken, Some(2));
     }
 }

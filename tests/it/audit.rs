@@ -175,7 +175,7 @@ async fn pruning_cuts_the_chain_at_a_checkpoint_that_still_verifies() {
     let day = 86_400_000;
     let now = gantry::domain::now_millis();
     for i in 0..10 {
-        let mut e = AuditEntry::rejected("ci", &format!("record {i}"));
+        let mut e = AuditEntry::rejections("ci", &format!("record {i}"), 1);
         e.at = now - (10 - i) * day;
         store.append_audit(e).await.unwrap();
     }

@@ -33,7 +33,7 @@ struct Backend {
     store: Arc<dyn Store>,
     replica: Arc<dyn Store>,
     /// Dropped last: the SQLite directory or the PostgreSQL schema.
-    _db: Box<dyn std::any::Any + Send>,
+    db: Box<dyn std::any::Any + Send>,
 }
 
 impl Backend {
@@ -44,6 +44,17 @@ impl Backend {
             self.store.clone()
         } else {
             self.replica.clone()
+        }
+    }
+
+    /// Runs `sql` on the database behind the store's back, as an intruder would.
+    async fn tamper(&self, sql: &str) {
+        if let Some(dir) = self.db.downcast_ref::<tempfile::TempDir>() {
+            let conn = rusqlite::Connection::open(dir.path().join("g.db")).unwrap();
+            conn.execute_batch(sql).unwrap();
+        } else if let Some(schema) = self.db.downcast_ref::<PgSchema>() {
+            let sql = format!("SET search_path = {}; {sql}", schema.name());
+            schema.connect().await.batch_execute(&sql).await.unwrap();
         }
     }
 }
@@ -57,7 +68,7 @@ impl Open for Backend {
         Backend {
             replica: store.clone(),
             store,
-            _db: Box::new(dir),
+            db: Box::new(dir),
         }
     }
 
@@ -69,7 +80,7 @@ impl Open for Backend {
         Some(Backend {
             store: store.unwrap(),
             replica: replica.unwrap(),
-            _db: Box::new(schema),
+            db: Box::new(schema),
         })
     }
 }
@@ -87,6 +98,7 @@ on_each_store!(
     listings_filter_and_page_with_cursors,
     the_audit_chain_stays_linear_under_concurrent_appends,
     pruning_cuts_the_chain_at_a_checkpoint_that_verifies,
+    verify_finds_the_audit_checkpoint_by_sequence_among_thousands,
     the_work_signal_fires_after_a_commit_that_queues_work,
 );
 
@@ -179,7 +191,7 @@ fn report(leased: &LeasedJob, worker: &str, transition: Transition) -> AttemptRe
             error,
         },
         transition,
-        audit: vec![AuditEntry::rejected("test", "an attempt's record")],
+        audit: vec![AuditEntry::rejections("test", "an attempt's record", 1)],
         emit: None,
     }
 }
@@ -854,7 +866,7 @@ async fn the_audit_chain_stays_linear_under_concurrent_appends(b: Backend) {
                         .await
                         .unwrap();
                 } else {
-                    let entry = AuditEntry::rejected("test", &format!("task {k} record {i}"));
+                    let entry = AuditEntry::rejections("test", &format!("task {k} record {i}"), 1);
                     store.append_audit(entry).await.unwrap();
                 }
             }
@@ -875,7 +887,7 @@ async fn the_audit_chain_stays_linear_under_concurrent_appends(b: Backend) {
 async fn pruning_cuts_the_chain_at_a_checkpoint_that_verifies(b: Backend) {
     let now = now_millis();
     for i in 0..10 {
-        let mut e = AuditEntry::rejected("ci", &format!("record {i}"));
+        let mut e = AuditEntry::rejections("ci", &format!("record {i}"), 1);
         e.at = now - (10 - i) * DAY;
         b.store.append_audit(e).await.unwrap();
     }
@@ -913,6 +925,54 @@ async fn pruning_cuts_the_chain_at_a_checkpoint_that_verifies(b: Backend) {
         .await
         .unwrap();
     assert!(!out[0].duplicate);
+}
+
+/// Hourly pruning leaves a checkpoint an hour: with `retain = "400d"` that is
+/// thousands of them, and `verify` must find the one that names the cut however many
+/// came before it; a forged one still breaks the chain.
+async fn verify_finds_the_audit_checkpoint_by_sequence_among_thousands(b: Backend) {
+    const RECORDS: i64 = 1100;
+    const CUTS: i64 = 1050;
+    // Record `i` (seq `i`) is `i` ms after the epoch: long past any retention.
+    for i in 1..=RECORDS {
+        let mut e = AuditEntry::rejections("ci", &format!("record {i}"), 1);
+        e.at = i;
+        b.store.append_audit(e).await.unwrap();
+    }
+    // Each pass cuts one more record and appends a checkpoint (stamped now) at the
+    // head, so every checkpoint survives the later cuts.
+    for i in 1..=CUTS {
+        let pruned = b.store.prune(Some(i + 1), 0).await.unwrap();
+        assert_eq!(pruned.audit_records, 1);
+    }
+    let head = RECORDS + CUTS;
+    let verdict = b.replica.verify_audit().await.unwrap();
+    assert!(verdict.ok, "{verdict:?}");
+    assert_eq!(
+        (verdict.records, verdict.head_seq),
+        ((head - CUTS) as u64, Some(head))
+    );
+
+    // An intruder removes five more records and rewrites the newest checkpoint to
+    // name the new cut: the anchor fits, the checkpoint's own hash does not.
+    let rows = b.store.audit_chain(CUTS + 4, 1).await.unwrap();
+    let fifth = rows[0].record.as_ref().unwrap();
+    let anchor = gantry::audit::Anchor {
+        seq: fifth.seq,
+        hash: fifth.hash.clone(),
+    };
+    let forged = AuditEntry::pruned(&anchor, (CUTS + 5) as u64)
+        .message
+        .unwrap();
+    b.tamper(&format!(
+        "DELETE FROM audit WHERE seq > {CUTS} AND seq <= {}; \
+         UPDATE audit SET message = '{forged}' WHERE seq = {head};",
+        fifth.seq
+    ))
+    .await;
+    let verdict = b.store.verify_audit().await.unwrap();
+    assert!(!verdict.ok);
+    assert_eq!(verdict.first_broken, Some(head), "{verdict:?}");
 }
 
 async fn the_work_signal_fires_after_a_commit_that_queues_work(b: Backend) {
@@ -980,7 +1040,7 @@ async fn postgres_listener_reconnects_after_its_connection_drops() {
     let b = Backend {
         store,
         replica,
-        _db: Box::new(schema),
+        db: Box::new(schema),
     };
     the_work_signal_fires_after_a_commit_that_queues_work(b).await;
 }
