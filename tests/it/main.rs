@@ -11,6 +11,7 @@ mod audit;
 mod chains;
 mod cli;
 mod crash;
+mod edges_targets;
 mod fake_artifactory;
 mod faults;
 mod harness;
