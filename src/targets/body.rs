@@ -7,6 +7,8 @@ use reqwest::Response;
 use super::{TargetError, status_error, transport_error};
 use crate::domain::JobErrorCode;
 
+/// A manifest (or index): the OCI distribution spec's own suggested limit.
+pub const MANIFEST_LIMIT: usize = 4 << 20;
 /// Any other JSON answer (build info, storage info, promotion records, tag lists).
 pub const JSON_LIMIT: usize = 1 << 20;
 /// What is kept of an error body; the rest is dropped unread.
@@ -94,7 +96,7 @@ mod tests {
 
     #[test]
     fn sizes_read_as_people_write_them() {
-        assert_eq!(size(4 << 20), "4 MiB");
+        assert_eq!(size(MANIFEST_LIMIT), "4 MiB");
         assert_eq!(size(JSON_LIMIT), "1 MiB");
         assert_eq!(size(ERROR_LIMIT), "64 KiB");
         assert_eq!(size(1000), "1000 bytes");
@@ -103,12 +105,15 @@ mod tests {
     #[test]
     fn too_large_is_permanent_and_says_what() {
         let e = BodyError::TooLarge {
-            what: "the build info".into(),
-            limit: JSON_LIMIT,
+            what: "the manifest dev/app:1".into(),
+            limit: MANIFEST_LIMIT,
         }
         .into_target_error(false);
         assert_eq!(e.error.code, JobErrorCode::ResponseTooLarge);
         assert!(!e.retryable);
-        assert_eq!(e.error.message, "the build info was larger than 1 MiB");
+        assert_eq!(
+            e.error.message,
+            "the manifest dev/app:1 was larger than 4 MiB"
+        );
     }
 }

@@ -1,11 +1,28 @@
 //! SPEC §13 at the target side, played by an attacker: signed events whose values try
-//! to leave their place in an upstream URL, and answers too large to hold.
+//! to leave their place in an upstream URL, upstreams that point redirects, realms
+//! and upload locations at other hosts, and answers too large to hold.
 
 use serde_json::{Value, json};
 use wiremock::matchers::{method, path};
-use wiremock::{Mock, ResponseTemplate};
+use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
 use crate::harness::{TestApp, spawn_app};
+use crate::oci::{STAGING_TAG, one_blob_image, staging_tag};
+use crate::registry::{IMAGE, RegistryOptions, RegistryProc, ulid_like};
+
+const OCI_RULES: &str = r#"
+[[rules]]
+name = "to-staging"
+source = "ci"
+event = "ship"
+action = { type = "promote", target = "reg", to_repo = "staging" }
+
+[[rules]]
+name = "move"
+source = "ci"
+event = "move"
+action = { type = "promote", target = "reg", to_repo = "moved", copy = false }
+"#;
 
 const ARTIFACTORY_RULES: &str = r#"
 [[rules]]
@@ -33,6 +50,13 @@ event = "bundle"
 action = { type = "release-bundle-promote", target = "jfrog", environment = "PROD" }
 "#;
 
+/// An oci target `reg` at `url` with basic credentials, and the OCI rules.
+fn oci_config(url: &str) -> String {
+    format!(
+        "[[targets]]\nname = \"reg\"\nkind = \"oci\"\nurl = \"{url}\"\nusername = \"robot\"\npassword = \"s3cret\"\n{OCI_RULES}"
+    )
+}
+
 /// Sends a signed `ci` event and waits for its one job to end.
 async fn job_for(app: &TestApp, event: Value) -> Value {
     let answer: Value = app
@@ -55,6 +79,79 @@ fn assert_failed_once(job: &Value, code: &str) {
     assert_eq!(job["attempts"].as_array().map(Vec::len), Some(1), "{job:#}");
 }
 
+/// Requests `server` received that carried an Authorization header.
+async fn authorized(server: &MockServer) -> Vec<Request> {
+    server
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r.headers.contains_key("authorization"))
+        .collect()
+}
+
+/// `http://localhost:{port}` of a wiremock server: another host than the
+/// `127.0.0.1` the registry is configured with.
+fn other_host(server: &MockServer) -> String {
+    format!("http://localhost:{}", server.address().port())
+}
+
+#[tokio::test]
+async fn an_image_name_climbing_out_of_its_repository_deletes_nothing() {
+    let reg = RegistryProc::start(RegistryOptions::default()).await;
+    let victim = reg
+        .push_image(
+            "other",
+            "1",
+            &[format!("victim {}", ulid_like()).into_bytes()],
+            None,
+        )
+        .await;
+    let app = spawn_app(&format!(
+        "[[targets]]\nname = \"reg\"\nkind = \"oci\"\nurl = \"{}\"\n{OCI_RULES}",
+        reg.base
+    ))
+    .await;
+    // dev/app/../../other is `other` once a URL parser has resolved it, for the
+    // source and for the destination moved/app/../../other alike: a move that finds
+    // its "copy" done and deletes its "source".
+    let job = job_for(
+        &app,
+        json!({"event": "move", "repo": "dev", "image": "app/../../other", "tag": "1"}),
+    )
+    .await;
+    assert_eq!(
+        reg.manifest_digest("other", "1", None).await.as_deref(),
+        Some(victim.as_str()),
+        "the other repository's tag is still there"
+    );
+    assert_failed_once(&job, "invalid_reference");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn hostile_oci_references_send_nothing_to_the_registry() {
+    let reg = MockServer::start().await;
+    let app = spawn_app(&oci_config(&reg.uri())).await;
+    let long_tag = "t".repeat(129);
+    let cases = [
+        json!({"event": "move", "repo": "dev", "image": "app/../../other", "tag": "1"}),
+        json!({"event": "move", "repo": "dev", "image": "app", "tag": "../../../other/app/manifests/1"}),
+        json!({"event": "move", "repo": "dev", "image": "app", "tag": "%2e%2e"}),
+        json!({"event": "move", "repo": "dev", "image": "App", "tag": "1"}),
+        json!({"event": "move", "repo": "dev", "image": "app", "tag": long_tag}),
+        json!({"event": "ship", "repo": "dev", "image": "app", "tag": "1", "digest": "sha256:../../x"}),
+        json!({"event": "ship", "repo": "dev", "image": "app", "tag": "1", "digest": "sha256:ABC"}),
+    ];
+    for event in cases {
+        let job = job_for(&app, event.clone()).await;
+        assert_failed_once(&job, "invalid_reference");
+    }
+    let received = reg.received_requests().await.unwrap_or_default();
+    assert_eq!(received.len(), 0, "{received:#?}");
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn hostile_artifactory_values_send_nothing() {
     let app = spawn_app(ARTIFACTORY_RULES).await;
@@ -75,6 +172,145 @@ async fn hostile_artifactory_values_send_nothing() {
     }
     let received = app.upstream.received_requests().await.unwrap_or_default();
     assert_eq!(received.len(), 0, "{received:#?}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_upload_location_on_another_origin_gets_no_credentials() {
+    let (reg, digest, blob) = one_blob_image().await;
+    let storage = MockServer::start().await;
+    staging_tag(&reg, 1, Some(&digest)).await;
+    Mock::given(method("HEAD"))
+        .and(path(format!("/v2/staging/app/blobs/{blob}")))
+        .respond_with(ResponseTemplate::new(404))
+        .mount(&reg)
+        .await;
+    // An S3-style upload: the Location carries its own signature.
+    Mock::given(method("POST"))
+        .and(path("/v2/staging/app/blobs/uploads/"))
+        .respond_with(ResponseTemplate::new(202).insert_header(
+            "Location",
+            format!("{}/upload/1?X-Amz-Signature=abc", other_host(&storage)),
+        ))
+        .mount(&reg)
+        .await;
+    Mock::given(method("PUT"))
+        .and(path(STAGING_TAG))
+        .respond_with(ResponseTemplate::new(201).insert_header("Docker-Content-Digest", &digest))
+        .mount(&reg)
+        .await;
+    Mock::given(method("PUT"))
+        .and(path("/upload/1"))
+        .respond_with(ResponseTemplate::new(201))
+        .expect(1)
+        .mount(&storage)
+        .await;
+    let app = spawn_app(&oci_config(&reg.uri())).await;
+    let job = job_for(
+        &app,
+        json!({"event": "ship", "repo": "dev", "image": "app", "tag": "1.0.0", "digest": digest}),
+    )
+    .await;
+    assert_eq!(
+        (job["state"].as_str(), job["outcome"].as_str()),
+        (Some("succeeded"), Some("promoted")),
+        "{job:#}"
+    );
+    assert_eq!(authorized(&storage).await.len(), 0, "credentials leaked");
+    let to_registry = reg.received_requests().await.unwrap_or_default();
+    assert_eq!(
+        authorized(&reg).await.len(),
+        to_registry.len(),
+        "the registry itself gets its credentials"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_token_realm_over_http_on_another_host_gets_no_basic_credentials() {
+    let reg = MockServer::start().await;
+    let tokens = MockServer::start().await;
+    let challenge = format!(
+        r#"Bearer realm="{}/token",service="reg",scope="repository:dev/app:pull""#,
+        other_host(&tokens)
+    );
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(401).insert_header("WWW-Authenticate", challenge))
+        .mount(&reg)
+        .await;
+    Mock::given(path("/token"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"token": "t"})))
+        .mount(&tokens)
+        .await;
+    let app = spawn_app(&oci_config(&reg.uri())).await;
+    let job = job_for(
+        &app,
+        json!({"event": "ship", "repo": "dev", "image": "app", "tag": "1"}),
+    )
+    .await;
+    assert_failed_once(&job, "upstream_rejected");
+    let asked = tokens.received_requests().await.unwrap_or_default();
+    assert_eq!(asked.len(), 1, "{asked:#?}");
+    assert_eq!(authorized(&tokens).await.len(), 0, "credentials leaked");
+    app.stop().await;
+}
+
+/// reqwest strips Authorization on a redirect to another origin; checked here
+/// because every registry call relies on it.
+#[tokio::test]
+async fn a_redirect_to_another_origin_carries_no_credentials() {
+    let reg = MockServer::start().await;
+    let elsewhere = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/v2/dev/app/manifests/1"))
+        .respond_with(
+            ResponseTemplate::new(307)
+                .insert_header("Location", format!("{}/m", other_host(&elsewhere))),
+        )
+        .mount(&reg)
+        .await;
+    let app = spawn_app(&oci_config(&reg.uri())).await;
+    let job = job_for(
+        &app,
+        json!({"event": "ship", "repo": "dev", "image": "app", "tag": "1"}),
+    )
+    .await;
+    assert_failed_once(&job, "upstream_rejected");
+    assert_eq!(
+        elsewhere.received_requests().await.map(|r| r.len()),
+        Some(1)
+    );
+    assert_eq!(authorized(&elsewhere).await.len(), 0, "credentials leaked");
+    assert!(!authorized(&reg).await.is_empty());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_manifest_past_4_mib_is_not_read() {
+    let reg = MockServer::start().await;
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"layers":[],"pad":"{}"}}"#,
+        "x".repeat(5 << 20)
+    );
+    Mock::given(method("GET"))
+        .and(path("/v2/dev/app/manifests/1"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("Content-Type", IMAGE)
+                .set_body_string(manifest.clone()),
+        )
+        .mount(&reg)
+        .await;
+    let app = spawn_app(&oci_config(&reg.uri())).await;
+    let digest = crate::registry::digest_of(manifest.as_bytes());
+    let job = job_for(
+        &app,
+        json!({"event": "ship", "repo": "dev", "image": "app", "tag": "1", "digest": digest}),
+    )
+    .await;
+    assert_failed_once(&job, "response_too_large");
+    let message = job["last_error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("4 MiB"), "{message}");
     app.stop().await;
 }
 
