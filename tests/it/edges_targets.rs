@@ -1,9 +1,10 @@
 //! SPEC §13 at the target side, played by an attacker: signed events whose values try
-//! to leave their place in an upstream URL, upstreams that point redirects, realms
-//! and upload locations at other hosts, and answers too large to hold.
+//! to leave their repository, upstreams that send credentials' worth of redirects,
+//! realms and upload locations to other hosts, a move on a digest that other tags
+//! share, and answers too large to hold.
 
 use serde_json::{Value, json};
-use wiremock::matchers::{method, path};
+use wiremock::matchers::{method, path, path_regex};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
 use crate::harness::{TestApp, spawn_app};
@@ -285,6 +286,110 @@ async fn a_redirect_to_another_origin_carries_no_credentials() {
     app.stop().await;
 }
 
+/// The manifest bytes `repo:reference` holds.
+async fn manifest_bytes(reg: &RegistryProc, repo: &str, reference: &str) -> Vec<u8> {
+    let r = reqwest::Client::new()
+        .get(format!("{}/v2/{repo}/manifests/{reference}", reg.base))
+        .header("Accept", IMAGE)
+        .send()
+        .await
+        .expect("the registry answers");
+    assert_eq!(r.status(), 200);
+    r.bytes().await.expect("a body").to_vec()
+}
+
+#[tokio::test]
+async fn a_move_keeps_a_source_tag_that_shares_its_digest() {
+    let reg = RegistryProc::start(RegistryOptions::default()).await;
+    let layers = [format!("shared {}", ulid_like()).into_bytes()];
+    let image = reg.push_image("dev/app", "6.0.0", &layers, None).await;
+    let bytes = manifest_bytes(&reg, "dev/app", "6.0.0").await;
+    reg.push_manifest("dev/app", "stable", IMAGE, &bytes, None)
+        .await;
+    let app = spawn_app(&format!(
+        "[[targets]]\nname = \"reg\"\nkind = \"oci\"\nurl = \"{}\"\n{OCI_RULES}",
+        reg.base
+    ))
+    .await;
+    let event =
+        json!({"event": "move", "repo": "dev", "image": "app", "tag": "6.0.0", "digest": image});
+    let job = job_for(&app, event).await;
+    for (repo, tag) in [
+        ("dev/app", "stable"),
+        ("dev/app", "6.0.0"),
+        ("moved/app", "6.0.0"),
+    ] {
+        assert_eq!(
+            reg.manifest_digest(repo, tag, None).await.as_deref(),
+            Some(image.as_str()),
+            "{repo}:{tag}"
+        );
+    }
+    assert_failed_once(&job, "move_incomplete");
+    let message = job["last_error"]["message"].as_str().unwrap_or_default();
+    for part in ["moved/app:6.0.0", "dev/app:6.0.0", "stable", image.as_str()] {
+        assert!(message.contains(part), "{part} in {message}");
+    }
+    // The only tag on its digest is moved as before.
+    let alone = reg
+        .push_image(
+            "dev/app",
+            "7.0.0",
+            &[format!("alone {}", ulid_like()).into_bytes()],
+            None,
+        )
+        .await;
+    let event =
+        json!({"event": "move", "repo": "dev", "image": "app", "tag": "7.0.0", "digest": alone});
+    let job = job_for(&app, event).await;
+    assert_eq!(job["state"], "succeeded", "{job:#}");
+    assert_eq!(reg.manifest_digest("dev/app", "7.0.0", None).await, None);
+    assert_eq!(
+        reg.manifest_digest("dev/app", "stable", None)
+            .await
+            .as_deref(),
+        Some(image.as_str())
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_source_tag_already_gone_is_not_deleted_by_digest() {
+    let (reg, digest, _) = one_blob_image().await;
+    Mock::given(method("HEAD"))
+        .and(path(STAGING_TAG))
+        .respond_with(ResponseTemplate::new(200).insert_header("Docker-Content-Digest", &digest))
+        .mount(&reg)
+        .await;
+    Mock::given(method("DELETE"))
+        .and(path("/v2/dev/app/manifests/1.0.0"))
+        .respond_with(ResponseTemplate::new(404))
+        .with_priority(1)
+        .mount(&reg)
+        .await;
+    Mock::given(method("DELETE"))
+        .and(path_regex("^/v2/dev/app/manifests/sha256:"))
+        .respond_with(ResponseTemplate::new(202))
+        .expect(0)
+        .mount(&reg)
+        .await;
+    let app =
+        spawn_app(&oci_config(&reg.uri()).replace("to_repo = \"moved\"", "to_repo = \"staging\""))
+            .await;
+    let job = job_for(
+        &app,
+        json!({"event": "move", "repo": "dev", "image": "app", "tag": "1.0.0", "digest": digest}),
+    )
+    .await;
+    assert_eq!(
+        (job["state"].as_str(), job["outcome"].as_str()),
+        (Some("succeeded"), Some("promoted")),
+        "{job:#}"
+    );
+    assert_eq!(deletes_by_digest(&reg).await, 0, "deleted by digest");
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn a_manifest_past_4_mib_is_not_read() {
     let reg = MockServer::start().await;
@@ -372,5 +477,104 @@ async fn an_error_body_is_kept_only_to_64_kib() {
     let message = job["last_error"]["message"].as_str().unwrap_or_default();
     assert!(!message.contains("MARKER"), "{message}");
     assert_eq!(job["attempts"][0]["upstream_status"], 400);
+    app.stop().await;
+}
+
+/// A registry that refuses to delete a tag alone (405) and lists `dev/app`'s tags
+/// on two linked pages: `1.0.0` and `a`, then `stable`, which points at `stable`.
+/// Returns the server and the digest of `1.0.0`.
+async fn paged_registry(stable: &str) -> (MockServer, String) {
+    use wiremock::matchers::query_param;
+    let (reg, digest, _) = one_blob_image().await;
+    let stable = if stable.is_empty() {
+        digest.clone()
+    } else {
+        stable.to_string()
+    };
+    Mock::given(method("HEAD"))
+        .and(path(STAGING_TAG))
+        .respond_with(ResponseTemplate::new(200).insert_header("Docker-Content-Digest", &digest))
+        .mount(&reg)
+        .await;
+    Mock::given(method("DELETE"))
+        .and(path("/v2/dev/app/manifests/1.0.0"))
+        .respond_with(ResponseTemplate::new(405))
+        .with_priority(1)
+        .mount(&reg)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/v2/dev/app/tags/list"))
+        .and(query_param("last", "a"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"name": "dev/app", "tags": ["stable"]})),
+        )
+        .with_priority(1)
+        .mount(&reg)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/v2/dev/app/tags/list"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("Link", r#"</v2/dev/app/tags/list?n=2&last=a>; rel="next""#)
+                .set_body_json(json!({"name": "dev/app", "tags": ["1.0.0", "a"]})),
+        )
+        .mount(&reg)
+        .await;
+    for (tag, points_at) in [("a", format!("sha256:{:0>64}", "a")), ("stable", stable)] {
+        Mock::given(method("HEAD"))
+            .and(path(format!("/v2/dev/app/manifests/{tag}")))
+            .respond_with(
+                ResponseTemplate::new(200).insert_header("Docker-Content-Digest", points_at),
+            )
+            .mount(&reg)
+            .await;
+    }
+    Mock::given(method("DELETE"))
+        .and(path_regex("^/v2/dev/app/manifests/sha256:"))
+        .respond_with(ResponseTemplate::new(202))
+        .mount(&reg)
+        .await;
+    (reg, digest)
+}
+
+async fn deletes_by_digest(reg: &MockServer) -> usize {
+    reg.received_requests()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .filter(|r| r.method.as_str() == "DELETE" && r.url.path().contains("sha256:"))
+        .count()
+}
+
+/// Every page of the tag list is read before a digest is deleted.
+#[tokio::test]
+async fn a_tag_on_a_later_page_keeps_the_digest() {
+    let moving = json!({"event": "move", "repo": "dev", "image": "app", "tag": "1.0.0"});
+    let config = |reg: &MockServer| {
+        oci_config(&reg.uri()).replace("to_repo = \"moved\"", "to_repo = \"staging\"")
+    };
+
+    let (reg, digest) = paged_registry("").await;
+    let app = spawn_app(&config(&reg)).await;
+    let job = job_for(&app, moving.clone()).await;
+    assert_failed_once(&job, "move_incomplete");
+    let message = job["last_error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("stable") && message.contains(&digest),
+        "{message}"
+    );
+    assert_eq!(deletes_by_digest(&reg).await, 0);
+    app.stop().await;
+
+    let (reg, _) = paged_registry(&format!("sha256:{:0>64}", "b")).await;
+    let app = spawn_app(&config(&reg)).await;
+    let job = job_for(&app, moving).await;
+    assert_eq!(
+        (job["state"].as_str(), job["outcome"].as_str()),
+        (Some("succeeded"), Some("promoted")),
+        "{job:#}"
+    );
+    assert_eq!(deletes_by_digest(&reg).await, 1);
     app.stop().await;
 }

@@ -268,9 +268,12 @@ impl OciTarget {
         Ok(done(Outcome::Promoted))
     }
 
-    /// Removes the source tag of a move, once the copy is verified. Registries that
-    /// cannot delete a tag alone (Docker Distribution) delete the manifest by
-    /// digest instead.
+    /// Removes the source tag of a move, once the copy is verified, and nothing
+    /// else (SPEC §13). A 404 means the tag is gone already. A registry that cannot
+    /// delete a tag alone (Docker Distribution answers 400, others 405) has the
+    /// manifest deleted by digest, which removes every tag on it: only when no
+    /// other tag of the repository points at it. Otherwise the move stops at
+    /// `move_incomplete`, the copy kept.
     async fn delete_source(
         &self,
         repo: &RepositoryName,
@@ -279,19 +282,17 @@ impl OciTarget {
         from: &ImageRef,
         to: &ImageRef,
     ) -> Result<(), TargetError> {
-        let by_tag = self
+        let refused = match self
             .registry
             .delete_manifest(repo, &Reference::Tag(tag.clone()))
-            .await;
-        let refused = match by_tag {
+            .await
+        {
             Ok(_) => return Ok(()),
-            Err(e) if matches!(e.upstream_status, Some(400 | 404 | 405)) => {
-                match self
-                    .registry
-                    .delete_manifest(repo, &Reference::Digest(digest.clone()))
-                    .await
-                {
-                    Ok(_) => return Ok(()),
+            Err(e) if e.upstream_status == Some(404) => return Ok(()),
+            Err(e) if matches!(e.upstream_status, Some(400 | 405)) => {
+                match self.delete_if_alone(repo, tag, digest, from, to).await {
+                    Ok(()) => return Ok(()),
+                    Err(e) if e.error.code == JobErrorCode::MoveIncomplete => return Err(e),
                     Err(e) => e,
                 }
             }
@@ -311,6 +312,46 @@ impl OciTarget {
             ),
             ..refused
         })
+    }
+
+    /// Deletes `digest` from `repo` if `tag` is the only tag there pointing at it;
+    /// `move_incomplete` when others do.
+    async fn delete_if_alone(
+        &self,
+        repo: &RepositoryName,
+        tag: &Tag,
+        digest: &Digest,
+        from: &ImageRef,
+        to: &ImageRef,
+    ) -> Result<(), TargetError> {
+        let tags = self.registry.tags(repo).await?;
+        if !tags.contains(tag) {
+            // Gone already (a retried move): nothing to delete.
+            return Ok(());
+        }
+        let mut sharing = Vec::new();
+        for other in tags.into_iter().filter(|t| t != tag) {
+            let points_at = self
+                .registry
+                .digest(repo, &Reference::Tag(other.clone()))
+                .await?;
+            if points_at.as_deref() == Some(digest.as_str()) {
+                sharing.push(other.to_string());
+            }
+        }
+        if !sharing.is_empty() {
+            return Err(TargetError::permanent(
+                JobErrorCode::MoveIncomplete,
+                format!(
+                    "copied to {to} and verified; the source tag {from} stays, because the registry cannot delete a tag alone and tags {} of {repo} also point at {digest}; delete the tag {from} by hand, or promote with copy = true",
+                    sharing.join(", ")
+                ),
+            ));
+        }
+        self.registry
+            .delete_manifest(repo, &Reference::Digest(digest.clone()))
+            .await
+            .map(|_| ())
     }
 }
 

@@ -17,11 +17,11 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use reqwest::header::{
-    ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE,
+    ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LINK, LOCATION, WWW_AUTHENTICATE,
 };
 use reqwest::{Client, RequestBuilder, Response, StatusCode, Url};
 
-use super::reference::{Digest, Reference, RepositoryName};
+use super::reference::{Digest, Reference, RepositoryName, Tag};
 use crate::config::{TargetAuth, TargetConfig};
 use crate::domain::JobErrorCode;
 use crate::targets::body::{self, JSON_LIMIT, MANIFEST_LIMIT};
@@ -32,6 +32,11 @@ pub const MANIFEST_TYPES: &str = "application/vnd.oci.image.index.v1+json, \
     application/vnd.oci.image.manifest.v1+json, \
     application/vnd.docker.distribution.manifest.list.v2+json, \
     application/vnd.docker.distribution.manifest.v2+json";
+
+/// Tags asked for per page of a tag list.
+const TAGS_PER_PAGE: usize = 1000;
+/// Pages of a tag list followed at most: a move's safety check must end.
+const MAX_TAG_PAGES: usize = 20;
 
 /// A manifest exactly as stored: its bytes, media type and digest.
 #[derive(Debug, Clone)]
@@ -84,6 +89,21 @@ fn parse_challenge(header: &str) -> Option<Challenge> {
                 scope: param("scope"),
             })
         })
+}
+
+/// The `rel="next"` target of a `Link` header (`<url>; rel="next"`), as the
+/// distribution spec paginates tag lists.
+fn next_link(header: &str) -> Option<&str> {
+    header.split(',').find_map(|link| {
+        let (target, params) = link.trim().split_once(';')?;
+        let next = params.split(';').any(|p| {
+            p.trim()
+                .strip_prefix("rel=")
+                .is_some_and(|r| r.trim_matches('"').eq_ignore_ascii_case("next"))
+        });
+        next.then(|| target.trim().strip_prefix('<')?.strip_suffix('>'))
+            .flatten()
+    })
 }
 
 /// `repository:tag` or `repository@digest`, for messages.
@@ -341,6 +361,69 @@ impl Registry {
         }
     }
 
+    /// Every tag of a repository (empty when the registry does not know it), page
+    /// by page as the registry links them, on its own origin only and at most
+    /// [`MAX_TAG_PAGES`] pages.
+    pub async fn tags(&self, repository: &RepositoryName) -> Result<Vec<Tag>, TargetError> {
+        #[derive(serde::Deserialize)]
+        struct Page {
+            #[serde(default)]
+            tags: Option<Vec<String>>,
+        }
+        let mut url = self.url(repository, &["tags", "list"]);
+        url.query_pairs_mut()
+            .append_pair("n", &TAGS_PER_PAGE.to_string());
+        let scope = scope_for(repository, false);
+        let mut tags = Vec::new();
+        for _ in 0..MAX_TAG_PAGES {
+            let response = self
+                .send(&scope, false, &url, &|u| self.client.get(u))
+                .await?;
+            if response.status() == StatusCode::NOT_FOUND {
+                return Ok(tags);
+            }
+            let response = Registry::check(response).await?;
+            let next = response
+                .headers()
+                .get(LINK)
+                .and_then(|v| v.to_str().ok())
+                .and_then(next_link)
+                .and_then(|l| url.join(l).ok());
+            let what = format!("the tag list of {repository}");
+            let bytes = body::read_within(response, JSON_LIMIT, &what)
+                .await
+                .map_err(|e| e.into_target_error(false))?;
+            let page: Page = serde_json::from_slice(&bytes).map_err(|e| {
+                TargetError::permanent(
+                    JobErrorCode::UpstreamRejected,
+                    format!("{what} is not a tag list: {e}"),
+                )
+            })?;
+            for tag in page.tags.unwrap_or_default() {
+                tags.push(Tag::parse(&tag)?);
+            }
+            match next {
+                None => return Ok(tags),
+                Some(n) if self.own_origin(&n) => url = n,
+                Some(n) => {
+                    return Err(TargetError::permanent(
+                        JobErrorCode::UpstreamRejected,
+                        format!(
+                            "{what} links its next page to another origin ({})",
+                            n.origin().ascii_serialization()
+                        ),
+                    ));
+                }
+            }
+        }
+        Err(TargetError::permanent(
+            JobErrorCode::UpstreamRejected,
+            format!(
+                "the tag list of {repository} has more than {MAX_TAG_PAGES} pages of {TAGS_PER_PAGE}"
+            ),
+        ))
+    }
+
     pub async fn has_blob(
         &self,
         repository: &RepositoryName,
@@ -519,7 +602,6 @@ fn error_codes(body: &str) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::reference::Tag;
     use super::*;
 
     #[test]
@@ -573,6 +655,20 @@ mod tests {
         );
         assert_eq!(parse_challenge("Bearer realm=\"unterminated"), None);
         assert_eq!(parse_challenge(""), None);
+    }
+
+    #[test]
+    fn next_links() {
+        assert_eq!(
+            next_link(r#"</v2/dev/app/tags/list?last=b&n=2>; rel="next""#),
+            Some("/v2/dev/app/tags/list?last=b&n=2")
+        );
+        assert_eq!(
+            next_link(r#"<https://x/prev>; rel="prev", <https://x/next>; rel=next"#),
+            Some("https://x/next")
+        );
+        assert_eq!(next_link(r#"<https://x/prev>; rel="prev""#), None);
+        assert_eq!(next_link("garbage"), None);
     }
 
     #[test]
