@@ -75,7 +75,7 @@ impl TargetError {
 /// signed event is still only as careful as whoever filled it in, and a `..` in a
 /// name would make the URL parser name another repository.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{what} `{value}` {reason}; nothing was sent")]
+#[error("{what} `{value}` {reason}; no request was made with it")]
 pub struct InvalidReference {
     what: &'static str,
     value: String,
