@@ -481,16 +481,12 @@ async fn an_error_body_is_kept_only_to_64_kib() {
 }
 
 /// A registry that refuses to delete a tag alone (405) and lists `dev/app`'s tags
-/// on two linked pages: `1.0.0` and `a`, then `stable`, which points at `stable`.
-/// Returns the server and the digest of `1.0.0`.
-async fn paged_registry(stable: &str) -> (MockServer, String) {
+/// on two linked pages: `1.0.0` and `a`, then `stable`, which points at `stable`'s
+/// digest, or at `1.0.0`'s when `None`. Returns the server and `1.0.0`'s digest.
+async fn paged_registry(stable: Option<&str>) -> (MockServer, String) {
     use wiremock::matchers::query_param;
     let (reg, digest, _) = one_blob_image().await;
-    let stable = if stable.is_empty() {
-        digest.clone()
-    } else {
-        stable.to_string()
-    };
+    let stable = stable.map_or_else(|| digest.clone(), str::to_string);
     Mock::given(method("HEAD"))
         .and(path(STAGING_TAG))
         .respond_with(ResponseTemplate::new(200).insert_header("Docker-Content-Digest", &digest))
@@ -555,7 +551,7 @@ async fn a_tag_on_a_later_page_keeps_the_digest() {
         oci_config(&reg.uri()).replace("to_repo = \"moved\"", "to_repo = \"staging\"")
     };
 
-    let (reg, digest) = paged_registry("").await;
+    let (reg, digest) = paged_registry(None).await;
     let app = spawn_app(&config(&reg)).await;
     let job = job_for(&app, moving.clone()).await;
     assert_failed_once(&job, "move_incomplete");
@@ -567,7 +563,7 @@ async fn a_tag_on_a_later_page_keeps_the_digest() {
     assert_eq!(deletes_by_digest(&reg).await, 0);
     app.stop().await;
 
-    let (reg, _) = paged_registry(&format!("sha256:{:0>64}", "b")).await;
+    let (reg, _) = paged_registry(Some(&format!("sha256:{:0>64}", "b"))).await;
     let app = spawn_app(&config(&reg)).await;
     let job = job_for(&app, moving).await;
     assert_eq!(
