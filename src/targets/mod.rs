@@ -1,6 +1,7 @@
 //! Where promotions happen: one trait, one implementation per kind of upstream.
 
 mod artifactory;
+mod body;
 mod breaker;
 mod oci;
 
@@ -67,6 +68,34 @@ impl TargetError {
             retry_after: None,
             ambiguous: false,
         }
+    }
+}
+
+/// A value refused before it could become part of an upstream URL (SPEC §13): a
+/// signed event is still only as careful as whoever filled it in, and a `..` in a
+/// name would make the URL parser name another repository.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what} `{value}` {reason}; no request was made with it")]
+pub struct InvalidReference {
+    what: &'static str,
+    value: String,
+    reason: &'static str,
+}
+
+impl InvalidReference {
+    pub fn new(what: &'static str, value: &str, reason: &'static str) -> Self {
+        InvalidReference {
+            what,
+            // The value is the sender's: kept short in the job's error.
+            value: bounded(value, 160),
+            reason,
+        }
+    }
+}
+
+impl From<InvalidReference> for TargetError {
+    fn from(e: InvalidReference) -> Self {
+        TargetError::permanent(JobErrorCode::InvalidReference, e.to_string())
     }
 }
 

@@ -12,6 +12,7 @@ mod chains;
 mod cli;
 mod crash;
 mod edges;
+mod edges_targets;
 mod fake_artifactory;
 mod faults;
 mod harness;

@@ -401,7 +401,7 @@ async fn a_200_mb_layer_streams_between_registries_in_bounded_memory() {
 
 /// A registry (wiremock) whose `dev/app:1.0.0` is an image of one blob, its config.
 /// Returns the server, the manifest's digest and the blob's.
-async fn one_blob_image() -> (MockServer, String, String) {
+pub async fn one_blob_image() -> (MockServer, String, String) {
     use sha2::Digest;
     use wiremock::matchers::path;
     let reg = MockServer::start().await;
@@ -435,10 +435,10 @@ async fn one_blob_image() -> (MockServer, String, String) {
     (reg, digest, blob)
 }
 
-const STAGING_TAG: &str = "/v2/staging/app/manifests/1.0.0";
+pub const STAGING_TAG: &str = "/v2/staging/app/manifests/1.0.0";
 
 /// The destination tag answers 404 `absent` times, then (unless `None`) `digest`.
-async fn staging_tag(reg: &MockServer, absent: u64, digest: Option<&str>) {
+pub async fn staging_tag(reg: &MockServer, absent: u64, digest: Option<&str>) {
     use wiremock::matchers::path;
     Mock::given(method("HEAD"))
         .and(path(STAGING_TAG))

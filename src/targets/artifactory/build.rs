@@ -4,7 +4,7 @@
 use reqwest::Method;
 use serde_json::{Map, Value, json};
 
-use super::{Artifactory, done};
+use super::{Artifactory, Part, done, segment};
 use crate::domain::{BuildPromotion, BuildRef, BuildTarget, Outcome};
 use crate::targets::{Effect, TargetError};
 
@@ -19,14 +19,14 @@ async fn already_promoted(
         // Without a status there is no trace of an earlier promotion to look for.
         return Ok(false);
     };
-    let url = a.url([
-        "artifactory",
-        "api",
-        "build",
-        &from.build_name,
-        &from.build_number,
-    ]);
-    let Some(info) = a.read_json(url).await? else {
+    let url = a.url(&[
+        Part::Fixed("artifactory"),
+        Part::Fixed("api"),
+        Part::Fixed("build"),
+        Part::Name("the build name", &from.build_name),
+        Part::Name("the build number", &from.build_number),
+    ])?;
+    let Some(info) = a.read_json(url, "the build info").await? else {
         return Ok(false);
     };
     let statuses = info
@@ -57,6 +57,19 @@ pub async fn promote(
         dependencies,
         properties,
     } = p;
+    // The URL before any request (SPEC §13).
+    let url = a.url(&[
+        Part::Fixed("artifactory"),
+        Part::Fixed("api"),
+        Part::Fixed("build"),
+        Part::Fixed("promote"),
+        Part::Name("the build name", &from.build_name),
+        Part::Name("the build number", &from.build_number),
+    ])?;
+    // The body names repo keys: as sane as those in URLs.
+    for repo in to.repo.iter().chain(source_repo) {
+        segment("the repo key", repo, repo)?;
+    }
     if already_promoted(a, from, to).await? {
         return Ok(done(Outcome::Noop, None));
     }
@@ -93,14 +106,6 @@ pub async fn promote(
         set("properties", json!(properties));
     }
     set("failFast", json!(true));
-    let url = a.url([
-        "artifactory",
-        "api",
-        "build",
-        "promote",
-        &from.build_name,
-        &from.build_number,
-    ]);
     let (status, _) = a.write(a.request(Method::POST, url).json(&body)).await?;
     let outcome = if dry_run {
         Outcome::DryRun

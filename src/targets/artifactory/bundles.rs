@@ -4,12 +4,12 @@
 
 use std::time::Duration;
 
-use reqwest::{Method, StatusCode};
+use reqwest::{Method, StatusCode, Url};
 use serde_json::{Value, json};
 
-use super::{Artifactory, done};
+use super::{Artifactory, Part, done};
 use crate::domain::{BundleRef, Environment, JobErrorCode, Outcome, bounded};
-use crate::targets::{Effect, MAX_UPSTREAM_MESSAGE, TargetError};
+use crate::targets::{Effect, InvalidReference, MAX_UPSTREAM_MESSAGE, TargetError};
 
 /// Polling starts quickly and slows to this; Xray scans can take minutes.
 const MAX_POLL_INTERVAL: Duration = Duration::from_secs(5);
@@ -24,22 +24,22 @@ enum Record {
 }
 
 /// The promotion records of a bundle version: read to find earlier promotions,
-/// posted to to start one.
-fn records_url(a: &Artifactory, from: &BundleRef) -> reqwest::Url {
-    a.url([
-        "lifecycle",
-        "api",
-        "v2",
-        "promotion",
-        "records",
-        &from.bundle,
-        &from.version,
+/// posted to to start one. Checked (SPEC §13) before the first request.
+fn records_url(a: &Artifactory, from: &BundleRef) -> Result<reqwest::Url, InvalidReference> {
+    a.url(&[
+        Part::Fixed("lifecycle"),
+        Part::Fixed("api"),
+        Part::Fixed("v2"),
+        Part::Fixed("promotion"),
+        Part::Fixed("records"),
+        Part::Name("the release bundle name", &from.bundle),
+        Part::Name("the release bundle version", &from.version),
     ])
 }
 
 /// The latest promotion of this version to this environment.
-async fn existing(a: &Artifactory, from: &BundleRef, env: &str) -> Result<Record, TargetError> {
-    let Some(records) = a.read_json(records_url(a, from)).await? else {
+async fn existing(a: &Artifactory, url: Url, env: &str) -> Result<Record, TargetError> {
+    let Some(records) = a.read_json(url, "the promotion records").await? else {
         return Ok(Record::None);
     };
     let promotions = records
@@ -66,20 +66,23 @@ async fn existing(a: &Artifactory, from: &BundleRef, env: &str) -> Result<Record
 /// Polls the status endpoint until the promotion completes or fails.
 async fn wait(a: &Artifactory, from: &BundleRef, created: i64) -> Result<(), TargetError> {
     let created = created.to_string();
-    let url = a.url([
-        "lifecycle",
-        "api",
-        "v2",
-        "promotion",
-        "statuses",
-        &from.bundle,
-        &from.version,
-        &created,
-    ]);
+    let url = a.url(&[
+        Part::Fixed("lifecycle"),
+        Part::Fixed("api"),
+        Part::Fixed("v2"),
+        Part::Fixed("promotion"),
+        Part::Fixed("statuses"),
+        Part::Name("the release bundle name", &from.bundle),
+        Part::Name("the release bundle version", &from.version),
+        Part::Name("the promotion's created_millis", &created),
+    ])?;
     let started = tokio::time::Instant::now();
     let mut interval = Duration::from_millis(100);
     loop {
-        let status = a.read_json(url.clone()).await?.unwrap_or(Value::Null);
+        let status = a
+            .read_json(url.clone(), "the promotion status")
+            .await?
+            .unwrap_or(Value::Null);
         match status.get("status").and_then(Value::as_str) {
             Some("COMPLETED") => return Ok(()),
             Some("FAILED") => {
@@ -121,7 +124,8 @@ pub async fn promote(
     signing_key: Option<&str>,
     dry_run: bool,
 ) -> Result<Effect, TargetError> {
-    match existing(a, from, &to.environment).await? {
+    let mut url = records_url(a, from)?;
+    match existing(a, url.clone(), &to.environment).await? {
         Record::Completed => return Ok(done(Outcome::Noop, None)),
         // An earlier attempt's promotion is still running: wait for it, do not start
         // a second one.
@@ -135,7 +139,6 @@ pub async fn promote(
     if dry_run {
         return Ok(done(Outcome::DryRun, None));
     }
-    let mut url = records_url(a, from);
     url.query_pairs_mut().append_pair("async", "true");
     let mut body = json!({ "environment": to.environment });
     if !to.included_repositories.is_empty() {

@@ -1,12 +1,12 @@
 //! Docker tag promotion (`POST /artifactory/api/docker/{repo}/v2/promote`), made
 //! idempotent by reading both tags through Artifactory's Docker v2 API first.
 
-use reqwest::{Method, StatusCode};
+use reqwest::{Method, StatusCode, Url};
 use serde_json::json;
 
-use super::{Artifactory, done};
+use super::{Artifactory, Part, done};
 use crate::domain::{ImageRef, Outcome};
-use crate::targets::{Effect, TargetError, status_error, transport_error};
+use crate::targets::{Effect, InvalidReference, TargetError, status_error, transport_error};
 
 /// Every manifest type a tag can point at, so the digest read is the one stored.
 const MANIFEST_TYPES: &str = "application/vnd.oci.image.index.v1+json, \
@@ -14,16 +14,24 @@ const MANIFEST_TYPES: &str = "application/vnd.oci.image.index.v1+json, \
     application/vnd.docker.distribution.manifest.list.v2+json, \
     application/vnd.docker.distribution.manifest.v2+json";
 
+/// The Docker v2 manifest URL of an image's tag (every part checked, SPEC §13).
+fn manifest_url(a: &Artifactory, image: &ImageRef) -> Result<Url, InvalidReference> {
+    a.url(&[
+        Part::Fixed("artifactory"),
+        Part::Fixed("api"),
+        Part::Fixed("docker"),
+        Part::Name("the repo key", &image.repo),
+        Part::Fixed("v2"),
+        Part::Path("the image", &image.image),
+        Part::Fixed("manifests"),
+        Part::Name("the tag", &image.tag),
+    ])
+}
+
 /// The digest a tag points at, or `None` when there is no such tag.
-async fn digest_of(a: &Artifactory, image: &ImageRef) -> Result<Option<String>, TargetError> {
-    let url = a.url(
-        ["artifactory", "api", "docker", &image.repo, "v2"]
-            .into_iter()
-            .chain(image.image.split('/'))
-            .chain(["manifests", &image.tag]),
-    );
+async fn digest_of(a: &Artifactory, url: &Url) -> Result<Option<String>, TargetError> {
     let response = a
-        .request(Method::HEAD, url)
+        .request(Method::HEAD, url.clone())
         .header(reqwest::header::ACCEPT, MANIFEST_TYPES)
         .send()
         .await
@@ -60,10 +68,22 @@ pub async fn promote(
     copy: bool,
     dry_run: bool,
 ) -> Result<Effect, TargetError> {
-    let source = digest_of(a, from).await?;
+    // Every URL before any request. The promote body names the same repo keys,
+    // images and tags, so they are checked too.
+    let from_url = manifest_url(a, from)?;
+    let to_url = manifest_url(a, to)?;
+    let promote_url = a.url(&[
+        Part::Fixed("artifactory"),
+        Part::Fixed("api"),
+        Part::Fixed("docker"),
+        Part::Name("the repo key", &from.repo),
+        Part::Fixed("v2"),
+        Part::Fixed("promote"),
+    ])?;
+    let source = digest_of(a, &from_url).await?;
     TargetError::unless_pinned(from, from.digest.as_deref(), source.as_deref(), "points at")?;
     let expected = from.digest.as_deref().or(source.as_deref());
-    let target = digest_of(a, to).await?;
+    let target = digest_of(a, &to_url).await?;
     if already_done(expected, source.as_deref(), target.as_deref(), copy) {
         return Ok(done(Outcome::Noop, None));
     }
@@ -71,7 +91,6 @@ pub async fn promote(
     if dry_run {
         return Ok(done(Outcome::DryRun, None));
     }
-    let url = a.url(["artifactory", "api", "docker", &from.repo, "v2", "promote"]);
     let body = json!({
         "targetRepo": to.repo,
         "dockerRepository": from.image,
@@ -80,13 +99,16 @@ pub async fn promote(
         "targetTag": to.tag,
         "copy": copy,
     });
-    match a.write(a.request(Method::POST, url).json(&body)).await {
+    match a
+        .write(a.request(Method::POST, promote_url).json(&body))
+        .await
+    {
         Ok((status, _)) => Ok(done(Outcome::Promoted, Some(status))),
         // A retried move whose source is gone: an earlier attempt may have moved it
         // after all. Look before calling it a failure.
         Err(e) if !copy && e.upstream_status == Some(404) => {
-            let target = digest_of(a, to).await?;
-            let source = digest_of(a, from).await?;
+            let target = digest_of(a, &to_url).await?;
+            let source = digest_of(a, &from_url).await?;
             if already_done(expected, source.as_deref(), target.as_deref(), false) {
                 Ok(done(Outcome::Noop, Some(StatusCode::NOT_FOUND)))
             } else {

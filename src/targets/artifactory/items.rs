@@ -1,12 +1,12 @@
 //! Item copy and move (`POST /artifactory/api/copy|move/{repo}/{path}?to=/{repo}/{path}`)
 //! for npm, Maven and generic artifacts; `dry=1` for a rehearsal.
 
-use reqwest::Method;
+use reqwest::{Method, Url};
 use serde_json::Value;
 
-use super::{Artifactory, done};
+use super::{Artifactory, Part, done, path_segments, segment};
 use crate::domain::{ItemRef, Outcome};
-use crate::targets::{Effect, TargetError};
+use crate::targets::{Effect, InvalidReference, TargetError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -14,18 +14,26 @@ pub enum Mode {
     Move,
 }
 
+/// The storage info URL of an item (checked, SPEC §13).
+fn storage_url(a: &Artifactory, item: &ItemRef) -> Result<Url, InvalidReference> {
+    a.url(&[
+        Part::Fixed("artifactory"),
+        Part::Fixed("api"),
+        Part::Fixed("storage"),
+        Part::Name("the repo key", &item.repo),
+        Part::Path("the path", &item.path),
+    ])
+}
+
 /// The SHA-256 of a file, or `None` when there is no such item (folders have none).
-async fn sha256_of(a: &Artifactory, item: &ItemRef) -> Result<Option<String>, TargetError> {
-    let url = a.url(
-        ["artifactory", "api", "storage", &item.repo]
-            .into_iter()
-            .chain(item.path.split('/').filter(|s| !s.is_empty())),
-    );
-    Ok(a.read_json(url).await?.and_then(|info| {
-        info.pointer("/checksums/sha256")
-            .and_then(Value::as_str)
-            .map(|s| format!("sha256:{s}"))
-    }))
+async fn sha256_of(a: &Artifactory, url: Url) -> Result<Option<String>, TargetError> {
+    Ok(a.read_json(url, "the storage info")
+        .await?
+        .and_then(|info| {
+            info.pointer("/checksums/sha256")
+                .and_then(Value::as_str)
+                .map(|s| format!("sha256:{s}"))
+        }))
 }
 
 pub async fn transfer(
@@ -35,7 +43,27 @@ pub async fn transfer(
     to: &ItemRef,
     dry_run: bool,
 ) -> Result<Effect, TargetError> {
-    let source = sha256_of(a, from).await?;
+    let verb = match mode {
+        Mode::Copy => "copy",
+        Mode::Move => "move",
+    };
+    // Every URL before any request; the destination travels in the query as
+    // `/{repo}/{path}`, made of the same checked segments.
+    let from_url = storage_url(a, from)?;
+    let to_url = storage_url(a, to)?;
+    let mut url = a.url(&[
+        Part::Fixed("artifactory"),
+        Part::Fixed("api"),
+        Part::Fixed(verb),
+        Part::Name("the repo key", &from.repo),
+        Part::Path("the path", &from.path),
+    ])?;
+    let destination = format!(
+        "/{}/{}",
+        segment("the repo key", &to.repo, &to.repo)?,
+        path_segments("the path", &to.path)?.join("/")
+    );
+    let source = sha256_of(a, from_url).await?;
     TargetError::unless_pinned(
         from,
         from.digest.as_deref(),
@@ -43,26 +71,14 @@ pub async fn transfer(
         "has checksum",
     )?;
     let expected = from.digest.as_deref().or(source.as_deref());
-    let target = sha256_of(a, to).await?;
+    let target = sha256_of(a, to_url).await?;
     let moved_away = mode == Mode::Copy || source.as_deref() != expected;
     if expected.is_some() && target.as_deref() == expected && moved_away {
         return Ok(done(Outcome::Noop, None));
     }
-    let verb = match mode {
-        Mode::Copy => "copy",
-        Mode::Move => "move",
-    };
-    let mut url = a.url(
-        ["artifactory", "api", verb, &from.repo]
-            .into_iter()
-            .chain(from.path.split('/').filter(|s| !s.is_empty())),
-    );
     {
         let mut query = url.query_pairs_mut();
-        query.append_pair(
-            "to",
-            &format!("/{}/{}", to.repo, to.path.trim_start_matches('/')),
-        );
+        query.append_pair("to", &destination);
         query.append_pair("failFast", "1");
         if dry_run {
             query.append_pair("dry", "1");

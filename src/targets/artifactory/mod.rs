@@ -11,9 +11,48 @@ use async_trait::async_trait;
 use reqwest::{Client, Method, StatusCode, Url};
 use serde_json::Value;
 
-use super::{Effect, MAX_UPSTREAM_MESSAGE, Target, TargetError, status_error, transport_error};
+use super::body::{self, JSON_LIMIT};
+use super::{Effect, InvalidReference, MAX_UPSTREAM_MESSAGE, Target, TargetError, transport_error};
 use crate::config::{TargetAuth, TargetConfig};
 use crate::domain::{Action, JobErrorCode, Op, Outcome, bounded};
+
+/// One piece of an Artifactory URL path.
+#[derive(Debug, Clone, Copy)]
+enum Part<'a> {
+    /// A literal of gantry's own (`api`, `promote`).
+    Fixed(&'static str),
+    /// A value that is one segment whatever it holds (a repo key, a build name): a
+    /// `/` in it is escaped. Says what it is, for the error.
+    Name(&'static str, &'a str),
+    /// A value that is a path of segments (an item path, an image name).
+    Path(&'static str, &'a str),
+}
+
+/// `value` as one segment of `whole`, unless it is empty, `.` or `..`, which URL
+/// parsers and servers resolve instead of passing on.
+fn segment<'a>(
+    what: &'static str,
+    value: &'a str,
+    whole: &str,
+) -> Result<&'a str, InvalidReference> {
+    match value {
+        "" => Err(InvalidReference::new(what, whole, "has an empty segment")),
+        "." | ".." => Err(InvalidReference::new(
+            what,
+            whole,
+            "has a `.` or `..` segment",
+        )),
+        _ => Ok(value),
+    }
+}
+
+/// The segments of a path; one leading and one trailing `/` are allowed (`/a/b/` is a
+/// folder's usual spelling), any other empty segment is not.
+fn path_segments<'a>(what: &'static str, path: &'a str) -> Result<Vec<&'a str>, InvalidReference> {
+    let trimmed = path.strip_prefix('/').unwrap_or(path);
+    let trimmed = trimmed.strip_suffix('/').unwrap_or(trimmed);
+    trimmed.split('/').map(|s| segment(what, s, path)).collect()
+}
 
 pub struct Artifactory {
     client: Client,
@@ -34,13 +73,23 @@ impl Artifactory {
         })
     }
 
-    /// `{base}/{segments...}`, each segment escaped, so names cannot change the path.
-    fn url<'a>(&self, segments: impl IntoIterator<Item = &'a str>) -> Url {
+    /// `{base}/{parts...}`, every value checked and escaped segment by segment, so a
+    /// value can neither climb out of its place (`..`) nor change the path (`/`, `%`).
+    /// The only way to a URL here: nothing unchecked reaches one.
+    fn url(&self, parts: &[Part<'_>]) -> Result<Url, InvalidReference> {
+        let mut segments = Vec::new();
+        for part in parts {
+            match *part {
+                Part::Fixed(s) => segments.push(s),
+                Part::Name(what, value) => segments.push(segment(what, value, value)?),
+                Part::Path(what, value) => segments.extend(path_segments(what, value)?),
+            }
+        }
         let mut url = self.base.clone();
         if let Ok(mut path) = url.path_segments_mut() {
             path.pop_if_empty().extend(segments);
         }
-        url
+        Ok(url)
     }
 
     fn request(&self, method: Method, url: Url) -> reqwest::RequestBuilder {
@@ -56,8 +105,8 @@ impl Artifactory {
     }
 
     /// A read: the JSON answer, or `None` for a 404. Reads change nothing, so their
-    /// failures are never ambiguous.
-    async fn read_json(&self, url: Url) -> Result<Option<Value>, TargetError> {
+    /// failures are never ambiguous. `what` names the answer if it is too large.
+    async fn read_json(&self, url: Url, what: &str) -> Result<Option<Value>, TargetError> {
         let response = self
             .request(Method::GET, url)
             .send()
@@ -67,12 +116,13 @@ impl Artifactory {
         if status == StatusCode::NOT_FOUND {
             return Ok(None);
         }
-        let headers = response.headers().clone();
-        let text = response.text().await.unwrap_or_default();
         if !status.is_success() {
-            return Err(status_error(status, &headers, &text));
+            return Err(body::refusal(response).await.0);
         }
-        Ok(Some(serde_json::from_str(&text).unwrap_or(Value::Null)))
+        let bytes = body::read_within(response, JSON_LIMIT, what)
+            .await
+            .map_err(|e| e.into_target_error(false))?;
+        Ok(Some(serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
     }
 
     /// A write: sends it and returns the status and JSON body of a 2xx answer. A
@@ -84,12 +134,16 @@ impl Artifactory {
     ) -> Result<(StatusCode, Value), TargetError> {
         let response = req.send().await.map_err(|e| transport_error(e, true))?;
         let status = response.status();
-        let headers = response.headers().clone();
-        let text = response.text().await.unwrap_or_default();
         if !status.is_success() {
-            return Err(status_error(status, &headers, &text));
+            return Err(body::refusal(response).await.0);
         }
-        let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        let bytes = body::read_within(response, JSON_LIMIT, "the answer to the promotion")
+            .await
+            .map_err(|e| TargetError {
+                upstream_status: Some(status.as_u16()),
+                ..e.into_target_error(true)
+            })?;
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         if let Some(errors) = reported_errors(&body) {
             return Err(TargetError {
                 upstream_status: Some(status.as_u16()),
@@ -142,8 +196,44 @@ impl Target for Artifactory {
 
 #[cfg(test)]
 mod tests {
-    use super::reported_errors;
+    use super::*;
     use serde_json::json;
+
+    fn artifactory() -> Artifactory {
+        Artifactory {
+            client: Client::new(),
+            base: Url::parse("https://jfrog.example/base/").expect("a URL"),
+            auth: TargetAuth::Anonymous,
+        }
+    }
+
+    #[test]
+    fn urls_escape_names_and_refuse_dot_segments() {
+        let a = artifactory();
+        let url = a.url(&[
+            Part::Fixed("api"),
+            Part::Name("the build name", "team/app ci"),
+            Part::Path("the path", "/a/%2e%2e/b.tgz"),
+        ]);
+        assert_eq!(
+            url.map(String::from).as_deref(),
+            Ok("https://jfrog.example/base/api/team%2Fapp%20ci/a/%252e%252e/b.tgz")
+        );
+        for (part, reason) in [
+            (Part::Name("the repo key", ".."), "`..`"),
+            (Part::Name("the repo key", "."), "`..`"),
+            (Part::Name("the repo key", ""), "empty"),
+            (Part::Path("the path", "a/../../b"), "`..`"),
+            (Part::Path("the path", "a//b"), "empty"),
+            (Part::Path("the path", "//a"), "empty"),
+            (Part::Path("the path", ""), "empty"),
+        ] {
+            let e = a.url(&[Part::Fixed("api"), part]).map(|u| u.to_string());
+            let message = e.err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(message.contains(reason), "{part:?}: {message}");
+        }
+        assert!(a.url(&[Part::Path("the path", "/a/b/")]).is_ok());
+    }
 
     #[test]
     fn only_error_messages_count() {

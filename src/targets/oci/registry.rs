@@ -6,20 +6,26 @@
 //!
 //! Auth: anonymous, basic, a static bearer token, or the bearer challenge flow
 //! (`WWW-Authenticate: Bearer realm=…,service=…,scope=…`), whose tokens are cached
-//! per scope until they expire.
+//! per scope until they expire. Credentials and tokens go only to the configured
+//! registry's origin (SPEC §13): an upload location elsewhere (an S3-style redirect,
+//! signed in its query) gets none, a token realm gets the Basic credentials only over
+//! https or on the registry's own host, and reqwest drops Authorization on a redirect
+//! to another origin (checked by the tests).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use reqwest::header::{
-    ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE,
+    ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LINK, LOCATION, WWW_AUTHENTICATE,
 };
 use reqwest::{Client, RequestBuilder, Response, StatusCode, Url};
-use sha2::{Digest, Sha256};
 
+use super::reference::{Digest, Reference, RepositoryName, Tag};
 use crate::config::{TargetAuth, TargetConfig};
-use crate::targets::{TargetError, status_error, transport_error};
+use crate::domain::JobErrorCode;
+use crate::targets::body::{self, JSON_LIMIT, MANIFEST_LIMIT};
+use crate::targets::{TargetError, transport_error};
 
 /// Every manifest type a tag can point at.
 pub const MANIFEST_TYPES: &str = "application/vnd.oci.image.index.v1+json, \
@@ -27,12 +33,17 @@ pub const MANIFEST_TYPES: &str = "application/vnd.oci.image.index.v1+json, \
     application/vnd.docker.distribution.manifest.list.v2+json, \
     application/vnd.docker.distribution.manifest.v2+json";
 
+/// Tags asked for per page of a tag list.
+const TAGS_PER_PAGE: usize = 1000;
+/// Pages of a tag list followed at most: a move's safety check must end.
+const MAX_TAG_PAGES: usize = 20;
+
 /// A manifest exactly as stored: its bytes, media type and digest.
 #[derive(Debug, Clone)]
 pub struct Manifest {
     pub bytes: Vec<u8>,
     pub media_type: String,
-    pub digest: String,
+    pub digest: Digest,
 }
 
 #[derive(Debug, Clone)]
@@ -58,36 +69,53 @@ struct Challenge {
     scope: Option<String>,
 }
 
+/// The first Bearer challenge with a realm in a `WWW-Authenticate` value (RFC 7235:
+/// several challenges, case-insensitive scheme, quoted strings with escapes and
+/// commas). Challenges after a syntax error are not read.
 fn parse_challenge(header: &str) -> Option<Challenge> {
-    let rest = header.trim().strip_prefix("Bearer ")?;
-    let mut fields: HashMap<String, String> = HashMap::new();
-    // key="value" pairs separated by commas; values may contain commas inside quotes.
-    let mut chars = rest.chars().peekable();
-    loop {
-        while chars.peek().is_some_and(|c| *c == ',' || c.is_whitespace()) {
-            chars.next();
-        }
-        let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
-        if key.is_empty() {
-            break;
-        }
-        let value: String = if chars.peek() == Some(&'"') {
-            chars.next();
-            chars.by_ref().take_while(|c| *c != '"').collect()
-        } else {
-            chars.by_ref().take_while(|c| *c != ',').collect()
-        };
-        fields.insert(key.trim().to_ascii_lowercase(), value);
-    }
-    Some(Challenge {
-        realm: fields.remove("realm")?,
-        service: fields.remove("service"),
-        scope: fields.remove("scope"),
+    http_auth::parser::ChallengeParser::new(header)
+        .map_while(Result::ok)
+        .filter(|c| c.scheme.eq_ignore_ascii_case("bearer"))
+        .find_map(|c| {
+            let param = |name: &str| {
+                c.params
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v.to_unescaped())
+            };
+            Some(Challenge {
+                realm: param("realm")?,
+                service: param("service"),
+                scope: param("scope"),
+            })
+        })
+}
+
+/// The `rel="next"` target of a `Link` header (`<url>; rel="next"`), as the
+/// distribution spec paginates tag lists.
+fn next_link(header: &str) -> Option<&str> {
+    header.split(',').find_map(|link| {
+        let (target, params) = link.trim().split_once(';')?;
+        let next = params.split(';').any(|p| {
+            p.trim()
+                .strip_prefix("rel=")
+                .is_some_and(|r| r.trim_matches('"').eq_ignore_ascii_case("next"))
+        });
+        next.then(|| target.trim().strip_prefix('<')?.strip_suffix('>'))
+            .flatten()
     })
 }
 
+/// `repository:tag` or `repository@digest`, for messages.
+fn named(repository: &RepositoryName, reference: &Reference) -> String {
+    match reference {
+        Reference::Tag(t) => format!("{repository}:{t}"),
+        Reference::Digest(d) => format!("{repository}@{d}"),
+    }
+}
+
 /// The scope key a request is cached under: its repository and whether it writes.
-fn scope_for(repository: &str, write: bool) -> String {
+fn scope_for(repository: &RepositoryName, write: bool) -> String {
     let actions = if write { "pull,push" } else { "pull" };
     format!("repository:{repository}:{actions}")
 }
@@ -112,14 +140,23 @@ impl Registry {
         self.base.origin() == other.base.origin()
     }
 
-    fn url(&self, path: &str) -> Url {
+    /// `{base}/v2/{repository}/{tail...}`, one path segment per repository
+    /// component: with checked names, the URL is the one meant.
+    fn url(&self, repository: &RepositoryName, tail: &[&str]) -> Url {
         let mut url = self.base.clone();
-        url.set_path(&format!(
-            "{}{}",
-            self.base.path().trim_end_matches('/'),
-            path
-        ));
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty()
+                .push("v2")
+                .extend(repository.components())
+                .extend(tail);
+        }
         url
+    }
+
+    /// Whether `url` is the configured registry's origin, the only one its
+    /// credentials and tokens go to.
+    fn own_origin(&self, url: &Url) -> bool {
+        url.origin() == self.base.origin()
     }
 
     fn cached_token(&self, scope: &str) -> Option<String> {
@@ -130,7 +167,12 @@ impl Registry {
             .map(|t| t.value.clone())
     }
 
-    fn authorize(&self, req: RequestBuilder, scope: &str) -> RequestBuilder {
+    /// The request to `url` with the registry's credentials, or as it is when `url`
+    /// is another origin.
+    fn authorize(&self, req: RequestBuilder, url: &Url, scope: &str) -> RequestBuilder {
+        if !self.own_origin(url) {
+            return req;
+        }
         if let Some(token) = self.cached_token(scope) {
             return req.bearer_auth(token);
         }
@@ -145,12 +187,15 @@ impl Registry {
         }
     }
 
-    /// Fetches a token for a challenge (with the configured credentials, if any)
-    /// and caches it under `scope`.
+    /// Fetches a token for a challenge and caches it under `scope`. The configured
+    /// Basic credentials go along only over https or to the registry's own host:
+    /// the realm is the registry's say, and a plain-http realm elsewhere would read
+    /// them off the wire or keep them. Without them a token server still answers
+    /// for what anonymous users may do.
     async fn fetch_token(&self, challenge: &Challenge, scope: &str) -> Result<(), TargetError> {
         let mut url = Url::parse(&challenge.realm).map_err(|e| {
             TargetError::permanent(
-                crate::domain::JobErrorCode::UpstreamRejected,
+                JobErrorCode::UpstreamRejected,
                 format!(
                     "the registry's token realm `{}` is not a URL: {e}",
                     challenge.realm
@@ -168,25 +213,31 @@ impl Registry {
                 q.append_pair("scope", s);
             }
         }
+        let trusted = url.scheme() == "https" || url.host_str() == self.base.host_str();
         let mut req = self.client.get(url);
-        if let TargetAuth::Basic { username, password } = &self.auth {
-            req = req.basic_auth(username, Some(password.expose()));
+        match &self.auth {
+            TargetAuth::Basic { username, password } if trusted => {
+                req = req.basic_auth(username, Some(password.expose()));
+            }
+            TargetAuth::Basic { .. } => tracing::warn!(
+                registry = %self.name,
+                "the token realm is plain http on another host: asking it without credentials"
+            ),
+            _ => {}
         }
         let response = req.send().await.map_err(|e| transport_error(e, false))?;
-        let status = response.status();
-        let headers = response.headers().clone();
-        let text = response.text().await.unwrap_or_default();
-        if !status.is_success() {
-            return Err(status_error(status, &headers, &text));
-        }
-        let body: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        let response = Registry::check(response).await?;
+        let bytes = body::read_within(response, JSON_LIMIT, "the token server's answer")
+            .await
+            .map_err(|e| e.into_target_error(false))?;
+        let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
         let value = body
             .get("token")
             .or_else(|| body.get("access_token"))
             .and_then(|v| v.as_str())
             .ok_or_else(|| {
                 TargetError::permanent(
-                    crate::domain::JobErrorCode::UpstreamRejected,
+                    JobErrorCode::UpstreamRejected,
                     "the token server answered without a token",
                 )
             })?;
@@ -207,18 +258,19 @@ impl Registry {
         Ok(())
     }
 
-    /// Sends a request built by `build`; on a bearer challenge, fetches a token for
-    /// the scope and sends it once more. `build` is called again for that, so a
-    /// request with a streamed body must not be sent through here before a token
-    /// is cached (see [`Registry::upload_stream`]).
+    /// Sends a request to `url` built by `build`; on a bearer challenge, fetches a
+    /// token for the scope and sends it once more. `build` is called again for
+    /// that, so a request with a streamed body must not be sent through here before
+    /// a token is cached (see [`Registry::upload_stream`]).
     async fn send(
         &self,
         scope: &str,
         changes: bool,
-        build: &(dyn Fn() -> RequestBuilder + Sync),
+        url: &Url,
+        build: &(dyn Fn(Url) -> RequestBuilder + Sync),
     ) -> Result<Response, TargetError> {
         let response = self
-            .authorize(build(), scope)
+            .authorize(build(url.clone()), url, scope)
             .send()
             .await
             .map_err(|e| transport_error(e, changes))?;
@@ -234,7 +286,7 @@ impl Registry {
             return Ok(response);
         };
         self.fetch_token(&challenge, scope).await?;
-        self.authorize(build(), scope)
+        self.authorize(build(url.clone()), url, scope)
             .send()
             .await
             .map_err(|e| transport_error(e, changes))
@@ -244,28 +296,20 @@ impl Registry {
         if response.status().is_success() {
             return Ok(response);
         }
-        Err(Registry::refusal(response).await.0)
-    }
-
-    /// A failed answer classified, with its body for a closer look.
-    async fn refusal(response: Response) -> (TargetError, String) {
-        let status = response.status();
-        let headers = response.headers().clone();
-        let text = response.text().await.unwrap_or_default();
-        (status_error(status, &headers, &text), text)
+        Err(body::refusal(response).await.0)
     }
 
     /// A manifest by tag or digest, byte for byte; `None` when there is none.
     pub async fn manifest(
         &self,
-        repository: &str,
-        reference: &str,
+        repository: &RepositoryName,
+        reference: &Reference,
     ) -> Result<Option<Manifest>, TargetError> {
-        let url = self.url(&format!("/v2/{repository}/manifests/{reference}"));
+        let url = self.url(repository, &["manifests", reference.as_str()]);
         let scope = scope_for(repository, false);
         let response = self
-            .send(&scope, false, &|| {
-                self.client.get(url.clone()).header(ACCEPT, MANIFEST_TYPES)
+            .send(&scope, false, &url, &|u| {
+                self.client.get(u).header(ACCEPT, MANIFEST_TYPES)
             })
             .await?;
         if response.status() == StatusCode::NOT_FOUND {
@@ -278,12 +322,11 @@ impl Registry {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("application/vnd.oci.image.manifest.v1+json")
             .to_string();
-        let bytes = response
-            .bytes()
+        let what = format!("the manifest {}", named(repository, reference));
+        let bytes = body::read_within(response, MANIFEST_LIMIT, &what)
             .await
-            .map_err(|e| transport_error(e, false))?
-            .to_vec();
-        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+            .map_err(|e| e.into_target_error(false))?;
+        let digest = Digest::sha256_of(&bytes);
         Ok(Some(Manifest {
             bytes,
             media_type,
@@ -294,14 +337,14 @@ impl Registry {
     /// The digest a tag points at (HEAD), or `None`.
     pub async fn digest(
         &self,
-        repository: &str,
-        reference: &str,
+        repository: &RepositoryName,
+        reference: &Reference,
     ) -> Result<Option<String>, TargetError> {
-        let url = self.url(&format!("/v2/{repository}/manifests/{reference}"));
+        let url = self.url(repository, &["manifests", reference.as_str()]);
         let scope = scope_for(repository, false);
         let response = self
-            .send(&scope, false, &|| {
-                self.client.head(url.clone()).header(ACCEPT, MANIFEST_TYPES)
+            .send(&scope, false, &url, &|u| {
+                self.client.head(u).header(ACCEPT, MANIFEST_TYPES)
             })
             .await?;
         if response.status() == StatusCode::NOT_FOUND {
@@ -314,15 +357,82 @@ impl Registry {
             None => Ok(self
                 .manifest(repository, reference)
                 .await?
-                .map(|m| m.digest)),
+                .map(|m| m.digest.to_string())),
         }
     }
 
-    pub async fn has_blob(&self, repository: &str, digest: &str) -> Result<bool, TargetError> {
-        let url = self.url(&format!("/v2/{repository}/blobs/{digest}"));
+    /// Every tag of a repository (empty when the registry does not know it), page
+    /// by page as the registry links them, on its own origin only and at most
+    /// [`MAX_TAG_PAGES`] pages.
+    pub async fn tags(&self, repository: &RepositoryName) -> Result<Vec<Tag>, TargetError> {
+        #[derive(serde::Deserialize)]
+        struct Page {
+            #[serde(default)]
+            tags: Option<Vec<String>>,
+        }
+        let mut url = self.url(repository, &["tags", "list"]);
+        url.query_pairs_mut()
+            .append_pair("n", &TAGS_PER_PAGE.to_string());
+        let scope = scope_for(repository, false);
+        let mut tags = Vec::new();
+        for _ in 0..MAX_TAG_PAGES {
+            let response = self
+                .send(&scope, false, &url, &|u| self.client.get(u))
+                .await?;
+            if response.status() == StatusCode::NOT_FOUND {
+                return Ok(tags);
+            }
+            let response = Registry::check(response).await?;
+            let next = response
+                .headers()
+                .get(LINK)
+                .and_then(|v| v.to_str().ok())
+                .and_then(next_link)
+                .and_then(|l| url.join(l).ok());
+            let what = format!("the tag list of {repository}");
+            let bytes = body::read_within(response, JSON_LIMIT, &what)
+                .await
+                .map_err(|e| e.into_target_error(false))?;
+            let page: Page = serde_json::from_slice(&bytes).map_err(|e| {
+                TargetError::permanent(
+                    JobErrorCode::UpstreamRejected,
+                    format!("{what} is not a tag list: {e}"),
+                )
+            })?;
+            for tag in page.tags.unwrap_or_default() {
+                tags.push(Tag::parse(&tag)?);
+            }
+            match next {
+                None => return Ok(tags),
+                Some(n) if self.own_origin(&n) => url = n,
+                Some(n) => {
+                    return Err(TargetError::permanent(
+                        JobErrorCode::UpstreamRejected,
+                        format!(
+                            "{what} links its next page to another origin ({})",
+                            n.origin().ascii_serialization()
+                        ),
+                    ));
+                }
+            }
+        }
+        Err(TargetError::permanent(
+            JobErrorCode::UpstreamRejected,
+            format!(
+                "the tag list of {repository} has more than {MAX_TAG_PAGES} pages of {TAGS_PER_PAGE}"
+            ),
+        ))
+    }
+
+    pub async fn has_blob(
+        &self,
+        repository: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<bool, TargetError> {
+        let url = self.url(repository, &["blobs", digest.as_str()]);
         let scope = scope_for(repository, false);
         let response = self
-            .send(&scope, false, &|| self.client.head(url.clone()))
+            .send(&scope, false, &url, &|u| self.client.head(u))
             .await?;
         match response.status() {
             StatusCode::NOT_FOUND => Ok(false),
@@ -331,24 +441,25 @@ impl Registry {
         }
     }
 
-    /// Starts an upload; with `mount_from`, asks the registry to mount the blob from
+    /// Starts an upload; with `mount`, asks the registry to mount the blob from
     /// that repository instead. `Ok(None)` means it was mounted; otherwise the
     /// upload location to send the bytes to.
     pub async fn start_upload(
         &self,
-        repository: &str,
-        mount: Option<(&str, &str)>,
+        repository: &RepositoryName,
+        mount: Option<(&Digest, &RepositoryName)>,
     ) -> Result<Option<Url>, TargetError> {
-        let mut url = self.url(&format!("/v2/{repository}/blobs/uploads/"));
+        // The trailing "" keeps the spec's `/blobs/uploads/`.
+        let mut url = self.url(repository, &["blobs", "uploads", ""]);
         if let Some((digest, from)) = mount {
             url.query_pairs_mut()
-                .append_pair("mount", digest)
-                .append_pair("from", from);
+                .append_pair("mount", digest.as_str())
+                .append_pair("from", from.as_str());
         }
         let scope = scope_for(repository, true);
         let response = self
-            .send(&scope, true, &|| {
-                self.client.post(url.clone()).header(CONTENT_LENGTH, "0")
+            .send(&scope, true, &url, &|u| {
+                self.client.post(u).header(CONTENT_LENGTH, "0")
             })
             .await?;
         let response = Registry::check(response).await?;
@@ -359,10 +470,10 @@ impl Registry {
             .headers()
             .get(LOCATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|l| self.base.join(l).ok())
+            .and_then(|l| url.join(l).ok())
             .ok_or_else(|| {
                 TargetError::permanent(
-                    crate::domain::JobErrorCode::UpstreamRejected,
+                    JobErrorCode::UpstreamRejected,
                     "the registry started an upload without a Location",
                 )
             })?;
@@ -372,13 +483,13 @@ impl Registry {
     /// The blob's bytes as a stream, and its length.
     pub async fn blob_stream(
         &self,
-        repository: &str,
-        digest: &str,
+        repository: &RepositoryName,
+        digest: &Digest,
     ) -> Result<(Response, Option<u64>), TargetError> {
-        let url = self.url(&format!("/v2/{repository}/blobs/{digest}"));
+        let url = self.url(repository, &["blobs", digest.as_str()]);
         let scope = scope_for(repository, false);
         let response = self
-            .send(&scope, false, &|| self.client.get(url.clone()))
+            .send(&scope, false, &url, &|u| self.client.get(u))
             .await?;
         let response = Registry::check(response).await?;
         let length = response.content_length();
@@ -387,26 +498,29 @@ impl Registry {
 
     /// Finishes an upload with the bytes of `source`, streamed through without
     /// being held: memory stays bounded whatever the layer's size. The upload's
-    /// token was cached by `start_upload`, so the streamed request is sent once.
+    /// token was cached by `start_upload`, so the streamed request is sent once;
+    /// a location on another origin gets no credentials at all.
     pub async fn upload_stream(
         &self,
-        repository: &str,
+        repository: &RepositoryName,
         mut location: Url,
-        digest: &str,
+        digest: &Digest,
         source: Response,
         length: Option<u64>,
     ) -> Result<(), TargetError> {
-        location.query_pairs_mut().append_pair("digest", digest);
+        location
+            .query_pairs_mut()
+            .append_pair("digest", digest.as_str());
         let mut req = self
             .client
-            .put(location)
+            .put(location.clone())
             .header(CONTENT_TYPE, "application/octet-stream")
             .body(reqwest::Body::wrap_stream(source.bytes_stream()));
         if let Some(n) = length {
             req = req.header(CONTENT_LENGTH, n);
         }
         let response = self
-            .authorize(req, &scope_for(repository, true))
+            .authorize(req, &location, &scope_for(repository, true))
             .send()
             .await
             .map_err(|e| transport_error(e, true))?;
@@ -417,16 +531,16 @@ impl Registry {
     /// with, the digest it stored, when it sent one.
     pub async fn put_manifest(
         &self,
-        repository: &str,
-        reference: &str,
+        repository: &RepositoryName,
+        reference: &Reference,
         manifest: &Manifest,
     ) -> Result<Option<String>, TargetError> {
-        let url = self.url(&format!("/v2/{repository}/manifests/{reference}"));
+        let url = self.url(repository, &["manifests", reference.as_str()]);
         let scope = scope_for(repository, true);
         let response = self
-            .send(&scope, true, &|| {
+            .send(&scope, true, &url, &|u| {
                 self.client
-                    .put(url.clone())
+                    .put(u)
                     .header(CONTENT_TYPE, manifest.media_type.as_str())
                     .body(manifest.bytes.clone())
             })
@@ -438,7 +552,7 @@ impl Registry {
         // for a moment (Docker Distribution writes their links without locking):
         // the manifest is refused with BLOB_UNKNOWN, and the next attempt, which
         // checks every blob again, succeeds.
-        let (mut e, body) = Registry::refusal(response).await;
+        let (mut e, body) = body::refusal(response).await;
         e.retryable |= e.upstream_status == Some(400)
             && error_codes(&body)
                 .iter()
@@ -450,21 +564,15 @@ impl Registry {
     /// digest, which removes every tag on it in that repository).
     pub async fn delete_manifest(
         &self,
-        repository: &str,
-        reference: &str,
+        repository: &RepositoryName,
+        reference: &Reference,
     ) -> Result<StatusCode, TargetError> {
-        let url = self.url(&format!("/v2/{repository}/manifests/{reference}"));
+        let url = self.url(repository, &["manifests", reference.as_str()]);
         let scope = scope_for(repository, true);
         let response = self
-            .send(&scope, true, &|| self.client.delete(url.clone()))
+            .send(&scope, true, &url, &|u| self.client.delete(u))
             .await?;
-        let status = response.status();
-        if status.is_success() {
-            return Ok(status);
-        }
-        let headers = response.headers().clone();
-        let text = response.text().await.unwrap_or_default();
-        Err(status_error(status, &headers, &text))
+        Registry::check(response).await.map(|r| r.status())
     }
 }
 
@@ -513,5 +621,77 @@ mod tests {
             parse_challenge(r#"Bearer service="s""#).is_none(),
             "no realm"
         );
+    }
+
+    #[test]
+    fn challenges_read_as_rfc_7235_writes_them() {
+        // An escaped quote and a comma inside a quoted string do not end the value.
+        let c =
+            parse_challenge(r#"bearer realm="https://auth.example/token?a=\"b\",c", service=reg"#);
+        assert_eq!(
+            c,
+            Some(Challenge {
+                realm: r#"https://auth.example/token?a="b",c"#.into(),
+                service: Some("reg".into()),
+                scope: None,
+            })
+        );
+        // Several challenges: the Bearer one counts, wherever it is.
+        let c = parse_challenge(
+            r#"Basic realm="registry", BEARER realm="https://auth.example/t", scope="repository:a:pull""#,
+        );
+        assert_eq!(
+            c.map(|c| (c.realm, c.scope)),
+            Some((
+                "https://auth.example/t".into(),
+                Some("repository:a:pull".into())
+            ))
+        );
+        // A realm that would end early under naive splitting.
+        let c = parse_challenge(r#"Bearer realm="https://a.example/t,https://evil.example""#);
+        assert_eq!(
+            c.map(|c| c.realm).as_deref(),
+            Some("https://a.example/t,https://evil.example")
+        );
+        assert_eq!(parse_challenge("Bearer realm=\"unterminated"), None);
+        assert_eq!(parse_challenge(""), None);
+    }
+
+    #[test]
+    fn next_links() {
+        assert_eq!(
+            next_link(r#"</v2/dev/app/tags/list?last=b&n=2>; rel="next""#),
+            Some("/v2/dev/app/tags/list?last=b&n=2")
+        );
+        assert_eq!(
+            next_link(r#"<https://x/prev>; rel="prev", <https://x/next>; rel=next"#),
+            Some("https://x/next")
+        );
+        assert_eq!(next_link(r#"<https://x/prev>; rel="prev""#), None);
+        assert_eq!(next_link("garbage"), None);
+    }
+
+    #[test]
+    fn urls_are_built_from_checked_names_only() {
+        let registry = Registry {
+            name: "reg".into(),
+            base: Url::parse("https://registry.example/prefix/").expect("a URL"),
+            client: Client::new(),
+            auth: TargetAuth::Anonymous,
+            tokens: Mutex::new(HashMap::new()),
+        };
+        let repo = RepositoryName::parse("dev/app").expect("valid");
+        let tag = Reference::Tag(Tag::parse("1.0").expect("valid"));
+        assert_eq!(
+            registry.url(&repo, &["manifests", tag.as_str()]).as_str(),
+            "https://registry.example/prefix/v2/dev/app/manifests/1.0"
+        );
+        assert_eq!(
+            registry.url(&repo, &["blobs", "uploads", ""]).as_str(),
+            "https://registry.example/prefix/v2/dev/app/blobs/uploads/"
+        );
+        assert!(registry.own_origin(&Url::parse("https://registry.example:443/x").expect("a URL")));
+        assert!(!registry.own_origin(&Url::parse("http://registry.example/x").expect("a URL")));
+        assert!(!registry.own_origin(&Url::parse("https://s3.example/x").expect("a URL")));
     }
 }
