@@ -104,8 +104,35 @@ pub trait Target: Send + Sync {
     /// Carries out one rendered action against the upstream, idempotently: it reads
     /// the target first and answers `Noop` when the expected image is already there,
     /// and it refuses (`digest_mismatch`) when the source no longer holds the digest
-    /// the event named.
-    async fn perform(&self, action: &Action) -> Result<Effect, TargetError>;
+    /// the event named. `fence` is asked just before each request that changes the
+    /// upstream.
+    async fn perform(&self, action: &Action, fence: &dyn Fence) -> Result<Effect, TargetError>;
+}
+
+/// Whether the attempt may still change the upstream: the worker answers from the
+/// store (does it still hold the job's lease?), so a worker that lost its job makes
+/// no change after it could know (SPEC §13).
+#[async_trait]
+pub trait Fence: Send + Sync {
+    async fn holds(&self) -> bool;
+}
+
+impl dyn Fence + '_ {
+    /// Passes while the fence holds; otherwise the attempt stops before its change.
+    /// Retryable: when the store could not be asked the job is still this worker's,
+    /// and when it is not, the store refuses this worker's record anyway.
+    pub async fn check(&self) -> Result<(), TargetError> {
+        if self.holds().await {
+            return Ok(());
+        }
+        Err(TargetError {
+            retryable: true,
+            ..TargetError::permanent(
+                JobErrorCode::LeaseExpired,
+                "the job's lease was lost before the change was made; nothing was changed",
+            )
+        })
+    }
 }
 
 /// A configured target with what guards it: the permits that cap its concurrent

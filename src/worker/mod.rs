@@ -30,7 +30,7 @@ use crate::domain::{
 };
 use crate::rules::RuleSet;
 use crate::store::{AttemptReport, LeasedJob, Release, Store, Transition};
-use crate::targets::{Admission, Change, Effect, Handle, TargetError, Targets};
+use crate::targets::{Admission, Change, Effect, Fence, Handle, TargetError, Targets};
 
 /// Everything a worker needs, shared by all of them.
 pub struct Context {
@@ -264,7 +264,13 @@ impl Worker {
                 timeout: handle.timeout,
             },
         );
-        Step::Done(handle.target.perform(action).await)
+        let fence = LeaseFence {
+            store: self.ctx.store.as_ref(),
+            job_id: &leased.job.id,
+            worker: &self.id,
+            lease: self.ctx.config.lease,
+        };
+        Step::Done(handle.target.perform(action, &fence).await)
     }
 
     /// Runs `work` while renewing the job's lease every third of its length; `None`
@@ -385,6 +391,34 @@ impl Worker {
             ),
             // The lease will expire and the job be retried: at least once, never lost.
             Err(e) => tracing::error!(error = %e, "cannot record the attempt"),
+        }
+    }
+}
+
+/// The lease as the fence of an attempt's changes: asked just before each one, it
+/// renews the lease (so the change has a whole lease to finish in) and says whether
+/// this worker still holds the job. A store that cannot be asked is a no: the
+/// change waits for the next attempt rather than risk being made twice.
+struct LeaseFence<'a> {
+    store: &'a dyn Store,
+    job_id: &'a str,
+    worker: &'a str,
+    lease: Duration,
+}
+
+#[async_trait::async_trait]
+impl Fence for LeaseFence<'_> {
+    async fn holds(&self) -> bool {
+        match self
+            .store
+            .renew_lease(self.job_id, self.worker, self.lease)
+            .await
+        {
+            Ok(held) => held,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot confirm the lease before a change");
+                false
+            }
         }
     }
 }

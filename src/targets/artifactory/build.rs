@@ -6,7 +6,7 @@ use serde_json::{Map, Value, json};
 
 use super::{Artifactory, Part, done, segment};
 use crate::domain::{BuildPromotion, BuildRef, BuildTarget, Outcome};
-use crate::targets::{Effect, TargetError};
+use crate::targets::{Effect, Fence, TargetError};
 
 /// Whether the build already carries this promotion: a status entry with the same
 /// status (and repository, when one is named).
@@ -45,6 +45,7 @@ async fn already_promoted(
 
 pub async fn promote(
     a: &Artifactory,
+    fence: &dyn Fence,
     p: &BuildPromotion,
     dry_run: bool,
 ) -> Result<Effect, TargetError> {
@@ -106,7 +107,9 @@ pub async fn promote(
         set("properties", json!(properties));
     }
     set("failFast", json!(true));
-    let (status, _) = a.write(a.request(Method::POST, url).json(&body)).await?;
+    let (status, _) = a
+        .write(fence, a.request(Method::POST, url).json(&body))
+        .await?;
     let outcome = if dry_run {
         Outcome::DryRun
     } else {

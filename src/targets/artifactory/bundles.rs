@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::{Artifactory, Part, done};
 use crate::domain::{BundleRef, Environment, JobErrorCode, Outcome, bounded};
-use crate::targets::{Effect, InvalidReference, MAX_UPSTREAM_MESSAGE, TargetError};
+use crate::targets::{Effect, Fence, InvalidReference, MAX_UPSTREAM_MESSAGE, TargetError};
 
 /// Polling starts quickly and slows to this; Xray scans can take minutes.
 const MAX_POLL_INTERVAL: Duration = Duration::from_secs(5);
@@ -119,6 +119,7 @@ async fn wait(a: &Artifactory, from: &BundleRef, created: i64) -> Result<(), Tar
 
 pub async fn promote(
     a: &Artifactory,
+    fence: &dyn Fence,
     from: &BundleRef,
     to: &Environment,
     signing_key: Option<&str>,
@@ -148,7 +149,7 @@ pub async fn promote(
     if let Some(key) = signing_key {
         req = req.header("X-JFrog-Signing-Key-Name", key);
     }
-    let (status, answer) = a.write(req).await?;
+    let (status, answer) = a.write(fence, req).await?;
     if status == StatusCode::CREATED {
         // Created synchronously: done.
         return Ok(done(Outcome::Promoted, Some(status)));

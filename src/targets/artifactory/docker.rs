@@ -6,7 +6,7 @@ use serde_json::json;
 
 use super::{Artifactory, Part, done};
 use crate::domain::{ImageRef, Outcome};
-use crate::targets::{Effect, InvalidReference, TargetError, status_error, transport_error};
+use crate::targets::{Effect, Fence, InvalidReference, TargetError, status_error, transport_error};
 
 /// Every manifest type a tag can point at, so the digest read is the one stored.
 const MANIFEST_TYPES: &str = "application/vnd.oci.image.index.v1+json, \
@@ -63,6 +63,7 @@ fn already_done(
 
 pub async fn promote(
     a: &Artifactory,
+    fence: &dyn Fence,
     from: &ImageRef,
     to: &ImageRef,
     copy: bool,
@@ -100,7 +101,7 @@ pub async fn promote(
         "copy": copy,
     });
     match a
-        .write(a.request(Method::POST, promote_url).json(&body))
+        .write(fence, a.request(Method::POST, promote_url).json(&body))
         .await
     {
         Ok((status, _)) => Ok(done(Outcome::Promoted, Some(status))),

@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use super::{Artifactory, Part, done, path_segments, segment};
 use crate::domain::{ItemRef, Outcome};
-use crate::targets::{Effect, InvalidReference, TargetError};
+use crate::targets::{Effect, Fence, InvalidReference, TargetError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -38,6 +38,7 @@ async fn sha256_of(a: &Artifactory, url: Url) -> Result<Option<String>, TargetEr
 
 pub async fn transfer(
     a: &Artifactory,
+    fence: &dyn Fence,
     mode: Mode,
     from: &ItemRef,
     to: &ItemRef,
@@ -84,7 +85,7 @@ pub async fn transfer(
             query.append_pair("dry", "1");
         }
     }
-    let (status, _) = a.write(a.request(Method::POST, url)).await?;
+    let (status, _) = a.write(fence, a.request(Method::POST, url)).await?;
     let outcome = if dry_run {
         Outcome::DryRun
     } else {

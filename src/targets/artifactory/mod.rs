@@ -12,7 +12,9 @@ use reqwest::{Client, Method, StatusCode, Url};
 use serde_json::Value;
 
 use super::body::{self, JSON_LIMIT};
-use super::{Effect, InvalidReference, MAX_UPSTREAM_MESSAGE, Target, TargetError, transport_error};
+use super::{
+    Effect, Fence, InvalidReference, MAX_UPSTREAM_MESSAGE, Target, TargetError, transport_error,
+};
 use crate::config::{TargetAuth, TargetConfig};
 use crate::domain::{Action, JobErrorCode, Op, Outcome, bounded};
 
@@ -125,13 +127,15 @@ impl Artifactory {
         Ok(Some(serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
     }
 
-    /// A write: sends it and returns the status and JSON body of a 2xx answer. A
+    /// A write: once `fence` still holds, sends it and returns the status and JSON body of a 2xx answer. A
     /// 2xx whose `messages` report an ERROR is a failure (build promotion and item
     /// copies answer 200 when they failed part-way).
     async fn write(
         &self,
+        fence: &dyn Fence,
         req: reqwest::RequestBuilder,
     ) -> Result<(StatusCode, Value), TargetError> {
+        fence.check().await?;
         let response = req.send().await.map_err(|e| transport_error(e, true))?;
         let status = response.status();
         if !status.is_success() {
@@ -178,18 +182,19 @@ fn done(outcome: Outcome, status: Option<StatusCode>) -> Effect {
 
 #[async_trait]
 impl Target for Artifactory {
-    async fn perform(&self, action: &Action) -> Result<Effect, TargetError> {
+    async fn perform(&self, action: &Action, fence: &dyn Fence) -> Result<Effect, TargetError> {
         let dry = action.dry_run;
+        let (a, f) = (self, fence);
         match &action.op {
-            Op::Promote { from, to, copy, .. } => docker::promote(self, from, to, *copy, dry).await,
-            Op::BuildPromote(p) => build::promote(self, p, dry).await,
-            Op::Copy { from, to } => items::transfer(self, items::Mode::Copy, from, to, dry).await,
-            Op::Move { from, to } => items::transfer(self, items::Mode::Move, from, to, dry).await,
+            Op::Promote { from, to, copy, .. } => docker::promote(a, f, from, to, *copy, dry).await,
+            Op::BuildPromote(p) => build::promote(a, f, p, dry).await,
+            Op::Copy { from, to } => items::transfer(a, f, items::Mode::Copy, from, to, dry).await,
+            Op::Move { from, to } => items::transfer(a, f, items::Mode::Move, from, to, dry).await,
             Op::ReleaseBundlePromote {
                 from,
                 to,
                 signing_key,
-            } => bundles::promote(self, from, to, signing_key.as_deref(), dry).await,
+            } => bundles::promote(a, f, from, to, signing_key.as_deref(), dry).await,
         }
     }
 }
@@ -249,5 +254,83 @@ mod tests {
             Some("a; b".into())
         );
         assert_eq!(reported_errors(&json!(null)), None);
+    }
+
+    /// A fence that answers as told.
+    struct Fixed(bool);
+
+    #[async_trait]
+    impl Fence for Fixed {
+        async fn holds(&self) -> bool {
+            self.0
+        }
+    }
+
+    /// Each kind of change is made only while the fence holds: with a lost lease the
+    /// reads happen, the write does not, and the attempt says why.
+    #[tokio::test]
+    async fn no_change_is_sent_once_the_fence_says_the_lease_is_lost() {
+        use crate::domain::{ImageRef, ItemRef};
+        use wiremock::{Mock, MockServer, ResponseTemplate, matchers::method};
+
+        let upstream = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({})))
+            .mount(&upstream)
+            .await;
+        let a = Artifactory {
+            client: Client::new(),
+            base: Url::parse(&upstream.uri()).expect("a URL"),
+            auth: TargetAuth::Anonymous,
+        };
+        let image = |repo: &str| ImageRef {
+            repo: repo.into(),
+            image: "app".into(),
+            tag: "1.0.0".into(),
+            digest: None,
+        };
+        let item = |repo: &str| ItemRef {
+            repo: repo.into(),
+            path: "libs/app-1.0.0.jar".into(),
+            digest: None,
+        };
+        let ops = [
+            Op::Promote {
+                from: image("dev"),
+                to: image("prod"),
+                copy: true,
+                to_target: None,
+            },
+            Op::Copy {
+                from: item("dev"),
+                to: item("prod"),
+            },
+        ];
+        for op in ops {
+            let action = Action { op, dry_run: false };
+            let posts = || async {
+                upstream
+                    .received_requests()
+                    .await
+                    .unwrap_or_default()
+                    .iter()
+                    .filter(|r| r.method.as_str() == "POST")
+                    .count()
+            };
+            let before = posts().await;
+            let lost = a.perform(&action, &Fixed(false)).await;
+            let e = lost.expect_err("a change without the lease");
+            assert_eq!(e.error.code, JobErrorCode::LeaseExpired);
+            assert_eq!(
+                posts().await,
+                before,
+                "{} sent without the lease",
+                action.kind()
+            );
+            a.perform(&action, &Fixed(true))
+                .await
+                .expect("made while held");
+            assert_eq!(posts().await, before + 1, "{}", action.kind());
+        }
     }
 }

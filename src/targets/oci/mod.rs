@@ -17,7 +17,7 @@ use reference::{Digest, Reference, RepositoryName, Tag};
 use registry::Manifest;
 pub use registry::Registry;
 
-use super::{Effect, Target, TargetError};
+use super::{Effect, Fence, Target, TargetError};
 use crate::domain::{Action, ImageRef, JobError, JobErrorCode, Op, Outcome};
 
 const INDEX_TYPES: [&str; 2] = [
@@ -192,6 +192,7 @@ impl Copy<'_> {
 impl OciTarget {
     async fn promote(
         &self,
+        fence: &dyn Fence,
         from: &ImageRef,
         to: &ImageRef,
         copy: bool,
@@ -246,6 +247,7 @@ impl OciTarget {
         if !copied {
             // The registry's answer to the PUT names what it stored; asked again only
             // when it does not.
+            fence.check().await?;
             let now = match op.tree(&source, &to_tag).await? {
                 Some(stored) => Some(stored),
                 None => dst.digest(&op.dst_repo, &to_tag).await?,
@@ -262,6 +264,7 @@ impl OciTarget {
             }
         }
         if !copy {
+            fence.check().await?;
             self.delete_source(&op.src_repo, &from_tag, &source.digest, from, to)
                 .await?;
         }
@@ -364,7 +367,7 @@ fn done(outcome: Outcome) -> Effect {
 
 #[async_trait]
 impl Target for OciTarget {
-    async fn perform(&self, action: &Action) -> Result<Effect, TargetError> {
+    async fn perform(&self, action: &Action, fence: &dyn Fence) -> Result<Effect, TargetError> {
         match &action.op {
             Op::Promote {
                 from,
@@ -372,7 +375,8 @@ impl Target for OciTarget {
                 copy,
                 to_target,
             } => {
-                self.promote(from, to, *copy, action.dry_run, to_target.as_deref())
+                let (dry_run, to_target) = (action.dry_run, to_target.as_deref());
+                self.promote(fence, from, to, *copy, dry_run, to_target)
                     .await
             }
             _ => Err(TargetError::permanent(
