@@ -525,22 +525,8 @@ pub(super) mod old_trail {
     /// The record from migration 2 on (v1): v0's fields, then the chain's.
     #[derive(serde::Serialize)]
     struct V1<'a> {
-        at: String,
-        kind: &'a str,
-        actor: &'a str,
-        event_id: Option<&'a str>,
-        job_id: Option<&'a str>,
-        rule: Option<&'a str>,
-        target: Option<&'a str>,
-        repo: Option<&'a str>,
-        image: Option<&'a str>,
-        tag: Option<&'a str>,
-        digest: Option<&'a str>,
-        from: Option<&'a str>,
-        to: Option<&'a str>,
-        outcome: Option<&'a str>,
-        upstream_status: Option<u16>,
-        message: Option<&'a str>,
+        #[serde(flatten)]
+        v0: V0<'a>,
         parent_job_id: Option<&'a str>,
         chain_depth: Option<u32>,
     }
@@ -589,22 +575,7 @@ pub(super) mod old_trail {
             };
             let json = if v1 {
                 serde_json::to_vec(&V1 {
-                    at: v0.at.clone(),
-                    kind: v0.kind,
-                    actor: v0.actor,
-                    event_id: v0.event_id,
-                    job_id: v0.job_id,
-                    rule: v0.rule,
-                    target: v0.target,
-                    repo: v0.repo,
-                    image: v0.image,
-                    tag: v0.tag,
-                    digest: v0.digest,
-                    from: v0.from,
-                    to: v0.to,
-                    outcome: v0.outcome,
-                    upstream_status: v0.upstream_status,
-                    message: v0.message,
+                    v0,
                     parent_job_id: parent_job_id.as_deref(),
                     chain_depth,
                 })

@@ -321,6 +321,28 @@ async fn a_long_unknown_source_name_is_cut_in_the_logs() {
     );
 }
 
+/// A config in `dir` with one promote rule against `upstream`, on `schema`, with a
+/// lease of one second.
+fn one_rule_on(
+    dir: &tempfile::TempDir,
+    upstream: &wiremock::MockServer,
+    schema: &PgSchema,
+) -> std::path::PathBuf {
+    crate::harness::write_config_on(
+        dir.path(),
+        &upstream.uri(),
+        r#"
+[[rules]]
+name = "r"
+source = "ci"
+event = "test-passed"
+action = { type = "promote", target = "jfrog", to_repo = "staging" }
+"#,
+        "1s",
+        &schema.url(),
+    )
+}
+
 /// Two replicas whose clocks disagree by an hour: the one ahead must not take over
 /// a job the other still holds and renews, because leases are judged by the
 /// store's clock (SPEC §13). Needs Debian's `faketime`.
@@ -338,19 +360,7 @@ async fn a_replica_whose_clock_runs_ahead_does_not_take_over_a_held_lease() {
         .mount(&upstream)
         .await;
     let dir = tempfile::tempdir().unwrap();
-    let config = crate::harness::write_config_on(
-        dir.path(),
-        &upstream.uri(),
-        r#"
-[[rules]]
-name = "r"
-source = "ci"
-event = "test-passed"
-action = { type = "promote", target = "jfrog", to_repo = "staging" }
-"#,
-        "1s",
-        &schema.url(),
-    );
+    let config = one_rule_on(&dir, &upstream, &schema);
     let holder = crate::harness::ChildApp::start(&config, crate::harness::free_port()).await;
     let body = br#"{"event":"test-passed","repo":"dev","image":"app","tag":"1.0.0"}"#;
     let answer: Value = holder.client.send("ci", body).await.json().await.unwrap();
@@ -412,19 +422,7 @@ async fn a_worker_that_lost_its_lease_makes_no_further_call() {
         .mount(&upstream)
         .await;
     let dir = tempfile::tempdir().unwrap();
-    let config = crate::harness::write_config_on(
-        dir.path(),
-        &upstream.uri(),
-        r#"
-[[rules]]
-name = "r"
-source = "ci"
-event = "test-passed"
-action = { type = "promote", target = "jfrog", to_repo = "staging" }
-"#,
-        "1s",
-        &schema.url(),
-    );
+    let config = one_rule_on(&dir, &upstream, &schema);
     let first = crate::harness::ChildApp::start(&config, crate::harness::free_port()).await;
     let body = br#"{"event":"test-passed","repo":"dev","image":"app","tag":"1.0.0"}"#;
     let answer: Value = first.client.send("ci", body).await.json().await.unwrap();

@@ -355,18 +355,7 @@ async fn a_move_keeps_a_source_tag_that_shares_its_digest() {
 
 #[tokio::test]
 async fn a_source_tag_already_gone_is_not_deleted_by_digest() {
-    let (reg, digest, _) = one_blob_image().await;
-    Mock::given(method("HEAD"))
-        .and(path(STAGING_TAG))
-        .respond_with(ResponseTemplate::new(200).insert_header("Docker-Content-Digest", &digest))
-        .mount(&reg)
-        .await;
-    Mock::given(method("DELETE"))
-        .and(path("/v2/dev/app/manifests/1.0.0"))
-        .respond_with(ResponseTemplate::new(404))
-        .with_priority(1)
-        .mount(&reg)
-        .await;
+    let (reg, digest) = copied_and_tag_delete_answers(404).await;
     Mock::given(method("DELETE"))
         .and(path_regex("^/v2/dev/app/manifests/sha256:"))
         .respond_with(ResponseTemplate::new(202))
@@ -480,13 +469,11 @@ async fn an_error_body_is_kept_only_to_64_kib() {
     app.stop().await;
 }
 
-/// A registry that refuses to delete a tag alone (405) and lists `dev/app`'s tags
-/// on two linked pages: `1.0.0` and `a`, then `stable`, which points at `stable`'s
-/// digest, or at `1.0.0`'s when `None`. Returns the server and `1.0.0`'s digest.
-async fn paged_registry(stable: Option<&str>) -> (MockServer, String) {
-    use wiremock::matchers::query_param;
+/// A one-blob registry whose staging tag already holds the image (the copy is
+/// done) and which answers a DELETE of `dev/app:1.0.0` by tag with `status`.
+/// Returns the server and the image's digest.
+async fn copied_and_tag_delete_answers(status: u16) -> (MockServer, String) {
     let (reg, digest, _) = one_blob_image().await;
-    let stable = stable.map_or_else(|| digest.clone(), str::to_string);
     Mock::given(method("HEAD"))
         .and(path(STAGING_TAG))
         .respond_with(ResponseTemplate::new(200).insert_header("Docker-Content-Digest", &digest))
@@ -494,10 +481,20 @@ async fn paged_registry(stable: Option<&str>) -> (MockServer, String) {
         .await;
     Mock::given(method("DELETE"))
         .and(path("/v2/dev/app/manifests/1.0.0"))
-        .respond_with(ResponseTemplate::new(405))
+        .respond_with(ResponseTemplate::new(status))
         .with_priority(1)
         .mount(&reg)
         .await;
+    (reg, digest)
+}
+
+/// A registry that refuses to delete a tag alone (405) and lists `dev/app`'s tags
+/// on two linked pages: `1.0.0` and `a`, then `stable`, which points at `stable`'s
+/// digest, or at `1.0.0`'s when `None`. Returns the server and `1.0.0`'s digest.
+async fn paged_registry(stable: Option<&str>) -> (MockServer, String) {
+    use wiremock::matchers::query_param;
+    let (reg, digest) = copied_and_tag_delete_answers(405).await;
+    let stable = stable.map_or_else(|| digest.clone(), str::to_string);
     Mock::given(method("GET"))
         .and(path("/v2/dev/app/tags/list"))
         .and(query_param("last", "a"))
