@@ -375,20 +375,34 @@ async fn a_replica_whose_clock_runs_ahead_does_not_take_over_a_held_lease() {
     }
     // The promote is at the upstream for 3 s, three leases; a workers-only replica an hour ahead
     // starts beside it.
-    let ahead = tokio::process::Command::new("faketime")
-        .args(["-f", "+1h"])
-        .arg(env!("CARGO_BIN_EXE_gantry"))
+    // libfaketime preloaded into gantry itself (not the `faketime` wrapper, whose
+    // child would outlive the kill at the end of the test).
+    let libfaketime = std::fs::read_dir("/usr/lib")
+        .unwrap()
+        .flatten()
+        .map(|d| d.path().join("faketime/libfaketime.so.1"))
+        .find(|p| p.exists())
+        .expect("Debian's faketime is needed (apt-get install faketime)");
+    let ahead = tokio::process::Command::new(env!("CARGO_BIN_EXE_gantry"))
         .args(["serve", "--workers-only", "--config"])
         .arg(&config)
         .envs(crate::harness::env())
+        .env("LD_PRELOAD", libfaketime)
+        .env("FAKETIME", "+1h")
         .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
-        .expect("Debian's faketime is needed (apt-get install faketime)");
+        .unwrap();
     let job = holder.client.wait_final(&id).await;
-    drop(ahead);
+    // Still running, then stopped for good: it cannot have exited on its own.
+    let mut ahead = ahead;
+    assert!(
+        ahead.try_wait().unwrap().is_none(),
+        "the replica ahead exited"
+    );
+    ahead.kill().await.unwrap();
     assert_eq!(job["state"], "succeeded", "{job:#}");
     assert_eq!(
         job["attempts"].as_array().unwrap().len(),
