@@ -1,6 +1,6 @@
 //! The job life cycle in one place (SPEC §8, and §9 "States" for the states that will
-//! join): the events that move a job, the one table of the moves allowed, and what
-//! each move puts on the audit trail.
+//! join): where a job starts, the events that move it, the one table of the moves
+//! allowed, and what each move puts on the audit trail.
 //!
 //! Workers choose an event (by their retry policy), operators ask for one; the stores
 //! ask [`next`] where it takes the job and write that state. No other code decides a
@@ -83,7 +83,8 @@ impl Step {
 }
 
 use AuditKind::{
-    JobAttempt, JobCancelled, JobFailed, JobInterrupted, JobRetried, JobRetrying, JobSucceeded,
+    JobAttempt, JobCancelled, JobCreated, JobFailed, JobInterrupted, JobRetried, JobRetrying,
+    JobSucceeded,
 };
 use JobEvent::{
     Failed as Fail, Interrupted, LeaseTakenOver, Leased, OperatorCancel, OperatorRetry, Released,
@@ -137,6 +138,18 @@ pub const TRANSITIONS: [Step; 14] = [
     Step::new(Retrying, OperatorCancel, Cancelled, Some(JobCancelled)),
     Step::new(Failed, OperatorCancel, Cancelled, Some(JobCancelled)),
 ];
+
+/// Where a job the rules planned starts, and its first record (SPEC §8): `queued`,
+/// or `failed` at once when its templates could not be rendered, a template error
+/// being permanent. (§9's gates and approvals will start jobs `waiting` or
+/// `awaiting_approval` here.)
+pub fn start(rendered: bool) -> (JobState, AuditKind) {
+    if rendered {
+        (Queued, JobCreated)
+    } else {
+        (Failed, JobFailed)
+    }
+}
 
 /// A move the life cycle does not allow: an operator's conflict, or a bug in the
 /// caller when the state was fenced (a leased job is `running`).
@@ -209,6 +222,12 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_planned_job_starts_queued_or_failed_at_once() {
+        assert_eq!(start(true), (Queued, JobCreated));
+        assert_eq!(start(false), (Failed, JobFailed));
     }
 
     #[test]
@@ -303,14 +322,15 @@ mod tests {
     }
 
     proptest! {
-        /// Random histories from `queued`: every move accepted is a row of the table
-        /// and what the SPEC model allows, every move refused is one the model
+        /// Random histories of a planned job: every move accepted is a row of the
+        /// table and what the SPEC model allows, every move refused is one the model
         /// refuses too, and the job never leaves the states there are.
         #[test]
         fn random_histories_keep_to_the_life_cycle(
+            rendered in any::<bool>(),
             events in proptest::collection::vec(proptest::sample::select(EVENTS.to_vec()), 0..64)
         ) {
-            let mut state = Queued;
+            let (mut state, _) = start(rendered);
             for event in events {
                 match next(state, event) {
                     Ok(step) => {

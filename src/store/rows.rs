@@ -254,8 +254,9 @@ pub(super) fn stored_count(entry: &AuditEntry) -> Result<Option<i64>, StoreError
         .transpose()
 }
 
-/// How a job the rules planned is stored: queued with its rendered action, or failed
-/// at once with the template error, and the key its promotion's result is known by.
+/// How a job the rules planned is stored: in the state it starts in (its rendered
+/// action, or the template error that failed it), and the key its promotion's result
+/// is known by.
 pub(super) struct JobInsert<'a> {
     pub action: Option<String>,
     pub state: JobState,
@@ -267,9 +268,10 @@ pub(super) struct JobInsert<'a> {
 
 impl<'a> JobInsert<'a> {
     pub fn of(job: &'a NewJob) -> Self {
-        let (action, state, error) = match &job.action {
-            Ok(a) => (serde_json::to_string(a).ok(), JobState::Queued, None),
-            Err(e) => (None, JobState::Failed, Some(e)),
+        let (state, _) = lifecycle::start(job.action.is_ok());
+        let (action, error) = match &job.action {
+            Ok(a) => (serde_json::to_string(a).ok(), None),
+            Err(e) => (None, Some(e)),
         };
         let output = job.action.as_ref().ok().map(Action::output_subject);
         JobInsert {
