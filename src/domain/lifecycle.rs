@@ -4,11 +4,24 @@
 //!
 //! Workers choose an event (by their retry policy), operators ask for one; the stores
 //! ask [`next`] where it takes the job and write that state. No other code decides a
-//! job's state, so a new state is a new row here, checked by the tests below against
-//! an independent model of the SPEC.
+//! job's state (the lease statements, which write `running` as they pick a job, are
+//! checked against the table), so a new state is new rows here, checked by the tests
+//! below against an independent model of the SPEC.
 
 use super::JobState;
 use crate::audit::AuditKind;
+
+// The table below reads as the SPEC does: states, events and records by name (the
+// events `Succeeded` and `Failed` as `Success` and `Fail`; the states keep theirs).
+use AuditKind::{
+    JobAttempt, JobCancelled, JobCreated, JobFailed, JobInterrupted, JobRetried, JobRetrying,
+    JobSucceeded,
+};
+use JobEvent::{
+    Failed as Fail, Interrupted, LeaseTakenOver, Leased, OperatorCancel, OperatorRetry, Released,
+    Retry, Succeeded as Success,
+};
+use JobState::{Cancelled, Failed, Queued, Retrying, Running, Succeeded};
 
 /// What can happen to a job. Events carry only what decides where the job goes; the
 /// values a move writes (an outcome, the next attempt's time, an error) travel with
@@ -82,16 +95,6 @@ impl Step {
     }
 }
 
-use AuditKind::{
-    JobAttempt, JobCancelled, JobCreated, JobFailed, JobInterrupted, JobRetried, JobRetrying,
-    JobSucceeded,
-};
-use JobEvent::{
-    Failed as Fail, Interrupted, LeaseTakenOver, Leased, OperatorCancel, OperatorRetry, Released,
-    Retry, Succeeded as Success,
-};
-use JobState::{Cancelled, Failed, Queued, Retrying, Running, Succeeded};
-
 /// Every move a job can make; any other is [`Forbidden`]. In the SPEC's words (§8):
 ///
 /// - `queued → running → succeeded` (outcome `promoted` or `noop`);
@@ -108,35 +111,23 @@ use JobState::{Cancelled, Failed, Queued, Retrying, Running, Succeeded};
 ///   its history kept (§9 adds `expired` and `rejected`).
 ///
 /// `succeeded` is final; `failed` and `cancelled` only leave by an operator.
+#[rustfmt::skip]
 pub const TRANSITIONS: [Step; 14] = [
-    Step::new(Queued, Leased, Running, None),
-    Step::new(Retrying, Leased, Running, None),
-    Step::new(Running, LeaseTakenOver, Running, Some(JobAttempt)),
-    Step::new(Running, Success, Succeeded, Some(JobSucceeded)),
-    Step::new(Running, Retry, Retrying, Some(JobRetrying)),
-    Step::new(Running, Fail, Failed, Some(JobFailed)),
-    Step::new(
-        Running,
-        Released {
-            after_attempts: false,
-        },
-        Queued,
-        None,
-    ),
-    Step::new(
-        Running,
-        Released {
-            after_attempts: true,
-        },
-        Retrying,
-        None,
-    ),
-    Step::new(Running, Interrupted, Retrying, Some(JobInterrupted)),
-    Step::new(Failed, OperatorRetry, Queued, Some(JobRetried)),
-    Step::new(Cancelled, OperatorRetry, Queued, Some(JobRetried)),
-    Step::new(Queued, OperatorCancel, Cancelled, Some(JobCancelled)),
-    Step::new(Retrying, OperatorCancel, Cancelled, Some(JobCancelled)),
-    Step::new(Failed, OperatorCancel, Cancelled, Some(JobCancelled)),
+    //        from       event                               to         audit
+    Step::new(Queued,    Leased,                             Running,   None),
+    Step::new(Retrying,  Leased,                             Running,   None),
+    Step::new(Running,   LeaseTakenOver,                     Running,   Some(JobAttempt)),
+    Step::new(Running,   Success,                            Succeeded, Some(JobSucceeded)),
+    Step::new(Running,   Retry,                              Retrying,  Some(JobRetrying)),
+    Step::new(Running,   Fail,                               Failed,    Some(JobFailed)),
+    Step::new(Running,   Released { after_attempts: false }, Queued,    None),
+    Step::new(Running,   Released { after_attempts: true },  Retrying,  None),
+    Step::new(Running,   Interrupted,                        Retrying,  Some(JobInterrupted)),
+    Step::new(Failed,    OperatorRetry,                      Queued,    Some(JobRetried)),
+    Step::new(Cancelled, OperatorRetry,                      Queued,    Some(JobRetried)),
+    Step::new(Queued,    OperatorCancel,                     Cancelled, Some(JobCancelled)),
+    Step::new(Retrying,  OperatorCancel,                     Cancelled, Some(JobCancelled)),
+    Step::new(Failed,    OperatorCancel,                     Cancelled, Some(JobCancelled)),
 ];
 
 /// Where a job the rules planned starts, and its first record (SPEC §8): `queued`,
