@@ -126,6 +126,7 @@ pub struct LeasedJob {
 pub enum OperatorAction {
     /// Start the job over, history kept, attempt budget renewed.
     Retry,
+    /// Stop the job; a retry can revive it.
     Cancel,
 }
 
