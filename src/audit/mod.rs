@@ -9,7 +9,8 @@ use serde::Serialize;
 pub use chain::{Anchor, ChainCheck, HASH_VERSION, Verdict, chain_hash};
 
 use crate::domain::{
-    Action, AttemptRecord, Event, Job, JobError, Millis, NewJob, Op, Outcome, bounded, now_millis,
+    Action, AttemptRecord, Event, Job, JobError, Millis, NewJob, Op, Outcome, bounded, lifecycle,
+    now_millis,
 };
 
 /// Upstream messages and reasons are kept, but bounded.
@@ -226,8 +227,10 @@ impl AuditEntry {
         }
     }
 
+    /// A planned job's first record, of the kind its start in the life cycle names.
     pub fn job_created(event: &Event, job: &NewJob) -> Self {
-        let mut e = AuditEntry::new(AuditKind::JobCreated, &event.source)
+        let (_, kind) = lifecycle::start(job.action.is_ok());
+        let mut e = AuditEntry::new(kind, &event.source)
             .about_event(event)
             .about_action(job.action.as_ref().ok());
         e.job_id = Some(job.id.clone());
@@ -235,10 +238,7 @@ impl AuditEntry {
         e.target = Some(job.target.clone());
         match &job.action {
             Ok(_) => e,
-            Err(err) => {
-                e.kind = AuditKind::JobFailed;
-                e.saying(&format!("{}: {}", err.code.as_str(), err.message))
-            }
+            Err(err) => e.saying(&format!("{}: {}", err.code.as_str(), err.message)),
         }
     }
 

@@ -4,12 +4,14 @@
 mod action;
 mod event;
 mod job;
+pub mod lifecycle;
 
 pub use action::{
     Action, BuildPromotion, BuildRef, BuildTarget, BundleRef, Environment, ImageRef, ItemRef, Op,
 };
 pub use event::{Event, Subject};
 pub use job::{AttemptRecord, Job, JobError, JobErrorCode, JobState, NewJob, Outcome};
+pub use lifecycle::{Forbidden, JobEvent, Step};
 
 /// The key a promotion's result is known by, shared by a job's output and an
 /// event's subject so that an upstream's echo of a promotion can be found: a docker

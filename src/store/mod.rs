@@ -18,7 +18,9 @@ pub use sqlite::SqliteStore;
 
 use crate::audit::{Anchor, AuditEntry, AuditKind, AuditRecord, ChainCheck, Verdict};
 use crate::config::StoreUrl;
-use crate::domain::{AttemptRecord, Event, Job, JobError, JobState, Millis, NewJob, Outcome};
+use crate::domain::{
+    AttemptRecord, Event, Forbidden, Job, JobError, JobEvent, JobState, Millis, NewJob, Outcome,
+};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -28,6 +30,14 @@ pub enum StoreError {
     /// The database holds something gantry did not write; a bug or a hand edit.
     #[error("store data is invalid: {0}")]
     Corrupt(String),
+}
+
+/// A move the life cycle forbids on a job the store has fenced (a leased job is
+/// `running`) can only come from a bug, as a corrupt row would.
+impl From<Forbidden> for StoreError {
+    fn from(f: Forbidden) -> Self {
+        StoreError::Corrupt(f.to_string())
+    }
 }
 
 /// An event and the jobs the rules planned for it, to be committed together.
@@ -110,13 +120,24 @@ pub struct LeasedJob {
     pub started_at: Millis,
 }
 
-/// An operator's action on a job.
+/// An operator's action on a job; which states allow it is the life cycle's table
+/// (`domain::lifecycle`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OperatorAction {
-    /// `failed` or `cancelled` → `queued`, history kept, attempt budget renewed.
+    /// Start the job over, history kept, attempt budget renewed.
     Retry,
-    /// `queued`, `retrying` or `failed` → `cancelled`.
+    /// Stop the job; a retry can revive it.
     Cancel,
+}
+
+impl OperatorAction {
+    /// The life cycle's event for this action.
+    pub fn event(self) -> JobEvent {
+        match self {
+            OperatorAction::Retry => JobEvent::OperatorRetry,
+            OperatorAction::Cancel => JobEvent::OperatorCancel,
+        }
+    }
 }
 
 /// What became of an operator's action.
@@ -128,12 +149,24 @@ pub enum OperatorOutcome {
     Conflict(JobState),
 }
 
-/// Where a job goes after an attempt.
+/// How an attempt ended, with what the job keeps of it; the state it leads to is
+/// the life cycle's ([`Transition::event`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Transition {
     Succeeded(Outcome),
     Retry { at: Millis },
     Failed(JobError),
+}
+
+impl Transition {
+    /// The life cycle's event for this end of an attempt.
+    pub fn event(&self) -> JobEvent {
+        match self {
+            Transition::Succeeded(_) => JobEvent::Succeeded,
+            Transition::Retry { .. } => JobEvent::Retry,
+            Transition::Failed(_) => JobEvent::Failed,
+        }
+    }
 }
 
 /// The result of one attempt, with the audit records that describe it; committed
@@ -159,6 +192,19 @@ pub struct Release {
     /// When the job becomes due again.
     pub at: Millis,
     pub interrupted: Option<AttemptRecord>,
+}
+
+impl Release {
+    /// The life cycle's event for this release. `attempt` is the lease's attempt
+    /// number, so a number above 1 means the job had attempts before this one.
+    pub fn event(&self) -> JobEvent {
+        match self.interrupted {
+            Some(_) => JobEvent::Interrupted,
+            None => JobEvent::Released {
+                after_attempts: self.attempt > 1,
+            },
+        }
+    }
 }
 
 /// A stored event with the jobs it produced, as `GET /api/v1/events` shows it.

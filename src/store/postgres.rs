@@ -41,9 +41,9 @@ use tokio_postgres::{AsyncMessage, NoTls, Row};
 use super::rows::{
     ATTEMPT_COLUMNS, AUDIT_COLUMNS, Arg, Columns, EMITTED, EVENT_COLUMNS, EVENTS_PAGE_BYTES_COLUMN,
     EchoProbe, JOB_COLUMNS, JobInsert, Landing, Listing, attempt_values, audit_listing, chain_sql,
-    checkpoints_sql, events_listing, events_page, job_state, jobs_listing, lease_expired, millis,
-    narrow, operator_move, page, payload_text, read_attempt, read_audit, read_event, read_job,
-    sql_limit, stored_count,
+    checkpoints_sql, events_listing, events_page, job_state, jobs_listing, lease_expired,
+    leased_move, millis, narrow, operator_move, page, payload_text, read_attempt, read_audit,
+    read_event, read_job, sql_limit, stored_count,
 };
 use super::{
     AttemptReport, AuditFilter, ChainLink, ChainRow, EventFilter, IngestOutcome, IngestPolicy,
@@ -987,7 +987,7 @@ impl Store for PostgresStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(unavailable)?;
         let now = now_millis();
-        let to = Landing::of(&report, now);
+        let to = Landing::of(&report, now)?;
         let n = i64::from(report.attempt.n);
         let sql = format!(
             "UPDATE jobs SET state = $4, outcome = $5, next_attempt_at = $6, lease_owner = NULL,
@@ -1028,6 +1028,7 @@ impl Store for PostgresStore {
         let tx = client.transaction().await.map_err(unavailable)?;
         let now = now_millis();
         let n = i64::from(r.attempt);
+        let to = leased_move(r.event())?.to.as_str();
         let mut w = Writes {
             audit: Vec::new(),
             wake: true,
@@ -1035,13 +1036,12 @@ impl Store for PostgresStore {
         match &r.interrupted {
             None => {
                 let sql = format!(
-                    "UPDATE jobs SET
-                        state = CASE WHEN attempts > 1 THEN 'retrying' ELSE 'queued' END,
-                        attempts = attempts - 1, next_attempt_at = $4, lease_owner = NULL,
-                        lease_expires_at = NULL, attempt_started_at = NULL, updated_at = $5
+                    "UPDATE jobs SET state = $6, attempts = attempts - 1, next_attempt_at = $4,
+                        lease_owner = NULL, lease_expires_at = NULL, attempt_started_at = NULL,
+                        updated_at = $5
                      WHERE {HELD}"
                 );
-                let p: [&(dyn ToSql + Sync); 5] = [&r.job_id, &r.worker, &n, &r.at, &now];
+                let p: [&(dyn ToSql + Sync); 6] = [&r.job_id, &r.worker, &n, &r.at, &now, &to];
                 if execute(&tx, &sql, &p).await? == 0 {
                     return Ok(false);
                 }
@@ -1053,14 +1053,14 @@ impl Store for PostgresStore {
                     error.map(|e| e.message.as_str()),
                 );
                 let sql = format!(
-                    "UPDATE jobs SET state = 'retrying', next_attempt_at = $4, lease_owner = NULL,
+                    "UPDATE jobs SET state = $8, next_attempt_at = $4, lease_owner = NULL,
                         lease_expires_at = NULL, attempt_started_at = NULL,
                         last_error_code = $5, last_error_message = $6, updated_at = $7
                      WHERE {HELD}
                      RETURNING {JOB_COLUMNS}"
                 );
-                let p: [&(dyn ToSql + Sync); 7] =
-                    [&r.job_id, &r.worker, &n, &r.at, &code, &message, &now];
+                let p: [&(dyn ToSql + Sync); 8] =
+                    [&r.job_id, &r.worker, &n, &r.at, &code, &message, &now, &to];
                 let Some(row) = query_opt(&tx, &sql, &p).await? else {
                     return Ok(false);
                 };
@@ -1084,23 +1084,33 @@ impl Store for PostgresStore {
         let Some(mut job) = load_job(&tx, job_id, true).await? else {
             return Ok(OperatorOutcome::NotFound);
         };
-        let (to, kind) = match operator_move(&job, action) {
-            Ok(m) => m,
+        let step = match operator_move(&job, action) {
+            Ok(step) => step,
             Err(state) => return Ok(OperatorOutcome::Conflict(state)),
         };
         let now = now_millis();
+        // The row is locked (`load_job` above): the state just read is still the job's.
         execute(
             &tx,
             "UPDATE jobs SET state = $2, next_attempt_at = $3, updated_at = $3,
-                retry_base = CASE WHEN $2::text = 'queued' THEN attempts ELSE retry_base END
+                retry_base = CASE WHEN $4 THEN attempts ELSE retry_base END
              WHERE id = $1",
-            &[&job_id, &to.as_str(), &now],
+            &[
+                &job_id,
+                &step.to.as_str(),
+                &now,
+                &step.event.renews_budget(),
+            ],
         )
         .await?;
-        job.state = to;
+        job.state = step.to;
         job.updated_at = now;
         let w = Writes {
-            audit: vec![AuditEntry::operator(kind, actor, &job)],
+            audit: step
+                .audit
+                .map(|kind| AuditEntry::operator(kind, actor, &job))
+                .into_iter()
+                .collect(),
             wake: action == OperatorAction::Retry,
         };
         self.commit(tx, w).await?;

@@ -1,7 +1,7 @@
 //! What the stores share below their SQL: the column lists of their tables (the
 //! same names in both), the conversion of stored strings and integers back into
-//! domain values, and the decisions a verb makes between its reads and its writes.
-//! Each store only moves values between its driver's rows and these plain structs,
+//! domain values, and what a verb writes between its reads and its writes (where a
+//! job goes is asked of `domain::lifecycle`, never decided here). Each store only moves values between its driver's rows and these plain structs,
 //! so the two cannot drift apart in what a stored row means.
 
 use std::time::Duration;
@@ -12,8 +12,8 @@ use super::{
 };
 use crate::audit::{AuditEntry, AuditKind, AuditRecord};
 use crate::domain::{
-    Action, AttemptRecord, Event, Job, JobError, JobErrorCode, JobState, Millis, NewJob, Outcome,
-    Subject, subject_key,
+    Action, AttemptRecord, Event, Job, JobError, JobErrorCode, JobEvent, JobState, Millis, NewJob,
+    Outcome, Step, Subject, lifecycle, subject_key,
 };
 
 pub(super) const EVENT_COLUMNS: &str = "id, source, type, delivery_id, received_at, repo, image,
@@ -254,8 +254,9 @@ pub(super) fn stored_count(entry: &AuditEntry) -> Result<Option<i64>, StoreError
         .transpose()
 }
 
-/// How a job the rules planned is stored: queued with its rendered action, or failed
-/// at once with the template error, and the key its promotion's result is known by.
+/// How a job the rules planned is stored: in the state it starts in (its rendered
+/// action, or the template error that failed it), and the key its promotion's result
+/// is known by.
 pub(super) struct JobInsert<'a> {
     pub action: Option<String>,
     pub state: JobState,
@@ -267,9 +268,10 @@ pub(super) struct JobInsert<'a> {
 
 impl<'a> JobInsert<'a> {
     pub fn of(job: &'a NewJob) -> Self {
-        let (action, state, error) = match &job.action {
-            Ok(a) => (serde_json::to_string(a).ok(), JobState::Queued, None),
-            Err(e) => (None, JobState::Failed, Some(e)),
+        let (state, _) = lifecycle::start(job.action.is_ok());
+        let (action, error) = match &job.action {
+            Ok(a) => (serde_json::to_string(a).ok(), None),
+            Err(e) => (None, Some(e)),
         };
         let output = job.action.as_ref().ok().map(Action::output_subject);
         JobInsert {
@@ -298,32 +300,20 @@ pub(super) fn lease_expired(n: u32, started_at: Option<Millis>, now: Millis) -> 
     }
 }
 
-/// Where an operator's action takes a job and how it is audited, or the state that
-/// forbids it.
-pub(super) fn operator_move(
-    job: &Job,
-    action: OperatorAction,
-) -> Result<(JobState, AuditKind), JobState> {
-    let (allowed, to, kind) = match action {
-        OperatorAction::Retry => (
-            matches!(job.state, JobState::Failed | JobState::Cancelled) && job.action.is_some(),
-            JobState::Queued,
-            AuditKind::JobRetried,
-        ),
-        OperatorAction::Cancel => (
-            matches!(
-                job.state,
-                JobState::Queued | JobState::Retrying | JobState::Failed
-            ),
-            JobState::Cancelled,
-            AuditKind::JobCancelled,
-        ),
-    };
-    if allowed {
-        Ok((to, kind))
-    } else {
-        Err(job.state)
+/// The life cycle's move for an operator's action on `job`, or the state that
+/// forbids it. A job whose templates never rendered has no action to retry,
+/// whatever its state.
+pub(super) fn operator_move(job: &Job, action: OperatorAction) -> Result<&'static Step, JobState> {
+    if action == OperatorAction::Retry && job.action.is_none() {
+        return Err(job.state);
     }
+    lifecycle::next(job.state, action.event()).map_err(|refused| refused.from)
+}
+
+/// The life cycle's move for `event` on a job a worker holds: the lease fence has
+/// checked that it is `running`.
+pub(super) fn leased_move(event: JobEvent) -> Result<&'static Step, StoreError> {
+    Ok(lifecycle::next(JobState::Running, event)?)
 }
 
 /// What an attempt's report writes on its job.
@@ -337,21 +327,20 @@ pub(super) struct Landing<'a> {
 }
 
 impl<'a> Landing<'a> {
-    pub fn of(report: &'a AttemptReport, now: Millis) -> Self {
-        let (state, outcome, next_attempt_at, error) = match &report.transition {
-            Transition::Succeeded(o) => (JobState::Succeeded, Some(o.as_str()), now, None),
-            Transition::Retry { at } => {
-                (JobState::Retrying, None, *at, report.attempt.error.as_ref())
-            }
-            Transition::Failed(e) => (JobState::Failed, None, now, Some(e)),
+    pub fn of(report: &'a AttemptReport, now: Millis) -> Result<Self, StoreError> {
+        let state = leased_move(report.transition.event())?.to;
+        let (outcome, next_attempt_at, error) = match &report.transition {
+            Transition::Succeeded(o) => (Some(o.as_str()), now, None),
+            Transition::Retry { at } => (None, *at, report.attempt.error.as_ref()),
+            Transition::Failed(e) => (None, now, Some(e)),
         };
-        Landing {
+        Ok(Landing {
             state,
             outcome,
             next_attempt_at,
             error_code: error.map(|e| e.code.as_str()),
             error_message: error.map(|e| e.message.as_str()),
-        }
+        })
     }
 }
 

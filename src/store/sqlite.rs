@@ -21,9 +21,9 @@ use tokio::sync::{Notify, oneshot};
 use super::rows::{
     ATTEMPT_COLUMNS, AUDIT_COLUMNS, Arg, Columns, EMITTED, EVENT_COLUMNS, EVENTS_PAGE_BYTES_COLUMN,
     EchoProbe, JOB_COLUMNS, JobInsert, Landing, attempt_values, audit_listing, chain_sql,
-    checkpoints_sql, events_listing, events_page, job_state, jobs_listing, lease_expired, millis,
-    operator_move, page, payload_text, read_attempt, read_audit, read_event, read_job, sql_limit,
-    stored_count,
+    checkpoints_sql, events_listing, events_page, job_state, jobs_listing, lease_expired,
+    leased_move, millis, operator_move, page, payload_text, read_attempt, read_audit, read_event,
+    read_job, sql_limit, stored_count,
 };
 use super::{
     AttemptReport, AuditFilter, ChainLink, ChainRow, EventFilter, IngestOutcome, IngestPolicy,
@@ -789,22 +789,23 @@ fn release_leased(conn: &Connection, r: &Release) -> Result<bool, StoreError> {
         return Ok(false);
     }
     let now = now_millis();
+    let to = leased_move(r.event())?.to.as_str();
     match &r.interrupted {
         None => {
             conn.prepare_cached(
-                "UPDATE jobs SET state = CASE WHEN attempts > 1 THEN 'retrying' ELSE 'queued' END,
-                    attempts = attempts - 1, next_attempt_at = ?2, lease_owner = NULL,
-                    lease_expires_at = NULL, attempt_started_at = NULL, updated_at = ?3
+                "UPDATE jobs SET state = ?4, attempts = attempts - 1, next_attempt_at = ?2,
+                    lease_owner = NULL, lease_expires_at = NULL, attempt_started_at = NULL,
+                    updated_at = ?3
                  WHERE id = ?1",
             )
-            .and_then(|mut s| s.execute(params![r.job_id, r.at, now]))
+            .and_then(|mut s| s.execute(params![r.job_id, r.at, now, to]))
             .map_err(unavailable)?;
         }
         Some(attempt) => {
             insert_attempt(conn, &r.job_id, attempt)?;
             let error = attempt.error.as_ref();
             conn.prepare_cached(
-                "UPDATE jobs SET state = 'retrying', next_attempt_at = ?2, lease_owner = NULL,
+                "UPDATE jobs SET state = ?6, next_attempt_at = ?2, lease_owner = NULL,
                     lease_expires_at = NULL, attempt_started_at = NULL, last_error_code = ?3,
                     last_error_message = ?4, updated_at = ?5
                  WHERE id = ?1",
@@ -815,7 +816,8 @@ fn release_leased(conn: &Connection, r: &Release) -> Result<bool, StoreError> {
                     r.at,
                     error.map(|e| e.code.as_str()),
                     error.map(|e| e.message.as_str()),
-                    now
+                    now,
+                    to
                 ])
             })
             .map_err(unavailable)?;
@@ -840,7 +842,7 @@ fn finish_attempt(
     }
     insert_attempt(conn, &report.job_id, &report.attempt)?;
     let now = now_millis();
-    let to = Landing::of(report, now);
+    let to = Landing::of(report, now)?;
     conn.prepare_cached(
         "UPDATE jobs SET state = ?2, outcome = ?3, next_attempt_at = ?4, lease_owner = NULL,
             lease_expires_at = NULL, attempt_started_at = NULL,
@@ -876,21 +878,31 @@ fn operate_on(
     let Some(mut job) = load_job(conn, job_id)? else {
         return Ok(OperatorOutcome::NotFound);
     };
-    let (to, kind) = match operator_move(&job, action) {
-        Ok(m) => m,
+    let step = match operator_move(&job, action) {
+        Ok(step) => step,
         Err(state) => return Ok(OperatorOutcome::Conflict(state)),
     };
     let now = now_millis();
+    // The only writer: the state just read is still the job's.
     conn.prepare_cached(
         "UPDATE jobs SET state = ?2, next_attempt_at = ?3, updated_at = ?3,
-            retry_base = CASE WHEN ?2 = 'queued' THEN attempts ELSE retry_base END
+            retry_base = CASE WHEN ?4 THEN attempts ELSE retry_base END
          WHERE id = ?1",
     )
-    .and_then(|mut s| s.execute(params![job_id, to.as_str(), now]))
+    .and_then(|mut s| {
+        s.execute(params![
+            job_id,
+            step.to.as_str(),
+            now,
+            step.event.renews_budget()
+        ])
+    })
     .map_err(unavailable)?;
-    job.state = to;
+    job.state = step.to;
     job.updated_at = now;
-    append_audit(conn, &AuditEntry::operator(kind, actor, &job))?;
+    if let Some(kind) = step.audit {
+        append_audit(conn, &AuditEntry::operator(kind, actor, &job))?;
+    }
     Ok(OperatorOutcome::Done(Box::new(job)))
 }
 

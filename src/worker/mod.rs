@@ -423,7 +423,9 @@ impl Fence for LeaseFence<'_> {
     }
 }
 
-/// Where the job goes after this attempt, and what goes on the record (SPEC §8).
+/// How this attempt ends by the retry policy (SPEC §8), and what goes on the record.
+/// Only the event is chosen here; the state it leads to is the life cycle's
+/// (`domain::lifecycle`), which the store asks when it records the attempt.
 ///
 /// After an ambiguous failure the next attempt waits at least `min_delay` (the
 /// target's timeout), so an effect the upstream is still carrying out is seen by the
@@ -576,6 +578,51 @@ mod tests {
                 "first retry after an operator's retry waits {} ms",
                 at - before
             );
+        }
+    }
+
+    /// The records an attempt's end and a shutdown's release write are the ones the
+    /// life cycle's table names for those moves.
+    #[test]
+    fn the_records_are_the_ones_the_life_cycle_names() {
+        use crate::domain::{JobEvent, lifecycle};
+        let policy = RetryPolicy {
+            max_attempts: 2,
+            initial_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(1),
+        };
+        let rejected = TargetError::permanent(JobErrorCode::UpstreamRejected, "403");
+        let promoted = Effect {
+            outcome: Outcome::Promoted,
+            upstream_status: Some(200),
+        };
+        let ends = [Ok(promoted), Err(unavailable()), Err(rejected)];
+        for result in ends {
+            let report = decide("w", &leased(1, 1), 5, &policy, Duration::ZERO, result);
+            let step = lifecycle::next(JobState::Running, report.transition.event()).unwrap();
+            let kinds: Vec<AuditKind> = report.audit.iter().map(|e| e.kind).collect();
+            assert_eq!(kinds, [AuditKind::JobAttempt, step.audit.unwrap()]);
+        }
+        let job = leased(1, 1).job;
+        let attempt = AttemptRecord {
+            n: 1,
+            started_at: 0,
+            duration_ms: 0,
+            upstream_status: None,
+            error: None,
+        };
+        for (event, entry) in [
+            (
+                JobEvent::Interrupted,
+                AuditEntry::interrupted(&job, &attempt),
+            ),
+            (
+                JobEvent::LeaseTakenOver,
+                AuditEntry::attempt(&job, &attempt),
+            ),
+        ] {
+            let step = lifecycle::next(JobState::Running, event).unwrap();
+            assert_eq!(Some(entry.kind), step.audit, "{event:?}");
         }
     }
 

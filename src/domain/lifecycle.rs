@@ -1,0 +1,345 @@
+//! The job life cycle in one place (SPEC §8, and §9 "States" for the states that will
+//! join): where a job starts, the events that move it, the one table of the moves
+//! allowed, and what each move puts on the audit trail.
+//!
+//! Workers choose an event (by their retry policy), operators ask for one; the stores
+//! ask [`next`] where it takes the job and write that state. No other code decides a
+//! job's state (the lease statements, which write `running` as they pick a job, are
+//! checked against the table), so a new state is new rows here, checked by the tests
+//! below against an independent model of the SPEC.
+
+use super::JobState;
+use crate::audit::AuditKind;
+
+// The table below reads as the SPEC does: states, events and records by name (the
+// events `Succeeded` and `Failed` as `Success` and `Fail`; the states keep theirs).
+use AuditKind::{
+    JobAttempt, JobCancelled, JobCreated, JobFailed, JobInterrupted, JobRetried, JobRetrying,
+    JobSucceeded,
+};
+use JobEvent::{
+    Failed as Fail, Interrupted, LeaseTakenOver, Leased, OperatorCancel, OperatorRetry, Released,
+    Retry, Succeeded as Success,
+};
+use JobState::{Cancelled, Failed, Queued, Retrying, Running, Succeeded};
+
+/// What can happen to a job. Events carry only what decides where the job goes; the
+/// values a move writes (an outcome, the next attempt's time, an error) travel with
+/// the store's verbs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JobEvent {
+    /// A worker leased the due job for an attempt.
+    Leased,
+    /// A worker took over a job whose holder stopped renewing its lease; the lost
+    /// attempt goes on the record as `lease_expired`.
+    LeaseTakenOver,
+    /// The attempt promoted (or found the promotion already made, or dry-ran).
+    Succeeded,
+    /// The attempt failed retryably and the budget allows another.
+    Retry,
+    /// The attempt failed permanently, or the budget ran out.
+    Failed,
+    /// Given back unattempted (circuit open, shutting down): no attempt is spent, so
+    /// the job goes back to where it was before the lease, `queued` when this was to
+    /// be its first attempt (`after_attempts` false), else `retrying`.
+    Released { after_attempts: bool },
+    /// The process shut down mid-attempt: the attempt is spent, the job retried.
+    Interrupted,
+    /// An operator's retry: the job starts over with its history kept.
+    OperatorRetry,
+    /// An operator's cancel.
+    OperatorCancel,
+}
+
+impl JobEvent {
+    /// The event's name in messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobEvent::Leased => "leased",
+            JobEvent::LeaseTakenOver => "lease_taken_over",
+            JobEvent::Succeeded => "succeeded",
+            JobEvent::Retry => "retry",
+            JobEvent::Failed => "failed",
+            JobEvent::Released { .. } => "released",
+            JobEvent::Interrupted => "interrupted",
+            JobEvent::OperatorRetry => "operator_retry",
+            JobEvent::OperatorCancel => "operator_cancel",
+        }
+    }
+
+    /// Whether the move renews the attempt budget (`max_attempts` counts from here):
+    /// an operator's retry gives the job a fresh start, nothing else does.
+    pub fn renews_budget(self) -> bool {
+        self == JobEvent::OperatorRetry
+    }
+}
+
+/// One allowed move: `event` takes a `from` job to `to`, recorded as `audit` (`None`:
+/// the move itself leaves no record; the attempt that follows does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Step {
+    pub from: JobState,
+    pub event: JobEvent,
+    pub to: JobState,
+    pub audit: Option<AuditKind>,
+}
+
+impl Step {
+    const fn new(from: JobState, event: JobEvent, to: JobState, audit: Option<AuditKind>) -> Step {
+        Step {
+            from,
+            event,
+            to,
+            audit,
+        }
+    }
+}
+
+/// Every move a job can make; any other is [`Forbidden`]. In the SPEC's words (§8):
+///
+/// - `queued → running → succeeded` (outcome `promoted` or `noop`);
+/// - on a retryable failure `→ retrying` with the next attempt after a backoff;
+/// - on a permanent failure or when attempts run out `→ failed`;
+/// - a job whose lease expired is taken over by any worker (its lost attempt is
+///   recorded);
+/// - on SIGTERM, attempts still running past the grace period are recorded as
+///   interrupted and left to be retried; jobs held back without an attempt go back
+///   as they were;
+/// - `cancelled` by an operator (today from `queued`, `retrying` and `failed`; §9
+///   extends it to every non-final state);
+/// - an operator's retry puts a `failed` (or `cancelled`) job back to `queued` with
+///   its history kept (§9 adds `expired` and `rejected`).
+///
+/// `succeeded` is final; `failed` and `cancelled` only leave by an operator.
+#[rustfmt::skip]
+pub const TRANSITIONS: [Step; 14] = [
+    //        from       event                               to         audit
+    Step::new(Queued,    Leased,                             Running,   None),
+    Step::new(Retrying,  Leased,                             Running,   None),
+    Step::new(Running,   LeaseTakenOver,                     Running,   Some(JobAttempt)),
+    Step::new(Running,   Success,                            Succeeded, Some(JobSucceeded)),
+    Step::new(Running,   Retry,                              Retrying,  Some(JobRetrying)),
+    Step::new(Running,   Fail,                               Failed,    Some(JobFailed)),
+    Step::new(Running,   Released { after_attempts: false }, Queued,    None),
+    Step::new(Running,   Released { after_attempts: true },  Retrying,  None),
+    Step::new(Running,   Interrupted,                        Retrying,  Some(JobInterrupted)),
+    Step::new(Failed,    OperatorRetry,                      Queued,    Some(JobRetried)),
+    Step::new(Cancelled, OperatorRetry,                      Queued,    Some(JobRetried)),
+    Step::new(Queued,    OperatorCancel,                     Cancelled, Some(JobCancelled)),
+    Step::new(Retrying,  OperatorCancel,                     Cancelled, Some(JobCancelled)),
+    Step::new(Failed,    OperatorCancel,                     Cancelled, Some(JobCancelled)),
+];
+
+/// Where a job the rules planned starts, and its first record (SPEC §8): `queued`,
+/// or `failed` at once when its templates could not be rendered, a template error
+/// being permanent. (§9's gates and approvals will start jobs `waiting` or
+/// `awaiting_approval` here.)
+pub fn start(rendered: bool) -> (JobState, AuditKind) {
+    if rendered {
+        (Queued, JobCreated)
+    } else {
+        (Failed, JobFailed)
+    }
+}
+
+/// A move the life cycle does not allow: an operator's conflict, or a bug in the
+/// caller when the state was fenced (a leased job is `running`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a {} job cannot be moved by `{}`", from.as_str(), event.as_str())]
+pub struct Forbidden {
+    pub from: JobState,
+    pub event: JobEvent,
+}
+
+/// Where `event` takes a job in state `from`, and what it records.
+pub fn next(from: JobState, event: JobEvent) -> Result<&'static Step, Forbidden> {
+    TRANSITIONS
+        .iter()
+        .find(|s| s.from == from && s.event == event)
+        .ok_or(Forbidden { from, event })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const EVENTS: [JobEvent; 10] = [
+        Leased,
+        LeaseTakenOver,
+        Success,
+        Retry,
+        Fail,
+        Released {
+            after_attempts: false,
+        },
+        Released {
+            after_attempts: true,
+        },
+        Interrupted,
+        OperatorRetry,
+        OperatorCancel,
+    ];
+
+    /// The SPEC's life cycle written out again, independently of the table, as
+    /// which states each event may move a job from and to. A row added to, dropped
+    /// from or mistyped in [`TRANSITIONS`] disagrees with it.
+    fn spec(from: JobState, event: JobEvent) -> Option<JobState> {
+        let waiting = matches!(from, Queued | Retrying);
+        let ended_badly = matches!(from, Failed | Cancelled);
+        match event {
+            Leased if waiting => Some(Running),
+            LeaseTakenOver if from == Running => Some(Running),
+            Success if from == Running => Some(Succeeded),
+            Retry | Interrupted if from == Running => Some(Retrying),
+            Fail if from == Running => Some(Failed),
+            Released { after_attempts } if from == Running => {
+                Some(if after_attempts { Retrying } else { Queued })
+            }
+            OperatorRetry if ended_badly => Some(Queued),
+            OperatorCancel if waiting || from == Failed => Some(Cancelled),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn the_table_is_the_spec() {
+        for from in JobState::ALL {
+            for event in EVENTS {
+                assert_eq!(
+                    next(from, event).ok().map(|s| s.to),
+                    spec(from, event),
+                    "{from:?} --{event:?}-->"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_planned_job_starts_queued_or_failed_at_once() {
+        assert_eq!(start(true), (Queued, JobCreated));
+        assert_eq!(start(false), (Failed, JobFailed));
+    }
+
+    #[test]
+    fn the_table_names_each_move_once() {
+        for (i, a) in TRANSITIONS.iter().enumerate() {
+            for b in &TRANSITIONS[i + 1..] {
+                assert!((a.from, a.event) != (b.from, b.event), "{a:?} and {b:?}");
+            }
+        }
+    }
+
+    /// The lease statements write `running` themselves (they pick and move a job in
+    /// one statement); these are the rows they must agree with.
+    #[test]
+    fn leasing_runs_a_waiting_job_or_takes_over_a_running_one() {
+        assert_eq!(next(Queued, Leased).map(|s| s.to), Ok(Running));
+        assert_eq!(next(Retrying, Leased).map(|s| s.to), Ok(Running));
+        assert_eq!(next(Running, LeaseTakenOver).map(|s| s.to), Ok(Running));
+        assert_eq!(
+            next(Running, LeaseTakenOver).map(|s| s.audit),
+            Ok(Some(JobAttempt))
+        );
+        assert!(next(Running, Leased).is_err());
+    }
+
+    #[test]
+    fn final_states_leave_only_by_an_operator() {
+        for from in [Succeeded, Failed, Cancelled] {
+            for event in EVENTS {
+                let allowed = match from {
+                    Failed => [OperatorRetry, OperatorCancel].contains(&event),
+                    Cancelled => event == OperatorRetry,
+                    _ => false,
+                };
+                assert_eq!(
+                    next(from, event).is_ok(),
+                    allowed,
+                    "{from:?} --{event:?}-->"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn cancel_works_on_queued_retrying_and_failed_jobs_only() {
+        let cancellable: Vec<JobState> = JobState::ALL
+            .into_iter()
+            .filter(|s| next(*s, OperatorCancel).is_ok())
+            .collect();
+        assert_eq!(cancellable, [Queued, Retrying, Failed]);
+    }
+
+    #[test]
+    fn a_held_job_goes_back_as_it_was() {
+        let first = Released {
+            after_attempts: false,
+        };
+        let again = Released {
+            after_attempts: true,
+        };
+        assert_eq!(
+            next(Running, first).map(|s| (s.to, s.audit)),
+            Ok((Queued, None))
+        );
+        assert_eq!(
+            next(Running, again).map(|s| (s.to, s.audit)),
+            Ok((Retrying, None))
+        );
+    }
+
+    #[test]
+    fn every_move_by_an_operator_or_an_end_of_attempt_is_on_the_record() {
+        for step in &TRANSITIONS {
+            let silent = matches!(step.event, Leased | Released { .. });
+            assert_eq!(step.audit.is_none(), silent, "{step:?}");
+        }
+    }
+
+    #[test]
+    fn only_an_operators_retry_renews_the_budget() {
+        let renewing: Vec<JobEvent> = EVENTS.into_iter().filter(|e| e.renews_budget()).collect();
+        assert_eq!(renewing, [OperatorRetry]);
+    }
+
+    #[test]
+    fn a_forbidden_move_says_what_was_refused() {
+        let refused = next(Succeeded, OperatorCancel).unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            "a succeeded job cannot be moved by `operator_cancel`"
+        );
+    }
+
+    proptest! {
+        /// Random histories of a planned job: every move accepted is a row of the
+        /// table and what the SPEC model allows, every move refused is one the model
+        /// refuses too, and the job never leaves the states there are.
+        #[test]
+        fn random_histories_keep_to_the_life_cycle(
+            rendered in any::<bool>(),
+            events in proptest::collection::vec(proptest::sample::select(EVENTS.to_vec()), 0..64)
+        ) {
+            let (mut state, _) = start(rendered);
+            for event in events {
+                match next(state, event) {
+                    Ok(step) => {
+                        prop_assert!(TRANSITIONS.contains(step));
+                        prop_assert_eq!((step.from, step.event), (state, event));
+                        prop_assert_eq!(Some(step.to), spec(state, event));
+                        state = step.to;
+                    }
+                    Err(refused) => {
+                        prop_assert_eq!(refused, Forbidden { from: state, event });
+                        prop_assert_eq!(spec(state, event), None);
+                    }
+                }
+                prop_assert!(JobState::ALL.contains(&state));
+                if state == Succeeded {
+                    prop_assert!(EVENTS.iter().all(|e| next(Succeeded, *e).is_err()));
+                }
+            }
+        }
+    }
+}
