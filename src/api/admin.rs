@@ -1,5 +1,6 @@
 //! The admin API under `/api/v1`: events, jobs, the audit trail, rules and
-//! simulation, behind admin tokens (`read`; `operate` for retry and cancel).
+//! simulation, behind admin tokens (`read`; `operate` for retry, cancel, approve and
+//! reject).
 
 use std::collections::BTreeMap;
 
@@ -11,10 +12,12 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::{OperateAccess, ReadAccess};
 use super::{ApiError, AppState, ErrorBody};
 use crate::audit::{AuditKind, AuditRecord, Verdict};
+use crate::domain::approval::{Ballot, Refusal, Verdict as Decision};
 use crate::domain::{Job, JobState, Millis, now_millis};
 use crate::ingest::{IngestError, Simulation, simulate};
 use crate::store::{
-    AuditFilter, EventFilter, JobFilter, OperatorAction, OperatorOutcome, StoredEvent,
+    ApprovalOutcome, AuditFilter, EventFilter, JobFilter, OperatorAction, OperatorOutcome,
+    StoredEvent,
 };
 
 const DEFAULT_LIMIT: usize = 100;
@@ -40,7 +43,8 @@ pub struct JobsPage {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct JobsQuery {
-    /// `queued`, `running`, `retrying`, `succeeded`, `failed` or `cancelled`.
+    /// `awaiting_approval`, `queued`, `running`, `retrying`, `succeeded`, `failed`,
+    /// `cancelled`, `rejected` or `expired`.
     state: Option<String>,
     rule: Option<String>,
     #[param(minimum = 1, maximum = 1000)]
@@ -102,8 +106,9 @@ pub async fn get_job(
     }
 }
 
-/// Puts a failed or cancelled job back in the queue, its history kept and its
-/// attempt budget renewed.
+/// Puts a failed, cancelled, rejected or expired job back in the queue (or back to
+/// awaiting approval when its policy needs one), its history kept and its attempt
+/// budget renewed.
 #[utoipa::path(post, path = "/api/v1/jobs/{id}/retry", tag = "jobs",
     params(("id" = String, Path, description = "Job id")),
     security(("token" = [])),
@@ -120,7 +125,7 @@ pub async fn retry_job(
     operate(caller, &id, OperatorAction::Retry, &state).await
 }
 
-/// Cancels a queued, retrying or failed job.
+/// Cancels an awaiting, queued, retrying or failed job.
 #[utoipa::path(post, path = "/api/v1/jobs/{id}/cancel", tag = "jobs",
     params(("id" = String, Path, description = "Job id")),
     security(("token" = [])),
@@ -158,6 +163,97 @@ async fn operate(
                 }
             ),
         )),
+    }
+}
+
+/// A verdict's optional body: why, and the group the approver approves as.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VerdictBody {
+    comment: Option<String>,
+    #[serde(rename = "as")]
+    #[schema(rename = "as")]
+    as_group: Option<String>,
+}
+
+/// Approves a job awaiting approval; at the policy's count of distinct approvers it
+/// is queued. The same approver twice counts once.
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/approve", tag = "jobs",
+    params(("id" = String, Path, description = "Job id")),
+    request_body(content = Option<VerdictBody>, content_type = "application/json"),
+    security(("token" = [])),
+    responses(
+        (status = 200, body = Job),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody, description = "`forbidden`, `not_an_approver` or `self_approval`"),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
+pub async fn approve_job(
+    caller: OperateAccess,
+    id: web::Path<String>,
+    body: web::Bytes,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    give_verdict(caller, &id, Decision::Approved, &body, &state).await
+}
+
+/// Rejects a job awaiting approval (a comment is required); it ends `rejected`.
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/reject", tag = "jobs",
+    params(("id" = String, Path, description = "Job id")),
+    request_body(content = VerdictBody, content_type = "application/json"),
+    security(("token" = [])),
+    responses(
+        (status = 200, body = Job),
+        (status = 400, body = ErrorBody, description = "`comment_required` or a malformed body"),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody, description = "`forbidden`, `not_an_approver` or `self_approval`"),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
+pub async fn reject_job(
+    caller: OperateAccess,
+    id: web::Path<String>,
+    body: web::Bytes,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    give_verdict(caller, &id, Decision::Rejected, &body, &state).await
+}
+
+/// Reads the optional body, asks the store (and through it `domain::approval`), and
+/// answers each refusal with its code.
+async fn give_verdict(
+    caller: OperateAccess,
+    id: &str,
+    verdict: Decision,
+    body: &[u8],
+    state: &AppState,
+) -> Result<HttpResponse, ApiError> {
+    let body: VerdictBody = if body.iter().all(u8::is_ascii_whitespace) {
+        VerdictBody::default()
+    } else {
+        serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request("invalid_body", format!("the body: {e}")))?
+    };
+    let caller = caller.0;
+    let ballot = Ballot {
+        by: caller.name,
+        groups: caller.groups,
+        verdict,
+        comment: body.comment,
+        as_group: body.as_group,
+    };
+    match state.store.decide_approval(id, ballot).await? {
+        ApprovalOutcome::Done(job) => Ok(HttpResponse::Ok().json(job)),
+        ApprovalOutcome::NotFound => Err(not_found("job_not_found", id)),
+        ApprovalOutcome::Refused(refused) => {
+            let (status, code) = match refused {
+                Refusal::InvalidState(_) => (StatusCode::CONFLICT, "invalid_state"),
+                Refusal::CommentRequired => (StatusCode::BAD_REQUEST, "comment_required"),
+                Refusal::NotAnApprover => (StatusCode::FORBIDDEN, "not_an_approver"),
+                Refusal::SelfApproval => (StatusCode::FORBIDDEN, "self_approval"),
+            };
+            Err(ApiError::new(status, code, refused.to_string()))
+        }
     }
 }
 

@@ -14,6 +14,8 @@ use crate::ingest::same_secret;
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub name: String,
+    /// The token's groups, which decide whom it may approve for (SPEC §9).
+    pub groups: Vec<String>,
 }
 
 /// A caller whose role is at least `read` (`OPERATE = false`) or `operate`.
@@ -50,6 +52,7 @@ fn authenticate(req: &HttpRequest, needed: Role) -> Result<Caller, ApiError> {
     }
     Ok(Caller {
         name: token.name.clone(),
+        groups: token.groups.clone(),
     })
 }
 

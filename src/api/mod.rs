@@ -103,6 +103,8 @@ endpoints! {
     get "/api/v1/jobs/{id}" => admin::get_job,
     post "/api/v1/jobs/{id}/retry" => admin::retry_job,
     post "/api/v1/jobs/{id}/cancel" => admin::cancel_job,
+    post "/api/v1/jobs/{id}/approve" => admin::approve_job,
+    post "/api/v1/jobs/{id}/reject" => admin::reject_job,
     get "/api/v1/audit" => admin::list_audit,
     get "/api/v1/audit/verify" => admin::verify_audit,
     get "/api/v1/rules" => admin::list_rules,

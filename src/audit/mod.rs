@@ -9,8 +9,7 @@ use serde::Serialize;
 pub use chain::{Anchor, ChainCheck, HASH_VERSION, Verdict, chain_hash};
 
 use crate::domain::{
-    Action, AttemptRecord, Event, Job, JobError, Millis, NewJob, Op, Outcome, bounded, lifecycle,
-    now_millis,
+    Action, AttemptRecord, Event, Job, JobError, Millis, NewJob, Op, Outcome, bounded, now_millis,
 };
 
 /// Upstream messages and reasons are kept, but bounded.
@@ -42,6 +41,14 @@ pub enum AuditKind {
     JobInterrupted,
     #[serde(rename = "job.duplicate")]
     JobDuplicate,
+    #[serde(rename = "job.awaiting_approval")]
+    JobAwaitingApproval,
+    #[serde(rename = "job.approved")]
+    JobApproved,
+    #[serde(rename = "job.rejected")]
+    JobRejected,
+    #[serde(rename = "job.expired")]
+    JobExpired,
     #[serde(rename = "chain.refused")]
     ChainRefused,
     #[serde(rename = "audit.pruned")]
@@ -53,7 +60,7 @@ pub enum AuditKind {
 }
 
 impl AuditKind {
-    pub const ALL: [AuditKind; 16] = [
+    pub const ALL: [AuditKind; 20] = [
         AuditKind::EventReceived,
         AuditKind::EventDuplicate,
         AuditKind::EventRejected,
@@ -66,6 +73,10 @@ impl AuditKind {
         AuditKind::JobCancelled,
         AuditKind::JobInterrupted,
         AuditKind::JobDuplicate,
+        AuditKind::JobAwaitingApproval,
+        AuditKind::JobApproved,
+        AuditKind::JobRejected,
+        AuditKind::JobExpired,
         AuditKind::ChainRefused,
         AuditKind::AuditPruned,
         AuditKind::TargetCircuitOpened,
@@ -86,6 +97,10 @@ impl AuditKind {
             AuditKind::JobCancelled => "job.cancelled",
             AuditKind::JobInterrupted => "job.interrupted",
             AuditKind::JobDuplicate => "job.duplicate",
+            AuditKind::JobAwaitingApproval => "job.awaiting_approval",
+            AuditKind::JobApproved => "job.approved",
+            AuditKind::JobRejected => "job.rejected",
+            AuditKind::JobExpired => "job.expired",
             AuditKind::ChainRefused => "chain.refused",
             AuditKind::AuditPruned => "audit.pruned",
             AuditKind::TargetCircuitOpened => "target.circuit_opened",
@@ -191,7 +206,7 @@ impl AuditEntry {
         self
     }
 
-    fn saying(mut self, message: &str) -> Self {
+    pub fn saying(mut self, message: &str) -> Self {
         self.message = Some(bounded(message, MAX_MESSAGE));
         self
     }
@@ -229,7 +244,7 @@ impl AuditEntry {
 
     /// A planned job's first record, of the kind its start in the life cycle names.
     pub fn job_created(event: &Event, job: &NewJob) -> Self {
-        let (_, kind) = lifecycle::start(job.action.is_ok());
+        let (_, kind) = job.start();
         let mut e = AuditEntry::new(kind, &event.source)
             .about_event(event)
             .about_action(job.action.as_ref().ok());

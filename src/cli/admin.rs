@@ -26,10 +26,26 @@ pub enum JobsCommand {
         #[arg(long, value_enum, default_value = "table")]
         output: Output,
     },
-    /// Put a failed or cancelled job back in the queue, its history kept.
+    /// Put a failed, cancelled, rejected or expired job back in the queue (or back
+    /// to awaiting approval when its rule needs one), its history kept.
     Retry { id: String },
-    /// Cancel a queued, retrying or failed job.
+    /// Cancel an awaiting, queued, retrying or failed job.
     Cancel { id: String },
+    /// Approve a job awaiting approval.
+    Approve {
+        id: String,
+        #[arg(long)]
+        comment: Option<String>,
+        /// The group to approve as, when the token is in several.
+        #[arg(long = "as")]
+        as_group: Option<String>,
+    },
+    /// Reject a job awaiting approval; it ends `rejected`.
+    Reject {
+        id: String,
+        #[arg(long)]
+        comment: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -108,9 +124,23 @@ impl Client {
         path: &str,
         query: &[(&str, String)],
     ) -> Result<Value, Failure> {
+        self.call_with(method, path, query, None)
+    }
+
+    /// A call with an optional JSON body.
+    fn call_with(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&Value>,
+    ) -> Result<Value, Failure> {
         let mut url = self.base.clone();
         url.set_path(path);
         let mut req = self.http.request(method, url).query(query);
+        if let Some(body) = body {
+            req = req.json(body);
+        }
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }
@@ -157,23 +187,29 @@ impl Client {
                     Output::Table => print_job(&job),
                 }
             }
-            JobsCommand::Retry { id } => {
-                let job = self.call(
-                    reqwest::Method::POST,
-                    &format!("/api/v1/jobs/{id}/retry"),
-                    &[],
-                )?;
-                println!("job {id} is {}", text(&job["state"]));
+            JobsCommand::Retry { id } => self.act(&id, "retry", None)?,
+            JobsCommand::Cancel { id } => self.act(&id, "cancel", None)?,
+            JobsCommand::Approve {
+                id,
+                comment,
+                as_group,
+            } => {
+                let body = serde_json::json!({ "comment": comment, "as": as_group });
+                self.act(&id, "approve", Some(&body))?;
             }
-            JobsCommand::Cancel { id } => {
-                let job = self.call(
-                    reqwest::Method::POST,
-                    &format!("/api/v1/jobs/{id}/cancel"),
-                    &[],
-                )?;
-                println!("job {id} is {}", text(&job["state"]));
+            JobsCommand::Reject { id, comment } => {
+                let body = serde_json::json!({ "comment": comment });
+                self.act(&id, "reject", Some(&body))?;
             }
         }
+        Ok(())
+    }
+
+    /// Posts an action on a job and says the state it left the job in.
+    fn act(&self, id: &str, action: &str, body: Option<&Value>) -> Result<(), Failure> {
+        let path = format!("/api/v1/jobs/{id}/{action}");
+        let job = self.call_with(reqwest::Method::POST, &path, &[], body)?;
+        println!("job {id} is {}", text(&job["state"]));
         Ok(())
     }
 }

@@ -16,6 +16,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::domain::approval::ApprovalPolicy;
+
 pub use raw::{OneOrMany, RawAction, RawMatch, RawRule};
 pub use secret::Secret;
 pub use store_url::{PostgresUrl, StoreUrl};
@@ -169,6 +171,7 @@ pub struct AdminToken {
     pub name: String,
     pub token: Secret,
     pub role: Role,
+    pub groups: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -229,6 +232,8 @@ pub enum TargetAuth {
 pub struct RuleConfig {
     pub raw: RawRule,
     pub retry: RetryPolicy,
+    /// The approval each of the rule's jobs is created under.
+    pub approval: Option<ApprovalPolicy>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -409,6 +414,7 @@ fn validate(
                 name: t.name.clone(),
                 token,
                 role: t.role,
+                groups: t.groups.clone(),
             })
         })
         .collect();
@@ -549,6 +555,7 @@ fn validate(
     check_targets(&raw.targets, problems);
 
     let rules = check_rules(&raw.rules, &raw.sources, &raw.targets, &retry, problems);
+    check_approvers(&raw.rules, &raw.admin.tokens, problems);
 
     Some(Config {
         server: ServerConfig {
@@ -574,6 +581,45 @@ fn validate(
         targets,
         rules,
     })
+}
+
+/// A rule's approval as its jobs keep it; a count of zero would approve nothing.
+fn approval_policy(loc: &str, a: &raw::RawApproval, problems: &mut Vec<Problem>) -> ApprovalPolicy {
+    if a.count == 0 {
+        problems.push(Problem::error(
+            format!("{loc}.approval.count"),
+            "must be at least 1",
+        ));
+    }
+    ApprovalPolicy {
+        count: a.count,
+        groups: a.groups.clone(),
+        timeout_ms: a.timeout.map(millis),
+        allow_self: a.allow_self,
+    }
+}
+
+/// An approval group no `operate` token is in can never be satisfied by it: worth
+/// saying, though a token may join the group at the next reload.
+fn check_approvers(rules: &[RawRule], tokens: &[raw::RawToken], problems: &mut Vec<Problem>) {
+    for r in rules {
+        for group in r.approval.iter().flat_map(|a| &a.groups) {
+            let held = tokens
+                .iter()
+                .any(|t| t.role >= Role::Operate && t.groups.contains(group));
+            if !held {
+                problems.push(Problem::warning(
+                    format!("rules[{}].approval.groups", r.name),
+                    format!("no `operate` token is in group `{group}`"),
+                ));
+            }
+        }
+    }
+}
+
+/// A duration as the store keeps it, in milliseconds.
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 fn check_retry(loc: &str, retry: &RetryPolicy, problems: &mut Vec<Problem>) {
@@ -816,9 +862,19 @@ fn check_rules(
                 max_backoff: o.max_backoff.unwrap_or(defaults.max_backoff),
             };
             check_retry(&format!("{loc}.retry"), &retry, problems);
+            let approval = r.approval.as_ref().map(|a| approval_policy(&loc, a, problems));
+            if let Some(pointer) = &r.initiator
+                && !(pointer.is_empty() || pointer.starts_with('/'))
+            {
+                problems.push(Problem::error(
+                    format!("{loc}.initiator"),
+                    format!("`{pointer}` is not a JSON pointer (it starts with `/`)"),
+                ));
+            }
             RuleConfig {
                 raw: r.clone(),
                 retry,
+                approval,
             }
         })
         .collect()
@@ -922,5 +978,70 @@ mod tests {
         .unwrap();
         assert_eq!(loaded.warnings.len(), 1);
         assert_eq!(loaded.warnings[0].location, "sources[ci].verify.secrets[0]");
+    }
+
+    const APPROVAL_BASE: &str = r#"
+        [[sources]]
+        name = "ci"
+        format = "generic"
+        verify = { scheme = "token", header = "X-Token", secrets = ["env:CI"] }
+
+        [[targets]]
+        name = "jfrog"
+        kind = "artifactory"
+        url = "http://127.0.0.1:1"
+
+        [[admin.tokens]]
+        name = "alice"
+        token = "env:ALICE"
+        role = "operate"
+        groups = ["release-managers"]
+    "#;
+
+    fn approval_rule(extra: &str) -> String {
+        format!(
+            r#"{APPROVAL_BASE}
+            [[rules]]
+            name = "r"
+            source = "ci"
+            action = {{ type = "promote", target = "jfrog", to_repo = "prod" }}
+            {extra}
+            "#
+        )
+    }
+
+    const ENV: &[(&str, &str)] = &[("CI", "x"), ("ALICE", "y")];
+
+    #[test]
+    fn an_approval_is_kept_with_its_defaults() {
+        let loaded = load_str(
+            &approval_rule(r#"approval = { groups = ["release-managers"], timeout = "72h" }"#),
+            ENV,
+        )
+        .unwrap();
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+        let policy = loaded.config.rules[0].approval.clone().unwrap();
+        assert_eq!(policy.count, 1);
+        assert_eq!(policy.timeout_ms, Some(72 * 3_600_000));
+        assert!(!policy.allow_self);
+        assert_eq!(loaded.config.admin_tokens[0].groups, ["release-managers"]);
+    }
+
+    #[test]
+    fn approval_problems_are_named() {
+        let e = errors(load_str(&approval_rule("approval = { count = 0 }"), ENV));
+        assert!(e.contains("rules[r].approval.count"), "{e}");
+        let e = errors(load_str(&approval_rule("approval = { quorum = 2 }"), ENV));
+        assert!(e.contains("quorum"), "{e}");
+        let e = errors(load_str(&approval_rule(r#"initiator = "sender""#), ENV));
+        assert!(e.contains("rules[r].initiator"), "{e}");
+        let loaded = load_str(
+            &approval_rule(r#"approval = { groups = ["security"] }"#),
+            ENV,
+        )
+        .unwrap();
+        assert_eq!(loaded.warnings.len(), 1);
+        assert_eq!(loaded.warnings[0].location, "rules[r].approval.groups");
+        assert!(loaded.warnings[0].message.contains("security"));
     }
 }

@@ -98,6 +98,9 @@ pub struct RawToken {
     pub name: String,
     pub token: String,
     pub role: super::Role,
+    /// The groups a rule's `approval.groups` names its approvers by.
+    #[serde(default)]
+    pub groups: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -200,6 +203,30 @@ pub struct RawRule {
     /// Plan and audit, ask the upstream to rehearse, change nothing.
     #[serde(default)]
     pub dry_run: bool,
+    /// People must approve each job before it runs (SPEC §9).
+    pub approval: Option<RawApproval>,
+    /// A JSON pointer into the trigger event's payload naming who set the promotion
+    /// off, refused as its approver unless `approval.allow_self`.
+    pub initiator: Option<String>,
+}
+
+/// `approval = { count, groups, timeout, allow_self }` on a rule.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApproval {
+    #[serde(default = "one")]
+    pub count: u32,
+    /// Any `operate` token may approve when absent.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    #[serde(default)]
+    pub allow_self: bool,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// An action as written. Which fields apply depends on `type`; the rules compiler

@@ -1,38 +1,49 @@
 use serde::{Deserialize, Serialize, Serializer};
 
+use super::approval::{Approval, ApprovalPolicy, JobApproval};
 use super::{Action, Millis};
 
 /// `queued → running → succeeded`, with `retrying` between attempts and `failed` or
-/// `cancelled` as the other ends (SPEC §8).
+/// `cancelled` as the other ends (SPEC §8); a job that needs people's approval waits
+/// in `awaiting_approval` first and may end `rejected` or `expired` (§9).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum JobState {
+    AwaitingApproval,
     Queued,
     Running,
     Retrying,
     Succeeded,
     Failed,
     Cancelled,
+    Rejected,
+    Expired,
 }
 
 impl JobState {
-    pub const ALL: [JobState; 6] = [
+    pub const ALL: [JobState; 9] = [
+        JobState::AwaitingApproval,
         JobState::Queued,
         JobState::Running,
         JobState::Retrying,
         JobState::Succeeded,
         JobState::Failed,
         JobState::Cancelled,
+        JobState::Rejected,
+        JobState::Expired,
     ];
 
     pub fn as_str(self) -> &'static str {
         match self {
+            JobState::AwaitingApproval => "awaiting_approval",
             JobState::Queued => "queued",
             JobState::Running => "running",
             JobState::Retrying => "retrying",
             JobState::Succeeded => "succeeded",
             JobState::Failed => "failed",
             JobState::Cancelled => "cancelled",
+            JobState::Rejected => "rejected",
+            JobState::Expired => "expired",
         }
     }
 
@@ -167,6 +178,11 @@ pub struct Job {
     pub last_error: Option<JobError>,
     pub parent_job_id: Option<String>,
     pub chain_depth: u32,
+    /// The approval the job was created under, when its rule asks for one (§9).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval: Option<JobApproval>,
+    /// Every verdict given on the job, oldest first.
+    pub approvals: Vec<Approval>,
     #[serde(serialize_with = "as_rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     pub created_at: Millis,
@@ -175,14 +191,25 @@ pub struct Job {
     pub updated_at: Millis,
 }
 
-/// A job planned by the rules for a new event: queued, or failed at once when its
-/// templates could not be rendered (SPEC §8, template error).
+/// A job planned by the rules for a new event: queued, awaiting approval, or failed
+/// at once when its templates could not be rendered (SPEC §8, template error).
 #[derive(Debug, Clone)]
 pub struct NewJob {
     pub id: String,
     pub rule: String,
     pub target: String,
     pub action: Result<Action, JobError>,
+    /// The rule's approval, kept with the job.
+    pub approval: Option<ApprovalPolicy>,
+    /// Who set the trigger event off, by the rule's `initiator` pointer.
+    pub initiator: Option<String>,
+}
+
+impl NewJob {
+    /// Where the job starts and its first record (the life cycle's `start`).
+    pub fn start(&self) -> (JobState, crate::audit::AuditKind) {
+        super::lifecycle::start(self.action.is_ok(), self.approval.is_some())
+    }
 }
 
 pub(super) fn as_rfc3339<S: Serializer>(ms: &Millis, s: S) -> Result<S::Ok, S::Error> {

@@ -1,5 +1,5 @@
-//! The job life cycle in one place (SPEC §8, and §9 "States" for the states that will
-//! join): where a job starts, the events that move it, the one table of the moves
+//! The job life cycle in one place (SPEC §8, and §9 "States" for approvals; gates and
+//! freezes will join): where a job starts, the events that move it, the one table of the moves
 //! allowed, and what each move puts on the audit trail.
 //!
 //! Workers choose an event (by their retry policy), operators ask for one; the stores
@@ -14,14 +14,16 @@ use crate::audit::AuditKind;
 // The table below reads as the SPEC does: states, events and records by name (the
 // events `Succeeded` and `Failed` as `Success` and `Fail`; the states keep theirs).
 use AuditKind::{
-    JobAttempt, JobCancelled, JobCreated, JobFailed, JobInterrupted, JobRetried, JobRetrying,
-    JobSucceeded,
+    JobApproved, JobAttempt, JobAwaitingApproval, JobCancelled, JobCreated, JobExpired, JobFailed,
+    JobInterrupted, JobRejected, JobRetried, JobRetrying, JobSucceeded,
 };
 use JobEvent::{
-    Failed as Fail, Interrupted, LeaseTakenOver, Leased, OperatorCancel, OperatorRetry, Released,
-    Retry, Succeeded as Success,
+    Approved as Approve, Expired as Expire, Failed as Fail, Interrupted, LeaseTakenOver, Leased,
+    OperatorCancel, OperatorRetry, Rejected as Reject, Released, Retry, Succeeded as Success,
 };
-use JobState::{Cancelled, Failed, Queued, Retrying, Running, Succeeded};
+use JobState::{
+    AwaitingApproval, Cancelled, Expired, Failed, Queued, Rejected, Retrying, Running, Succeeded,
+};
 
 /// What can happen to a job. Events carry only what decides where the job goes; the
 /// values a move writes (an outcome, the next attempt's time, an error) travel with
@@ -45,10 +47,17 @@ pub enum JobEvent {
     Released { after_attempts: bool },
     /// The process shut down mid-attempt: the attempt is spent, the job retried.
     Interrupted,
-    /// An operator's retry: the job starts over with its history kept.
-    OperatorRetry,
+    /// An operator's retry: the job starts over with its history kept, waiting for
+    /// approval again when its policy asks for one (`needs_approval`).
+    OperatorRetry { needs_approval: bool },
     /// An operator's cancel.
     OperatorCancel,
+    /// Enough distinct approvers said yes (`domain::approval` counts them).
+    Approved,
+    /// An approver said no.
+    Rejected,
+    /// The approval's timeout passed with the job still awaiting it.
+    Expired,
 }
 
 impl JobEvent {
@@ -62,15 +71,18 @@ impl JobEvent {
             JobEvent::Failed => "failed",
             JobEvent::Released { .. } => "released",
             JobEvent::Interrupted => "interrupted",
-            JobEvent::OperatorRetry => "operator_retry",
+            JobEvent::OperatorRetry { .. } => "operator_retry",
             JobEvent::OperatorCancel => "operator_cancel",
+            JobEvent::Approved => "approved",
+            JobEvent::Rejected => "rejected",
+            JobEvent::Expired => "expired",
         }
     }
 
     /// Whether the move renews the attempt budget (`max_attempts` counts from here):
     /// an operator's retry gives the job a fresh start, nothing else does.
     pub fn renews_budget(self) -> bool {
-        self == JobEvent::OperatorRetry
+        matches!(self, JobEvent::OperatorRetry { .. })
     }
 }
 
@@ -105,14 +117,18 @@ impl Step {
 /// - on SIGTERM, attempts still running past the grace period are recorded as
 ///   interrupted and left to be retried; jobs held back without an attempt go back
 ///   as they were;
-/// - `cancelled` by an operator (today from `queued`, `retrying` and `failed`; §9
-///   extends it to every non-final state);
+/// - `cancelled` by an operator (from `queued`, `retrying`, `failed` and, §9,
+///   `awaiting_approval`);
 /// - an operator's retry puts a `failed` (or `cancelled`) job back to `queued` with
-///   its history kept (§9 adds `expired` and `rejected`).
+///   its history kept, or to `awaiting_approval` when its policy needs approval; a
+///   `rejected` or `expired` job (which had one) revives into `awaiting_approval`;
+/// - (§9) `awaiting_approval → queued` once approved, `→ rejected` on a rejection,
+///   `→ expired` past the approval's timeout.
 ///
-/// `succeeded` is final; `failed` and `cancelled` only leave by an operator.
+/// `succeeded` is final; `failed`, `cancelled`, `rejected` and `expired` only leave by
+/// an operator.
 #[rustfmt::skip]
-pub const TRANSITIONS: [Step; 14] = [
+pub const TRANSITIONS: [Step; 22] = [
     //        from       event                               to         audit
     Step::new(Queued,    Leased,                             Running,   None),
     Step::new(Retrying,  Leased,                             Running,   None),
@@ -123,22 +139,31 @@ pub const TRANSITIONS: [Step; 14] = [
     Step::new(Running,   Released { after_attempts: false }, Queued,    None),
     Step::new(Running,   Released { after_attempts: true },  Retrying,  None),
     Step::new(Running,   Interrupted,                        Retrying,  Some(JobInterrupted)),
-    Step::new(Failed,    OperatorRetry,                      Queued,    Some(JobRetried)),
-    Step::new(Cancelled, OperatorRetry,                      Queued,    Some(JobRetried)),
+    Step::new(Failed,    OperatorRetry { needs_approval: false }, Queued, Some(JobRetried)),
+    Step::new(Cancelled, OperatorRetry { needs_approval: false }, Queued, Some(JobRetried)),
+    Step::new(Failed,    OperatorRetry { needs_approval: true }, AwaitingApproval, Some(JobRetried)),
+    Step::new(Cancelled, OperatorRetry { needs_approval: true }, AwaitingApproval, Some(JobRetried)),
+    Step::new(Rejected,  OperatorRetry { needs_approval: true }, AwaitingApproval, Some(JobRetried)),
+    Step::new(Expired,   OperatorRetry { needs_approval: true }, AwaitingApproval, Some(JobRetried)),
     Step::new(Queued,    OperatorCancel,                     Cancelled, Some(JobCancelled)),
     Step::new(Retrying,  OperatorCancel,                     Cancelled, Some(JobCancelled)),
     Step::new(Failed,    OperatorCancel,                     Cancelled, Some(JobCancelled)),
+    Step::new(AwaitingApproval, OperatorCancel,              Cancelled, Some(JobCancelled)),
+    Step::new(AwaitingApproval, Approve,                     Queued,    Some(JobApproved)),
+    Step::new(AwaitingApproval, Reject,                      Rejected,  Some(JobRejected)),
+    Step::new(AwaitingApproval, Expire,                      Expired,   Some(JobExpired)),
 ];
 
 /// Where a job the rules planned starts, and its first record (SPEC §8): `queued`,
-/// or `failed` at once when its templates could not be rendered, a template error
-/// being permanent. (§9's gates and approvals will start jobs `waiting` or
-/// `awaiting_approval` here.)
-pub fn start(rendered: bool) -> (JobState, AuditKind) {
-    if rendered {
-        (Queued, JobCreated)
-    } else {
-        (Failed, JobFailed)
+/// `awaiting_approval` when its rule asks for people's approval (§9), or `failed` at
+/// once when its templates could not be rendered, a template error being permanent
+/// (nobody is asked to approve a promotion that cannot run). (§9's gates will start
+/// jobs `waiting` here.)
+pub fn start(rendered: bool, needs_approval: bool) -> (JobState, AuditKind) {
+    match (rendered, needs_approval) {
+        (false, _) => (Failed, JobFailed),
+        (true, false) => (Queued, JobCreated),
+        (true, true) => (AwaitingApproval, JobAwaitingApproval),
     }
 }
 
@@ -164,7 +189,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const EVENTS: [JobEvent; 10] = [
+    const EVENTS: [JobEvent; 14] = [
         Leased,
         LeaseTakenOver,
         Success,
@@ -177,8 +202,16 @@ mod tests {
             after_attempts: true,
         },
         Interrupted,
-        OperatorRetry,
+        OperatorRetry {
+            needs_approval: false,
+        },
+        OperatorRetry {
+            needs_approval: true,
+        },
         OperatorCancel,
+        Approve,
+        Reject,
+        Expire,
     ];
 
     /// The SPEC's life cycle written out again, independently of the table, as
@@ -187,6 +220,8 @@ mod tests {
     fn spec(from: JobState, event: JobEvent) -> Option<JobState> {
         let waiting = matches!(from, Queued | Retrying);
         let ended_badly = matches!(from, Failed | Cancelled);
+        let refused = matches!(from, Rejected | Expired);
+        let awaiting = from == AwaitingApproval;
         match event {
             Leased if waiting => Some(Running),
             LeaseTakenOver if from == Running => Some(Running),
@@ -196,8 +231,19 @@ mod tests {
             Released { after_attempts } if from == Running => {
                 Some(if after_attempts { Retrying } else { Queued })
             }
-            OperatorRetry if ended_badly => Some(Queued),
-            OperatorCancel if waiting || from == Failed => Some(Cancelled),
+            OperatorRetry { needs_approval } if ended_badly => Some(if needs_approval {
+                AwaitingApproval
+            } else {
+                Queued
+            }),
+            // Only a job with an approval policy can have been rejected or expired.
+            OperatorRetry {
+                needs_approval: true,
+            } if refused => Some(AwaitingApproval),
+            OperatorCancel if waiting || awaiting || from == Failed => Some(Cancelled),
+            Approve if awaiting => Some(Queued),
+            Reject if awaiting => Some(Rejected),
+            Expire if awaiting => Some(Expired),
             _ => None,
         }
     }
@@ -216,9 +262,48 @@ mod tests {
     }
 
     #[test]
-    fn a_planned_job_starts_queued_or_failed_at_once() {
-        assert_eq!(start(true), (Queued, JobCreated));
-        assert_eq!(start(false), (Failed, JobFailed));
+    fn a_planned_job_starts_queued_awaiting_approval_or_failed_at_once() {
+        assert_eq!(start(true, false), (Queued, JobCreated));
+        assert_eq!(start(true, true), (AwaitingApproval, JobAwaitingApproval));
+        assert_eq!(start(false, false), (Failed, JobFailed));
+        assert_eq!(start(false, true), (Failed, JobFailed));
+    }
+
+    /// "A revived job waits for approval again" (SPEC §9 States): retry's target is
+    /// the policy's, for every state retry revives.
+    #[test]
+    fn a_retry_revives_into_what_the_policy_requires() {
+        for from in [Failed, Cancelled, Rejected, Expired] {
+            let again = OperatorRetry {
+                needs_approval: true,
+            };
+            assert_eq!(next(from, again).map(|s| s.to), Ok(AwaitingApproval));
+        }
+        for from in [Failed, Cancelled] {
+            let plain = OperatorRetry {
+                needs_approval: false,
+            };
+            assert_eq!(next(from, plain).map(|s| s.to), Ok(Queued));
+        }
+    }
+
+    /// An awaiting job is not due: nothing but an approval, a rejection, its timeout
+    /// or an operator's cancel moves it, and no lease takes it.
+    #[test]
+    fn an_awaiting_job_moves_only_by_people_or_its_timeout() {
+        let moves: Vec<(JobEvent, JobState, Option<AuditKind>)> = EVENTS
+            .into_iter()
+            .filter_map(|e| next(AwaitingApproval, e).ok().map(|s| (e, s.to, s.audit)))
+            .collect();
+        assert_eq!(
+            moves,
+            [
+                (OperatorCancel, Cancelled, Some(JobCancelled)),
+                (Approve, Queued, Some(JobApproved)),
+                (Reject, Rejected, Some(JobRejected)),
+                (Expire, Expired, Some(JobExpired)),
+            ]
+        );
     }
 
     #[test]
@@ -246,11 +331,18 @@ mod tests {
 
     #[test]
     fn final_states_leave_only_by_an_operator() {
-        for from in [Succeeded, Failed, Cancelled] {
+        for from in [Succeeded, Failed, Cancelled, Rejected, Expired] {
             for event in EVENTS {
+                let retry = matches!(event, OperatorRetry { .. });
                 let allowed = match from {
-                    Failed => [OperatorRetry, OperatorCancel].contains(&event),
-                    Cancelled => event == OperatorRetry,
+                    Failed => retry || event == OperatorCancel,
+                    Cancelled => retry,
+                    Rejected | Expired => {
+                        event
+                            == OperatorRetry {
+                                needs_approval: true,
+                            }
+                    }
                     _ => false,
                 };
                 assert_eq!(
@@ -263,12 +355,12 @@ mod tests {
     }
 
     #[test]
-    fn cancel_works_on_queued_retrying_and_failed_jobs_only() {
+    fn cancel_works_on_awaiting_queued_retrying_and_failed_jobs_only() {
         let cancellable: Vec<JobState> = JobState::ALL
             .into_iter()
             .filter(|s| next(*s, OperatorCancel).is_ok())
             .collect();
-        assert_eq!(cancellable, [Queued, Retrying, Failed]);
+        assert_eq!(cancellable, [AwaitingApproval, Queued, Retrying, Failed]);
     }
 
     #[test]
@@ -300,7 +392,17 @@ mod tests {
     #[test]
     fn only_an_operators_retry_renews_the_budget() {
         let renewing: Vec<JobEvent> = EVENTS.into_iter().filter(|e| e.renews_budget()).collect();
-        assert_eq!(renewing, [OperatorRetry]);
+        assert_eq!(
+            renewing,
+            [
+                OperatorRetry {
+                    needs_approval: false
+                },
+                OperatorRetry {
+                    needs_approval: true
+                }
+            ]
+        );
     }
 
     #[test]
@@ -319,9 +421,10 @@ mod tests {
         #[test]
         fn random_histories_keep_to_the_life_cycle(
             rendered in any::<bool>(),
+            needs_approval in any::<bool>(),
             events in proptest::collection::vec(proptest::sample::select(EVENTS.to_vec()), 0..64)
         ) {
-            let (mut state, _) = start(rendered);
+            let (mut state, _) = start(rendered, needs_approval);
             for event in events {
                 match next(state, event) {
                     Ok(step) => {

@@ -2,6 +2,7 @@
 //! jobs from the rules, their attempts and results from the workers.
 
 mod action;
+pub mod approval;
 mod event;
 mod job;
 pub mod lifecycle;

@@ -133,6 +133,8 @@ pub fn plan_jobs(rules: &RuleSet, event: &Event) -> Vec<NewJob> {
             rule: p.rule.name.clone(),
             target: p.rule.target.clone(),
             action: p.action,
+            approval: p.rule.approval.clone(),
+            initiator: p.rule.initiator_of(event),
         })
         .collect()
 }

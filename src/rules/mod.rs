@@ -11,6 +11,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use crate::config::{Config, Field, Problem, RetryPolicy};
+use crate::domain::approval::ApprovalPolicy;
 use crate::domain::{Action, Event, JobError};
 use action::ActionTemplate;
 use index::{Key, Literals, RuleIndex};
@@ -28,6 +29,10 @@ pub struct Rule {
     pub name: String,
     pub target: String,
     pub retry: RetryPolicy,
+    /// The approval each job of the rule needs before it runs.
+    pub approval: Option<ApprovalPolicy>,
+    /// JSON pointer to who set a trigger event off (its jobs' initiator).
+    initiator: Option<String>,
     /// Exact source names; `None` means any source.
     sources: Option<Vec<String>>,
     event: Option<Matcher>,
@@ -48,6 +53,19 @@ pub struct Rule {
 pub struct Planned<'a> {
     pub rule: &'a Rule,
     pub action: Result<Action, JobError>,
+}
+
+impl Rule {
+    /// Who set `event` off, by the rule's `initiator` pointer: the name an approver
+    /// must not have (SPEC §9 separation of duties). Only a string or a number names
+    /// someone.
+    pub fn initiator_of(&self, event: &Event) -> Option<String> {
+        match event.payload.pointer(self.initiator.as_deref()?)? {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        }
+    }
 }
 
 impl RuleSet {
@@ -137,6 +155,8 @@ impl RuleSet {
                     name: r.name.clone(),
                     target: r.action.target.clone(),
                     retry: rc.retry,
+                    approval: rc.approval.clone(),
+                    initiator: r.initiator.clone(),
                     sources: r.source.as_ref().map(|s| s.patterns().to_vec()),
                     event,
                     fields,

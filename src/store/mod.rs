@@ -18,6 +18,7 @@ pub use sqlite::SqliteStore;
 
 use crate::audit::{Anchor, AuditEntry, AuditKind, AuditRecord, ChainCheck, Verdict};
 use crate::config::StoreUrl;
+use crate::domain::approval::{Ballot, Refusal};
 use crate::domain::{
     AttemptRecord, Event, Forbidden, Job, JobError, JobEvent, JobState, Millis, NewJob, Outcome,
 };
@@ -131,10 +132,11 @@ pub enum OperatorAction {
 }
 
 impl OperatorAction {
-    /// The life cycle's event for this action.
-    pub fn event(self) -> JobEvent {
+    /// The life cycle's event for this action on a job whose policy does or does not
+    /// need approval (a retried job then waits for it again).
+    pub fn event(self, needs_approval: bool) -> JobEvent {
         match self {
-            OperatorAction::Retry => JobEvent::OperatorRetry,
+            OperatorAction::Retry => JobEvent::OperatorRetry { needs_approval },
             OperatorAction::Cancel => JobEvent::OperatorCancel,
         }
     }
@@ -147,6 +149,16 @@ pub enum OperatorOutcome {
     NotFound,
     /// The job's state does not allow the action.
     Conflict(JobState),
+}
+
+/// What became of a verdict on a job ([`Store::decide_approval`]).
+#[derive(Debug, Clone)]
+pub enum ApprovalOutcome {
+    /// Recorded (or counted already); the job as it now is.
+    Done(Box<Job>),
+    NotFound,
+    /// `domain::approval` refused the verdict.
+    Refused(Refusal),
 }
 
 /// How an attempt ended, with what the job keeps of it; the state it leads to is
@@ -334,7 +346,20 @@ pub trait Store: Send + Sync {
         actor: &str,
     ) -> Result<OperatorOutcome, StoreError>;
 
-    /// The earliest instant a retrying job becomes due or a lease expires.
+    /// Gives a verdict on a job awaiting approval, in one transaction with the job
+    /// locked, so that verdicts given at once (at two replicas) count correctly; what
+    /// it means is `domain::approval`'s decision.
+    async fn decide_approval(
+        &self,
+        job_id: &str,
+        ballot: Ballot,
+    ) -> Result<ApprovalOutcome, StoreError>;
+
+    /// Moves the jobs whose approval timed out to `expired`; how many it moved.
+    async fn expire_approvals(&self) -> Result<u64, StoreError>;
+
+    /// The earliest instant a retrying job becomes due, a lease expires or an
+    /// approval times out.
     async fn next_wakeup(&self) -> Result<Option<Millis>, StoreError>;
 
     async fn event(&self, id: &str) -> Result<Option<StoredEvent>, StoreError>;

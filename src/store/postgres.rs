@@ -39,19 +39,21 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{AsyncMessage, NoTls, Row};
 
 use super::rows::{
-    ATTEMPT_COLUMNS, AUDIT_COLUMNS, Arg, Columns, EMITTED, EVENT_COLUMNS, EVENTS_PAGE_BYTES_COLUMN,
-    EchoProbe, JOB_COLUMNS, JobInsert, Landing, Listing, attempt_values, audit_listing, chain_sql,
-    checkpoints_sql, events_listing, events_page, job_state, jobs_listing, lease_expired,
-    leased_move, millis, narrow, operator_move, page, payload_text, read_attempt, read_audit,
-    read_event, read_job, sql_limit, stored_count,
+    APPROVAL_COLUMNS, ATTEMPT_COLUMNS, AUDIT_COLUMNS, Arg, BallotLanding, Columns, EMITTED,
+    EVENT_COLUMNS, EVENTS_PAGE_BYTES_COLUMN, EchoProbe, JOB_COLUMN_COUNT, JOB_COLUMNS, JobInsert,
+    Landing, Listing, SYSTEM_ACTOR, attempt_values, audit_listing, chain_sql, checkpoints_sql,
+    events_listing, events_page, expiry, job_state, jobs_listing, lease_expired, leased_move,
+    millis, narrow, operator_move, page, payload_text, read_approval, read_attempt, read_audit,
+    read_event, read_job, revival, sql_limit, stored_count,
 };
 use super::{
-    AttemptReport, AuditFilter, ChainLink, ChainRow, EventFilter, IngestOutcome, IngestPolicy,
-    JobFilter, JobRef, JobSummary, LeasedJob, NewEvent, OperatorAction, OperatorOutcome, Page,
-    Pruned, QueueStats, Release, Store, StoreError, StoredEvent, Transition,
+    ApprovalOutcome, AttemptReport, AuditFilter, ChainLink, ChainRow, EventFilter, IngestOutcome,
+    IngestPolicy, JobFilter, JobRef, JobSummary, LeasedJob, NewEvent, OperatorAction,
+    OperatorOutcome, Page, Pruned, QueueStats, Release, Store, StoreError, StoredEvent, Transition,
 };
 use crate::audit::{Anchor, AuditEntry, AuditRecord, GENESIS, HASH_VERSION, chain_hash};
 use crate::config::PostgresUrl;
+use crate::domain::approval::{Approval, Ballot};
 use crate::domain::{AttemptRecord, Event, Job, JobState, Millis, now_millis};
 
 /// Connections per store instance (per replica). Each operation holds one only for
@@ -171,6 +173,26 @@ CREATE INDEX audit_checkpoints ON audit(seq) WHERE kind = 'audit.pruned';
 ALTER TABLE audit ADD COLUMN count BIGINT;
 -- The records already here were hashed in the legacy form (audit::chain).
 ALTER TABLE audit ADD COLUMN hash_version BIGINT NOT NULL DEFAULT 1;
+"#,
+    r#"
+-- SPEC §9 approvals: the policy a job was created under, the current wait's deadline
+-- and round, who set it off; and every verdict given, by round.
+ALTER TABLE jobs ADD COLUMN approval TEXT;
+ALTER TABLE jobs ADD COLUMN approval_expires_at BIGINT;
+ALTER TABLE jobs ADD COLUMN initiator TEXT;
+ALTER TABLE jobs ADD COLUMN approval_round BIGINT NOT NULL DEFAULT 0;
+CREATE INDEX jobs_awaiting ON jobs(approval_expires_at) WHERE state = 'awaiting_approval';
+CREATE TABLE approvals (
+    seq BIGSERIAL PRIMARY KEY,
+    job_id TEXT NOT NULL REFERENCES jobs(id),
+    round BIGINT NOT NULL,
+    by_name TEXT NOT NULL,
+    at BIGINT NOT NULL,
+    verdict TEXT NOT NULL,
+    comment TEXT,
+    as_group TEXT
+);
+CREATE INDEX approvals_job ON approvals(job_id, round);
 "#,
 ];
 
@@ -601,7 +623,11 @@ async fn ingest_one(
         "INSERT INTO events ({EVENT_COLUMNS})
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
     );
-    let planned: Vec<JobInsert<'_>> = new.jobs.iter().map(JobInsert::of).collect();
+    let planned: Vec<JobInsert<'_>> = new
+        .jobs
+        .iter()
+        .map(|j| JobInsert::of(j, ev.received_at))
+        .collect();
     let ids: Vec<&str> = new.jobs.iter().map(|j| j.id.as_str()).collect();
     let rules: Vec<&str> = new.jobs.iter().map(|j| j.rule.as_str()).collect();
     let targets: Vec<&str> = new.jobs.iter().map(|j| j.target.as_str()).collect();
@@ -611,16 +637,21 @@ async fn ingest_one(
     let messages: Vec<Option<&str>> = planned.iter().map(|p| p.error_message).collect();
     let target_refs: Vec<Option<&str>> = planned.iter().map(|p| p.target_ref.as_deref()).collect();
     let digests: Vec<Option<&str>> = planned.iter().map(|p| p.target_digest.as_deref()).collect();
+    let approvals: Vec<Option<&str>> = planned.iter().map(|p| p.approval.as_deref()).collect();
+    let deadlines: Vec<Option<Millis>> = planned.iter().map(|p| p.approval_expires_at).collect();
+    let initiators: Vec<Option<&str>> = new.jobs.iter().map(|j| j.initiator.as_deref()).collect();
     // A rule acts once per parent promotion: a second job for the same parent is
     // skipped by the unique index, even when another replica inserted the first.
     let insert_jobs = "INSERT INTO jobs (id, event_id, rule, target, action, state,
             next_attempt_at, last_error_code, last_error_message, parent_job_id, chain_depth,
-            created_at, updated_at, target_ref, target_digest)
+            created_at, updated_at, target_ref, target_digest, approval, approval_expires_at,
+            initiator)
          SELECT j.id, $1, j.rule, j.target, j.action, j.state, $2, j.code, j.message, $3, $4,
-            $2, $2, j.target_ref, j.target_digest
+            $2, $2, j.target_ref, j.target_digest, j.approval, j.deadline, j.initiator
          FROM unnest($5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
-            $11::text[], $12::text[], $13::text[])
-            AS j(id, rule, target, action, state, code, message, target_ref, target_digest)
+            $11::text[], $12::text[], $13::text[], $14::text[], $15::bigint[], $16::text[])
+            AS j(id, rule, target, action, state, code, message, target_ref, target_digest,
+                approval, deadline, initiator)
          ON CONFLICT (rule, parent_job_id) WHERE parent_job_id IS NOT NULL DO NOTHING
          RETURNING id";
     // Both prepared first, so that the two inserts go out in order in one round trip.
@@ -646,7 +677,7 @@ async fn ingest_one(
         &ev.parent_job_id,
         &depth,
     ];
-    let job_params: [&(dyn ToSql + Sync); 13] = [
+    let job_params: [&(dyn ToSql + Sync); 16] = [
         &ev.id,
         &ev.received_at,
         &ev.parent_job_id,
@@ -660,6 +691,9 @@ async fn ingest_one(
         &messages,
         &target_refs,
         &digests,
+        &approvals,
+        &deadlines,
+        &initiators,
     ];
     let jobs = async {
         if new.jobs.is_empty() {
@@ -778,9 +812,55 @@ async fn load_attempts<C: GenericClient>(c: &C, jobs: &mut [Job]) -> Result<(), 
         let attempt = read_attempt(&r)?;
         by_job.entry(r.text(6)?).or_default().push(attempt);
     }
-    for job in jobs {
+    for job in jobs.iter_mut() {
         job.attempts = by_job.remove(&job.id).unwrap_or_default();
     }
+    let ids: Vec<String> = jobs
+        .iter()
+        .filter(|j| j.approval.is_some())
+        .map(|j| j.id.clone())
+        .collect();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let sql = format!(
+        "SELECT {APPROVAL_COLUMNS}, job_id FROM approvals WHERE job_id = ANY($1) ORDER BY seq"
+    );
+    let mut by_job: HashMap<String, Vec<Approval>> = HashMap::new();
+    for r in query(c, &sql, &[&ids]).await? {
+        let approval = read_approval(&r)?;
+        by_job.entry(r.text(5)?).or_default().push(approval);
+    }
+    for job in jobs {
+        job.approvals = by_job.remove(&job.id).unwrap_or_default();
+    }
+    Ok(())
+}
+
+/// The verdicts of a job's current round, oldest first.
+async fn this_round<C: GenericClient>(c: &C, job_id: &str) -> Result<Vec<Approval>, StoreError> {
+    let sql = format!(
+        "SELECT {APPROVAL_COLUMNS} FROM approvals
+         WHERE job_id = $1 AND round = (SELECT approval_round FROM jobs WHERE id = $1)
+         ORDER BY seq"
+    );
+    query(c, &sql, &[&job_id])
+        .await?
+        .iter()
+        .map(read_approval)
+        .collect()
+}
+
+/// Writes a job's new state, due at `now` (what an approval's or expiry's move
+/// needs).
+async fn move_job<C: GenericClient>(
+    c: &C,
+    job_id: &str,
+    to: JobState,
+    now: Millis,
+) -> Result<(), StoreError> {
+    let sql = "UPDATE jobs SET state = $2, next_attempt_at = $3, updated_at = $3 WHERE id = $1";
+    execute(c, sql, &[&job_id, &to.as_str(), &now]).await?;
     Ok(())
 }
 
@@ -877,13 +957,13 @@ async fn leased<C: GenericClient>(
     w: &mut Writes,
 ) -> Result<(LeasedJob, Option<AttemptRecord>), StoreError> {
     let mut job = [read_job(row)?];
-    let attempt: u32 = narrow("job attempts", row.int(13)?)?;
-    let retry_base: u32 = narrow("job retry base", row.int(14)?)?;
+    let attempt: u32 = narrow("job attempts", row.int(JOB_COLUMN_COUNT)?)?;
+    let retry_base: u32 = narrow("job retry base", row.int(JOB_COLUMN_COUNT + 1)?)?;
     if attempt > 1 {
         load_attempts(c, &mut job).await?;
     }
     let [mut job] = job;
-    let was_started = row.int_opt(15)?;
+    let was_started = row.int_opt(JOB_COLUMN_COUNT + 2)?;
     let lost = (pick == Pick::Expired).then(|| {
         // The previous holder stopped renewing: its attempt is on the record as lost.
         let lost = lease_expired(attempt - 1, was_started, now);
@@ -1103,6 +1183,17 @@ impl Store for PostgresStore {
             ],
         )
         .await?;
+        if let Some(approval) = revival(&job, step, actor, now) {
+            execute(
+                &tx,
+                "UPDATE jobs SET approval_round = approval_round + 1, approval_expires_at = $2,
+                    initiator = $3
+                 WHERE id = $1",
+                &[&job_id, &approval.expires_at, &approval.initiator],
+            )
+            .await?;
+            job.approval = Some(approval);
+        }
         job.state = step.to;
         job.updated_at = now;
         let w = Writes {
@@ -1111,10 +1202,84 @@ impl Store for PostgresStore {
                 .map(|kind| AuditEntry::operator(kind, actor, &job))
                 .into_iter()
                 .collect(),
-            wake: action == OperatorAction::Retry,
+            wake: action == OperatorAction::Retry && step.to == JobState::Queued,
         };
         self.commit(tx, w).await?;
         Ok(OperatorOutcome::Done(Box::new(job)))
+    }
+
+    async fn decide_approval(
+        &self,
+        job_id: &str,
+        ballot: Ballot,
+    ) -> Result<ApprovalOutcome, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(unavailable)?;
+        // Locked: a verdict given at once at another replica waits for this one, and
+        // then counts it.
+        let Some(mut job) = load_job(&tx, job_id, true).await? else {
+            return Ok(ApprovalOutcome::NotFound);
+        };
+        let now = now_millis();
+        let given = this_round(&tx, job_id).await?;
+        let landing = match BallotLanding::of(&job, &given, &ballot, now)? {
+            Ok(landing) => landing,
+            Err(refused) => return Ok(ApprovalOutcome::Refused(refused)),
+        };
+        if let Some(a) = &landing.approval {
+            let sql = format!(
+                "INSERT INTO approvals (job_id, round, {APPROVAL_COLUMNS})
+                 SELECT $1, approval_round, $2, $3, $4, $5, $6 FROM jobs WHERE id = $1"
+            );
+            let params: [&(dyn ToSql + Sync); 6] = [
+                &job_id,
+                &a.by,
+                &a.at,
+                &a.verdict.as_str(),
+                &a.comment,
+                &a.as_group,
+            ];
+            execute(&tx, &sql, &params).await?;
+            job.approvals.push(a.clone());
+        }
+        if let Some(step) = landing.step {
+            move_job(&tx, job_id, step.to, now).await?;
+            job.state = step.to;
+            job.updated_at = now;
+        }
+        let w = Writes {
+            wake: job.state == JobState::Queued,
+            audit: landing.audit.into_iter().collect(),
+        };
+        self.commit(tx, w).await?;
+        Ok(ApprovalOutcome::Done(Box::new(job)))
+    }
+
+    async fn expire_approvals(&self) -> Result<u64, StoreError> {
+        let step = expiry()?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(unavailable)?;
+        let now = now_millis();
+        // Locked and skipped when another replica is expiring them at this moment.
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} FROM jobs
+             WHERE state = 'awaiting_approval' AND approval_expires_at <= $1
+             FOR UPDATE SKIP LOCKED"
+        );
+        let mut jobs = Vec::new();
+        for row in query(&tx, &sql, &[&now]).await? {
+            jobs.push(read_job(&row)?);
+        }
+        let mut w = Writes::default();
+        for job in &mut jobs {
+            move_job(&tx, &job.id, step.to, now).await?;
+            job.state = step.to;
+            if let Some(kind) = step.audit {
+                w.audit.push(AuditEntry::operator(kind, SYSTEM_ACTOR, job));
+            }
+        }
+        self.commit(tx, w).await?;
+        Ok(u64::try_from(jobs.len()).unwrap_or(u64::MAX))
     }
 
     async fn next_wakeup(&self) -> Result<Option<Millis>, StoreError> {
@@ -1123,7 +1288,8 @@ impl Store for PostgresStore {
             &client,
             "SELECT LEAST(
                 (SELECT MIN(next_attempt_at) FROM jobs WHERE state IN ('queued', 'retrying')),
-                (SELECT MIN(lease_expires_at) FROM jobs WHERE state = 'running'))",
+                (SELECT MIN(lease_expires_at) FROM jobs WHERE state = 'running'),
+                (SELECT MIN(approval_expires_at) FROM jobs WHERE state = 'awaiting_approval'))",
             &[],
         )
         .await?;

@@ -11,6 +11,7 @@ use super::{
     StoreError, StoredEvent, Transition,
 };
 use crate::audit::{AuditEntry, AuditKind, AuditRecord};
+use crate::domain::approval::{self, Approval, Awaiting, Ballot, JobApproval, Refusal, Verdict};
 use crate::domain::{
     Action, AttemptRecord, Event, Job, JobError, JobErrorCode, JobEvent, JobState, Millis, NewJob,
     Outcome, Step, Subject, lifecycle, subject_key,
@@ -20,7 +21,13 @@ pub(super) const EVENT_COLUMNS: &str = "id, source, type, delivery_id, received_
     tag, digest, path, build_name, build_number, payload, parent_job_id, chain_depth";
 
 pub(super) const JOB_COLUMNS: &str = "id, rule, state, outcome, event_id, target, action,
-    last_error_code, last_error_message, parent_job_id, chain_depth, created_at, updated_at";
+    last_error_code, last_error_message, parent_job_id, chain_depth, created_at, updated_at,
+    approval, approval_expires_at, initiator";
+
+/// How many columns [`JOB_COLUMNS`] selects: what a query selecting more reads after.
+pub(super) const JOB_COLUMN_COUNT: usize = 16;
+
+pub(super) const APPROVAL_COLUMNS: &str = "by_name, at, verdict, comment, as_group";
 
 pub(super) const ATTEMPT_COLUMNS: &str =
     "n, started_at, duration_ms, upstream_status, error_code, error_message";
@@ -165,8 +172,29 @@ pub(super) fn read_job(r: &impl Columns) -> Result<Job, StoreError> {
         last_error: job_error(r.text_opt(7)?, r.text_opt(8)?)?,
         parent_job_id: r.text_opt(9)?,
         chain_depth: narrow("job chain depth", r.int(10)?)?,
+        approval: match r.text_opt(13)? {
+            Some(p) => Some(JobApproval {
+                policy: serde_json::from_str(&p).map_err(|_| corrupt("job approval", &p))?,
+                expires_at: r.int_opt(14)?,
+                initiator: r.text_opt(15)?,
+            }),
+            None => None,
+        },
+        approvals: Vec::new(),
         created_at: r.int(11)?,
         updated_at: r.int(12)?,
+    })
+}
+
+/// An `approvals` row, in [`APPROVAL_COLUMNS`] order.
+pub(super) fn read_approval(r: &impl Columns) -> Result<Approval, StoreError> {
+    let verdict = r.text(2)?;
+    Ok(Approval {
+        by: r.text(0)?,
+        at: r.int(1)?,
+        verdict: Verdict::parse(&verdict).ok_or_else(|| corrupt("verdict", &verdict))?,
+        comment: r.text_opt(3)?,
+        as_group: r.text_opt(4)?,
     })
 }
 
@@ -264,11 +292,14 @@ pub(super) struct JobInsert<'a> {
     pub error_message: Option<&'a str>,
     pub target_ref: Option<String>,
     pub target_digest: Option<String>,
+    /// The approval policy as stored (JSON), and when the wait for it ends.
+    pub approval: Option<String>,
+    pub approval_expires_at: Option<Millis>,
 }
 
 impl<'a> JobInsert<'a> {
-    pub fn of(job: &'a NewJob) -> Self {
-        let (state, _) = lifecycle::start(job.action.is_ok());
+    pub fn of(job: &'a NewJob, now: Millis) -> Self {
+        let (state, _) = job.start();
         let (action, error) = match &job.action {
             Ok(a) => (serde_json::to_string(a).ok(), None),
             Err(e) => (None, Some(e)),
@@ -281,6 +312,14 @@ impl<'a> JobInsert<'a> {
             error_message: error.map(|e| e.message.as_str()),
             target_ref: output.as_ref().and_then(subject_key),
             target_digest: output.and_then(|o| o.digest),
+            approval: job
+                .approval
+                .as_ref()
+                .and_then(|p| serde_json::to_string(p).ok()),
+            approval_expires_at: match state {
+                JobState::AwaitingApproval => job.approval.as_ref().and_then(|p| p.expires_at(now)),
+                _ => None,
+            },
         }
     }
 }
@@ -307,7 +346,85 @@ pub(super) fn operator_move(job: &Job, action: OperatorAction) -> Result<&'stati
     if action == OperatorAction::Retry && job.action.is_none() {
         return Err(job.state);
     }
-    lifecycle::next(job.state, action.event()).map_err(|refused| refused.from)
+    let event = action.event(job.approval.is_some());
+    lifecycle::next(job.state, event).map_err(|refused| refused.from)
+}
+
+/// What a move into `awaiting_approval` (an operator's retry) writes on the job: a new
+/// round of verdicts, its deadline from `now`, and the operator as its initiator.
+pub(super) fn revival(job: &Job, step: &Step, actor: &str, now: Millis) -> Option<JobApproval> {
+    let approval = job.approval.as_ref()?;
+    (step.to == JobState::AwaitingApproval).then(|| JobApproval {
+        policy: approval.policy.clone(),
+        expires_at: approval.policy.expires_at(now),
+        initiator: Some(actor.to_string()),
+    })
+}
+
+/// What a ballot the domain accepted writes: the verdict (unless it counted
+/// already) and, when it decides the job, the move and its record (actor: the
+/// approver, message: the comment).
+pub(super) struct BallotLanding {
+    pub approval: Option<Approval>,
+    pub step: Option<&'static Step>,
+    pub audit: Option<AuditEntry>,
+}
+
+impl BallotLanding {
+    /// Asks `domain::approval` about `ballot` on `job` (whose current round's
+    /// verdicts are `given`) and the life cycle where an accepted one takes it.
+    pub fn of(
+        job: &Job,
+        given: &[Approval],
+        ballot: &Ballot,
+        now: Millis,
+    ) -> Result<Result<Self, Refusal>, StoreError> {
+        let Some(approval) = &job.approval else {
+            return Ok(Err(Refusal::InvalidState(job.state)));
+        };
+        let awaiting = Awaiting {
+            state: job.state,
+            approval,
+            given,
+        };
+        let decision = match approval::decide(awaiting, ballot, now) {
+            Ok(d) => d,
+            Err(refused) => return Ok(Err(refused)),
+        };
+        let step = decision
+            .event
+            .map(|e| lifecycle::next(job.state, e))
+            .transpose()?;
+        let audit = step.and_then(|s| s.audit).map(|kind| {
+            let entry = AuditEntry::operator(kind, &ballot.by, job);
+            match &ballot.comment {
+                Some(c) => entry.saying(c),
+                None => entry,
+            }
+        });
+        Ok(Ok(BallotLanding {
+            approval: decision.record.then(|| Approval {
+                by: ballot.by.clone(),
+                at: now,
+                verdict: ballot.verdict,
+                comment: ballot.comment.clone(),
+                as_group: ballot.as_group.clone(),
+            }),
+            step,
+            audit,
+        }))
+    }
+}
+
+/// Who moves a job that no person moved (an approval that timed out).
+pub(super) const SYSTEM_ACTOR: &str = "gantry";
+
+/// The life cycle's move for an awaiting job whose approval timed out.
+pub(super) fn expiry() -> Result<&'static Step, StoreError> {
+    Ok(lifecycle::next(
+        JobState::AwaitingApproval,
+        JobEvent::Expired,
+    )?)
 }
 
 /// The life cycle's move for `event` on a job a worker holds: the lease fence has

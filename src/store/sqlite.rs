@@ -19,18 +19,20 @@ use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 use tokio::sync::{Notify, oneshot};
 
 use super::rows::{
-    ATTEMPT_COLUMNS, AUDIT_COLUMNS, Arg, Columns, EMITTED, EVENT_COLUMNS, EVENTS_PAGE_BYTES_COLUMN,
-    EchoProbe, JOB_COLUMNS, JobInsert, Landing, attempt_values, audit_listing, chain_sql,
-    checkpoints_sql, events_listing, events_page, job_state, jobs_listing, lease_expired,
-    leased_move, millis, operator_move, page, payload_text, read_attempt, read_audit, read_event,
-    read_job, sql_limit, stored_count,
+    APPROVAL_COLUMNS, ATTEMPT_COLUMNS, AUDIT_COLUMNS, Arg, BallotLanding, Columns, EMITTED,
+    EVENT_COLUMNS, EVENTS_PAGE_BYTES_COLUMN, EchoProbe, JOB_COLUMNS, JobInsert, Landing,
+    SYSTEM_ACTOR, attempt_values, audit_listing, chain_sql, checkpoints_sql, events_listing,
+    events_page, expiry, job_state, jobs_listing, lease_expired, leased_move, millis,
+    operator_move, page, payload_text, read_approval, read_attempt, read_audit, read_event,
+    read_job, revival, sql_limit, stored_count,
 };
 use super::{
-    AttemptReport, AuditFilter, ChainLink, ChainRow, EventFilter, IngestOutcome, IngestPolicy,
-    JobFilter, JobRef, JobSummary, LeasedJob, NewEvent, OperatorAction, OperatorOutcome, Page,
-    Pruned, QueueStats, Release, Store, StoreError, StoredEvent, Transition,
+    ApprovalOutcome, AttemptReport, AuditFilter, ChainLink, ChainRow, EventFilter, IngestOutcome,
+    IngestPolicy, JobFilter, JobRef, JobSummary, LeasedJob, NewEvent, OperatorAction,
+    OperatorOutcome, Page, Pruned, QueueStats, Release, Store, StoreError, StoredEvent, Transition,
 };
 use crate::audit::{Anchor, AuditEntry, AuditRecord, GENESIS, HASH_VERSION, chain_hash};
+use crate::domain::approval::{Approval, Ballot};
 use crate::domain::{AttemptRecord, Job, JobState, Millis, now_millis};
 
 /// Most operations committed in one transaction.
@@ -129,6 +131,26 @@ CREATE INDEX audit_checkpoints ON audit(seq) WHERE kind = 'audit.pruned';
 ALTER TABLE audit ADD COLUMN count INTEGER;
 -- The records already here were hashed in the legacy form (audit::chain).
 ALTER TABLE audit ADD COLUMN hash_version INTEGER NOT NULL DEFAULT 1;
+"#,
+    r#"
+-- SPEC §9 approvals: the policy a job was created under, the current wait's deadline
+-- and round, who set it off; and every verdict given, by round.
+ALTER TABLE jobs ADD COLUMN approval TEXT;
+ALTER TABLE jobs ADD COLUMN approval_expires_at INTEGER;
+ALTER TABLE jobs ADD COLUMN initiator TEXT;
+ALTER TABLE jobs ADD COLUMN approval_round INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX jobs_awaiting ON jobs(approval_expires_at) WHERE state = 'awaiting_approval';
+CREATE TABLE approvals (
+    seq INTEGER PRIMARY KEY,
+    job_id TEXT NOT NULL REFERENCES jobs(id),
+    round INTEGER NOT NULL,
+    by_name TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    verdict TEXT NOT NULL,
+    comment TEXT,
+    as_group TEXT
+);
+CREATE INDEX approvals_job ON approvals(job_id, round);
 "#,
 ];
 
@@ -581,12 +603,12 @@ fn ingest_one(
                 continue;
             }
         }
-        let row = JobInsert::of(job);
+        let row = JobInsert::of(job, ev.received_at);
         conn.prepare_cached(
             "INSERT INTO jobs (id, event_id, rule, target, action, state, next_attempt_at,
                 last_error_code, last_error_message, parent_job_id, chain_depth, created_at,
-                updated_at, target_ref, target_digest)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?7, ?7, ?12, ?13)",
+                updated_at, target_ref, target_digest, approval, approval_expires_at, initiator)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?7, ?7, ?12, ?13, ?14, ?15, ?16)",
         )
         .and_then(|mut st| {
             st.execute(params![
@@ -603,6 +625,9 @@ fn ingest_one(
                 ev.chain_depth,
                 row.target_ref,
                 row.target_digest,
+                row.approval,
+                row.approval_expires_at,
+                job.initiator,
             ])
         })
         .map_err(unavailable)?;
@@ -668,7 +693,117 @@ fn load_attempts(conn: &Connection, job: &mut Job) -> Result<(), StoreError> {
     while let Some(row) = rows.next().map_err(unavailable)? {
         job.attempts.push(read_attempt(row)?);
     }
+    if job.approval.is_some() {
+        job.approvals = load_approvals(conn, &job.id, false)?;
+    }
     Ok(())
+}
+
+/// A job's verdicts, oldest first: all of them, or only its current round's.
+fn load_approvals(
+    conn: &Connection,
+    job_id: &str,
+    this_round: bool,
+) -> Result<Vec<Approval>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT {APPROVAL_COLUMNS} FROM approvals
+             WHERE job_id = ?1 AND (NOT ?2
+                OR round = (SELECT approval_round FROM jobs WHERE id = ?1))
+             ORDER BY seq"
+        ))
+        .map_err(unavailable)?;
+    let mut rows = stmt
+        .query(params![job_id, this_round])
+        .map_err(unavailable)?;
+    let mut approvals = Vec::new();
+    while let Some(row) = rows.next().map_err(unavailable)? {
+        approvals.push(read_approval(row)?);
+    }
+    Ok(approvals)
+}
+
+/// Gives a verdict: the writer thread is the only writer, so the job and its round
+/// read here are still the job's when the verdict is written.
+fn decide_on(
+    conn: &Connection,
+    job_id: &str,
+    ballot: &Ballot,
+) -> Result<ApprovalOutcome, StoreError> {
+    let Some(mut job) = load_job(conn, job_id)? else {
+        return Ok(ApprovalOutcome::NotFound);
+    };
+    let now = now_millis();
+    let given = load_approvals(conn, job_id, true)?;
+    let landing = match BallotLanding::of(&job, &given, ballot, now)? {
+        Ok(landing) => landing,
+        Err(refused) => return Ok(ApprovalOutcome::Refused(refused)),
+    };
+    if let Some(a) = &landing.approval {
+        conn.prepare_cached(&format!(
+            "INSERT INTO approvals (job_id, round, {APPROVAL_COLUMNS})
+             SELECT ?1, approval_round, ?2, ?3, ?4, ?5, ?6 FROM jobs WHERE id = ?1"
+        ))
+        .and_then(|mut s| {
+            s.execute(params![
+                job_id,
+                a.by,
+                a.at,
+                a.verdict.as_str(),
+                a.comment,
+                a.as_group
+            ])
+        })
+        .map_err(unavailable)?;
+        job.approvals.push(a.clone());
+    }
+    if let Some(step) = landing.step {
+        move_job(conn, job_id, step.to, now)?;
+        job.state = step.to;
+        job.updated_at = now;
+    }
+    if let Some(entry) = &landing.audit {
+        append_audit(conn, entry)?;
+    }
+    Ok(ApprovalOutcome::Done(Box::new(job)))
+}
+
+/// Writes a job's new state, due at `now` (what an approval's or expiry's move
+/// needs).
+fn move_job(conn: &Connection, job_id: &str, to: JobState, now: Millis) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "UPDATE jobs SET state = ?2, next_attempt_at = ?3, updated_at = ?3 WHERE id = ?1",
+    )
+    .and_then(|mut s| s.execute(params![job_id, to.as_str(), now]))
+    .map_err(unavailable)?;
+    Ok(())
+}
+
+/// Moves every job whose approval timed out by `now` to `expired`, each on the
+/// record.
+fn expire_on(conn: &Connection, now: Millis) -> Result<u64, StoreError> {
+    let step = expiry()?;
+    let ids: Vec<String> = conn
+        .prepare_cached(
+            "SELECT id FROM jobs INDEXED BY jobs_awaiting
+             WHERE state = 'awaiting_approval' AND approval_expires_at <= ?1",
+        )
+        .and_then(|mut s| {
+            s.query_map([now], |r| r.get(0))?
+                .collect::<Result<Vec<String>, _>>()
+        })
+        .map_err(unavailable)?;
+    for id in &ids {
+        let Some(mut job) = load_job(conn, id)? else {
+            continue;
+        };
+        move_job(conn, id, step.to, now)?;
+        job.state = step.to;
+        if let Some(kind) = step.audit {
+            append_audit(conn, &AuditEntry::operator(kind, SYSTEM_ACTOR, &job))?;
+        }
+    }
+    Ok(u64::try_from(ids.len()).unwrap_or(u64::MAX))
 }
 
 fn load_job(conn: &Connection, id: &str) -> Result<Option<Job>, StoreError> {
@@ -898,6 +1033,16 @@ fn operate_on(
         ])
     })
     .map_err(unavailable)?;
+    if let Some(approval) = revival(&job, step, actor, now) {
+        conn.prepare_cached(
+            "UPDATE jobs SET approval_round = approval_round + 1, approval_expires_at = ?2,
+                initiator = ?3
+             WHERE id = ?1",
+        )
+        .and_then(|mut s| s.execute(params![job_id, approval.expires_at, approval.initiator]))
+        .map_err(unavailable)?;
+        job.approval = Some(approval);
+    }
     job.state = step.to;
     job.updated_at = now;
     if let Some(kind) = step.audit {
@@ -1007,6 +1152,25 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn decide_approval(
+        &self,
+        job_id: &str,
+        ballot: Ballot,
+    ) -> Result<ApprovalOutcome, StoreError> {
+        let job_id = job_id.to_string();
+        self.write(move |conn, b| {
+            let outcome = decide_on(conn, &job_id, &ballot)?;
+            b.wake_workers |= matches!(&outcome,
+                ApprovalOutcome::Done(job) if job.state == JobState::Queued);
+            Ok(outcome)
+        })
+        .await
+    }
+
+    async fn expire_approvals(&self) -> Result<u64, StoreError> {
+        self.write(|conn, _| expire_on(conn, now_millis())).await
+    }
+
     async fn next_wakeup(&self) -> Result<Option<Millis>, StoreError> {
         self.read(|conn| {
             conn.query_row(
@@ -1015,7 +1179,10 @@ impl Store for SqliteStore {
                     WHERE state IN ('queued', 'retrying')
                     UNION ALL
                     SELECT MIN(lease_expires_at) FROM jobs INDEXED BY jobs_leased
-                    WHERE state = 'running')",
+                    WHERE state = 'running'
+                    UNION ALL
+                    SELECT MIN(approval_expires_at) FROM jobs INDEXED BY jobs_awaiting
+                    WHERE state = 'awaiting_approval')",
                 [],
                 |r| r.get(0),
             )

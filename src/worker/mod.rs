@@ -29,7 +29,7 @@ use crate::domain::{
     Action, AttemptRecord, Event, Job, JobError, JobErrorCode, Millis, Outcome, now_millis,
 };
 use crate::rules::RuleSet;
-use crate::store::{AttemptReport, LeasedJob, Release, Store, Transition};
+use crate::store::{AttemptReport, LeasedJob, Release, Store, StoreError, Transition};
 use crate::targets::{Admission, Change, Effect, Fence, Handle, TargetError, Targets};
 
 /// Everything a worker needs, shared by all of them.
@@ -161,6 +161,16 @@ enum Step {
 }
 
 impl Worker {
+    /// With nothing due, moves the jobs whose approval timed out to `expired` (not on
+    /// the hot path: only an idle worker looks, and `next_wakeup` names the earliest
+    /// deadline), then says when to look again.
+    async fn expire_then_wake_at(&self) -> Result<Option<Millis>, StoreError> {
+        if let Err(e) = self.ctx.store.expire_approvals().await {
+            tracing::warn!(error = %e, "cannot expire timed-out approvals");
+        }
+        self.ctx.store.next_wakeup().await
+    }
+
     async fn run(mut self) {
         let ctx = self.ctx.clone();
         let signal = ctx.store.work_signal();
@@ -176,7 +186,7 @@ impl Worker {
                     self.attempt(job).await;
                     continue;
                 }
-                Ok(None) => match ctx.store.next_wakeup().await {
+                Ok(None) => match self.expire_then_wake_at().await {
                     Ok(Some(at)) => {
                         Duration::from_millis(u64::try_from(at - now_millis()).unwrap_or(0))
                             .clamp(min_wait, ctx.config.poll_interval)
@@ -536,6 +546,8 @@ mod tests {
                 last_error: None,
                 parent_job_id: None,
                 chain_depth: 0,
+                approval: None,
+                approvals: Vec::new(),
                 created_at: 0,
                 updated_at: 0,
             },

@@ -221,6 +221,17 @@ impl Client {
         req.send().await.unwrap()
     }
 
+    /// POSTs a JSON body with a token (operator actions that take one).
+    pub async fn post_json(&self, path: &str, token: &str, body: &Value) -> reqwest::Response {
+        self.http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn job(&self, id: &str) -> Value {
         let r = self
             .get(&format!("/api/v1/jobs/{id}"), Some(VIEWER_TOKEN))

@@ -7,6 +7,7 @@ mod stores;
 
 mod actions;
 mod admin;
+mod approvals;
 mod audit;
 mod chains;
 mod cli;

@@ -8,13 +8,14 @@ use std::time::Duration;
 
 use gantry::audit::{AuditEntry, AuditKind, AuditRecord};
 use gantry::config::{PostgresUrl, StoreUrl};
+use gantry::domain::approval::{ApprovalPolicy, Ballot, Verdict};
 use gantry::domain::{
     Action, AttemptRecord, Event, ImageRef, JobError, JobErrorCode, JobState, NewJob, Op, Outcome,
     Subject, new_id, now_millis,
 };
 use gantry::store::{
-    AttemptReport, AuditFilter, EventFilter, IngestPolicy, JobFilter, LeasedJob, NewEvent,
-    OperatorAction, OperatorOutcome, Release, Store, Transition,
+    ApprovalOutcome, AttemptReport, AuditFilter, EventFilter, IngestPolicy, JobFilter, LeasedJob,
+    NewEvent, OperatorAction, OperatorOutcome, Release, Store, Transition,
 };
 use serde_json::json;
 
@@ -100,6 +101,8 @@ on_each_store!(
     pruning_cuts_the_chain_at_a_checkpoint_that_verifies,
     verify_finds_the_audit_checkpoint_by_sequence_among_thousands,
     the_work_signal_fires_after_a_commit_that_queues_work,
+    approvals_racing_at_two_replicas_queue_the_job_exactly_once,
+    an_awaiting_job_is_not_leased_and_expires_past_its_deadline,
 );
 
 fn promote(tag: &str) -> Action {
@@ -150,6 +153,8 @@ fn job(rule: &str, tag: &str) -> NewJob {
         rule: rule.into(),
         target: "jfrog".into(),
         action: Ok(promote(tag)),
+        approval: None,
+        initiator: None,
     }
 }
 
@@ -244,6 +249,8 @@ async fn ingest_commits_the_event_its_jobs_and_their_audit(b: Backend) {
             JobErrorCode::TemplateError,
             "no value for {{x}}",
         )),
+        approval: None,
+        initiator: None,
     });
     new.notes
         .push(AuditEntry::chain_refused(&new.event, &["deep".into()], 5));
@@ -637,6 +644,8 @@ async fn operator_actions_move_only_the_states_that_allow_them(b: Backend) {
         rule: "broken".into(),
         target: "jfrog".into(),
         action: Err(JobError::new(JobErrorCode::TemplateError, "no tag")),
+        approval: None,
+        initiator: None,
     });
     let out = store.ingest(vec![broken], POLICY).await.unwrap();
     let broken_id = &out[0].jobs[0].id;
@@ -1080,4 +1089,99 @@ async fn sqlite_a_failing_write_fails_alone_in_its_batch() {
     };
     assert_eq!((count("events"), count("jobs")), (51, 51));
     verified(&*store).await;
+}
+
+/// An event with one job under `approval`.
+fn awaiting(tag: &str, approval: ApprovalPolicy) -> NewEvent {
+    let mut new = planned(&new_id(), tag, &[]);
+    let mut j = job("needs-approval", tag);
+    j.approval = Some(approval);
+    new.jobs.push(j);
+    new
+}
+
+fn policy(count: u32, timeout_ms: Option<i64>) -> ApprovalPolicy {
+    ApprovalPolicy {
+        count,
+        groups: Vec::new(),
+        timeout_ms,
+        allow_self: false,
+    }
+}
+
+fn approve(by: &str) -> Ballot {
+    Ballot {
+        by: by.into(),
+        groups: Vec::new(),
+        verdict: Verdict::Approved,
+        comment: None,
+        as_group: None,
+    }
+}
+
+/// Eight approvers at once, half at each replica, on a job that needs two: it is
+/// queued exactly once, every verdict is recorded once, and none is lost.
+async fn approvals_racing_at_two_replicas_queue_the_job_exactly_once(b: Backend) {
+    let out = b
+        .store
+        .ingest(vec![awaiting("1.0.0", policy(2, None))], POLICY)
+        .await
+        .unwrap();
+    let id = out[0].jobs[0].id.clone();
+    let job = b.replica.job(&id).await.unwrap().unwrap();
+    assert_eq!(job.state, JobState::AwaitingApproval);
+
+    let tasks: Vec<_> = (0..8)
+        .map(|k| {
+            let store = b.instance(k);
+            let id = id.clone();
+            tokio::spawn(async move {
+                store
+                    .decide_approval(&id, approve(&format!("approver-{k}")))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut done = 0;
+    let mut late = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            ApprovalOutcome::Done(_) => done += 1,
+            ApprovalOutcome::Refused(_) => late += 1,
+            ApprovalOutcome::NotFound => panic!("the job is gone"),
+        }
+    }
+    // Two made the count; the others found the job queued (or approved with them).
+    assert_eq!(done + late, 8);
+    assert!(done >= 2, "{done}");
+    let job = b.store.job(&id).await.unwrap().unwrap();
+    assert_eq!(job.state, JobState::Queued);
+    assert_eq!(job.approvals.len(), 2, "{:?}", job.approvals);
+    let approved = records(&*b.store, Some(AuditKind::JobApproved), Some(&id)).await;
+    assert_eq!(approved.len(), 1);
+    assert_eq!(verified(&*b.store).await, verified(&*b.replica).await);
+}
+
+/// An awaiting job is not due; past its deadline one expiry pass moves it, once.
+async fn an_awaiting_job_is_not_leased_and_expires_past_its_deadline(b: Backend) {
+    let out = b
+        .store
+        .ingest(vec![awaiting("2.0.0", policy(1, Some(50)))], POLICY)
+        .await
+        .unwrap();
+    let id = out[0].jobs[0].id.clone();
+    assert!(b.store.lease_job("w", LEASE).await.unwrap().is_none());
+    let wake = b.store.next_wakeup().await.unwrap().unwrap();
+    assert!(wake <= now_millis() + 50, "{wake}");
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let (one, other) = tokio::join!(b.store.expire_approvals(), b.replica.expire_approvals());
+    assert_eq!(one.unwrap() + other.unwrap(), 1);
+    let job = b.replica.job(&id).await.unwrap().unwrap();
+    assert_eq!(job.state, JobState::Expired);
+    let expired = records(&*b.store, Some(AuditKind::JobExpired), Some(&id)).await;
+    assert_eq!(expired.len(), 1);
+    assert!(b.store.next_wakeup().await.unwrap().is_none());
+    let refused = b.store.decide_approval(&id, approve("late")).await.unwrap();
+    assert!(matches!(refused, ApprovalOutcome::Refused(_)));
 }

@@ -57,16 +57,19 @@ async fn every_admin_route_wants_a_token_of_the_right_role() {
         .iter()
         .filter(|(_, p)| p.starts_with("/api/"))
         .collect();
-    assert_eq!(admin.len(), 10);
+    assert_eq!(admin.len(), 12);
     let client = reqwest::Client::new();
     for (method, path) in admin {
         let path = path.replace("{id}", "01J0000000000000000000000");
+        let verdict = path.ends_with("/approve") || path.ends_with("/reject");
         let call = |token: Option<&str>| {
             let mut req = client.request(
                 method.to_uppercase().parse().unwrap(),
                 format!("{}{path}", app.base),
             );
-            if *method == "post" {
+            if verdict {
+                req = req.json(&serde_json::json!({"comment": "x"}));
+            } else if *method == "post" {
                 req = req.json(&serde_json::json!({"source": "ci", "body": {"event": "x"}}));
             }
             if let Some(t) = token {
@@ -80,7 +83,7 @@ async fn every_admin_route_wants_a_token_of_the_right_role() {
             let body: Value = r.json().await.unwrap();
             assert_eq!(body["error"]["code"], "unauthorized");
         }
-        let operate = path.ends_with("/retry") || path.ends_with("/cancel");
+        let operate = path.ends_with("/retry") || path.ends_with("/cancel") || verdict;
         let as_viewer = call(Some(VIEWER_TOKEN)).await.unwrap().status().as_u16();
         let as_ops = call(Some(OPS_TOKEN)).await.unwrap().status().as_u16();
         if operate {
