@@ -161,14 +161,20 @@ enum Step {
 }
 
 impl Worker {
-    /// With nothing due, moves the jobs whose approval timed out to `expired` (not on
-    /// the hot path: only an idle worker looks, and `next_wakeup` names the earliest
-    /// deadline), then says when to look again.
+    /// With nothing to lease, says when to look again; when that moment has passed
+    /// already, what is due is an approval that timed out (a due job would have been
+    /// leased), so the jobs past their deadline move to `expired` first. The expiry
+    /// pass thus costs nothing until a deadline passes: no polling on the hot path.
     async fn expire_then_wake_at(&self) -> Result<Option<Millis>, StoreError> {
-        if let Err(e) = self.ctx.store.expire_approvals().await {
+        let store = &self.ctx.store;
+        let at = store.next_wakeup().await?;
+        if at.is_none_or(|at| at > now_millis()) {
+            return Ok(at);
+        }
+        if let Err(e) = store.expire_approvals().await {
             tracing::warn!(error = %e, "cannot expire timed-out approvals");
         }
-        self.ctx.store.next_wakeup().await
+        store.next_wakeup().await
     }
 
     async fn run(mut self) {
