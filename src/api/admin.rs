@@ -184,7 +184,7 @@ pub struct VerdictBody {
     security(("token" = [])),
     responses(
         (status = 200, body = Job),
-        (status = 400, body = ErrorBody),
+        (status = 400, body = ErrorBody, description = "`as_required` or a malformed body"),
         (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody, description = "`forbidden`, `not_an_approver` or `self_approval`"),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
@@ -205,7 +205,7 @@ pub async fn approve_job(
     security(("token" = [])),
     responses(
         (status = 200, body = Job),
-        (status = 400, body = ErrorBody, description = "`comment_required` or a malformed body"),
+        (status = 400, body = ErrorBody, description = "`comment_required`, `as_required` or a malformed body"),
         (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody, description = "`forbidden`, `not_an_approver` or `self_approval`"),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
@@ -251,6 +251,7 @@ async fn give_verdict(
                 Refusal::CommentRequired => (StatusCode::BAD_REQUEST, "comment_required"),
                 Refusal::NotAnApprover => (StatusCode::FORBIDDEN, "not_an_approver"),
                 Refusal::SelfApproval => (StatusCode::FORBIDDEN, "self_approval"),
+                Refusal::AsRequired => (StatusCode::BAD_REQUEST, "as_required"),
             };
             Err(ApiError::new(status, code, refused.to_string()))
         }

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::approval::ApprovalPolicy;
+use crate::domain::approval::{ApprovalPolicy, Quorum};
 
 pub use raw::{OneOrMany, RawAction, RawMatch, RawRule};
 pub use secret::Secret;
@@ -583,19 +583,49 @@ fn validate(
     })
 }
 
-/// A rule's approval as its jobs keep it; a count of zero would approve nothing.
+/// A rule's approval as its jobs keep it; a count of zero would approve nothing, and
+/// a quorum of no group is the plain `count` written another way.
 fn approval_policy(loc: &str, a: &raw::RawApproval, problems: &mut Vec<Problem>) -> ApprovalPolicy {
-    if a.count == 0 {
+    let loc = format!("{loc}.approval");
+    if !a.all_of.is_empty() && (a.count.is_some() || !a.groups.is_empty()) {
         problems.push(Problem::error(
-            format!("{loc}.approval.count"),
-            "must be at least 1",
+            &loc,
+            "set either `count` and `groups`, or `all_of`, not both",
         ));
     }
+    let count = a.count.unwrap_or(1);
+    let counts = std::iter::once((format!("{loc}.count"), count)).chain(
+        a.all_of
+            .iter()
+            .enumerate()
+            .map(|(i, q)| (format!("{loc}.all_of[{i}].count"), q.count)),
+    );
+    for (at, n) in counts {
+        if n == 0 {
+            problems.push(Problem::error(at, "must be at least 1"));
+        }
+    }
+    for (i, q) in a.all_of.iter().enumerate() {
+        if q.groups.is_empty() {
+            problems.push(Problem::error(
+                format!("{loc}.all_of[{i}].groups"),
+                "names no group",
+            ));
+        }
+    }
     ApprovalPolicy {
-        count: a.count,
+        count,
         groups: a.groups.clone(),
         timeout_ms: a.timeout.map(millis),
         allow_self: a.allow_self,
+        all_of: a
+            .all_of
+            .iter()
+            .map(|q| Quorum {
+                groups: q.groups.clone(),
+                count: q.count,
+            })
+            .collect(),
     }
 }
 
@@ -603,7 +633,17 @@ fn approval_policy(loc: &str, a: &raw::RawApproval, problems: &mut Vec<Problem>)
 /// saying, though a token may join the group at the next reload.
 fn check_approvers(rules: &[RawRule], tokens: &[raw::RawToken], problems: &mut Vec<Problem>) {
     for r in rules {
-        for group in r.approval.iter().flat_map(|a| &a.groups) {
+        let quorum_groups = r
+            .approval
+            .iter()
+            .flat_map(|a| &a.all_of)
+            .flat_map(|q| &q.groups);
+        for group in r
+            .approval
+            .iter()
+            .flat_map(|a| &a.groups)
+            .chain(quorum_groups)
+        {
             let held = tokens
                 .iter()
                 .any(|t| t.role >= Role::Operate && t.groups.contains(group));
@@ -1033,6 +1073,28 @@ mod tests {
         assert!(e.contains("rules[r].approval.count"), "{e}");
         let e = errors(load_str(&approval_rule("approval = { quorum = 2 }"), ENV));
         assert!(e.contains("quorum"), "{e}");
+        let both = r#"approval = { count = 2, all_of = [{ groups = ["release-managers"] }] }"#;
+        let e = errors(load_str(&approval_rule(both), ENV));
+        assert!(
+            e.contains("rules[r].approval") && e.contains("all_of"),
+            "{e}"
+        );
+        let empty = r#"approval = { all_of = [{ groups = [], count = 0 }] }"#;
+        let e = errors(load_str(&approval_rule(empty), ENV));
+        assert!(e.contains("rules[r].approval.all_of[0].count"), "{e}");
+        assert!(e.contains("rules[r].approval.all_of[0].groups"), "{e}");
+        let quorum = r#"approval = { all_of = [{ groups = ["security"] }] }"#;
+        let loaded = load_str(&approval_rule(quorum), ENV).unwrap();
+        assert_eq!(loaded.warnings.len(), 1);
+        assert_eq!(
+            loaded.config.rules[0]
+                .approval
+                .clone()
+                .unwrap()
+                .all_of
+                .len(),
+            1
+        );
         let e = errors(load_str(&approval_rule(r#"initiator = "sender""#), ENV));
         assert!(e.contains("rules[r].initiator"), "{e}");
         let loaded = load_str(

@@ -210,19 +210,31 @@ pub struct RawRule {
     pub initiator: Option<String>,
 }
 
-/// `approval = { count, groups, timeout, allow_self }` on a rule.
+/// `approval = { count, groups, timeout, allow_self }` on a rule, or with per-group
+/// quorums `all_of = [{ groups, count }, ...]` instead of `count` and `groups`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawApproval {
-    #[serde(default = "one")]
-    pub count: u32,
+    /// 1 when absent.
+    pub count: Option<u32>,
     /// Any `operate` token may approve when absent.
     #[serde(default)]
     pub groups: Vec<String>,
+    #[serde(default)]
+    pub all_of: Vec<RawQuorum>,
     #[serde(default, with = "humantime_serde")]
     pub timeout: Option<Duration>,
     #[serde(default)]
     pub allow_self: bool,
+}
+
+/// One entry of `approval.all_of`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQuorum {
+    pub groups: Vec<String>,
+    #[serde(default = "one")]
+    pub count: u32,
 }
 
 fn one() -> u32 {

@@ -23,9 +23,39 @@ pub struct ApprovalPolicy {
     pub timeout_ms: Option<Millis>,
     /// Whether the job's initiator may approve it.
     pub allow_self: bool,
+    /// Per-group quorums, every one needed; when set, `count` and `groups` are not.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub all_of: Vec<Quorum>,
+}
+
+/// `count` distinct approvers approving as one of `groups` (any approver when empty).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Quorum {
+    pub groups: Vec<String>,
+    pub count: u32,
+}
+
+impl Quorum {
+    /// Whether an approval given as `group` counts for this quorum.
+    fn counts(&self, group: Option<&str>) -> bool {
+        self.groups.is_empty() || group.is_some_and(|g| self.groups.iter().any(|q| q == g))
+    }
 }
 
 impl ApprovalPolicy {
+    /// The quorums the policy needs: its `all_of`, or the one its `count` of
+    /// `groups` makes.
+    pub fn quorums(&self) -> Vec<Quorum> {
+        if self.all_of.is_empty() {
+            vec![Quorum {
+                groups: self.groups.clone(),
+                count: self.count,
+            }]
+        } else {
+            self.all_of.clone()
+        }
+    }
+
     /// When a job that starts awaiting approval at `now` expires.
     pub fn expires_at(&self, now: Millis) -> Option<Millis> {
         self.timeout_ms.map(|t| now.saturating_add(t))
@@ -120,14 +150,19 @@ pub enum Refusal {
     NotAnApprover,
     #[error("the job's initiator may not approve it")]
     SelfApproval,
+    #[error("the token is in several of the groups this job needs; say which one with `as`")]
+    AsRequired,
 }
 
 /// What a ballot accepted does: record it (unless the approver already approved,
 /// which counts once) and move the job by `event` when it decides the job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
     pub record: bool,
     pub event: Option<JobEvent>,
+    /// The group the verdict is given as: the one the approver named, or the only one
+    /// of its groups the policy asks for.
+    pub as_group: Option<String>,
 }
 
 /// Decides on `ballot` for a job at `now`: the rules of §9 in one place.
@@ -150,15 +185,8 @@ pub fn decide(job: Awaiting<'_>, ballot: &Ballot, now: Millis) -> Result<Decisio
         return Err(Refusal::CommentRequired);
     }
     let policy = &job.approval.policy;
-    let in_groups = |g: &String| policy.groups.is_empty() || policy.groups.contains(g);
-    let member = policy.groups.is_empty() || ballot.groups.iter().any(in_groups);
-    let as_ok = match &ballot.as_group {
-        Some(g) => ballot.groups.contains(g) && in_groups(g),
-        None => true,
-    };
-    if !member || !as_ok {
-        return Err(Refusal::NotAnApprover);
-    }
+    let quorums = policy.quorums();
+    let as_group = approving_as(&quorums, ballot)?;
     if !policy.allow_self && job.approval.initiator.as_deref() == Some(ballot.by.as_str()) {
         return Err(Refusal::SelfApproval);
     }
@@ -166,23 +194,66 @@ pub fn decide(job: Awaiting<'_>, ballot: &Ballot, now: Millis) -> Result<Decisio
         return Ok(Decision {
             record: true,
             event: Some(JobEvent::Rejected),
+            as_group,
         });
     }
-    let mut approvers: Vec<&str> = job
+    let approved: Vec<&Approval> = job
         .given
         .iter()
         .filter(|a| a.verdict == Verdict::Approved)
-        .map(|a| a.by.as_str())
         .collect();
-    let again = approvers.contains(&ballot.by.as_str());
-    if !again {
-        approvers.push(&ballot.by);
-    }
-    let enough = u32::try_from(approvers.len()).unwrap_or(u32::MAX) >= policy.count;
+    // One person counts once, for the group it first approved as.
+    let again = approved.iter().any(|a| a.by == ballot.by);
+    let this = Approval {
+        by: ballot.by.clone(),
+        at: now,
+        verdict: Verdict::Approved,
+        comment: None,
+        as_group: as_group.clone(),
+    };
+    let counted: Vec<&Approval> = approved
+        .into_iter()
+        .chain((!again).then_some(&this))
+        .collect();
+    let enough = quorums.iter().all(|q| {
+        let n = counted
+            .iter()
+            .filter(|a| q.counts(a.as_group.as_deref()))
+            .count();
+        u32::try_from(n).unwrap_or(u32::MAX) >= q.count
+    });
     Ok(Decision {
         record: !again,
         event: enough.then_some(JobEvent::Approved),
+        as_group,
     })
+}
+
+/// The group a ballot is given as, or why its approver may not give it: the group
+/// named by `as` (which the token must be in and a quorum must ask for), else the one
+/// quorum's group the token is in; `None` when any approver counts.
+fn approving_as(quorums: &[Quorum], ballot: &Ballot) -> Result<Option<String>, Refusal> {
+    let asked = |g: &String| quorums.iter().any(|q| q.groups.contains(g));
+    if let Some(g) = &ballot.as_group {
+        let anyone = quorums.iter().any(|q| q.groups.is_empty());
+        return if ballot.groups.contains(g) && (anyone || asked(g)) {
+            Ok(Some(g.clone()))
+        } else {
+            Err(Refusal::NotAnApprover)
+        };
+    }
+    if quorums.iter().any(|q| q.groups.is_empty()) {
+        return Ok(None);
+    }
+    let held: Vec<&Quorum> = quorums
+        .iter()
+        .filter(|q| q.groups.iter().any(|g| ballot.groups.contains(g)))
+        .collect();
+    match held.as_slice() {
+        [] => Err(Refusal::NotAnApprover),
+        [q] => Ok(q.groups.iter().find(|g| ballot.groups.contains(g)).cloned()),
+        _ => Err(Refusal::AsRequired),
+    }
 }
 
 #[cfg(test)]
@@ -196,6 +267,7 @@ mod tests {
                 groups: groups.iter().map(|g| g.to_string()).collect(),
                 timeout_ms: None,
                 allow_self,
+                all_of: Vec::new(),
             },
             expires_at: None,
             initiator: Some("bob".into()),
@@ -233,6 +305,7 @@ mod tests {
     const YES: Decision = Decision {
         record: true,
         event: Some(JobEvent::Approved),
+        as_group: None,
     };
 
     #[test]
@@ -251,7 +324,8 @@ mod tests {
             first,
             Ok(Decision {
                 record: true,
-                event: None
+                event: None,
+                as_group: None
             })
         );
         let given = [approved("alice")];
@@ -260,7 +334,8 @@ mod tests {
             again,
             Ok(Decision {
                 record: false,
-                event: None
+                event: None,
+                as_group: None
             })
         );
         let carol = ballot("carol", &[], Verdict::Approved, None);
@@ -280,7 +355,8 @@ mod tests {
             decide(awaiting(&p, &[]), &said, 0),
             Ok(Decision {
                 record: true,
-                event: Some(JobEvent::Rejected)
+                event: Some(JobEvent::Rejected),
+                as_group: None
             })
         );
     }
@@ -299,11 +375,72 @@ mod tests {
             Verdict::Approved,
             None,
         );
-        assert_eq!(decide(awaiting(&p, &[]), &member, 0), Ok(YES));
+        assert_eq!(
+            decide(awaiting(&p, &[]), &member, 0),
+            Ok(Decision {
+                as_group: Some("release-managers".into()),
+                ..YES
+            })
+        );
         let mut pretending = member.clone();
         pretending.as_group = Some("security".into());
         assert_eq!(
             decide(awaiting(&p, &[]), &pretending, 0),
+            Err(Refusal::NotAnApprover)
+        );
+    }
+
+    /// `all_of`: every quorum needs its count, each approver counts once, for the
+    /// group it approves as, and one in several of the groups must say which (bob is
+    /// the initiator here, so dave plays the approver in both groups).
+    #[test]
+    fn per_group_quorums_count_each_approver_once_for_the_group_named() {
+        let mut p = policy(1, &[], false);
+        p.policy.all_of = vec![
+            Quorum {
+                groups: vec!["security".into()],
+                count: 1,
+            },
+            Quorum {
+                groups: vec!["release-managers".into()],
+                count: 1,
+            },
+        ];
+        let both = ballot(
+            "dave",
+            &["security", "release-managers"],
+            Verdict::Approved,
+            None,
+        );
+        assert_eq!(
+            decide(awaiting(&p, &[]), &both, 0),
+            Err(Refusal::AsRequired)
+        );
+        let mut as_security = both.clone();
+        as_security.as_group = Some("security".into());
+        let first = decide(awaiting(&p, &[]), &as_security, 0).unwrap();
+        assert_eq!((first.record, first.event), (true, None));
+        assert_eq!(first.as_group.as_deref(), Some("security"));
+
+        let given = [Approval {
+            as_group: Some("security".into()),
+            ..approved("dave")
+        }];
+        // Dave again, as the other group: still one person, counted once.
+        let mut as_rm = both.clone();
+        as_rm.as_group = Some("release-managers".into());
+        let again = decide(awaiting(&p, &given), &as_rm, 0).unwrap();
+        assert_eq!((again.record, again.event), (false, None));
+        // Another security approver does not make the release managers' quorum.
+        let carol = ballot("carol", &["security"], Verdict::Approved, None);
+        assert_eq!(decide(awaiting(&p, &given), &carol, 0).unwrap().event, None);
+        let alice = ballot("alice", &["release-managers"], Verdict::Approved, None);
+        let last = decide(awaiting(&p, &given), &alice, 0).unwrap();
+        assert_eq!(last.event, Some(JobEvent::Approved));
+        assert_eq!(last.as_group.as_deref(), Some("release-managers"));
+        let outsider = ballot("eve", &["dev"], Verdict::Approved, None);
+        assert_eq!(
+            decide(awaiting(&p, &given), &outsider, 0),
             Err(Refusal::NotAnApprover)
         );
     }

@@ -408,7 +408,7 @@ impl BallotLanding {
                 at: now,
                 verdict: ballot.verdict,
                 comment: ballot.comment.clone(),
-                as_group: ballot.as_group.clone(),
+                as_group: decision.as_group.clone(),
             }),
             step,
             audit,

@@ -381,3 +381,40 @@ async fn the_cli_approves_and_rejects() {
     assert_eq!(posts(&app.upstream).await, 1);
     app.stop().await;
 }
+
+/// `all_of`: a security and a release-manager approval, each approver counted once,
+/// for the group it approves as; bob, in both groups, must say which.
+#[tokio::test]
+async fn per_group_quorums_need_every_group() {
+    let quorums = r#"{ all_of = [{ groups = ["security"] }, { groups = ["release-managers"] }] }"#;
+    let app = app_with(quorums).await;
+    let id = trigger(&app, "carol").await;
+    let (status, body) = verdict(&app, &id, "approve", BOB, json!({})).await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (400, &json!("as_required"))
+    );
+    let (status, job) = verdict(&app, &id, "approve", BOB, json!({"as": "security"})).await;
+    assert_eq!(
+        (status, job["state"].as_str()),
+        (200, Some("awaiting_approval"))
+    );
+    let again = json!({"as": "release-managers"});
+    let (status, job) = verdict(&app, &id, "approve", BOB, again).await;
+    assert_eq!(
+        (status, job["state"].as_str()),
+        (200, Some("awaiting_approval"))
+    );
+    assert_eq!(job["approvals"].as_array().unwrap().len(), 1);
+    let (status, body) = verdict(&app, &id, "approve", EVE, json!({})).await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (403, &json!("not_an_approver"))
+    );
+    let (status, job) = verdict(&app, &id, "approve", ALICE, json!({})).await;
+    assert_eq!(status, 200, "{job:#}");
+    assert_eq!(job["approvals"][1]["as"], "release-managers");
+    assert_eq!(app.wait_final(&id).await["state"], "succeeded");
+    assert_eq!(posts(&app.upstream).await, 1);
+    app.stop().await;
+}

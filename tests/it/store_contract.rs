@@ -1106,6 +1106,7 @@ fn policy(count: u32, timeout_ms: Option<i64>) -> ApprovalPolicy {
         groups: Vec::new(),
         timeout_ms,
         allow_self: false,
+        all_of: Vec::new(),
     }
 }
 
