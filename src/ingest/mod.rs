@@ -16,6 +16,7 @@ pub use verify::{Verified, Verifier, VerifyError, same_secret};
 use crate::config::{Config, Problem};
 use serde::Serialize;
 
+use crate::domain::approval::ApprovalPolicy;
 use crate::domain::{Action, Event, JobError, NewJob, now_millis};
 use crate::rules::RuleSet;
 use crate::store::{IngestOutcome, IngestPolicy, NewEvent, Store, StoreError};
@@ -155,6 +156,9 @@ pub struct Promotion {
     /// Why the job would fail at once (a template the event cannot fill).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<JobError>,
+    /// The approval the job would await before it runs (SPEC §9).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalPolicy>,
 }
 
 /// An offline dry run of a body as `source` would receive it: normalized and
@@ -191,6 +195,7 @@ pub fn simulate(
                         target: j.target,
                         action,
                         error,
+                        approval: j.approval,
                     }
                 })
                 .collect();

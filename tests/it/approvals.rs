@@ -418,3 +418,18 @@ async fn per_group_quorums_need_every_group() {
     assert_eq!(posts(&app.upstream).await, 1);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn simulate_shows_the_approval_a_job_would_await() {
+    let app = app_with(r#"{ count = 2, groups = ["release-managers"], timeout = "1h" }"#).await;
+    let body = json!({"source": "ci", "body": {"event": "test-passed", "repo": "dev", "image": "app", "tag": "1.0.0"}});
+    let r = app.post_json("/api/v1/simulate", VIEWER_TOKEN, &body).await;
+    assert_eq!(r.status(), 200);
+    let sim: Value = r.json().await.unwrap();
+    let approval = &sim["events"][0]["promotions"][0]["approval"];
+    assert_eq!(approval["count"], 2);
+    assert_eq!(approval["groups"], json!(["release-managers"]));
+    assert_eq!(approval["timeout_ms"], 3_600_000);
+    assert_eq!(posts(&app.upstream).await, 0);
+    app.stop().await;
+}
