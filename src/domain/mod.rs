@@ -3,6 +3,7 @@
 
 mod action;
 mod event;
+pub mod freeze;
 mod job;
 pub mod lifecycle;
 
