@@ -118,6 +118,7 @@ pub async fn start(service: Service, mode: Mode) -> anyhow::Result<Running> {
             default_retry: config.defaults.retry,
             max_chain_depth: config.defaults.max_chain_depth,
             metrics: metrics.clone(),
+            freezes: config.freezes.clone(),
         }))),
     };
 

@@ -40,7 +40,7 @@ pub struct JobsPage {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct JobsQuery {
-    /// `queued`, `running`, `retrying`, `succeeded`, `failed` or `cancelled`.
+    /// `queued`, `running`, `retrying`, `frozen`, `succeeded`, `failed` or `cancelled`.
     state: Option<String>,
     rule: Option<String>,
     #[param(minimum = 1, maximum = 1000)]
@@ -120,7 +120,7 @@ pub async fn retry_job(
     operate(caller, &id, OperatorAction::Retry, &state).await
 }
 
-/// Cancels a queued, retrying or failed job.
+/// Cancels a queued, retrying, frozen or failed job.
 #[utoipa::path(post, path = "/api/v1/jobs/{id}/cancel", tag = "jobs",
     params(("id" = String, Path, description = "Job id")),
     security(("token" = [])),

@@ -50,10 +50,14 @@ pub enum AuditKind {
     TargetCircuitOpened,
     #[serde(rename = "target.circuit_closed")]
     TargetCircuitClosed,
+    #[serde(rename = "job.frozen")]
+    JobFrozen,
+    #[serde(rename = "job.unfrozen")]
+    JobUnfrozen,
 }
 
 impl AuditKind {
-    pub const ALL: [AuditKind; 16] = [
+    pub const ALL: [AuditKind; 18] = [
         AuditKind::EventReceived,
         AuditKind::EventDuplicate,
         AuditKind::EventRejected,
@@ -70,6 +74,8 @@ impl AuditKind {
         AuditKind::AuditPruned,
         AuditKind::TargetCircuitOpened,
         AuditKind::TargetCircuitClosed,
+        AuditKind::JobFrozen,
+        AuditKind::JobUnfrozen,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -90,6 +96,8 @@ impl AuditKind {
             AuditKind::AuditPruned => "audit.pruned",
             AuditKind::TargetCircuitOpened => "target.circuit_opened",
             AuditKind::TargetCircuitClosed => "target.circuit_closed",
+            AuditKind::JobFrozen => "job.frozen",
+            AuditKind::JobUnfrozen => "job.unfrozen",
         }
     }
 
@@ -329,6 +337,20 @@ impl AuditEntry {
             "attempt {} interrupted by shutdown; released",
             attempt.n
         ))
+    }
+
+    /// A job held by freeze windows without spending an attempt (SPEC §9).
+    pub fn frozen(job: &Job, freezes: &[String], until: Millis) -> Self {
+        AuditEntry::for_job(AuditKind::JobFrozen, "worker", job).saying(&format!(
+            "frozen by {} until {}",
+            freezes.join(", "),
+            crate::domain::rfc3339(until)
+        ))
+    }
+
+    /// A frozen job leased again once its freezes ended.
+    pub fn unfrozen(job: &Job) -> Self {
+        AuditEntry::for_job(AuditKind::JobUnfrozen, "worker", job)
     }
 
     /// An operator's action, by the name of the token that made it.

@@ -28,7 +28,7 @@ pub enum JobsCommand {
     },
     /// Put a failed or cancelled job back in the queue, its history kept.
     Retry { id: String },
-    /// Cancel a queued, retrying or failed job.
+    /// Cancel a queued, retrying, frozen or failed job.
     Cancel { id: String },
 }
 

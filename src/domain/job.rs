@@ -3,7 +3,8 @@ use serde::{Deserialize, Serialize, Serializer};
 use super::{Action, Millis};
 
 /// `queued → running → succeeded`, with `retrying` between attempts and `failed` or
-/// `cancelled` as the other ends (SPEC §8).
+/// `cancelled` as the other ends (SPEC §8); `frozen` while a freeze window holds it
+/// (SPEC §9).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum JobState {
@@ -13,16 +14,18 @@ pub enum JobState {
     Succeeded,
     Failed,
     Cancelled,
+    Frozen,
 }
 
 impl JobState {
-    pub const ALL: [JobState; 6] = [
+    pub const ALL: [JobState; 7] = [
         JobState::Queued,
         JobState::Running,
         JobState::Retrying,
         JobState::Succeeded,
         JobState::Failed,
         JobState::Cancelled,
+        JobState::Frozen,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -33,6 +36,7 @@ impl JobState {
             JobState::Succeeded => "succeeded",
             JobState::Failed => "failed",
             JobState::Cancelled => "cancelled",
+            JobState::Frozen => "frozen",
         }
     }
 

@@ -14,14 +14,14 @@ use crate::audit::AuditKind;
 // The table below reads as the SPEC does: states, events and records by name (the
 // events `Succeeded` and `Failed` as `Success` and `Fail`; the states keep theirs).
 use AuditKind::{
-    JobAttempt, JobCancelled, JobCreated, JobFailed, JobInterrupted, JobRetried, JobRetrying,
-    JobSucceeded,
+    JobAttempt, JobCancelled, JobCreated, JobFailed, JobFrozen, JobInterrupted, JobRetried,
+    JobRetrying, JobSucceeded, JobUnfrozen,
 };
 use JobEvent::{
-    Failed as Fail, Interrupted, LeaseTakenOver, Leased, OperatorCancel, OperatorRetry, Released,
-    Retry, Succeeded as Success,
+    Failed as Fail, Frozen as Freeze, Interrupted, LeaseTakenOver, Leased, OperatorCancel,
+    OperatorRetry, Released, Retry, Succeeded as Success,
 };
-use JobState::{Cancelled, Failed, Queued, Retrying, Running, Succeeded};
+use JobState::{Cancelled, Failed, Frozen, Queued, Retrying, Running, Succeeded};
 
 /// What can happen to a job. Events carry only what decides where the job goes; the
 /// values a move writes (an outcome, the next attempt's time, an error) travel with
@@ -43,6 +43,9 @@ pub enum JobEvent {
     /// the job goes back to where it was before the lease, `queued` when this was to
     /// be its first attempt (`after_attempts` false), else `retrying`.
     Released { after_attempts: bool },
+    /// Given back unattempted because a freeze window covers the job (SPEC §9): no
+    /// attempt is spent; the job is due again when the freezes end.
+    Frozen,
     /// The process shut down mid-attempt: the attempt is spent, the job retried.
     Interrupted,
     /// An operator's retry: the job starts over with its history kept.
@@ -61,6 +64,7 @@ impl JobEvent {
             JobEvent::Retry => "retry",
             JobEvent::Failed => "failed",
             JobEvent::Released { .. } => "released",
+            JobEvent::Frozen => "frozen",
             JobEvent::Interrupted => "interrupted",
             JobEvent::OperatorRetry => "operator_retry",
             JobEvent::OperatorCancel => "operator_cancel",
@@ -108,11 +112,14 @@ impl Step {
 /// - `cancelled` by an operator (today from `queued`, `retrying` and `failed`; §9
 ///   extends it to every non-final state);
 /// - an operator's retry puts a `failed` (or `cancelled`) job back to `queued` with
-///   its history kept (§9 adds `expired` and `rejected`).
+///   its history kept (§9 adds `expired` and `rejected`);
+/// - (§9) a leased job that a freeze window covers is given back `frozen` without
+///   spending an attempt; leased again once the freezes end (`job.unfrozen`), or
+///   cancelled by an operator.
 ///
 /// `succeeded` is final; `failed` and `cancelled` only leave by an operator.
 #[rustfmt::skip]
-pub const TRANSITIONS: [Step; 14] = [
+pub const TRANSITIONS: [Step; 17] = [
     //        from       event                               to         audit
     Step::new(Queued,    Leased,                             Running,   None),
     Step::new(Retrying,  Leased,                             Running,   None),
@@ -128,6 +135,9 @@ pub const TRANSITIONS: [Step; 14] = [
     Step::new(Queued,    OperatorCancel,                     Cancelled, Some(JobCancelled)),
     Step::new(Retrying,  OperatorCancel,                     Cancelled, Some(JobCancelled)),
     Step::new(Failed,    OperatorCancel,                     Cancelled, Some(JobCancelled)),
+    Step::new(Running,   Freeze,                             Frozen,    Some(JobFrozen)),
+    Step::new(Frozen,    Leased,                             Running,   Some(JobUnfrozen)),
+    Step::new(Frozen,    OperatorCancel,                     Cancelled, Some(JobCancelled)),
 ];
 
 /// Where a job the rules planned starts, and its first record (SPEC §8): `queued`,
@@ -164,7 +174,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const EVENTS: [JobEvent; 10] = [
+    const EVENTS: [JobEvent; 11] = [
         Leased,
         LeaseTakenOver,
         Success,
@@ -179,6 +189,7 @@ mod tests {
         Interrupted,
         OperatorRetry,
         OperatorCancel,
+        Freeze,
     ];
 
     /// The SPEC's life cycle written out again, independently of the table, as
@@ -188,7 +199,8 @@ mod tests {
         let waiting = matches!(from, Queued | Retrying);
         let ended_badly = matches!(from, Failed | Cancelled);
         match event {
-            Leased if waiting => Some(Running),
+            Leased if waiting || from == Frozen => Some(Running),
+            Freeze if from == Running => Some(Frozen),
             LeaseTakenOver if from == Running => Some(Running),
             Success if from == Running => Some(Succeeded),
             Retry | Interrupted if from == Running => Some(Retrying),
@@ -197,7 +209,7 @@ mod tests {
                 Some(if after_attempts { Retrying } else { Queued })
             }
             OperatorRetry if ended_badly => Some(Queued),
-            OperatorCancel if waiting || from == Failed => Some(Cancelled),
+            OperatorCancel if waiting || matches!(from, Failed | Frozen) => Some(Cancelled),
             _ => None,
         }
     }
@@ -236,6 +248,10 @@ mod tests {
     fn leasing_runs_a_waiting_job_or_takes_over_a_running_one() {
         assert_eq!(next(Queued, Leased).map(|s| s.to), Ok(Running));
         assert_eq!(next(Retrying, Leased).map(|s| s.to), Ok(Running));
+        assert_eq!(
+            next(Frozen, Leased).map(|s| (s.to, s.audit)),
+            Ok((Running, Some(JobUnfrozen)))
+        );
         assert_eq!(next(Running, LeaseTakenOver).map(|s| s.to), Ok(Running));
         assert_eq!(
             next(Running, LeaseTakenOver).map(|s| s.audit),
@@ -263,12 +279,12 @@ mod tests {
     }
 
     #[test]
-    fn cancel_works_on_queued_retrying_and_failed_jobs_only() {
+    fn cancel_works_on_queued_retrying_failed_and_frozen_jobs_only() {
         let cancellable: Vec<JobState> = JobState::ALL
             .into_iter()
             .filter(|s| next(*s, OperatorCancel).is_ok())
             .collect();
-        assert_eq!(cancellable, [Queued, Retrying, Failed]);
+        assert_eq!(cancellable, [Queued, Retrying, Failed, Frozen]);
     }
 
     #[test]
@@ -292,7 +308,8 @@ mod tests {
     #[test]
     fn every_move_by_an_operator_or_an_end_of_attempt_is_on_the_record() {
         for step in &TRANSITIONS {
-            let silent = matches!(step.event, Leased | Released { .. });
+            // Leaving a freeze is on the record (`job.unfrozen`); other leases are not.
+            let silent = matches!(step.event, Leased | Released { .. }) && step.from != Frozen;
             assert_eq!(step.audit.is_none(), silent, "{step:?}");
         }
     }

@@ -192,6 +192,9 @@ pub struct Release {
     /// When the job becomes due again.
     pub at: Millis,
     pub interrupted: Option<AttemptRecord>,
+    /// The freezes holding the job back (SPEC §9), `at` being when the last ends;
+    /// empty when it was not a freeze.
+    pub frozen_by: Vec<String>,
 }
 
 impl Release {
@@ -200,6 +203,7 @@ impl Release {
     pub fn event(&self) -> JobEvent {
         match self.interrupted {
             Some(_) => JobEvent::Interrupted,
+            None if !self.frozen_by.is_empty() => JobEvent::Frozen,
             None => JobEvent::Released {
                 after_attempts: self.attempt > 1,
             },

@@ -172,6 +172,11 @@ ALTER TABLE audit ADD COLUMN count BIGINT;
 -- The records already here were hashed in the legacy form (audit::chain).
 ALTER TABLE audit ADD COLUMN hash_version BIGINT NOT NULL DEFAULT 1;
 "#,
+    // Frozen jobs are due when their freezes end, and then run in creation order.
+    r#"
+DROP INDEX jobs_due;
+CREATE INDEX jobs_due ON jobs(next_attempt_at, id) WHERE state IN ('queued', 'retrying', 'frozen');
+"#,
 ];
 
 /// The store on a PostgreSQL database that several replicas share.
@@ -845,12 +850,13 @@ fn lease_sql(pick: Pick) -> &'static str {
 
 /// Leases one job of `pick` in one statement: `SKIP LOCKED` passes over a job
 /// another worker is leasing at this moment instead of waiting for it. Returns the
-/// job's columns, then `attempts`, `retry_base` and the previous attempt's start.
+/// job's columns, then `attempts`, `retry_base`, the previous attempt's start and the
+/// state it was leased from.
 fn build_lease_sql(pick: Pick) -> String {
     let (condition, order) = match pick {
         Pick::Due => (
-            "state IN ('queued', 'retrying') AND next_attempt_at <= $1".to_string(),
-            "next_attempt_at",
+            "state IN ('queued', 'retrying', 'frozen') AND next_attempt_at <= $1".to_string(),
+            "next_attempt_at, id",
         ),
         Pick::Expired => (
             format!("state = 'running' AND lease_expires_at <= {STORE_NOW}"),
@@ -860,10 +866,10 @@ fn build_lease_sql(pick: Pick) -> String {
     format!(
         "UPDATE jobs SET state = 'running', lease_owner = $2, lease_expires_at = {STORE_NOW} + $3,
             attempts = attempts + 1, attempt_started_at = $1, updated_at = $1
-         FROM (SELECT id AS picked, attempt_started_at AS was_started FROM jobs
+         FROM (SELECT id AS picked, attempt_started_at AS was_started, state AS was_state FROM jobs
                WHERE {condition} ORDER BY {order} LIMIT 1 FOR UPDATE SKIP LOCKED) p
          WHERE id = p.picked
-         RETURNING {JOB_COLUMNS}, attempts, retry_base, p.was_started"
+         RETURNING {JOB_COLUMNS}, attempts, retry_base, p.was_started, p.was_state"
     )
 }
 
@@ -891,6 +897,9 @@ async fn leased<C: GenericClient>(
         job.attempts.push(lost.clone());
         lost
     });
+    if job_state(&row.text(16)?)? == JobState::Frozen {
+        w.audit.push(AuditEntry::unfrozen(&job));
+    }
     let leased = LeasedJob {
         job,
         attempt,
@@ -949,6 +958,11 @@ impl Store for PostgresStore {
         if let Some(row) = query_opt(&client, lease_sql(Pick::Due), &p).await? {
             let mut w = Writes::default();
             let (job, _) = leased(&client, &row, Pick::Due, now, &mut w).await?;
+            if !w.audit.is_empty() {
+                // A job leaving a freeze: its record follows the lease in its own commit.
+                let tx = client.transaction().await.map_err(unavailable)?;
+                self.commit(tx, w).await?;
+            }
             return Ok(Some(job));
         }
         // A job whose worker died: taken over together with the record of the attempt
@@ -1039,11 +1053,16 @@ impl Store for PostgresStore {
                     "UPDATE jobs SET state = $6, attempts = attempts - 1, next_attempt_at = $4,
                         lease_owner = NULL, lease_expires_at = NULL, attempt_started_at = NULL,
                         updated_at = $5
-                     WHERE {HELD}"
+                     WHERE {HELD}
+                     RETURNING {JOB_COLUMNS}"
                 );
                 let p: [&(dyn ToSql + Sync); 6] = [&r.job_id, &r.worker, &n, &r.at, &now, &to];
-                if execute(&tx, &sql, &p).await? == 0 {
+                let Some(row) = query_opt(&tx, &sql, &p).await? else {
                     return Ok(false);
+                };
+                if !r.frozen_by.is_empty() {
+                    w.audit
+                        .push(AuditEntry::frozen(&read_job(&row)?, &r.frozen_by, r.at));
                 }
             }
             Some(attempt) => {
@@ -1122,7 +1141,7 @@ impl Store for PostgresStore {
         let row = query_opt(
             &client,
             "SELECT LEAST(
-                (SELECT MIN(next_attempt_at) FROM jobs WHERE state IN ('queued', 'retrying')),
+                (SELECT MIN(next_attempt_at) FROM jobs WHERE state IN ('queued', 'retrying', 'frozen')),
                 (SELECT MIN(lease_expires_at) FROM jobs WHERE state = 'running'))",
             &[],
         )

@@ -130,6 +130,11 @@ ALTER TABLE audit ADD COLUMN count INTEGER;
 -- The records already here were hashed in the legacy form (audit::chain).
 ALTER TABLE audit ADD COLUMN hash_version INTEGER NOT NULL DEFAULT 1;
 "#,
+    // Frozen jobs are due when their freezes end, and then run in creation order.
+    r#"
+DROP INDEX jobs_due;
+CREATE INDEX jobs_due ON jobs(next_attempt_at, id) WHERE state IN ('queued', 'retrying', 'frozen');
+"#,
 ];
 
 /// Per-batch facts the writer acts on after the commit.
@@ -720,8 +725,8 @@ fn lease_next(
     // however long the backlog.
     let due = pick(
         "SELECT id FROM jobs INDEXED BY jobs_due
-         WHERE state IN ('queued', 'retrying') AND next_attempt_at <= ?1
-         ORDER BY next_attempt_at LIMIT 1",
+         WHERE state IN ('queued', 'retrying', 'frozen') AND next_attempt_at <= ?1
+         ORDER BY next_attempt_at, id LIMIT 1",
     )?;
     let id = match due {
         Some(id) => id,
@@ -750,6 +755,9 @@ fn lease_next(
         insert_attempt(conn, &id, &lost)?;
         append_audit(conn, &AuditEntry::attempt(&job, &lost))?;
         job.attempts.push(lost);
+    }
+    if job.state == JobState::Frozen {
+        append_audit(conn, &AuditEntry::unfrozen(&job))?;
     }
     let attempt = attempts + 1;
     conn.prepare_cached(
@@ -800,6 +808,9 @@ fn release_leased(conn: &Connection, r: &Release) -> Result<bool, StoreError> {
             )
             .and_then(|mut s| s.execute(params![r.job_id, r.at, now, to]))
             .map_err(unavailable)?;
+            if let (false, Some(job)) = (r.frozen_by.is_empty(), load_job(conn, &r.job_id)?) {
+                append_audit(conn, &AuditEntry::frozen(&job, &r.frozen_by, r.at))?;
+            }
         }
         Some(attempt) => {
             insert_attempt(conn, &r.job_id, attempt)?;
@@ -1012,7 +1023,7 @@ impl Store for SqliteStore {
             conn.query_row(
                 "SELECT MIN(t) FROM (
                     SELECT MIN(next_attempt_at) AS t FROM jobs INDEXED BY jobs_due
-                    WHERE state IN ('queued', 'retrying')
+                    WHERE state IN ('queued', 'retrying', 'frozen')
                     UNION ALL
                     SELECT MIN(lease_expires_at) FROM jobs INDEXED BY jobs_leased
                     WHERE state = 'running')",

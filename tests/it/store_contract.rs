@@ -100,6 +100,7 @@ on_each_store!(
     pruning_cuts_the_chain_at_a_checkpoint_that_verifies,
     verify_finds_the_audit_checkpoint_by_sequence_among_thousands,
     the_work_signal_fires_after_a_commit_that_queues_work,
+    frozen_jobs_spend_no_attempt_and_run_in_creation_order_after_the_end,
 );
 
 fn promote(tag: &str) -> Action {
@@ -419,6 +420,7 @@ async fn leases_renewals_attempts_and_releases_hold_only_under_the_lease(b: Back
         attempt: 1,
         at: now_millis(),
         interrupted: None,
+        frozen_by: Vec::new(),
     };
     assert!(store.release_job(back.clone()).await.unwrap());
     assert!(!store.release_job(back).await.unwrap());
@@ -458,6 +460,7 @@ async fn leases_renewals_attempts_and_releases_hold_only_under_the_lease(b: Back
                 attempt: 2,
                 at: now_millis(),
                 interrupted: Some(interrupted),
+                frozen_by: Vec::new(),
             })
             .await
             .unwrap()
@@ -596,6 +599,65 @@ async fn concurrent_leasers_never_share_a_job(b: Backend) {
 }
 
 /// An operator's action by `ops`: the job's new state, or the state that forbids it.
+/// Freezes (SPEC §9): a leased job given back `frozen` keeps its attempts, is not due
+/// before the end, then runs in the order the jobs were created (whichever was frozen
+/// first); a frozen job can be cancelled.
+async fn frozen_jobs_spend_no_attempt_and_run_in_creation_order_after_the_end(b: Backend) {
+    let (store, replica) = (&*b.store, &*b.replica);
+    let ids = [
+        one_job(store, "1.0.0").await,
+        one_job(store, "1.0.1").await,
+        one_job(store, "1.0.2").await,
+    ];
+    let end = now_millis() + 1_500;
+    // Leased and frozen in reverse order of creation.
+    let mut leased = Vec::new();
+    for _ in &ids {
+        leased.push(store.lease_job("w1", LEASE).await.unwrap().unwrap());
+    }
+    for l in leased.iter().rev() {
+        let frozen = Release {
+            job_id: l.job.id.clone(),
+            worker: "w1".into(),
+            attempt: l.attempt,
+            at: end,
+            interrupted: None,
+            frozen_by: vec!["weekend".into()],
+        };
+        assert!(store.release_job(frozen).await.unwrap());
+    }
+    let job = replica.job(&ids[0]).await.unwrap().unwrap();
+    assert_eq!((job.state, job.attempts.len()), (JobState::Frozen, 0));
+    let frozen = JobFilter {
+        state: Some(JobState::Frozen),
+        limit: 10,
+        ..JobFilter::default()
+    };
+    assert_eq!(replica.jobs(frozen).await.unwrap().items.len(), 3);
+    assert!(replica.lease_job("w2", LEASE).await.unwrap().is_none());
+    assert_eq!(replica.next_wakeup().await.unwrap(), Some(end));
+    assert_eq!(
+        act(replica, &ids[2], OperatorAction::Cancel).await,
+        Ok(JobState::Cancelled)
+    );
+
+    while now_millis() < end {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for id in &ids[..2] {
+        let l = replica.lease_job("w2", LEASE).await.unwrap().unwrap();
+        assert_eq!((&l.job.id, l.attempt), (id, 1));
+    }
+    assert!(replica.lease_job("w2", LEASE).await.unwrap().is_none());
+    let kinds = kinds(store).await;
+    let count = |k| kinds.iter().filter(|x| **x == k).count();
+    assert_eq!(
+        (count(AuditKind::JobFrozen), count(AuditKind::JobUnfrozen)),
+        (3, 2)
+    );
+    verified(store).await;
+}
+
 async fn act(store: &dyn Store, id: &str, action: OperatorAction) -> Result<JobState, JobState> {
     match store.operate(id, action, "ops").await.unwrap() {
         OperatorOutcome::Done(job) => Ok(job.state),

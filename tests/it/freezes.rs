@@ -1,0 +1,118 @@
+//! Freeze windows (SPEC §9): a job a freeze covers waits `frozen`, reaching no
+//! upstream and spending no attempt, and runs once the freeze ends.
+
+use std::time::Duration;
+
+use chrono::{SecondsFormat, Utc};
+use serde_json::Value;
+
+use crate::harness::{OPS_TOKEN, posts, spawn_app};
+
+/// One event, two jobs: to `docker-prod` (which the freeze covers) and to
+/// `docker-qa` (which it does not). The freeze is active from a minute ago until
+/// `seconds` from now.
+fn rules_with_freeze(seconds: i64) -> String {
+    let at = |s: i64| {
+        (Utc::now() + chrono::Duration::seconds(s)).to_rfc3339_opts(SecondsFormat::Secs, true)
+    };
+    format!(
+        r#"
+[[rules]]
+name = "to-prod"
+source = "ci"
+event = "test-passed"
+action = {{ type = "promote", target = "jfrog", to_repo = "docker-prod" }}
+
+[[rules]]
+name = "to-qa"
+source = "ci"
+event = "test-passed"
+action = {{ type = "promote", target = "jfrog", to_repo = "docker-qa" }}
+
+[[freezes]]
+name = "release-day"
+to_repos = ["docker-prod*"]
+targets = ["jfrog"]
+from = "{}"
+until = "{}"
+"#,
+        at(-60),
+        at(seconds)
+    )
+}
+
+const BODY: &[u8] =
+    br#"{"event":"test-passed","repo":"docker-dev","image":"app","tag":"1.0.0","digest":"sha256:0123"}"#;
+
+/// The ids of the jobs to prod and to qa.
+async fn jobs_of(resp: reqwest::Response) -> (String, String) {
+    assert_eq!(resp.status(), 202);
+    let v: Value = resp.json().await.unwrap();
+    let id = |rule: &str| {
+        v["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["rule"] == rule)
+            .and_then(|j| j["id"].as_str())
+            .unwrap_or_else(|| panic!("no job of {rule} in {v}"))
+            .to_string()
+    };
+    (id("to-prod"), id("to-qa"))
+}
+
+#[tokio::test]
+async fn a_config_freeze_holds_a_covered_job_until_it_ends_and_lets_others_run() {
+    let app = spawn_app(&rules_with_freeze(3)).await;
+    app.upstream_answers(200).await;
+    let (prod, qa) = jobs_of(app.send("ci", BODY).await).await;
+
+    // The job to another repo runs at once; the one to prod waits, unattempted.
+    assert_eq!(app.wait_final(&qa).await["state"], "succeeded");
+    let frozen = app.wait_for(&prod, |j| j["state"] == "frozen").await;
+    assert_eq!(frozen["attempts"].as_array().unwrap().len(), 0);
+    assert_eq!(posts(&app.upstream).await, 1);
+    let listed: Value = app
+        .get("/api/v1/jobs?state=frozen", Some(OPS_TOKEN))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["jobs"][0]["id"], prod.as_str(), "{listed}");
+    let held = &app.audit("kind=job.frozen").await[0];
+    assert_eq!(held["job_id"], prod.as_str());
+    assert!(
+        held["message"]
+            .as_str()
+            .unwrap()
+            .contains("frozen by release-day until"),
+        "{held}"
+    );
+
+    // After the end it runs, on its first attempt.
+    let done = app.wait_final(&prod).await;
+    assert_eq!(done["state"], "succeeded");
+    assert_eq!(done["attempts"].as_array().unwrap().len(), 1);
+    assert_eq!(posts(&app.upstream).await, 2);
+    assert_eq!(
+        app.audit("kind=job.unfrozen").await[0]["job_id"],
+        prod.as_str()
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_frozen_job_can_be_cancelled() {
+    let app = spawn_app(&rules_with_freeze(600)).await;
+    app.upstream_answers(200).await;
+    let (prod, _) = jobs_of(app.send("ci", BODY).await).await;
+    app.wait_for(&prod, |j| j["state"] == "frozen").await;
+    let r = app
+        .post(&format!("/api/v1/jobs/{prod}/cancel"), Some(OPS_TOKEN))
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(app.job(&prod).await["state"], "cancelled");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(posts(&app.upstream).await, 1);
+    app.stop().await;
+}
