@@ -142,6 +142,7 @@ pub async fn start(service: Service, mode: Mode) -> anyhow::Result<Running> {
             max_body_bytes: config.server.max_body_bytes,
             metrics,
             targets,
+            freezes: config.freezes.clone(),
         });
         let server = HttpServer::new(move || {
             App::new()

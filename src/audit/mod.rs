@@ -54,10 +54,14 @@ pub enum AuditKind {
     JobFrozen,
     #[serde(rename = "job.unfrozen")]
     JobUnfrozen,
+    #[serde(rename = "freeze.started")]
+    FreezeStarted,
+    #[serde(rename = "freeze.ended")]
+    FreezeEnded,
 }
 
 impl AuditKind {
-    pub const ALL: [AuditKind; 18] = [
+    pub const ALL: [AuditKind; 20] = [
         AuditKind::EventReceived,
         AuditKind::EventDuplicate,
         AuditKind::EventRejected,
@@ -76,6 +80,8 @@ impl AuditKind {
         AuditKind::TargetCircuitClosed,
         AuditKind::JobFrozen,
         AuditKind::JobUnfrozen,
+        AuditKind::FreezeStarted,
+        AuditKind::FreezeEnded,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -98,6 +104,8 @@ impl AuditKind {
             AuditKind::TargetCircuitClosed => "target.circuit_closed",
             AuditKind::JobFrozen => "job.frozen",
             AuditKind::JobUnfrozen => "job.unfrozen",
+            AuditKind::FreezeStarted => "freeze.started",
+            AuditKind::FreezeEnded => "freeze.ended",
         }
     }
 
@@ -346,6 +354,24 @@ impl AuditEntry {
             freezes.join(", "),
             crate::domain::rfc3339(until)
         ))
+    }
+
+    /// A run-time freeze started by an operator, with its scope, end and reason.
+    pub fn freeze_started(f: &crate::domain::freeze::RuntimeFreeze) -> Self {
+        let list = |l: &Option<Vec<String>>| l.as_ref().map_or("all".to_string(), |l| l.join(", "));
+        AuditEntry::new(AuditKind::FreezeStarted, &f.started_by).saying(&format!(
+            "freeze {} until {} (repos: {}; targets: {}): {}",
+            f.name,
+            crate::domain::rfc3339(f.until),
+            list(&f.to_repos),
+            list(&f.targets),
+            f.reason
+        ))
+    }
+
+    /// A run-time freeze ended by an operator before its end.
+    pub fn freeze_ended(name: &str, actor: &str) -> Self {
+        AuditEntry::new(AuditKind::FreezeEnded, actor).saying(&format!("freeze {name} ended"))
     }
 
     /// A frozen job leased again once its freezes ended.

@@ -15,6 +15,8 @@ use chrono_tz::Tz;
 use croner::Cron;
 use globset::{Glob, GlobMatcher};
 
+use super::Millis;
+
 /// A window's bounds: active from `start` (inclusive) until `end` (exclusive).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Window {
@@ -189,6 +191,46 @@ impl Freeze {
                 .with_timezone(&Utc),
         };
         Some(Window { start, end })
+    }
+}
+
+/// A freeze an operator started at run time (`POST /api/v1/freezes`). Kept in the
+/// store, so every replica honours it; it always has an end.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct RuntimeFreeze {
+    pub name: String,
+    /// Globs over the destination repo; every repo when absent.
+    pub to_repos: Option<Vec<String>>,
+    /// Every target when absent.
+    pub targets: Option<Vec<String>>,
+    #[serde(serialize_with = "super::job::as_rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub from: Millis,
+    #[serde(serialize_with = "super::job::as_rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub until: Millis,
+    pub reason: String,
+    /// The token that started it.
+    pub started_by: String,
+}
+
+impl RuntimeFreeze {
+    /// The freeze to ask [`hold`] about. Its globs were checked when it was started;
+    /// a stored one that no longer compiles is an error for the caller to report.
+    pub fn to_freeze(&self) -> Result<Freeze, FreezeError> {
+        let at = |ms: Millis| {
+            DateTime::from_timestamp_millis(ms).ok_or_else(|| FreezeError::Time(ms.to_string()))
+        };
+        Ok(Freeze {
+            name: self.name.clone(),
+            to_repos: self.to_repos.as_deref().map(parse_globs).transpose()?,
+            targets: self.targets.clone(),
+            schedule: Schedule::Once(Window {
+                start: at(self.from)?,
+                end: at(self.until)?,
+            }),
+            override_groups: Vec::new(),
+        })
     }
 }
 

@@ -18,6 +18,7 @@ pub use sqlite::SqliteStore;
 
 use crate::audit::{Anchor, AuditEntry, AuditKind, AuditRecord, ChainCheck, Verdict};
 use crate::config::StoreUrl;
+use crate::domain::freeze::RuntimeFreeze;
 use crate::domain::{
     AttemptRecord, Event, Forbidden, Job, JobError, JobEvent, JobState, Millis, NewJob, Outcome,
 };
@@ -337,6 +338,15 @@ pub trait Store: Send + Sync {
         action: OperatorAction,
         actor: &str,
     ) -> Result<OperatorOutcome, StoreError>;
+
+    /// Starts a run-time freeze and records `freeze.started`; false when a freeze of
+    /// that name is still active (one that ended is replaced).
+    async fn start_freeze(&self, freeze: RuntimeFreeze) -> Result<bool, StoreError>;
+    /// Ends the active run-time freeze `name` now and records `freeze.ended`; false
+    /// when there is none.
+    async fn end_freeze(&self, name: &str, actor: &str) -> Result<bool, StoreError>;
+    /// The run-time freezes that have not ended, by name.
+    async fn freezes(&self) -> Result<Vec<RuntimeFreeze>, StoreError>;
 
     /// The earliest instant a retrying job becomes due or a lease expires.
     async fn next_wakeup(&self) -> Result<Option<Millis>, StoreError>;

@@ -40,10 +40,11 @@ use tokio_postgres::{AsyncMessage, NoTls, Row};
 
 use super::rows::{
     ATTEMPT_COLUMNS, AUDIT_COLUMNS, Arg, Columns, EMITTED, EVENT_COLUMNS, EVENTS_PAGE_BYTES_COLUMN,
-    EchoProbe, JOB_COLUMNS, JobInsert, Landing, Listing, attempt_values, audit_listing, chain_sql,
-    checkpoints_sql, events_listing, events_page, job_state, jobs_listing, lease_expired,
-    leased_move, millis, narrow, operator_move, page, payload_text, read_attempt, read_audit,
-    read_event, read_job, sql_limit, stored_count,
+    EchoProbe, FREEZE_COLUMNS, FROZEN_DUE_NOW, JOB_COLUMNS, JobInsert, Landing, Listing,
+    attempt_values, audit_listing, chain_sql, checkpoints_sql, events_listing, events_page,
+    freeze_scope, job_state, jobs_listing, lease_expired, leased_move, millis, narrow,
+    operator_move, page, payload_text, read_attempt, read_audit, read_event, read_freeze, read_job,
+    sql_limit, start_freeze_sql, stored_count,
 };
 use super::{
     AttemptReport, AuditFilter, ChainLink, ChainRow, EventFilter, IngestOutcome, IngestPolicy,
@@ -52,6 +53,7 @@ use super::{
 };
 use crate::audit::{Anchor, AuditEntry, AuditRecord, GENESIS, HASH_VERSION, chain_hash};
 use crate::config::PostgresUrl;
+use crate::domain::freeze::RuntimeFreeze;
 use crate::domain::{AttemptRecord, Event, Job, JobState, Millis, now_millis};
 
 /// Connections per store instance (per replica). Each operation holds one only for
@@ -176,6 +178,17 @@ ALTER TABLE audit ADD COLUMN hash_version BIGINT NOT NULL DEFAULT 1;
     r#"
 DROP INDEX jobs_due;
 CREATE INDEX jobs_due ON jobs(next_attempt_at, id) WHERE state IN ('queued', 'retrying', 'frozen');
+"#,
+    r#"
+CREATE TABLE freezes (
+    name TEXT PRIMARY KEY,
+    to_repos TEXT,
+    targets TEXT,
+    from_at BIGINT NOT NULL,
+    until_at BIGINT NOT NULL,
+    reason TEXT NOT NULL,
+    started_by TEXT NOT NULL
+);
 "#,
 ];
 
@@ -1134,6 +1147,62 @@ impl Store for PostgresStore {
         };
         self.commit(tx, w).await?;
         Ok(OperatorOutcome::Done(Box::new(job)))
+    }
+
+    async fn start_freeze(&self, freeze: RuntimeFreeze) -> Result<bool, StoreError> {
+        static START: LazyLock<String> = LazyLock::new(|| start_freeze_sql(param));
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(unavailable)?;
+        let (to_repos, targets) = freeze_scope(&freeze);
+        let f = &freeze;
+        let now = now_millis();
+        let p: [&(dyn ToSql + Sync); 8] = [
+            &f.name,
+            &to_repos,
+            &targets,
+            &f.from,
+            &f.until,
+            &f.reason,
+            &f.started_by,
+            &now,
+        ];
+        if execute(&tx, &START, &p).await? == 0 {
+            return Ok(false);
+        }
+        let w = Writes {
+            audit: vec![AuditEntry::freeze_started(f)],
+            wake: false,
+        };
+        self.commit(tx, w).await?;
+        Ok(true)
+    }
+
+    async fn end_freeze(&self, name: &str, actor: &str) -> Result<bool, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(unavailable)?;
+        let now = now_millis();
+        let sql = "DELETE FROM freezes WHERE name = $1 AND until_at > $2";
+        if execute(&tx, sql, &[&name, &now]).await? == 0 {
+            return Ok(false);
+        }
+        // Every frozen job is looked at again; those another freeze still covers are
+        // frozen again by the worker that leases them.
+        execute(&tx, FROZEN_DUE_NOW, &[&now]).await?;
+        let w = Writes {
+            audit: vec![AuditEntry::freeze_ended(name, actor)],
+            wake: true,
+        };
+        self.commit(tx, w).await?;
+        Ok(true)
+    }
+
+    async fn freezes(&self) -> Result<Vec<RuntimeFreeze>, StoreError> {
+        static LIST: LazyLock<String> = LazyLock::new(|| {
+            format!("SELECT {FREEZE_COLUMNS} FROM freezes WHERE until_at > $1 ORDER BY name")
+        });
+        let client = self.client().await?;
+        let rows = query(&client, &LIST, &[&now_millis()]).await?;
+        rows.iter().map(read_freeze).collect()
     }
 
     async fn next_wakeup(&self) -> Result<Option<Millis>, StoreError> {

@@ -20,10 +20,11 @@ use tokio::sync::{Notify, oneshot};
 
 use super::rows::{
     ATTEMPT_COLUMNS, AUDIT_COLUMNS, Arg, Columns, EMITTED, EVENT_COLUMNS, EVENTS_PAGE_BYTES_COLUMN,
-    EchoProbe, JOB_COLUMNS, JobInsert, Landing, attempt_values, audit_listing, chain_sql,
-    checkpoints_sql, events_listing, events_page, job_state, jobs_listing, lease_expired,
-    leased_move, millis, operator_move, page, payload_text, read_attempt, read_audit, read_event,
-    read_job, sql_limit, stored_count,
+    EchoProbe, FREEZE_COLUMNS, FROZEN_DUE_NOW, JOB_COLUMNS, JobInsert, Landing, attempt_values,
+    audit_listing, chain_sql, checkpoints_sql, events_listing, events_page, freeze_scope,
+    job_state, jobs_listing, lease_expired, leased_move, millis, operator_move, page, payload_text,
+    read_attempt, read_audit, read_event, read_freeze, read_job, sql_limit, start_freeze_sql,
+    stored_count,
 };
 use super::{
     AttemptReport, AuditFilter, ChainLink, ChainRow, EventFilter, IngestOutcome, IngestPolicy,
@@ -31,6 +32,7 @@ use super::{
     Pruned, QueueStats, Release, Store, StoreError, StoredEvent, Transition,
 };
 use crate::audit::{Anchor, AuditEntry, AuditRecord, GENESIS, HASH_VERSION, chain_hash};
+use crate::domain::freeze::RuntimeFreeze;
 use crate::domain::{AttemptRecord, Job, JobState, Millis, now_millis};
 
 /// Most operations committed in one transaction.
@@ -134,6 +136,17 @@ ALTER TABLE audit ADD COLUMN hash_version INTEGER NOT NULL DEFAULT 1;
     r#"
 DROP INDEX jobs_due;
 CREATE INDEX jobs_due ON jobs(next_attempt_at, id) WHERE state IN ('queued', 'retrying', 'frozen');
+"#,
+    r#"
+CREATE TABLE freezes (
+    name TEXT PRIMARY KEY,
+    to_repos TEXT,
+    targets TEXT,
+    from_at BIGINT NOT NULL,
+    until_at BIGINT NOT NULL,
+    reason TEXT NOT NULL,
+    started_by TEXT NOT NULL
+);
 "#,
 ];
 
@@ -1014,6 +1027,72 @@ impl Store for SqliteStore {
             b.wake_workers |=
                 action == OperatorAction::Retry && matches!(outcome, OperatorOutcome::Done(_));
             Ok(outcome)
+        })
+        .await
+    }
+
+    async fn start_freeze(&self, freeze: RuntimeFreeze) -> Result<bool, StoreError> {
+        self.write(move |conn, _| {
+            let (to_repos, targets) = freeze_scope(&freeze);
+            let f = &freeze;
+            let n = conn
+                .prepare_cached(&start_freeze_sql(param))
+                .and_then(|mut s| {
+                    s.execute(params![
+                        f.name,
+                        to_repos,
+                        targets,
+                        f.from,
+                        f.until,
+                        f.reason,
+                        f.started_by,
+                        now_millis()
+                    ])
+                })
+                .map_err(unavailable)?;
+            if n == 1 {
+                append_audit(conn, &AuditEntry::freeze_started(f))?;
+            }
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn end_freeze(&self, name: &str, actor: &str) -> Result<bool, StoreError> {
+        let (name, actor) = (name.to_string(), actor.to_string());
+        self.write(move |conn, b| {
+            let now = now_millis();
+            let n = conn
+                .prepare_cached("DELETE FROM freezes WHERE name = ?1 AND until_at > ?2")
+                .and_then(|mut s| s.execute(params![name, now]))
+                .map_err(unavailable)?;
+            if n == 1 {
+                append_audit(conn, &AuditEntry::freeze_ended(&name, &actor))?;
+                // Every frozen job is looked at again; those another freeze still
+                // covers are frozen again by the worker that leases them.
+                conn.prepare_cached(FROZEN_DUE_NOW)
+                    .and_then(|mut s| s.execute(params![now]))
+                    .map_err(unavailable)?;
+                b.wake_workers = true;
+            }
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn freezes(&self) -> Result<Vec<RuntimeFreeze>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {FREEZE_COLUMNS} FROM freezes WHERE until_at > ?1 ORDER BY name"
+                ))
+                .map_err(unavailable)?;
+            let mut rows = stmt.query([now_millis()]).map_err(unavailable)?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(unavailable)? {
+                out.push(read_freeze(row)?);
+            }
+            Ok(out)
         })
         .await
     }

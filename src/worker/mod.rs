@@ -228,16 +228,10 @@ impl Worker {
             let handle = self.ctx.targets.get(&job.target).cloned();
             // Decided before the target is involved: a frozen job takes no permit and
             // sends nothing upstream.
-            let hold = job.action.as_ref().and_then(|a| {
-                let repo = a.output_subject().repo;
-                freeze::hold(
-                    &self.ctx.freezes,
-                    &job.target,
-                    repo.as_deref(),
-                    &[],
-                    chrono::Utc::now(),
-                )
-            });
+            let hold = match &job.action {
+                Some(a) => self.frozen(&job.target, a).await,
+                None => None,
+            };
             let step = match (hold, &job.action, &handle) {
                 (Some(h), ..) => Step::Held {
                     until: h.until.timestamp_millis(),
@@ -272,6 +266,28 @@ impl Worker {
         }
         .instrument(span)
         .await
+    }
+
+    /// Whether freezes hold a job to `target` with `action` now: the config's and the
+    /// run-time ones in the store. Run-time freezes that cannot be read (store down)
+    /// leave the config's to decide; the attempt would find the store down anyway.
+    async fn frozen(&self, target: &str, action: &Action) -> Option<freeze::Hold> {
+        let mut freezes = self.ctx.freezes.clone();
+        match self.ctx.store.freezes().await {
+            Ok(runtime) => {
+                for f in runtime {
+                    match f.to_freeze() {
+                        Ok(f) => freezes.push(f),
+                        Err(e) => {
+                            tracing::error!(freeze = %f.name, error = %e, "stored freeze unreadable; ignored")
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read run-time freezes"),
+        }
+        let repo = action.output_subject().repo;
+        freeze::hold(&freezes, target, repo.as_deref(), &[], chrono::Utc::now())
     }
 
     /// Passes the target's concurrency limit and circuit breaker, then performs.

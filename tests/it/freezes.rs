@@ -4,9 +4,10 @@
 use std::time::Duration;
 
 use chrono::{SecondsFormat, Utc};
+use futures_util::FutureExt;
 use serde_json::Value;
 
-use crate::harness::{OPS_TOKEN, posts, spawn_app};
+use crate::harness::{OPS_TOKEN, VIEWER_TOKEN, posts, spawn_app};
 
 /// One event, two jobs: to `docker-prod` (which the freeze covers) and to
 /// `docker-qa` (which it does not). The freeze is active from a minute ago until
@@ -114,5 +115,99 @@ async fn a_frozen_job_can_be_cancelled() {
     assert_eq!(app.job(&prod).await["state"], "cancelled");
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(posts(&app.upstream).await, 1);
+    app.stop().await;
+}
+
+/// Rules without a config freeze: the freeze comes from an operator.
+fn rules_only() -> String {
+    let with = rules_with_freeze(1);
+    with[..with.find("[[freezes]]").unwrap()].to_string()
+}
+
+#[tokio::test]
+async fn a_runtime_freeze_started_and_ended_through_the_api_holds_then_releases_jobs() {
+    let app = spawn_app(&rules_only()).await;
+    app.upstream_answers(200).await;
+    let http = reqwest::Client::new();
+    let start = |body: Value| {
+        http.post(format!("{}/api/v1/freezes", app.base))
+            .bearer_auth(OPS_TOKEN)
+            .json(&body)
+            .send()
+            .map(Result::unwrap)
+    };
+    let until = (Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let past = (Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
+
+    // Freezes always end, in the future.
+    let r = start(serde_json::json!({"name": "hotfix", "to_repos": ["docker-prod"]})).await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "until_required"
+    );
+    let r = start(serde_json::json!({"name": "hotfix", "until": past})).await;
+    assert_eq!(r.status(), 400);
+
+    let body = serde_json::json!({"name": "hotfix", "to_repos": ["docker-prod"],
+        "targets": ["jfrog"], "until": until, "reason": "incident 42"});
+    assert_eq!(start(body.clone()).await.status(), 201);
+    assert_eq!(start(body).await.status(), 409);
+    let listed: Value = app
+        .get("/api/v1/freezes", Some(VIEWER_TOKEN))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["freezes"][0]["name"], "hotfix", "{listed}");
+    assert_eq!(listed["freezes"][0]["source"], "runtime");
+    assert_eq!(listed["freezes"][0]["active"], true);
+    let started = &app.audit("kind=freeze.started").await[0];
+    assert_eq!(started["actor"], "ops");
+    assert!(
+        started["message"].as_str().unwrap().contains("incident 42"),
+        "{started}"
+    );
+
+    let (prod, qa) = jobs_of(app.send("ci", BODY).await).await;
+    assert_eq!(app.wait_final(&qa).await["state"], "succeeded");
+    app.wait_for(&prod, |j| j["state"] == "frozen").await;
+
+    // Ended early: the held job runs at once.
+    let end = |name: &str| {
+        http.delete(format!("{}/api/v1/freezes/{name}", app.base))
+            .bearer_auth(OPS_TOKEN)
+            .send()
+            .map(Result::unwrap)
+    };
+    assert_eq!(end("hotfix").await.status(), 204);
+    assert_eq!(end("hotfix").await.status(), 404);
+    assert_eq!(app.wait_final(&prod).await["state"], "succeeded");
+    assert_eq!(app.audit("kind=freeze.ended").await[0]["actor"], "ops");
+    let listed: Value = app
+        .get("/api/v1/freezes", Some(VIEWER_TOKEN))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["freezes"], serde_json::json!([]));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn config_freezes_are_listed_with_their_window() {
+    let app = spawn_app(&rules_with_freeze(600)).await;
+    let listed: Value = app
+        .get("/api/v1/freezes", Some(VIEWER_TOKEN))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let f = &listed["freezes"][0];
+    assert_eq!(
+        (&f["name"], &f["source"], &f["active"]),
+        (&"release-day".into(), &"config".into(), &true.into())
+    );
+    assert_eq!(f["to_repos"], serde_json::json!(["docker-prod*"]));
     app.stop().await;
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use gantry::audit::{AuditEntry, AuditKind, AuditRecord};
 use gantry::config::{PostgresUrl, StoreUrl};
+use gantry::domain::freeze::RuntimeFreeze;
 use gantry::domain::{
     Action, AttemptRecord, Event, ImageRef, JobError, JobErrorCode, JobState, NewJob, Op, Outcome,
     Subject, new_id, now_millis,
@@ -101,6 +102,7 @@ on_each_store!(
     verify_finds_the_audit_checkpoint_by_sequence_among_thousands,
     the_work_signal_fires_after_a_commit_that_queues_work,
     frozen_jobs_spend_no_attempt_and_run_in_creation_order_after_the_end,
+    runtime_freezes_start_once_end_once_and_are_seen_by_every_replica,
 );
 
 fn promote(tag: &str) -> Action {
@@ -655,6 +657,50 @@ async fn frozen_jobs_spend_no_attempt_and_run_in_creation_order_after_the_end(b:
         (count(AuditKind::JobFrozen), count(AuditKind::JobUnfrozen)),
         (3, 2)
     );
+    verified(store).await;
+}
+
+async fn runtime_freezes_start_once_end_once_and_are_seen_by_every_replica(b: Backend) {
+    let (store, replica) = (&*b.store, &*b.replica);
+    let now = now_millis();
+    let hotfix = RuntimeFreeze {
+        name: "hotfix".into(),
+        to_repos: Some(vec!["docker-prod*".into()]),
+        targets: None,
+        from: now,
+        until: now + DAY,
+        reason: "incident 42".into(),
+        started_by: "ops".into(),
+    };
+    assert!(store.start_freeze(hotfix.clone()).await.unwrap());
+    assert!(!replica.start_freeze(hotfix.clone()).await.unwrap());
+    assert_eq!(
+        replica.freezes().await.unwrap(),
+        std::slice::from_ref(&hotfix)
+    );
+    // A frozen job is due again as soon as the freeze is ended early.
+    one_job(store, "1.0.0").await;
+    let l = store.lease_job("w1", LEASE).await.unwrap().unwrap();
+    let frozen = Release {
+        job_id: l.job.id.clone(),
+        worker: "w1".into(),
+        attempt: 1,
+        at: now + DAY,
+        interrupted: None,
+        frozen_by: vec!["hotfix".into()],
+    };
+    assert!(store.release_job(frozen).await.unwrap());
+    assert!(replica.end_freeze("hotfix", "ops").await.unwrap());
+    assert!(!store.end_freeze("hotfix", "ops").await.unwrap());
+    assert!(store.freezes().await.unwrap().is_empty());
+    assert_eq!(
+        store.lease_job("w1", LEASE).await.unwrap().unwrap().job.id,
+        l.job.id
+    );
+    // An ended freeze's name can be used again.
+    assert!(store.start_freeze(hotfix).await.unwrap());
+    let kinds = kinds(store).await;
+    assert!(kinds.contains(&AuditKind::FreezeStarted) && kinds.contains(&AuditKind::FreezeEnded));
     verified(store).await;
 }
 
