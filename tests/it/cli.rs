@@ -219,7 +219,7 @@ fn simulate_prints_the_promotions_that_would_be_queued() {
 }
 
 /// Runs an admin command of the real binary against a running server.
-async fn admin(base: &str, token: &str, args: &[&str]) -> (i32, String, String) {
+pub(crate) async fn admin(base: &str, token: &str, args: &[&str]) -> (i32, String, String) {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_gantry"))
         .args(args)
         .args(["--url", base])

@@ -211,3 +211,59 @@ async fn config_freezes_are_listed_with_their_window() {
     assert_eq!(f["to_repos"], serde_json::json!(["docker-prod*"]));
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_cli_starts_lists_and_ends_a_runtime_freeze() {
+    use crate::cli::admin;
+    let app = spawn_app(&rules_only()).await;
+    app.upstream_answers(200).await;
+    let start = [
+        "freeze",
+        "start",
+        "hotfix",
+        "--to-repo",
+        "docker-prod",
+        "--target",
+        "jfrog",
+        "--for",
+        "2h",
+        "--reason",
+        "incident 42",
+    ];
+    let (code, stdout, stderr) = admin(&app.base, OPS_TOKEN, &start).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.starts_with("freeze hotfix until "), "{stdout}");
+    // Freezes always end.
+    let endless = ["freeze", "start", "forever", "--reason", "r"];
+    let (code, _, stderr) = admin(&app.base, OPS_TOKEN, &endless).await;
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--for"), "{stderr}");
+
+    let (prod, qa) = jobs_of(app.send("ci", BODY).await).await;
+    assert_eq!(app.wait_final(&qa).await["state"], "succeeded");
+    app.wait_for(&prod, |j| j["state"] == "frozen").await;
+    let (code, stdout, _) = admin(&app.base, VIEWER_TOKEN, &["freeze", "list"]).await;
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains("hotfix") && stdout.contains("incident 42"),
+        "{stdout}"
+    );
+    let (code, stdout, _) = admin(
+        &app.base,
+        VIEWER_TOKEN,
+        &["freeze", "list", "--output", "json"],
+    )
+    .await;
+    assert_eq!(code, 0);
+    let listed: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(listed["source"], "runtime");
+
+    let (code, stdout, stderr) = admin(&app.base, OPS_TOKEN, &["freeze", "end", "hotfix"]).await;
+    assert_eq!(
+        (code, stdout.trim()),
+        (0, "freeze hotfix ended"),
+        "{stderr}"
+    );
+    assert_eq!(app.wait_final(&prod).await["state"], "succeeded");
+    app.stop().await;
+}
