@@ -267,3 +267,33 @@ async fn the_cli_starts_lists_and_ends_a_runtime_freeze() {
     assert_eq!(app.wait_final(&prod).await["state"], "succeeded");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_frozen_job_survives_a_restart_and_runs_after_the_end() {
+    use crate::harness::{ChildApp, free_port, write_config};
+    let upstream = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(wiremock::ResponseTemplate::new(200))
+        .mount(&upstream)
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &upstream.uri(), &rules_with_freeze(6), "30s");
+
+    let first = ChildApp::start(&config, free_port()).await;
+    let (prod, qa) = jobs_of(first.client.send("ci", BODY).await).await;
+    first.client.wait_final(&qa).await;
+    first
+        .client
+        .wait_for(&prod, |j| j["state"] == "frozen")
+        .await;
+    first.terminate(Duration::from_secs(10)).await;
+
+    // The SQLite file reopened by a new process: still frozen, then run at the end.
+    let second = ChildApp::start(&config, free_port()).await;
+    assert_eq!(second.client.job(&prod).await["state"], "frozen");
+    let done = second.client.wait_final(&prod).await;
+    assert_eq!(done["state"], "succeeded", "{done:#}");
+    assert_eq!(done["attempts"].as_array().unwrap().len(), 1);
+    assert_eq!(posts(&upstream).await, 2);
+    second.terminate(Duration::from_secs(10)).await;
+}
