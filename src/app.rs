@@ -118,6 +118,7 @@ pub async fn start(service: Service, mode: Mode) -> anyhow::Result<Running> {
             default_retry: config.defaults.retry,
             max_chain_depth: config.defaults.max_chain_depth,
             metrics: metrics.clone(),
+            freezes: config.freezes.clone(),
         }))),
     };
 
@@ -141,6 +142,7 @@ pub async fn start(service: Service, mode: Mode) -> anyhow::Result<Running> {
             max_body_bytes: config.server.max_body_bytes,
             metrics,
             targets,
+            freezes: config.freezes.clone(),
         });
         let server = HttpServer::new(move || {
             App::new()

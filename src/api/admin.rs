@@ -43,8 +43,8 @@ pub struct JobsPage {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct JobsQuery {
-    /// `awaiting_approval`, `queued`, `running`, `retrying`, `succeeded`, `failed`,
-    /// `cancelled`, `rejected` or `expired`.
+    /// `awaiting_approval`, `queued`, `running`, `retrying`, `frozen`, `succeeded`,
+    /// `failed`, `cancelled`, `rejected` or `expired`.
     state: Option<String>,
     rule: Option<String>,
     #[param(minimum = 1, maximum = 1000)]
@@ -125,7 +125,7 @@ pub async fn retry_job(
     operate(caller, &id, OperatorAction::Retry, &state).await
 }
 
-/// Cancels an awaiting, queued, retrying or failed job.
+/// Cancels an awaiting, queued, retrying, frozen or failed job.
 #[utoipa::path(post, path = "/api/v1/jobs/{id}/cancel", tag = "jobs",
     params(("id" = String, Path, description = "Job id")),
     security(("token" = [])),

@@ -8,6 +8,7 @@
 mod admin;
 mod auth;
 mod error;
+mod freezes;
 mod health;
 mod hooks;
 mod span;
@@ -38,6 +39,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// This process's targets (absent with `--no-workers`), for circuit state.
     pub targets: Option<Targets>,
+    /// The config's freeze windows, for listing them and keeping run-time names apart.
+    pub freezes: Vec<crate::domain::freeze::Freeze>,
 }
 
 /// The shape of every error answer: `{"error":{"code","message"}}`.
@@ -70,14 +73,23 @@ macro_rules! endpoints {
         /// Every route as (method, path), in the OpenAPI document's spelling.
         pub const ENDPOINTS: &[(&str, &str)] = &[$((stringify!($method), $path)),*];
 
+        /// One resource per path, with a route for each of its methods: a path served
+        /// by two resources would answer the second one's method with 405.
         fn mount(cfg: &mut web::ServiceConfig) {
+            let mut resources: Vec<(&str, actix_web::Resource)> = Vec::new();
             $(
-                cfg.service(
-                    web::resource($path)
-                        .route(web::$method().to($handler))
-                        .default_service(web::to(method_not_allowed)),
-                );
+                let route = web::$method().to($handler);
+                match resources.iter().position(|(p, _)| *p == $path) {
+                    Some(i) => {
+                        let (p, r) = resources.remove(i);
+                        resources.insert(i, (p, r.route(route)));
+                    }
+                    None => resources.push(($path, web::resource($path).route(route))),
+                }
             )*
+            for (_, r) in resources {
+                cfg.service(r.default_service(web::to(method_not_allowed)));
+            }
         }
 
         /// The OpenAPI document, generated from the handlers' annotations and types.
@@ -109,6 +121,9 @@ endpoints! {
     get "/api/v1/audit/verify" => admin::verify_audit,
     get "/api/v1/rules" => admin::list_rules,
     post "/api/v1/simulate" => admin::simulate_event,
+    post "/api/v1/freezes" => freezes::start_freeze,
+    get "/api/v1/freezes" => freezes::list_freezes,
+    delete "/api/v1/freezes/{name}" => freezes::end_freeze,
 }
 
 /// Admin routes take `Authorization: Bearer <token>`.

@@ -57,10 +57,18 @@ pub enum AuditKind {
     TargetCircuitOpened,
     #[serde(rename = "target.circuit_closed")]
     TargetCircuitClosed,
+    #[serde(rename = "job.frozen")]
+    JobFrozen,
+    #[serde(rename = "job.unfrozen")]
+    JobUnfrozen,
+    #[serde(rename = "freeze.started")]
+    FreezeStarted,
+    #[serde(rename = "freeze.ended")]
+    FreezeEnded,
 }
 
 impl AuditKind {
-    pub const ALL: [AuditKind; 20] = [
+    pub const ALL: [AuditKind; 24] = [
         AuditKind::EventReceived,
         AuditKind::EventDuplicate,
         AuditKind::EventRejected,
@@ -81,6 +89,10 @@ impl AuditKind {
         AuditKind::AuditPruned,
         AuditKind::TargetCircuitOpened,
         AuditKind::TargetCircuitClosed,
+        AuditKind::JobFrozen,
+        AuditKind::JobUnfrozen,
+        AuditKind::FreezeStarted,
+        AuditKind::FreezeEnded,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -105,6 +117,10 @@ impl AuditKind {
             AuditKind::AuditPruned => "audit.pruned",
             AuditKind::TargetCircuitOpened => "target.circuit_opened",
             AuditKind::TargetCircuitClosed => "target.circuit_closed",
+            AuditKind::JobFrozen => "job.frozen",
+            AuditKind::JobUnfrozen => "job.unfrozen",
+            AuditKind::FreezeStarted => "freeze.started",
+            AuditKind::FreezeEnded => "freeze.ended",
         }
     }
 
@@ -344,6 +360,38 @@ impl AuditEntry {
             "attempt {} interrupted by shutdown; released",
             attempt.n
         ))
+    }
+
+    /// A job held by freeze windows without spending an attempt (SPEC §9).
+    pub fn frozen(job: &Job, freezes: &[String], until: Millis) -> Self {
+        AuditEntry::for_job(AuditKind::JobFrozen, "worker", job).saying(&format!(
+            "frozen by {} until {}",
+            freezes.join(", "),
+            crate::domain::rfc3339(until)
+        ))
+    }
+
+    /// A run-time freeze started by an operator, with its scope, end and reason.
+    pub fn freeze_started(f: &crate::domain::freeze::RuntimeFreeze) -> Self {
+        let list = |l: &Option<Vec<String>>| l.as_ref().map_or("all".to_string(), |l| l.join(", "));
+        AuditEntry::new(AuditKind::FreezeStarted, &f.started_by).saying(&format!(
+            "freeze {} until {} (repos: {}; targets: {}): {}",
+            f.name,
+            crate::domain::rfc3339(f.until),
+            list(&f.to_repos),
+            list(&f.targets),
+            f.reason
+        ))
+    }
+
+    /// A run-time freeze ended by an operator before its end.
+    pub fn freeze_ended(name: &str, actor: &str) -> Self {
+        AuditEntry::new(AuditKind::FreezeEnded, actor).saying(&format!("freeze {name} ended"))
+    }
+
+    /// A frozen job leased again once its freezes ended.
+    pub fn unfrozen(job: &Job) -> Self {
+        AuditEntry::for_job(AuditKind::JobUnfrozen, "worker", job)
     }
 
     /// An operator's action, by the name of the token that made it.

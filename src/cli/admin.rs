@@ -29,7 +29,7 @@ pub enum JobsCommand {
     /// Put a failed, cancelled, rejected or expired job back in the queue (or back
     /// to awaiting approval when its rule needs one), its history kept.
     Retry { id: String },
-    /// Cancel an awaiting, queued, retrying or failed job.
+    /// Cancel an awaiting, queued, retrying, frozen or failed job.
     Cancel { id: String },
     /// Approve a job awaiting approval.
     Approve {
@@ -78,6 +78,35 @@ pub enum AuditCommand {
     Export {
         #[arg(long)]
         since: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FreezeCommand {
+    /// Start a run-time freeze; it always has an end (`--for` or `--until`).
+    Start {
+        name: String,
+        /// A glob over the destination repo; repeatable; every repo when absent.
+        #[arg(long = "to-repo")]
+        to_repos: Vec<String>,
+        /// Repeatable; every target when absent.
+        #[arg(long = "target")]
+        targets: Vec<String>,
+        /// How long from now (`2h`).
+        #[arg(long = "for", value_parser = humantime::parse_duration, conflicts_with = "until", required_unless_present = "until")]
+        length: Option<std::time::Duration>,
+        /// RFC 3339.
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long)]
+        reason: String,
+    },
+    /// End a run-time freeze now.
+    End { name: String },
+    /// Active and upcoming freezes, from the config and run time.
+    List {
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
     },
 }
 
@@ -215,6 +244,56 @@ impl Client {
 }
 
 impl Client {
+    pub fn freeze(&self, command: FreezeCommand) -> Result<(), Failure> {
+        match command {
+            FreezeCommand::Start {
+                name,
+                to_repos,
+                targets,
+                length,
+                until,
+                reason,
+            } => {
+                let until = match (until, length) {
+                    (Some(until), _) => until,
+                    (None, Some(d)) => chrono::Duration::from_std(d)
+                        .ok()
+                        .and_then(|d| chrono::Utc::now().checked_add_signed(d))
+                        .ok_or_else(|| Failure::Config("error: --for is too long".into()))?
+                        .to_rfc3339(),
+                    (None, None) => {
+                        return Err(Failure::Config("error: give --for or --until".into()));
+                    }
+                };
+                let some = |l: Vec<String>| (!l.is_empty()).then_some(l);
+                let body = serde_json::json!({
+                    "name": name, "to_repos": some(to_repos), "targets": some(targets),
+                    "until": until, "reason": reason,
+                });
+                let f =
+                    self.call_with(reqwest::Method::POST, "/api/v1/freezes", &[], Some(&body))?;
+                println!("freeze {name} until {}", text(&f["until"]));
+            }
+            FreezeCommand::End { name } => {
+                self.call(
+                    reqwest::Method::DELETE,
+                    &format!("/api/v1/freezes/{name}"),
+                    &[],
+                )?;
+                println!("freeze {name} ended");
+            }
+            FreezeCommand::List { output } => {
+                let answer = self.call(reqwest::Method::GET, "/api/v1/freezes", &[])?;
+                let freezes = answer["freezes"].as_array().cloned().unwrap_or_default();
+                match output {
+                    Output::Json => freezes.iter().for_each(|f| println!("{f}")),
+                    Output::Table => print_freezes(&freezes),
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub fn audit(&self, command: AuditCommand) -> Result<(), Failure> {
         match command {
             AuditCommand::List {
@@ -315,6 +394,30 @@ fn print_records(records: &[Value]) {
             text(&r["kind"]),
             text(&r["actor"]),
             r["rule"].as_str().unwrap_or(""),
+        );
+    }
+}
+
+fn print_freezes(freezes: &[Value]) {
+    println!(
+        "{:<20}  {:<7}  {:<6}  {:<25}  {:<25}  SCOPE / REASON",
+        "NAME", "SOURCE", "ACTIVE", "STARTS", "ENDS"
+    );
+    let list = |v: &Value| match v.as_array() {
+        Some(l) => l.iter().map(text).collect::<Vec<_>>().join(","),
+        None => "all".into(),
+    };
+    for f in freezes {
+        println!(
+            "{:<20}  {:<7}  {:<6}  {:<25}  {:<25}  repos {}; targets {}; {}",
+            text(&f["name"]),
+            text(&f["source"]),
+            text(&f["active"]),
+            text(&f["starts_at"]),
+            text(&f["ends_at"]),
+            list(&f["to_repos"]),
+            list(&f["targets"]),
+            text(&f["reason"]),
         );
     }
 }

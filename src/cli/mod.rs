@@ -89,6 +89,9 @@ enum Command {
     /// Query, verify and export the audit trail of a running server.
     #[command(subcommand)]
     Audit(admin::AuditCommand),
+    /// Start, end and list freeze windows on a running server.
+    #[command(subcommand)]
+    Freeze(admin::FreezeCommand),
     /// Print the headers a source's scheme expects for a body, one `Name: value` per
     /// line, signed with the source's first secret (for curl and for testing senders).
     Sign {
@@ -144,6 +147,8 @@ pub fn main() -> ExitCode {
             .and_then(|c| c.jobs(command)),
         Command::Audit(command) => admin::Client::new(&cli.url, cli.token.as_deref(), cli.timeout)
             .and_then(|c| c.audit(command)),
+        Command::Freeze(command) => admin::Client::new(&cli.url, cli.token.as_deref(), cli.timeout)
+            .and_then(|c| c.freeze(command)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

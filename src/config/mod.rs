@@ -17,6 +17,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::approval::{ApprovalPolicy, Quorum};
+use crate::domain::freeze::{self, Freeze};
 
 pub use raw::{OneOrMany, RawAction, RawMatch, RawRule};
 pub use secret::Secret;
@@ -134,6 +135,8 @@ pub struct Config {
     pub sources: Vec<SourceConfig>,
     pub targets: Vec<TargetConfig>,
     pub rules: Vec<RuleConfig>,
+    /// `[[freezes]]`, checked and ready to ask (`domain::freeze`).
+    pub freezes: Vec<Freeze>,
 }
 
 #[derive(Debug, Clone)]
@@ -556,6 +559,7 @@ fn validate(
 
     let rules = check_rules(&raw.rules, &raw.sources, &raw.targets, &retry, problems);
     check_approvers(&raw.rules, &raw.admin.tokens, problems);
+    let freezes = check_freezes(&raw.freezes, &raw.targets, problems);
 
     Some(Config {
         server: ServerConfig {
@@ -580,6 +584,7 @@ fn validate(
         sources,
         targets,
         rules,
+        freezes,
     })
 }
 
@@ -920,6 +925,112 @@ fn check_rules(
         .collect()
 }
 
+/// Builds the config's freezes; a freeze with a problem is left out (and the problem
+/// named, so the config is refused).
+fn check_freezes(
+    freezes: &[raw::RawFreeze],
+    targets: &[raw::RawTarget],
+    problems: &mut Vec<Problem>,
+) -> Vec<Freeze> {
+    check_names("freezes", freezes.iter().map(|f| f.name.as_str()), problems);
+    freezes
+        .iter()
+        .filter_map(|f| {
+            let loc = format!("freezes[{}]", f.name);
+            let before = problems.len();
+            let mut fail = |key: &str, why: String| {
+                problems.push(Problem::error(format!("{loc}.{key}"), why));
+            };
+            for t in f.targets.iter().flatten() {
+                if !targets.iter().any(|known| &known.name == t) {
+                    fail("targets", format!("unknown target `{t}`"));
+                }
+            }
+            let to_repos = match f.to_repos.as_deref().map(freeze::parse_globs) {
+                Some(Err(e)) => {
+                    fail("to_repos", e.to_string());
+                    None
+                }
+                Some(Ok(globs)) => Some(globs),
+                None => None,
+            };
+            let tz_name = f.timezone.as_deref().unwrap_or("UTC");
+            let tz = freeze::parse_tz(tz_name)
+                .map_err(|e| fail("timezone", e.to_string()))
+                .ok();
+            let schedule = match (&f.cron, &f.from, &f.until) {
+                (Some(cron), None, None) => {
+                    let start = freeze::parse_cron(cron)
+                        .map_err(|e| fail("cron", e.to_string()))
+                        .ok();
+                    let end = match (f.duration, &f.end_cron) {
+                        (Some(d), None) if d.is_zero() => {
+                            fail("duration", "must not be zero".into());
+                            None
+                        }
+                        (Some(d), None) => chrono::Duration::from_std(d)
+                            .map(freeze::End::After)
+                            .map_err(|e| fail("duration", e.to_string()))
+                            .ok(),
+                        (None, Some(end)) => freeze::parse_cron(end)
+                            .map(|c| freeze::End::Cron(Box::new(c)))
+                            .map_err(|e| fail("end_cron", e.to_string()))
+                            .ok(),
+                        _ => {
+                            fail("cron", "needs exactly one of `duration` and `end_cron`".into());
+                            None
+                        }
+                    };
+                    match (start, end, tz) {
+                        (Some(start), Some(end), Some(tz)) => Some(freeze::Schedule::Recurring {
+                            start: Box::new(start),
+                            end,
+                            tz,
+                        }),
+                        _ => None,
+                    }
+                }
+                (None, Some(from), Some(until)) => {
+                    if f.duration.is_some() || f.end_cron.is_some() {
+                        fail("from", "a one-off window takes no `duration` or `end_cron`".into());
+                    }
+                    let at = |key: &str, s: &str, fail: &mut dyn FnMut(&str, String)| {
+                        tz.and_then(|tz| {
+                            freeze::parse_instant(s, tz)
+                                .map_err(|e| fail(key, e.to_string()))
+                                .ok()
+                        })
+                    };
+                    match (at("from", from, &mut fail), at("until", until, &mut fail)) {
+                        (Some(start), Some(end)) if start >= end => {
+                            fail("from", format!("`from` ({from}) is not before `until` ({until})"));
+                            None
+                        }
+                        (Some(start), Some(end)) => Some(freeze::Schedule::Once(freeze::Window { start, end })),
+                        _ => None,
+                    }
+                }
+                _ => {
+                    fail(
+                        "cron",
+                        "needs either `cron` (with `duration` or `end_cron`) or both `from` and `until`"
+                            .into(),
+                    );
+                    None
+                }
+            };
+            let schedule = schedule.filter(|_| problems.len() == before)?;
+            Some(Freeze {
+                name: f.name.clone(),
+                to_repos,
+                targets: f.targets.clone(),
+                schedule,
+                override_groups: f.override_groups.clone().unwrap_or_default(),
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1105,5 +1216,87 @@ mod tests {
         assert_eq!(loaded.warnings.len(), 1);
         assert_eq!(loaded.warnings[0].location, "rules[r].approval.groups");
         assert!(loaded.warnings[0].message.contains("security"));
+    }
+
+    #[test]
+    fn freezes_are_checked_and_each_problem_names_its_freeze() {
+        let e = errors(load_str(
+            r#"
+            [[freezes]]
+            name = "bad-cron"
+            cron = "0 25 * * FRI"
+            duration = "62h"
+
+            [[freezes]]
+            name = "bad-tz"
+            cron = "0 18 * * FRI"
+            end_cron = "0 8 * * MON"
+            timezone = "Europe/Pariss"
+
+            [[freezes]]
+            name = "both"
+            cron = "0 18 * * FRI"
+            duration = "1h"
+            end_cron = "0 8 * * MON"
+
+            [[freezes]]
+            name = "neither"
+            cron = "0 18 * * FRI"
+
+            [[freezes]]
+            name = "backwards"
+            from = "2027-01-04T00:00:00Z"
+            until = "2026-12-20T00:00:00Z"
+
+            [[freezes]]
+            name = "nowhere"
+            targets = ["jfrog"]
+            from = "2026-12-20T00:00:00Z"
+            until = "2027-01-04T00:00:00Z"
+            "#,
+            &[],
+        ));
+        for expected in [
+            "freezes[bad-cron].cron: invalid cron `0 25 * * FRI`",
+            "freezes[bad-tz].timezone: unknown time zone `Europe/Pariss`",
+            "freezes[both].cron: needs exactly one of `duration` and `end_cron`",
+            "freezes[neither].cron: needs exactly one of `duration` and `end_cron`",
+            "freezes[backwards].from: `from` (2027-01-04T00:00:00Z) is not before `until`",
+            "freezes[nowhere].targets: unknown target `jfrog`",
+        ] {
+            assert!(e.contains(expected), "{expected} in {e}");
+        }
+    }
+
+    #[test]
+    fn a_valid_freeze_is_loaded() {
+        let loaded = load_str(
+            r#"
+            [[freezes]]
+            name = "weekend"
+            to_repos = ["docker-prod"]
+            cron = "0 18 * * FRI"
+            end_cron = "0 8 * * MON"
+            timezone = "Europe/Paris"
+            override_groups = ["release-managers"]
+
+            [[freezes]]
+            name = "year-end"
+            from = "2026-12-20T00:00"
+            until = "2027-01-04T00:00"
+            timezone = "Europe/Paris"
+            "#,
+            &[],
+        )
+        .unwrap();
+        let f = &loaded.config.freezes;
+        assert_eq!(f.len(), 2);
+        assert!(f[0].covers("any", Some("docker-prod")));
+        assert_eq!(f[0].override_groups, ["release-managers"]);
+        let start = chrono::DateTime::parse_from_rfc3339("2026-12-19T23:00:00Z").unwrap();
+        assert_eq!(
+            f[1].active_at(start.to_utc()).map(|w| w.start),
+            Some(start.to_utc())
+        );
     }
 }

@@ -25,6 +25,8 @@ pub struct RawConfig {
     pub targets: Vec<RawTarget>,
     #[serde(default)]
     pub rules: Vec<RawRule>,
+    #[serde(default)]
+    pub freezes: Vec<RawFreeze>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -269,4 +271,24 @@ pub struct RawAction {
     pub environment: Option<String>,
     pub signing_key: Option<String>,
     pub included_repositories: Option<Vec<String>>,
+}
+
+/// `[[freezes]]` (SPEC §9): a recurring window (`cron` + `duration` or `end_cron`) or
+/// a one-off one (`from` + `until`), read in `timezone`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFreeze {
+    pub name: String,
+    pub to_repos: Option<Vec<String>>,
+    pub targets: Option<Vec<String>>,
+    pub cron: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub duration: Option<Duration>,
+    pub end_cron: Option<String>,
+    pub timezone: Option<String>,
+    pub from: Option<String>,
+    pub until: Option<String>,
+    /// Who may override the freeze. Admin tokens carry no groups yet, so until they
+    /// do any `operate` token may override (README, "Freeze windows").
+    pub override_groups: Option<Vec<String>>,
 }

@@ -5,7 +5,8 @@ use super::{Action, Millis};
 
 /// `queued → running → succeeded`, with `retrying` between attempts and `failed` or
 /// `cancelled` as the other ends (SPEC §8); a job that needs people's approval waits
-/// in `awaiting_approval` first and may end `rejected` or `expired` (§9).
+/// in `awaiting_approval` first and may end `rejected` or `expired`, and a job a freeze
+/// window holds is `frozen` (§9).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
@@ -18,10 +19,11 @@ pub enum JobState {
     Cancelled,
     Rejected,
     Expired,
+    Frozen,
 }
 
 impl JobState {
-    pub const ALL: [JobState; 9] = [
+    pub const ALL: [JobState; 10] = [
         JobState::AwaitingApproval,
         JobState::Queued,
         JobState::Running,
@@ -31,6 +33,7 @@ impl JobState {
         JobState::Cancelled,
         JobState::Rejected,
         JobState::Expired,
+        JobState::Frozen,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -44,6 +47,7 @@ impl JobState {
             JobState::Cancelled => "cancelled",
             JobState::Rejected => "rejected",
             JobState::Expired => "expired",
+            JobState::Frozen => "frozen",
         }
     }
 

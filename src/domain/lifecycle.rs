@@ -15,14 +15,16 @@ use crate::audit::AuditKind;
 // events `Succeeded` and `Failed` as `Success` and `Fail`; the states keep theirs).
 use AuditKind::{
     JobApproved, JobAttempt, JobAwaitingApproval, JobCancelled, JobCreated, JobExpired, JobFailed,
-    JobInterrupted, JobRejected, JobRetried, JobRetrying, JobSucceeded,
+    JobFrozen, JobInterrupted, JobRejected, JobRetried, JobRetrying, JobSucceeded, JobUnfrozen,
 };
 use JobEvent::{
-    Approved as Approve, Expired as Expire, Failed as Fail, Interrupted, LeaseTakenOver, Leased,
-    OperatorCancel, OperatorRetry, Rejected as Reject, Released, Retry, Succeeded as Success,
+    Approved as Approve, Expired as Expire, Failed as Fail, Frozen as Freeze, Interrupted,
+    LeaseTakenOver, Leased, OperatorCancel, OperatorRetry, Rejected as Reject, Released, Retry,
+    Succeeded as Success,
 };
 use JobState::{
-    AwaitingApproval, Cancelled, Expired, Failed, Queued, Rejected, Retrying, Running, Succeeded,
+    AwaitingApproval, Cancelled, Expired, Failed, Frozen, Queued, Rejected, Retrying, Running,
+    Succeeded,
 };
 
 /// What can happen to a job. Events carry only what decides where the job goes; the
@@ -45,6 +47,9 @@ pub enum JobEvent {
     /// the job goes back to where it was before the lease, `queued` when this was to
     /// be its first attempt (`after_attempts` false), else `retrying`.
     Released { after_attempts: bool },
+    /// Given back unattempted because a freeze window covers the job (SPEC §9): no
+    /// attempt is spent; the job is due again when the freezes end.
+    Frozen,
     /// The process shut down mid-attempt: the attempt is spent, the job retried.
     Interrupted,
     /// An operator's retry: the job starts over with its history kept, waiting for
@@ -70,6 +75,7 @@ impl JobEvent {
             JobEvent::Retry => "retry",
             JobEvent::Failed => "failed",
             JobEvent::Released { .. } => "released",
+            JobEvent::Frozen => "frozen",
             JobEvent::Interrupted => "interrupted",
             JobEvent::OperatorRetry { .. } => "operator_retry",
             JobEvent::OperatorCancel => "operator_cancel",
@@ -124,11 +130,14 @@ impl Step {
 ///   `rejected` or `expired` job (which had one) revives into `awaiting_approval`;
 /// - (§9) `awaiting_approval → queued` once approved, `→ rejected` on a rejection,
 ///   `→ expired` past the approval's timeout.
+/// - (§9) a leased job that a freeze window covers is given back `frozen` without
+///   spending an attempt; leased again once the freezes end (`job.unfrozen`), or
+///   cancelled by an operator.
 ///
 /// `succeeded` is final; `failed`, `cancelled`, `rejected` and `expired` only leave by
 /// an operator.
 #[rustfmt::skip]
-pub const TRANSITIONS: [Step; 22] = [
+pub const TRANSITIONS: [Step; 25] = [
     //        from       event                               to         audit
     Step::new(Queued,    Leased,                             Running,   None),
     Step::new(Retrying,  Leased,                             Running,   None),
@@ -152,6 +161,9 @@ pub const TRANSITIONS: [Step; 22] = [
     Step::new(AwaitingApproval, Approve,                     Queued,    Some(JobApproved)),
     Step::new(AwaitingApproval, Reject,                      Rejected,  Some(JobRejected)),
     Step::new(AwaitingApproval, Expire,                      Expired,   Some(JobExpired)),
+    Step::new(Running,   Freeze,                             Frozen,    Some(JobFrozen)),
+    Step::new(Frozen,    Leased,                             Running,   Some(JobUnfrozen)),
+    Step::new(Frozen,    OperatorCancel,                     Cancelled, Some(JobCancelled)),
 ];
 
 /// Where a job the rules planned starts, and its first record (SPEC §8): `queued`,
@@ -189,7 +201,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const EVENTS: [JobEvent; 14] = [
+    const EVENTS: [JobEvent; 15] = [
         Leased,
         LeaseTakenOver,
         Success,
@@ -212,6 +224,7 @@ mod tests {
         Approve,
         Reject,
         Expire,
+        Freeze,
     ];
 
     /// The SPEC's life cycle written out again, independently of the table, as
@@ -223,7 +236,8 @@ mod tests {
         let refused = matches!(from, Rejected | Expired);
         let awaiting = from == AwaitingApproval;
         match event {
-            Leased if waiting => Some(Running),
+            Leased if waiting || from == Frozen => Some(Running),
+            Freeze if from == Running => Some(Frozen),
             LeaseTakenOver if from == Running => Some(Running),
             Success if from == Running => Some(Succeeded),
             Retry | Interrupted if from == Running => Some(Retrying),
@@ -240,7 +254,9 @@ mod tests {
             OperatorRetry {
                 needs_approval: true,
             } if refused => Some(AwaitingApproval),
-            OperatorCancel if waiting || awaiting || from == Failed => Some(Cancelled),
+            OperatorCancel if waiting || awaiting || matches!(from, Failed | Frozen) => {
+                Some(Cancelled)
+            }
             Approve if awaiting => Some(Queued),
             Reject if awaiting => Some(Rejected),
             Expire if awaiting => Some(Expired),
@@ -321,6 +337,10 @@ mod tests {
     fn leasing_runs_a_waiting_job_or_takes_over_a_running_one() {
         assert_eq!(next(Queued, Leased).map(|s| s.to), Ok(Running));
         assert_eq!(next(Retrying, Leased).map(|s| s.to), Ok(Running));
+        assert_eq!(
+            next(Frozen, Leased).map(|s| (s.to, s.audit)),
+            Ok((Running, Some(JobUnfrozen)))
+        );
         assert_eq!(next(Running, LeaseTakenOver).map(|s| s.to), Ok(Running));
         assert_eq!(
             next(Running, LeaseTakenOver).map(|s| s.audit),
@@ -355,12 +375,15 @@ mod tests {
     }
 
     #[test]
-    fn cancel_works_on_awaiting_queued_retrying_and_failed_jobs_only() {
+    fn cancel_works_on_awaiting_queued_retrying_failed_and_frozen_jobs_only() {
         let cancellable: Vec<JobState> = JobState::ALL
             .into_iter()
             .filter(|s| next(*s, OperatorCancel).is_ok())
             .collect();
-        assert_eq!(cancellable, [AwaitingApproval, Queued, Retrying, Failed]);
+        assert_eq!(
+            cancellable,
+            [AwaitingApproval, Queued, Retrying, Failed, Frozen]
+        );
     }
 
     #[test]
@@ -384,7 +407,8 @@ mod tests {
     #[test]
     fn every_move_by_an_operator_or_an_end_of_attempt_is_on_the_record() {
         for step in &TRANSITIONS {
-            let silent = matches!(step.event, Leased | Released { .. });
+            // Leaving a freeze is on the record (`job.unfrozen`); other leases are not.
+            let silent = matches!(step.event, Leased | Released { .. }) && step.from != Frozen;
             assert_eq!(step.audit.is_none(), silent, "{step:?}");
         }
     }

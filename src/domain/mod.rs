@@ -4,6 +4,7 @@
 mod action;
 pub mod approval;
 mod event;
+pub mod freeze;
 mod job;
 pub mod lifecycle;
 

@@ -19,6 +19,7 @@ pub use sqlite::SqliteStore;
 use crate::audit::{Anchor, AuditEntry, AuditKind, AuditRecord, ChainCheck, Verdict};
 use crate::config::StoreUrl;
 use crate::domain::approval::{Ballot, Refusal};
+use crate::domain::freeze::RuntimeFreeze;
 use crate::domain::{
     AttemptRecord, Event, Forbidden, Job, JobError, JobEvent, JobState, Millis, NewJob, Outcome,
 };
@@ -204,6 +205,9 @@ pub struct Release {
     /// When the job becomes due again.
     pub at: Millis,
     pub interrupted: Option<AttemptRecord>,
+    /// The freezes holding the job back (SPEC §9), `at` being when the last ends;
+    /// empty when it was not a freeze.
+    pub frozen_by: Vec<String>,
 }
 
 impl Release {
@@ -212,6 +216,7 @@ impl Release {
     pub fn event(&self) -> JobEvent {
         match self.interrupted {
             Some(_) => JobEvent::Interrupted,
+            None if !self.frozen_by.is_empty() => JobEvent::Frozen,
             None => JobEvent::Released {
                 after_attempts: self.attempt > 1,
             },
@@ -345,6 +350,15 @@ pub trait Store: Send + Sync {
         action: OperatorAction,
         actor: &str,
     ) -> Result<OperatorOutcome, StoreError>;
+
+    /// Starts a run-time freeze and records `freeze.started`; false when a freeze of
+    /// that name is still active (one that ended is replaced).
+    async fn start_freeze(&self, freeze: RuntimeFreeze) -> Result<bool, StoreError>;
+    /// Ends the active run-time freeze `name` now and records `freeze.ended`; false
+    /// when there is none.
+    async fn end_freeze(&self, name: &str, actor: &str) -> Result<bool, StoreError>;
+    /// The run-time freezes that have not ended, by name.
+    async fn freezes(&self) -> Result<Vec<RuntimeFreeze>, StoreError>;
 
     /// Gives a verdict on a job awaiting approval, in one transaction with the job
     /// locked, so that verdicts given at once (at two replicas) count correctly; what

@@ -40,11 +40,12 @@ use tokio_postgres::{AsyncMessage, NoTls, Row};
 
 use super::rows::{
     APPROVAL_COLUMNS, ATTEMPT_COLUMNS, AUDIT_COLUMNS, Arg, BallotLanding, Columns, EMITTED,
-    EVENT_COLUMNS, EVENTS_PAGE_BYTES_COLUMN, EchoProbe, JOB_COLUMN_COUNT, JOB_COLUMNS, JobInsert,
-    Landing, Listing, SYSTEM_ACTOR, attempt_values, audit_listing, chain_sql, checkpoints_sql,
-    events_listing, events_page, expiry, job_state, jobs_listing, lease_expired, leased_move,
-    millis, narrow, operator_move, page, payload_text, read_approval, read_attempt, read_audit,
-    read_event, read_job, revival, sql_limit, stored_count,
+    EVENT_COLUMNS, EVENTS_PAGE_BYTES_COLUMN, EchoProbe, FREEZE_COLUMNS, FROZEN_DUE_NOW,
+    JOB_COLUMN_COUNT, JOB_COLUMNS, JobInsert, Landing, Listing, SYSTEM_ACTOR, attempt_values,
+    audit_listing, chain_sql, checkpoints_sql, events_listing, events_page, expiry, freeze_scope,
+    job_state, jobs_listing, lease_expired, leased_move, millis, narrow, operator_move, page,
+    payload_text, read_approval, read_attempt, read_audit, read_event, read_freeze, read_job,
+    revival, sql_limit, start_freeze_sql, stored_count,
 };
 use super::{
     ApprovalOutcome, AttemptReport, AuditFilter, ChainLink, ChainRow, EventFilter, IngestOutcome,
@@ -54,6 +55,7 @@ use super::{
 use crate::audit::{Anchor, AuditEntry, AuditRecord, GENESIS, HASH_VERSION, chain_hash};
 use crate::config::PostgresUrl;
 use crate::domain::approval::{Approval, Ballot};
+use crate::domain::freeze::RuntimeFreeze;
 use crate::domain::{AttemptRecord, Event, Job, JobState, Millis, now_millis};
 
 /// Connections per store instance (per replica). Each operation holds one only for
@@ -193,6 +195,22 @@ CREATE TABLE approvals (
     as_group TEXT
 );
 CREATE INDEX approvals_job ON approvals(job_id, round);
+"#,
+    // Frozen jobs are due when their freezes end, and then run in creation order.
+    r#"
+DROP INDEX jobs_due;
+CREATE INDEX jobs_due ON jobs(next_attempt_at, id) WHERE state IN ('queued', 'retrying', 'frozen');
+"#,
+    r#"
+CREATE TABLE freezes (
+    name TEXT PRIMARY KEY,
+    to_repos TEXT,
+    targets TEXT,
+    from_at BIGINT NOT NULL,
+    until_at BIGINT NOT NULL,
+    reason TEXT NOT NULL,
+    started_by TEXT NOT NULL
+);
 "#,
 ];
 
@@ -925,12 +943,13 @@ fn lease_sql(pick: Pick) -> &'static str {
 
 /// Leases one job of `pick` in one statement: `SKIP LOCKED` passes over a job
 /// another worker is leasing at this moment instead of waiting for it. Returns the
-/// job's columns, then `attempts`, `retry_base` and the previous attempt's start.
+/// job's columns, then `attempts`, `retry_base`, the previous attempt's start and the
+/// state it was leased from.
 fn build_lease_sql(pick: Pick) -> String {
     let (condition, order) = match pick {
         Pick::Due => (
-            "state IN ('queued', 'retrying') AND next_attempt_at <= $1".to_string(),
-            "next_attempt_at",
+            "state IN ('queued', 'retrying', 'frozen') AND next_attempt_at <= $1".to_string(),
+            "next_attempt_at, id",
         ),
         Pick::Expired => (
             format!("state = 'running' AND lease_expires_at <= {STORE_NOW}"),
@@ -940,10 +959,10 @@ fn build_lease_sql(pick: Pick) -> String {
     format!(
         "UPDATE jobs SET state = 'running', lease_owner = $2, lease_expires_at = {STORE_NOW} + $3,
             attempts = attempts + 1, attempt_started_at = $1, updated_at = $1
-         FROM (SELECT id AS picked, attempt_started_at AS was_started FROM jobs
+         FROM (SELECT id AS picked, attempt_started_at AS was_started, state AS was_state FROM jobs
                WHERE {condition} ORDER BY {order} LIMIT 1 FOR UPDATE SKIP LOCKED) p
          WHERE id = p.picked
-         RETURNING {JOB_COLUMNS}, attempts, retry_base, p.was_started"
+         RETURNING {JOB_COLUMNS}, attempts, retry_base, p.was_started, p.was_state"
     )
 }
 
@@ -971,6 +990,9 @@ async fn leased<C: GenericClient>(
         job.attempts.push(lost.clone());
         lost
     });
+    if job_state(&row.text(JOB_COLUMN_COUNT + 3)?)? == JobState::Frozen {
+        w.audit.push(AuditEntry::unfrozen(&job));
+    }
     let leased = LeasedJob {
         job,
         attempt,
@@ -1029,6 +1051,11 @@ impl Store for PostgresStore {
         if let Some(row) = query_opt(&client, lease_sql(Pick::Due), &p).await? {
             let mut w = Writes::default();
             let (job, _) = leased(&client, &row, Pick::Due, now, &mut w).await?;
+            if !w.audit.is_empty() {
+                // A job leaving a freeze: its record follows the lease in its own commit.
+                let tx = client.transaction().await.map_err(unavailable)?;
+                self.commit(tx, w).await?;
+            }
             return Ok(Some(job));
         }
         // A job whose worker died: taken over together with the record of the attempt
@@ -1119,11 +1146,16 @@ impl Store for PostgresStore {
                     "UPDATE jobs SET state = $6, attempts = attempts - 1, next_attempt_at = $4,
                         lease_owner = NULL, lease_expires_at = NULL, attempt_started_at = NULL,
                         updated_at = $5
-                     WHERE {HELD}"
+                     WHERE {HELD}
+                     RETURNING {JOB_COLUMNS}"
                 );
                 let p: [&(dyn ToSql + Sync); 6] = [&r.job_id, &r.worker, &n, &r.at, &now, &to];
-                if execute(&tx, &sql, &p).await? == 0 {
+                let Some(row) = query_opt(&tx, &sql, &p).await? else {
                     return Ok(false);
+                };
+                if !r.frozen_by.is_empty() {
+                    w.audit
+                        .push(AuditEntry::frozen(&read_job(&row)?, &r.frozen_by, r.at));
                 }
             }
             Some(attempt) => {
@@ -1282,12 +1314,68 @@ impl Store for PostgresStore {
         Ok(u64::try_from(jobs.len()).unwrap_or(u64::MAX))
     }
 
+    async fn start_freeze(&self, freeze: RuntimeFreeze) -> Result<bool, StoreError> {
+        static START: LazyLock<String> = LazyLock::new(|| start_freeze_sql(param));
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(unavailable)?;
+        let (to_repos, targets) = freeze_scope(&freeze);
+        let f = &freeze;
+        let now = now_millis();
+        let p: [&(dyn ToSql + Sync); 8] = [
+            &f.name,
+            &to_repos,
+            &targets,
+            &f.from,
+            &f.until,
+            &f.reason,
+            &f.started_by,
+            &now,
+        ];
+        if execute(&tx, &START, &p).await? == 0 {
+            return Ok(false);
+        }
+        let w = Writes {
+            audit: vec![AuditEntry::freeze_started(f)],
+            wake: false,
+        };
+        self.commit(tx, w).await?;
+        Ok(true)
+    }
+
+    async fn end_freeze(&self, name: &str, actor: &str) -> Result<bool, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(unavailable)?;
+        let now = now_millis();
+        let sql = "DELETE FROM freezes WHERE name = $1 AND until_at > $2";
+        if execute(&tx, sql, &[&name, &now]).await? == 0 {
+            return Ok(false);
+        }
+        // Every frozen job is looked at again; those another freeze still covers are
+        // frozen again by the worker that leases them.
+        execute(&tx, FROZEN_DUE_NOW, &[&now]).await?;
+        let w = Writes {
+            audit: vec![AuditEntry::freeze_ended(name, actor)],
+            wake: true,
+        };
+        self.commit(tx, w).await?;
+        Ok(true)
+    }
+
+    async fn freezes(&self) -> Result<Vec<RuntimeFreeze>, StoreError> {
+        static LIST: LazyLock<String> = LazyLock::new(|| {
+            format!("SELECT {FREEZE_COLUMNS} FROM freezes WHERE until_at > $1 ORDER BY name")
+        });
+        let client = self.client().await?;
+        let rows = query(&client, &LIST, &[&now_millis()]).await?;
+        rows.iter().map(read_freeze).collect()
+    }
+
     async fn next_wakeup(&self) -> Result<Option<Millis>, StoreError> {
         let client = self.client().await?;
         let row = query_opt(
             &client,
             "SELECT LEAST(
-                (SELECT MIN(next_attempt_at) FROM jobs WHERE state IN ('queued', 'retrying')),
+                (SELECT MIN(next_attempt_at) FROM jobs WHERE state IN ('queued', 'retrying', 'frozen')),
                 (SELECT MIN(lease_expires_at) FROM jobs WHERE state = 'running'),
                 (SELECT MIN(approval_expires_at) FROM jobs WHERE state = 'awaiting_approval'))",
             &[],

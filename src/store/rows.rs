@@ -12,6 +12,7 @@ use super::{
 };
 use crate::audit::{AuditEntry, AuditKind, AuditRecord};
 use crate::domain::approval::{self, Approval, Awaiting, Ballot, JobApproval, Refusal, Verdict};
+use crate::domain::freeze::RuntimeFreeze;
 use crate::domain::{
     Action, AttemptRecord, Event, Job, JobError, JobErrorCode, JobEvent, JobState, Millis, NewJob,
     Outcome, Step, Subject, lifecycle, subject_key,
@@ -585,6 +586,53 @@ pub(super) fn audit_listing(f: &AuditFilter, param: fn(usize) -> String) -> List
     q.and_text("job_id =", f.job.clone());
     q.and_int("seq >", f.after);
     q.order_limit("seq ASC", f.limit)
+}
+
+/// The `freezes` table (run-time freezes, SPEC §9), in [`read_freeze`]'s order.
+pub(super) const FREEZE_COLUMNS: &str =
+    "name, to_repos, targets, from_at, until_at, reason, started_by";
+
+/// Starts a freeze unless one of that name is still active at parameter 8 (one that
+/// ended is replaced): one row changed when it started.
+pub(super) fn start_freeze_sql(p: fn(usize) -> String) -> String {
+    let values: Vec<String> = (1..=7).map(p).collect();
+    format!(
+        "INSERT INTO freezes ({FREEZE_COLUMNS}) VALUES ({})
+         ON CONFLICT (name) DO UPDATE SET to_repos = excluded.to_repos,
+            targets = excluded.targets, from_at = excluded.from_at,
+            until_at = excluded.until_at, reason = excluded.reason,
+            started_by = excluded.started_by
+         WHERE freezes.until_at <= {}",
+        values.join(", "),
+        p(8)
+    )
+}
+
+/// Makes every frozen job due at parameter 1: a freeze ended early.
+pub(super) const FROZEN_DUE_NOW: &str =
+    "UPDATE jobs SET next_attempt_at = $1 WHERE state = 'frozen' AND next_attempt_at > $1";
+
+/// A freeze's scope lists as stored: JSON arrays, NULL for "all".
+pub(super) fn freeze_scope(f: &RuntimeFreeze) -> (Option<String>, Option<String>) {
+    let json = |l: &Option<Vec<String>>| l.as_ref().map(|l| serde_json::json!(l).to_string());
+    (json(&f.to_repos), json(&f.targets))
+}
+
+/// A `freezes` row, in [`FREEZE_COLUMNS`] order.
+pub(super) fn read_freeze(r: &impl Columns) -> Result<RuntimeFreeze, StoreError> {
+    let list = |v: Option<String>| -> Result<Option<Vec<String>>, StoreError> {
+        v.map(|s| serde_json::from_str(&s).map_err(|_| corrupt("freeze scope", &s)))
+            .transpose()
+    };
+    Ok(RuntimeFreeze {
+        name: r.text(0)?,
+        to_repos: list(r.text_opt(1)?)?,
+        targets: list(r.text_opt(2)?)?,
+        from: r.int(3)?,
+        until: r.int(4)?,
+        reason: r.text(5)?,
+        started_by: r.text(6)?,
+    })
 }
 
 /// Audit records as earlier gantry versions wrote them, reproduced here on their own

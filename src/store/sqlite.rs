@@ -20,11 +20,12 @@ use tokio::sync::{Notify, oneshot};
 
 use super::rows::{
     APPROVAL_COLUMNS, ATTEMPT_COLUMNS, AUDIT_COLUMNS, Arg, BallotLanding, Columns, EMITTED,
-    EVENT_COLUMNS, EVENTS_PAGE_BYTES_COLUMN, EchoProbe, JOB_COLUMNS, JobInsert, Landing,
-    SYSTEM_ACTOR, attempt_values, audit_listing, chain_sql, checkpoints_sql, events_listing,
-    events_page, expiry, job_state, jobs_listing, lease_expired, leased_move, millis,
-    operator_move, page, payload_text, read_approval, read_attempt, read_audit, read_event,
-    read_job, revival, sql_limit, stored_count,
+    EVENT_COLUMNS, EVENTS_PAGE_BYTES_COLUMN, EchoProbe, FREEZE_COLUMNS, FROZEN_DUE_NOW,
+    JOB_COLUMNS, JobInsert, Landing, SYSTEM_ACTOR, attempt_values, audit_listing, chain_sql,
+    checkpoints_sql, events_listing, events_page, expiry, freeze_scope, job_state, jobs_listing,
+    lease_expired, leased_move, millis, operator_move, page, payload_text, read_approval,
+    read_attempt, read_audit, read_event, read_freeze, read_job, revival, sql_limit,
+    start_freeze_sql, stored_count,
 };
 use super::{
     ApprovalOutcome, AttemptReport, AuditFilter, ChainLink, ChainRow, EventFilter, IngestOutcome,
@@ -33,6 +34,7 @@ use super::{
 };
 use crate::audit::{Anchor, AuditEntry, AuditRecord, GENESIS, HASH_VERSION, chain_hash};
 use crate::domain::approval::{Approval, Ballot};
+use crate::domain::freeze::RuntimeFreeze;
 use crate::domain::{AttemptRecord, Job, JobState, Millis, now_millis};
 
 /// Most operations committed in one transaction.
@@ -151,6 +153,22 @@ CREATE TABLE approvals (
     as_group TEXT
 );
 CREATE INDEX approvals_job ON approvals(job_id, round);
+"#,
+    // Frozen jobs are due when their freezes end, and then run in creation order.
+    r#"
+DROP INDEX jobs_due;
+CREATE INDEX jobs_due ON jobs(next_attempt_at, id) WHERE state IN ('queued', 'retrying', 'frozen');
+"#,
+    r#"
+CREATE TABLE freezes (
+    name TEXT PRIMARY KEY,
+    to_repos TEXT,
+    targets TEXT,
+    from_at BIGINT NOT NULL,
+    until_at BIGINT NOT NULL,
+    reason TEXT NOT NULL,
+    started_by TEXT NOT NULL
+);
 "#,
 ];
 
@@ -855,8 +873,8 @@ fn lease_next(
     // however long the backlog.
     let due = pick(
         "SELECT id FROM jobs INDEXED BY jobs_due
-         WHERE state IN ('queued', 'retrying') AND next_attempt_at <= ?1
-         ORDER BY next_attempt_at LIMIT 1",
+         WHERE state IN ('queued', 'retrying', 'frozen') AND next_attempt_at <= ?1
+         ORDER BY next_attempt_at, id LIMIT 1",
     )?;
     let id = match due {
         Some(id) => id,
@@ -885,6 +903,9 @@ fn lease_next(
         insert_attempt(conn, &id, &lost)?;
         append_audit(conn, &AuditEntry::attempt(&job, &lost))?;
         job.attempts.push(lost);
+    }
+    if job.state == JobState::Frozen {
+        append_audit(conn, &AuditEntry::unfrozen(&job))?;
     }
     let attempt = attempts + 1;
     conn.prepare_cached(
@@ -935,6 +956,9 @@ fn release_leased(conn: &Connection, r: &Release) -> Result<bool, StoreError> {
             )
             .and_then(|mut s| s.execute(params![r.job_id, r.at, now, to]))
             .map_err(unavailable)?;
+            if let (false, Some(job)) = (r.frozen_by.is_empty(), load_job(conn, &r.job_id)?) {
+                append_audit(conn, &AuditEntry::frozen(&job, &r.frozen_by, r.at))?;
+            }
         }
         Some(attempt) => {
             insert_attempt(conn, &r.job_id, attempt)?;
@@ -1167,8 +1191,74 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn start_freeze(&self, freeze: RuntimeFreeze) -> Result<bool, StoreError> {
+        self.write(move |conn, _| {
+            let (to_repos, targets) = freeze_scope(&freeze);
+            let f = &freeze;
+            let n = conn
+                .prepare_cached(&start_freeze_sql(param))
+                .and_then(|mut s| {
+                    s.execute(params![
+                        f.name,
+                        to_repos,
+                        targets,
+                        f.from,
+                        f.until,
+                        f.reason,
+                        f.started_by,
+                        now_millis()
+                    ])
+                })
+                .map_err(unavailable)?;
+            if n == 1 {
+                append_audit(conn, &AuditEntry::freeze_started(f))?;
+            }
+            Ok(n == 1)
+        })
+        .await
+    }
+
     async fn expire_approvals(&self) -> Result<u64, StoreError> {
         self.write(|conn, _| expire_on(conn, now_millis())).await
+    }
+
+    async fn end_freeze(&self, name: &str, actor: &str) -> Result<bool, StoreError> {
+        let (name, actor) = (name.to_string(), actor.to_string());
+        self.write(move |conn, b| {
+            let now = now_millis();
+            let n = conn
+                .prepare_cached("DELETE FROM freezes WHERE name = ?1 AND until_at > ?2")
+                .and_then(|mut s| s.execute(params![name, now]))
+                .map_err(unavailable)?;
+            if n == 1 {
+                append_audit(conn, &AuditEntry::freeze_ended(&name, &actor))?;
+                // Every frozen job is looked at again; those another freeze still
+                // covers are frozen again by the worker that leases them.
+                conn.prepare_cached(FROZEN_DUE_NOW)
+                    .and_then(|mut s| s.execute(params![now]))
+                    .map_err(unavailable)?;
+                b.wake_workers = true;
+            }
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn freezes(&self) -> Result<Vec<RuntimeFreeze>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {FREEZE_COLUMNS} FROM freezes WHERE until_at > ?1 ORDER BY name"
+                ))
+                .map_err(unavailable)?;
+            let mut rows = stmt.query([now_millis()]).map_err(unavailable)?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(unavailable)? {
+                out.push(read_freeze(row)?);
+            }
+            Ok(out)
+        })
+        .await
     }
 
     async fn next_wakeup(&self) -> Result<Option<Millis>, StoreError> {
@@ -1176,7 +1266,7 @@ impl Store for SqliteStore {
             conn.query_row(
                 "SELECT MIN(t) FROM (
                     SELECT MIN(next_attempt_at) AS t FROM jobs INDEXED BY jobs_due
-                    WHERE state IN ('queued', 'retrying')
+                    WHERE state IN ('queued', 'retrying', 'frozen')
                     UNION ALL
                     SELECT MIN(lease_expires_at) FROM jobs INDEXED BY jobs_leased
                     WHERE state = 'running'

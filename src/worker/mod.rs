@@ -7,7 +7,8 @@
 //!
 //! Before an attempt reaches its upstream it passes the target's concurrency limit
 //! and circuit breaker; a job held back by either is released without spending an
-//! attempt. On shutdown, running attempts may finish within the grace period; those
+//! attempt; so is a job that a freeze window covers (SPEC §9), which waits `frozen`
+//! for the freezes to end without reaching its target at all. On shutdown, running attempts may finish within the grace period; those
 //! that do not are recorded as interrupted and released for the next process.
 
 mod retry;
@@ -25,6 +26,7 @@ pub use retry::backoff;
 
 use crate::audit::{AuditEntry, AuditKind};
 use crate::config::{RetryPolicy, WorkerConfig};
+use crate::domain::freeze::{self, Freeze};
 use crate::domain::{
     Action, AttemptRecord, Event, Job, JobError, JobErrorCode, Millis, Outcome, now_millis,
 };
@@ -43,6 +45,8 @@ pub struct Context {
     /// Chains of promotions deeper than this are refused.
     pub max_chain_depth: u32,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The config's freeze windows (SPEC §9).
+    pub freezes: Vec<Freeze>,
 }
 
 /// An attempt on its way to or at the upstream, for shutdown to account for.
@@ -125,6 +129,7 @@ impl Pool {
                 attempt: f.attempt,
                 at: now.saturating_add(millis(f.timeout)),
                 interrupted: Some(interrupted),
+                frozen_by: Vec::new(),
             };
             if let Err(e) = self.ctx.store.release_job(release).await {
                 tracing::error!(job_id = %f.job_id, error = %e, "cannot release an interrupted job; its lease will expire");
@@ -153,11 +158,25 @@ struct Worker {
 enum Step {
     /// It reached the upstream; this is the answer.
     Done(Result<Effect, TargetError>),
-    /// Held back (circuit open, shutting down) until this instant; no attempt spent.
-    Held(Millis),
+    /// Held back until `until` (circuit open, shutting down, or the freezes named in
+    /// `frozen_by`); no attempt spent.
+    Held {
+        until: Millis,
+        frozen_by: Vec<String>,
+    },
     /// The lease was lost (another worker took the job over): the attempt stopped
     /// where it was, and nothing is written (the store fences this worker out).
     Lost,
+}
+
+impl Step {
+    /// Held back by the worker itself (circuit, shutdown), not by a freeze.
+    fn held(until: Millis) -> Step {
+        Step::Held {
+            until,
+            frozen_by: Vec::new(),
+        }
+    }
 }
 
 impl Worker {
@@ -223,16 +242,26 @@ impl Worker {
         async {
             let started = Instant::now();
             let handle = self.ctx.targets.get(&job.target).cloned();
-            let step = match (&job.action, &handle) {
-                (None, _) => Step::Done(Err(TargetError::permanent(
+            // Decided before the target is involved: a frozen job takes no permit and
+            // sends nothing upstream.
+            let hold = match &job.action {
+                Some(a) => self.frozen(&job.target, a).await,
+                None => None,
+            };
+            let step = match (hold, &job.action, &handle) {
+                (Some(h), ..) => Step::Held {
+                    until: h.until.timestamp_millis(),
+                    frozen_by: h.names,
+                },
+                (None, None, _) => Step::Done(Err(TargetError::permanent(
                     JobErrorCode::TemplateError,
                     "the job has no rendered action",
                 ))),
-                (_, None) => Step::Done(Err(TargetError::permanent(
+                (None, _, None) => Step::Done(Err(TargetError::permanent(
                     JobErrorCode::UnknownTarget,
                     format!("target `{}` is not configured", job.target),
                 ))),
-                (Some(action), Some(handle)) => {
+                (None, Some(action), Some(handle)) => {
                     let work = self.guarded(&leased, handle, action);
                     self.renewing(&job.id, work).await.unwrap_or(Step::Lost)
                 }
@@ -241,7 +270,7 @@ impl Worker {
                 Step::Lost => {
                     tracing::warn!("lease lost: attempt abandoned; another worker owns the job")
                 }
-                Step::Held(at) => self.hold(&leased, at).await,
+                Step::Held { until, frozen_by } => self.hold(&leased, until, frozen_by).await,
                 Step::Done(result) => {
                     let duration_ms =
                         u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -255,6 +284,28 @@ impl Worker {
         .await
     }
 
+    /// Whether freezes hold a job to `target` with `action` now: the config's and the
+    /// run-time ones in the store. Run-time freezes that cannot be read (store down)
+    /// leave the config's to decide; the attempt would find the store down anyway.
+    async fn frozen(&self, target: &str, action: &Action) -> Option<freeze::Hold> {
+        let mut freezes = self.ctx.freezes.clone();
+        match self.ctx.store.freezes().await {
+            Ok(runtime) => {
+                for f in runtime {
+                    match f.to_freeze() {
+                        Ok(f) => freezes.push(f),
+                        Err(e) => {
+                            tracing::error!(freeze = %f.name, error = %e, "stored freeze unreadable; ignored")
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read run-time freezes"),
+        }
+        let repo = action.output_subject().repo;
+        freeze::hold(&freezes, target, repo.as_deref(), &[], chrono::Utc::now())
+    }
+
     /// Passes the target's concurrency limit and circuit breaker, then performs.
     async fn guarded(
         &self,
@@ -266,10 +317,10 @@ impl Worker {
         let _permit = tokio::select! {
             // The semaphore is never closed; no permit would mean no limit.
             permit = handle.permits.acquire() => permit.ok(),
-            _ = stop.wait_for(|stopping| *stopping) => return Step::Held(now_millis()),
+            _ = stop.wait_for(|stopping| *stopping) => return Step::held(now_millis()),
         };
         if let Admission::Wait(d) = handle.breaker.admit() {
-            return Step::Held(now_millis().saturating_add(millis(d)));
+            return Step::held(now_millis().saturating_add(millis(d)));
         }
         lock(&self.in_flight).insert(
             self.id.clone(),
@@ -320,15 +371,16 @@ impl Worker {
         }
     }
 
-    /// Gives a job back without spending an attempt.
-    async fn hold(&self, leased: &LeasedJob, at: Millis) {
-        tracing::info!(until = %crate::domain::rfc3339(at), "held back; released");
+    /// Gives a job back without spending an attempt: `frozen` when freezes hold it.
+    async fn hold(&self, leased: &LeasedJob, at: Millis, frozen_by: Vec<String>) {
+        tracing::info!(until = %crate::domain::rfc3339(at), frozen_by = ?frozen_by, "held back; released");
         let release = Release {
             job_id: leased.job.id.clone(),
             worker: self.id.clone(),
             attempt: leased.attempt,
             at,
             interrupted: None,
+            frozen_by,
         };
         if let Err(e) = self.ctx.store.release_job(release).await {
             tracing::error!(error = %e, "cannot release the job; its lease will expire");

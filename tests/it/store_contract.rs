@@ -9,6 +9,7 @@ use std::time::Duration;
 use gantry::audit::{AuditEntry, AuditKind, AuditRecord};
 use gantry::config::{PostgresUrl, StoreUrl};
 use gantry::domain::approval::{ApprovalPolicy, Ballot, Verdict};
+use gantry::domain::freeze::RuntimeFreeze;
 use gantry::domain::{
     Action, AttemptRecord, Event, ImageRef, JobError, JobErrorCode, JobState, NewJob, Op, Outcome,
     Subject, new_id, now_millis,
@@ -103,6 +104,8 @@ on_each_store!(
     the_work_signal_fires_after_a_commit_that_queues_work,
     approvals_racing_at_two_replicas_queue_the_job_exactly_once,
     an_awaiting_job_is_not_leased_and_expires_past_its_deadline,
+    frozen_jobs_spend_no_attempt_and_run_in_creation_order_after_the_end,
+    runtime_freezes_start_once_end_once_and_are_seen_by_every_replica,
 );
 
 fn promote(tag: &str) -> Action {
@@ -426,6 +429,7 @@ async fn leases_renewals_attempts_and_releases_hold_only_under_the_lease(b: Back
         attempt: 1,
         at: now_millis(),
         interrupted: None,
+        frozen_by: Vec::new(),
     };
     assert!(store.release_job(back.clone()).await.unwrap());
     assert!(!store.release_job(back).await.unwrap());
@@ -465,6 +469,7 @@ async fn leases_renewals_attempts_and_releases_hold_only_under_the_lease(b: Back
                 attempt: 2,
                 at: now_millis(),
                 interrupted: Some(interrupted),
+                frozen_by: Vec::new(),
             })
             .await
             .unwrap()
@@ -603,6 +608,109 @@ async fn concurrent_leasers_never_share_a_job(b: Backend) {
 }
 
 /// An operator's action by `ops`: the job's new state, or the state that forbids it.
+/// Freezes (SPEC §9): a leased job given back `frozen` keeps its attempts, is not due
+/// before the end, then runs in the order the jobs were created (whichever was frozen
+/// first); a frozen job can be cancelled.
+async fn frozen_jobs_spend_no_attempt_and_run_in_creation_order_after_the_end(b: Backend) {
+    let (store, replica) = (&*b.store, &*b.replica);
+    let ids = [
+        one_job(store, "1.0.0").await,
+        one_job(store, "1.0.1").await,
+        one_job(store, "1.0.2").await,
+    ];
+    let end = now_millis() + 1_500;
+    // Leased and frozen in reverse order of creation.
+    let mut leased = Vec::new();
+    for _ in &ids {
+        leased.push(store.lease_job("w1", LEASE).await.unwrap().unwrap());
+    }
+    for l in leased.iter().rev() {
+        let frozen = Release {
+            job_id: l.job.id.clone(),
+            worker: "w1".into(),
+            attempt: l.attempt,
+            at: end,
+            interrupted: None,
+            frozen_by: vec!["weekend".into()],
+        };
+        assert!(store.release_job(frozen).await.unwrap());
+    }
+    let job = replica.job(&ids[0]).await.unwrap().unwrap();
+    assert_eq!((job.state, job.attempts.len()), (JobState::Frozen, 0));
+    let frozen = JobFilter {
+        state: Some(JobState::Frozen),
+        limit: 10,
+        ..JobFilter::default()
+    };
+    assert_eq!(replica.jobs(frozen).await.unwrap().items.len(), 3);
+    assert!(replica.lease_job("w2", LEASE).await.unwrap().is_none());
+    assert_eq!(replica.next_wakeup().await.unwrap(), Some(end));
+    assert_eq!(
+        act(replica, &ids[2], OperatorAction::Cancel).await,
+        Ok(JobState::Cancelled)
+    );
+
+    while now_millis() < end {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for id in &ids[..2] {
+        let l = replica.lease_job("w2", LEASE).await.unwrap().unwrap();
+        assert_eq!((&l.job.id, l.attempt), (id, 1));
+    }
+    assert!(replica.lease_job("w2", LEASE).await.unwrap().is_none());
+    let kinds = kinds(store).await;
+    let count = |k| kinds.iter().filter(|x| **x == k).count();
+    assert_eq!(
+        (count(AuditKind::JobFrozen), count(AuditKind::JobUnfrozen)),
+        (3, 2)
+    );
+    verified(store).await;
+}
+
+async fn runtime_freezes_start_once_end_once_and_are_seen_by_every_replica(b: Backend) {
+    let (store, replica) = (&*b.store, &*b.replica);
+    let now = now_millis();
+    let hotfix = RuntimeFreeze {
+        name: "hotfix".into(),
+        to_repos: Some(vec!["docker-prod*".into()]),
+        targets: None,
+        from: now,
+        until: now + DAY,
+        reason: "incident 42".into(),
+        started_by: "ops".into(),
+    };
+    assert!(store.start_freeze(hotfix.clone()).await.unwrap());
+    assert!(!replica.start_freeze(hotfix.clone()).await.unwrap());
+    assert_eq!(
+        replica.freezes().await.unwrap(),
+        std::slice::from_ref(&hotfix)
+    );
+    // A frozen job is due again as soon as the freeze is ended early.
+    one_job(store, "1.0.0").await;
+    let l = store.lease_job("w1", LEASE).await.unwrap().unwrap();
+    let frozen = Release {
+        job_id: l.job.id.clone(),
+        worker: "w1".into(),
+        attempt: 1,
+        at: now + DAY,
+        interrupted: None,
+        frozen_by: vec!["hotfix".into()],
+    };
+    assert!(store.release_job(frozen).await.unwrap());
+    assert!(replica.end_freeze("hotfix", "ops").await.unwrap());
+    assert!(!store.end_freeze("hotfix", "ops").await.unwrap());
+    assert!(store.freezes().await.unwrap().is_empty());
+    assert_eq!(
+        store.lease_job("w1", LEASE).await.unwrap().unwrap().job.id,
+        l.job.id
+    );
+    // An ended freeze's name can be used again.
+    assert!(store.start_freeze(hotfix).await.unwrap());
+    let kinds = kinds(store).await;
+    assert!(kinds.contains(&AuditKind::FreezeStarted) && kinds.contains(&AuditKind::FreezeEnded));
+    verified(store).await;
+}
+
 async fn act(store: &dyn Store, id: &str, action: OperatorAction) -> Result<JobState, JobState> {
     match store.operate(id, action, "ops").await.unwrap() {
         OperatorOutcome::Done(job) => Ok(job.state),
