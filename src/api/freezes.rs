@@ -60,6 +60,7 @@ fn invalid(code: &'static str, message: impl Into<String>) -> ApiError {
         (status = 201, body = RuntimeFreeze),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
         (status = 503, body = ErrorBody)))]
 pub async fn start_freeze(
     caller: OperateAccess,
