@@ -251,15 +251,15 @@ const MAX_CHAINED: usize = 64;
 /// Whether a job to `target` and `repo` is frozen at `now`, skipping the freezes
 /// named in `overridden` (an operator let the job run despite them). Overlapping
 /// freezes hold it until the last ends, also when one starts as another ends.
-pub fn hold(
-    freezes: &[Freeze],
+pub fn hold<'a>(
+    freezes: impl IntoIterator<Item = &'a Freeze>,
     target: &str,
     repo: Option<&str>,
     overridden: &[String],
     now: DateTime<Utc>,
 ) -> Option<Hold> {
     let applying: Vec<&Freeze> = freezes
-        .iter()
+        .into_iter()
         .filter(|f| !overridden.contains(&f.name) && f.covers(target, repo))
         .collect();
     let mut names = Vec::new();

@@ -288,12 +288,13 @@ impl Worker {
     /// run-time ones in the store. Run-time freezes that cannot be read (store down)
     /// leave the config's to decide; the attempt would find the store down anyway.
     async fn frozen(&self, target: &str, action: &Action) -> Option<freeze::Hold> {
-        let mut freezes = self.ctx.freezes.clone();
+        // The config's freezes are only borrowed: this runs before every attempt.
+        let mut runtime = Vec::new();
         match self.ctx.store.freezes().await {
-            Ok(runtime) => {
-                for f in runtime {
+            Ok(stored) => {
+                for f in stored {
                     match f.to_freeze() {
-                        Ok(f) => freezes.push(f),
+                        Ok(f) => runtime.push(f),
                         Err(e) => {
                             tracing::error!(freeze = %f.name, error = %e, "stored freeze unreadable; ignored")
                         }
@@ -303,7 +304,8 @@ impl Worker {
             Err(e) => tracing::warn!(error = %e, "cannot read run-time freezes"),
         }
         let repo = action.output_subject().repo;
-        freeze::hold(&freezes, target, repo.as_deref(), &[], chrono::Utc::now())
+        let all = self.ctx.freezes.iter().chain(&runtime);
+        freeze::hold(all, target, repo.as_deref(), &[], chrono::Utc::now())
     }
 
     /// Passes the target's concurrency limit and circuit breaker, then performs.
