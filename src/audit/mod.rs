@@ -8,6 +8,7 @@ use serde::Serialize;
 
 pub use chain::{Anchor, ChainCheck, HASH_VERSION, Verdict, chain_hash};
 
+use crate::domain::gate::{self, JobGate, Opening, Seen};
 use crate::domain::{
     Action, AttemptRecord, Event, Job, JobError, Millis, NewJob, Op, Outcome, bounded, now_millis,
 };
@@ -65,10 +66,16 @@ pub enum AuditKind {
     FreezeStarted,
     #[serde(rename = "freeze.ended")]
     FreezeEnded,
+    #[serde(rename = "job.waiting")]
+    JobWaiting,
+    #[serde(rename = "gate.condition_met")]
+    GateConditionMet,
+    #[serde(rename = "gate.blocked")]
+    GateBlocked,
 }
 
 impl AuditKind {
-    pub const ALL: [AuditKind; 24] = [
+    pub const ALL: [AuditKind; 27] = [
         AuditKind::EventReceived,
         AuditKind::EventDuplicate,
         AuditKind::EventRejected,
@@ -93,6 +100,9 @@ impl AuditKind {
         AuditKind::JobUnfrozen,
         AuditKind::FreezeStarted,
         AuditKind::FreezeEnded,
+        AuditKind::JobWaiting,
+        AuditKind::GateConditionMet,
+        AuditKind::GateBlocked,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -121,6 +131,9 @@ impl AuditKind {
             AuditKind::JobUnfrozen => "job.unfrozen",
             AuditKind::FreezeStarted => "freeze.started",
             AuditKind::FreezeEnded => "freeze.ended",
+            AuditKind::JobWaiting => "job.waiting",
+            AuditKind::GateConditionMet => "gate.condition_met",
+            AuditKind::GateBlocked => "gate.blocked",
         }
     }
 
@@ -258,19 +271,68 @@ impl AuditEntry {
         }
     }
 
-    /// A planned job's first record, of the kind its start in the life cycle names.
-    pub fn job_created(event: &Event, job: &NewJob) -> Self {
-        let (_, kind) = job.start();
+    /// A planned job's first record, of the kind its start in the life cycle names
+    /// (its gate opened as `opening` says).
+    pub fn job_created(event: &Event, job: &NewJob, opening: Option<&Opening>) -> Self {
+        let (_, kind) = job.start(opening);
+        let e = AuditEntry::for_new_job(kind, event, job);
+        match (&job.action, opening, &job.gate) {
+            (Err(err), ..) => e.saying(&format!("{}: {}", err.code.as_str(), err.message)),
+            (Ok(_), Some(Opening::Blocked(seen)), _) => e.saying(&gate::blocked_by(seen)),
+            (Ok(_), Some(Opening::Waiting), Some(start)) => e.saying(&format!(
+                "waiting for {} until {}",
+                start.gate.missing().join(", "),
+                crate::domain::rfc3339(start.gate.expires_at)
+            )),
+            _ => e,
+        }
+    }
+
+    fn for_new_job(kind: AuditKind, event: &Event, job: &NewJob) -> Self {
         let mut e = AuditEntry::new(kind, &event.source)
             .about_event(event)
             .about_action(job.action.as_ref().ok());
         e.job_id = Some(job.id.clone());
         e.rule = Some(job.rule.clone());
         e.target = Some(job.target.clone());
-        match &job.action {
-            Ok(_) => e,
-            Err(err) => e.saying(&format!("{}: {}", err.code.as_str(), err.message)),
-        }
+        e
+    }
+
+    /// The conditions of a new job's gate that evidence already there met, one
+    /// record each, after the job's first.
+    pub fn met_at_start(event: &Event, job: &NewJob, gate: &JobGate) -> Vec<Self> {
+        gate.conditions
+            .iter()
+            .filter_map(|c| {
+                let by = c.event_id.as_deref()?;
+                let e = AuditEntry::for_new_job(AuditKind::GateConditionMet, event, job);
+                Some(e.met(gate, &c.name, by))
+            })
+            .collect()
+    }
+
+    /// A condition of a waiting job's gate met by evidence that arrived from `actor`.
+    pub fn condition_met(
+        job: &Job,
+        gate: &JobGate,
+        condition: &str,
+        event_id: &str,
+        actor: &str,
+    ) -> Self {
+        AuditEntry::for_job(AuditKind::GateConditionMet, actor, job).met(gate, condition, event_id)
+    }
+
+    fn met(mut self, gate: &JobGate, condition: &str, event_id: &str) -> Self {
+        let missing = gate.missing();
+        self.event_id = Some(event_id.to_string());
+        self.saying(&if missing.is_empty() {
+            format!("condition {condition} met by event {event_id}; the gate is met")
+        } else {
+            format!(
+                "condition {condition} met by event {event_id}; still waiting for {}",
+                missing.join(", ")
+            )
+        })
     }
 
     /// The record of one attempt of `job` by a worker.
@@ -312,14 +374,37 @@ impl AuditEntry {
     /// A job not created because its rule already acted on the same parent promotion
     /// (an upstream's echo and gantry's own event both arrived).
     pub fn duplicate_job(event: &Event, job: &NewJob, existing: &str) -> Self {
-        let mut e = AuditEntry::new(AuditKind::JobDuplicate, &event.source)
-            .about_event(event)
-            .about_action(job.action.as_ref().ok())
-            .saying(&format!(
+        AuditEntry::duplicate_of(
+            event,
+            job,
+            existing,
+            &format!(
                 "rule {} already acts on the result of job {} as job {existing}",
                 job.rule,
                 event.parent_job_id.as_deref().unwrap_or("-")
-            ));
+            ),
+        )
+    }
+
+    /// A job not created because its rule already waits on the same artifact (the
+    /// same correlation key) for its gate's evidence (SPEC §9).
+    pub fn duplicate_wait(event: &Event, job: &NewJob, existing: &str) -> Self {
+        AuditEntry::duplicate_of(
+            event,
+            job,
+            existing,
+            &format!(
+                "rule {} already waits for this artifact's evidence as job {existing}",
+                job.rule
+            ),
+        )
+    }
+
+    fn duplicate_of(event: &Event, job: &NewJob, existing: &str, message: &str) -> Self {
+        let mut e = AuditEntry::new(AuditKind::JobDuplicate, &event.source)
+            .about_event(event)
+            .about_action(job.action.as_ref().ok())
+            .saying(message);
         e.rule = Some(job.rule.clone());
         e.target = Some(job.target.clone());
         e.job_id = Some(existing.to_string());
@@ -360,6 +445,14 @@ impl AuditEntry {
             "attempt {} interrupted by shutdown; released",
             attempt.n
         ))
+    }
+
+    /// A waiting job failed by negative evidence (SPEC §9).
+    pub fn gate_blocked(job: &Job, seen: &Seen, actor: &str) -> Self {
+        let mut e =
+            AuditEntry::for_job(AuditKind::GateBlocked, actor, job).saying(&gate::blocked_by(seen));
+        e.event_id = Some(seen.event_id.clone());
+        e
     }
 
     /// A job held by freeze windows without spending an attempt (SPEC §9).

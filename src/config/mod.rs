@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::domain::approval::{ApprovalPolicy, Quorum};
 use crate::domain::freeze::{self, Freeze};
 
-pub use raw::{OneOrMany, RawAction, RawMatch, RawRule};
+pub use raw::{OneOrMany, RawAction, RawCondition, RawMatch, RawRule};
 pub use secret::Secret;
 pub use store_url::{PostgresUrl, StoreUrl};
 
@@ -90,6 +90,21 @@ pub enum Field {
     Path,
     BuildName,
     BuildNumber,
+}
+
+impl Format {
+    /// Whether events of this format can carry `field` (a gate correlating on a
+    /// field its events never carry could never be met).
+    pub fn carries(self, field: Field) -> bool {
+        match self {
+            // A registry notification names an image by repository, tag and digest.
+            Format::Registry => matches!(
+                field,
+                Field::Repo | Field::Image | Field::Tag | Field::Digest
+            ),
+            Format::Generic | Format::Artifactory | Format::Github => true,
+        }
+    }
 }
 
 impl Field {
@@ -237,6 +252,17 @@ pub struct RuleConfig {
     pub retry: RetryPolicy,
     /// The approval each of the rule's jobs is created under.
     pub approval: Option<ApprovalPolicy>,
+    /// The rule's gate, checked; its conditions' patterns are compiled with the rules.
+    pub gate: Option<GateConfig>,
+}
+
+/// A rule's gate (SPEC §9), its values checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GateConfig {
+    /// The subject fields the trigger and every condition must agree on.
+    pub correlate: Vec<Field>,
+    pub within: Duration,
+    pub soak: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -634,6 +660,108 @@ fn approval_policy(loc: &str, a: &raw::RawApproval, problems: &mut Vec<Problem>)
     }
 }
 
+/// A rule's gate, checked: its correlation fields exist and every event it names can
+/// carry them, its window is set when it requires evidence, and every condition has
+/// a distinct name and a source that exists. Anything else would be a condition that
+/// can never be met, found only when a promotion waits for it forever.
+fn check_gate(
+    loc: &str,
+    rule: &RawRule,
+    g: &raw::RawGate,
+    sources: &[raw::RawSource],
+    problems: &mut Vec<Problem>,
+) -> GateConfig {
+    let loc = format!("{loc}.gate");
+    let mut correlate = Vec::new();
+    for name in g.correlate.clone().unwrap_or_else(|| vec!["digest".into()]) {
+        match Field::from_name(&name) {
+            Some(f) if !correlate.contains(&f) => correlate.push(f),
+            Some(_) => problems.push(Problem::error(
+                format!("{loc}.correlate"),
+                format!("`{name}` is listed twice"),
+            )),
+            None => problems.push(Problem::error(
+                format!("{loc}.correlate"),
+                format!("`{name}` is not a subject field ({})", field_names()),
+            )),
+        }
+    }
+    if g.correlate.as_ref().is_some_and(Vec::is_empty) {
+        problems.push(Problem::error(
+            format!("{loc}.correlate"),
+            "names no field: every event would be about the same artifact",
+        ));
+    }
+    // What format an event of these sources has; `None` for gantry's own events,
+    // which carry every field of the promotion's result.
+    let formats = |names: Option<&raw::OneOrMany>| -> Vec<(String, Option<Format>)> {
+        match names {
+            Some(n) => n
+                .patterns()
+                .iter()
+                .map(|n| {
+                    let format = sources.iter().find(|s| &s.name == n).map(|s| s.format);
+                    (n.clone(), format)
+                })
+                .collect(),
+            None => sources
+                .iter()
+                .map(|s| (s.name.clone(), Some(s.format)))
+                .collect(),
+        }
+    };
+    let carried = |at: String, names: Option<&raw::OneOrMany>, problems: &mut Vec<Problem>| {
+        for (source, format) in formats(names) {
+            for f in &correlate {
+                if format.is_some_and(|fmt| !fmt.carries(*f)) {
+                    problems.push(Problem::error(
+                        at.clone(),
+                        format!(
+                            "source `{source}` sends events that never carry `{}`, which the gate correlates on",
+                            f.name()
+                        ),
+                    ));
+                }
+            }
+        }
+    };
+    if rule.source.is_some() {
+        carried(format!("{loc}.correlate"), rule.source.as_ref(), problems);
+    }
+    if !g.require.is_empty() && g.within.is_none_or(|w| w.is_zero()) {
+        problems.push(Problem::error(
+            format!("{loc}.within"),
+            "must be set (and not zero) when the gate requires evidence",
+        ));
+    }
+    check_names(
+        &format!("{loc}.require"),
+        g.require.iter().map(|c| c.name.as_str()),
+        problems,
+    );
+    for c in &g.require {
+        let at = format!("{loc}.require[{}]", c.name);
+        for name in c.source.iter().flat_map(|s| s.patterns()) {
+            if name != INTERNAL_SOURCE && !sources.iter().any(|s| &s.name == name) {
+                problems.push(Problem::error(
+                    format!("{at}.source"),
+                    format!("unknown source `{name}`: the condition can never be met"),
+                ));
+            }
+        }
+        carried(format!("{at}.source"), c.source.as_ref(), problems);
+    }
+    GateConfig {
+        correlate,
+        within: g.within.unwrap_or_default(),
+        soak: g.soak.filter(|d| !d.is_zero()),
+    }
+}
+
+fn field_names() -> String {
+    Field::ALL.map(Field::name).join(", ")
+}
+
 /// An approval group no `operate` token is in can never be satisfied by it: worth
 /// saying, though a token may join the group at the next reload.
 fn check_approvers(rules: &[RawRule], tokens: &[raw::RawToken], problems: &mut Vec<Problem>) {
@@ -916,10 +1044,12 @@ fn check_rules(
                     format!("`{pointer}` is not a JSON pointer (it starts with `/`)"),
                 ));
             }
+            let gate = r.gate.as_ref().map(|g| check_gate(&loc, r, g, sources, problems));
             RuleConfig {
                 raw: r.clone(),
                 retry,
                 approval,
+                gate,
             }
         })
         .collect()

@@ -210,6 +210,41 @@ pub struct RawRule {
     /// A JSON pointer into the trigger event's payload naming who set the promotion
     /// off, refused as its approver unless `approval.allow_self`.
     pub initiator: Option<String>,
+    /// More evidence about the same artifact, from other events (SPEC §9).
+    pub gate: Option<RawGate>,
+}
+
+/// `gate = { correlate, within, require = [...], soak }` on a rule.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGate {
+    /// Subject fields the trigger and every condition must agree on; `["digest"]`
+    /// when absent.
+    pub correlate: Option<Vec<String>>,
+    /// How long evidence counts before the trigger, and the job waits after it.
+    #[serde(default, with = "humantime_serde")]
+    pub within: Option<Duration>,
+    #[serde(default)]
+    pub require: Vec<RawCondition>,
+    /// The job does not run before its trigger is this old.
+    #[serde(default, with = "humantime_serde")]
+    pub soak: Option<Duration>,
+}
+
+/// One condition of a gate: an event matched as a rule's trigger is.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCondition {
+    pub name: String,
+    pub source: Option<OneOrMany>,
+    pub event: Option<OneOrMany>,
+    #[serde(default, rename = "match")]
+    pub matches: RawMatch,
+    #[serde(default)]
+    pub when: BTreeMap<String, OneOrMany>,
+    /// Negative evidence: a matching event fails the waiting job.
+    #[serde(default)]
+    pub block: bool,
 }
 
 /// `approval = { count, groups, timeout, allow_self }` on a rule, or with per-group

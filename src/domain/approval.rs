@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::job::as_rfc3339;
+use super::job::{as_rfc3339, opt_rfc3339};
 use super::{JobEvent, JobState, Millis};
 
 /// The approval a job was created under, kept with the job so that a reload of the
@@ -72,13 +72,6 @@ pub struct JobApproval {
     #[schema(value_type = Option<String>, format = DateTime)]
     pub expires_at: Option<Millis>,
     pub initiator: Option<String>,
-}
-
-fn opt_rfc3339<S: serde::Serializer>(ms: &Option<Millis>, s: S) -> Result<S::Ok, S::Error> {
-    match ms {
-        Some(ms) => as_rfc3339(ms, s),
-        None => s.serialize_none(),
-    }
 }
 
 /// Yes or no.

@@ -1,15 +1,18 @@
 use serde::{Deserialize, Serialize, Serializer};
 
 use super::approval::{Approval, ApprovalPolicy, JobApproval};
+use super::gate::{GateStart, JobGate, Opening};
 use super::{Action, Millis};
 
 /// `queued → running → succeeded`, with `retrying` between attempts and `failed` or
-/// `cancelled` as the other ends (SPEC §8); a job that needs people's approval waits
-/// in `awaiting_approval` first and may end `rejected` or `expired`, and a job a freeze
-/// window holds is `frozen` (§9).
+/// `cancelled` as the other ends (SPEC §8); a gated job waits for its evidence in
+/// `waiting`, a job that needs people's approval waits in `awaiting_approval`, either
+/// may end `expired` and the latter `rejected`, and a job a freeze window holds is
+/// `frozen` (§9).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
+    Waiting,
     AwaitingApproval,
     Queued,
     Running,
@@ -23,7 +26,8 @@ pub enum JobState {
 }
 
 impl JobState {
-    pub const ALL: [JobState; 10] = [
+    pub const ALL: [JobState; 11] = [
+        JobState::Waiting,
         JobState::AwaitingApproval,
         JobState::Queued,
         JobState::Running,
@@ -38,6 +42,7 @@ impl JobState {
 
     pub fn as_str(self) -> &'static str {
         match self {
+            JobState::Waiting => "waiting",
             JobState::AwaitingApproval => "awaiting_approval",
             JobState::Queued => "queued",
             JobState::Running => "running",
@@ -130,6 +135,12 @@ pub enum JobErrorCode {
     MoveIncomplete,
     /// An upstream answer was larger than gantry reads (SPEC §13 bounds).
     ResponseTooLarge,
+    /// Negative evidence (a gate's `block = true` condition) arrived for the
+    /// artifact (SPEC §9).
+    GateBlocked,
+    /// The trigger lacks a field its gate correlates on, so no evidence could ever
+    /// be matched to it.
+    GateUncorrelated,
 }
 
 impl JobErrorCode {
@@ -147,6 +158,8 @@ impl JobErrorCode {
             JobErrorCode::InvalidReference => "invalid_reference",
             JobErrorCode::MoveIncomplete => "move_incomplete",
             JobErrorCode::ResponseTooLarge => "response_too_large",
+            JobErrorCode::GateBlocked => "gate_blocked",
+            JobErrorCode::GateUncorrelated => "gate_uncorrelated",
         }
     }
 
@@ -182,6 +195,17 @@ pub struct Job {
     pub last_error: Option<JobError>,
     pub parent_job_id: Option<String>,
     pub chain_depth: u32,
+    /// The gate the job was created under, when its rule has one (§9): which
+    /// conditions are met, by which events, and when the wait ends.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gate: Option<JobGate>,
+    /// The job does not run before this (a `soak` timer, §9).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "opt_rfc3339"
+    )]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub soak_until: Option<Millis>,
     /// The approval the job was created under, when its rule asks for one (§9).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub approval: Option<JobApproval>,
@@ -195,8 +219,9 @@ pub struct Job {
     pub updated_at: Millis,
 }
 
-/// A job planned by the rules for a new event: queued, awaiting approval, or failed
-/// at once when its templates could not be rendered (SPEC §8, template error).
+/// A job planned by the rules for a new event: queued, waiting on its gate, awaiting
+/// approval, or failed at once when its templates could not be rendered (SPEC §8,
+/// template error) or its gate is blocked.
 #[derive(Debug, Clone)]
 pub struct NewJob {
     pub id: String,
@@ -207,12 +232,25 @@ pub struct NewJob {
     pub approval: Option<ApprovalPolicy>,
     /// Who set the trigger event off, by the rule's `initiator` pointer.
     pub initiator: Option<String>,
+    /// The rule's gate, opened by the store on the evidence it holds.
+    pub gate: Option<GateStart>,
+    /// The end of its soak: the trigger's time plus the longest `soak` that applies.
+    pub soak_until: Option<Millis>,
 }
 
 impl NewJob {
-    /// Where the job starts and its first record (the life cycle's `start`).
-    pub fn start(&self) -> (JobState, crate::audit::AuditKind) {
-        super::lifecycle::start(self.action.is_ok(), self.approval.is_some())
+    /// Where the job starts and its first record (the life cycle's `start`), its gate
+    /// opened as `opening` says.
+    pub fn start(&self, opening: Option<&Opening>) -> (JobState, crate::audit::AuditKind) {
+        super::lifecycle::start(self.action.is_ok(), opening, self.approval.is_some())
+    }
+}
+
+/// An optional instant as RFC 3339.
+pub(super) fn opt_rfc3339<S: Serializer>(ms: &Option<Millis>, s: S) -> Result<S::Ok, S::Error> {
+    match ms {
+        Some(ms) => as_rfc3339(ms, s),
+        None => s.serialize_none(),
     }
 }
 

@@ -1,5 +1,5 @@
-//! The job life cycle in one place (SPEC §8, and §9 "States" for approvals; gates and
-//! freezes will join): where a job starts, the events that move it, the one table of the moves
+//! The job life cycle in one place (SPEC §8, and §9 "States" for gates, approvals and
+//! freezes): where a job starts, the events that move it, the one table of the moves
 //! allowed, and what each move puts on the audit trail.
 //!
 //! Workers choose an event (by their retry policy), operators ask for one; the stores
@@ -9,23 +9,46 @@
 //! below against an independent model of the SPEC.
 
 use super::JobState;
+use super::gate::Opening;
 use crate::audit::AuditKind;
 
 // The table below reads as the SPEC does: states, events and records by name (the
 // events `Succeeded` and `Failed` as `Success` and `Fail`; the states keep theirs).
 use AuditKind::{
-    JobApproved, JobAttempt, JobAwaitingApproval, JobCancelled, JobCreated, JobExpired, JobFailed,
-    JobFrozen, JobInterrupted, JobRejected, JobRetried, JobRetrying, JobSucceeded, JobUnfrozen,
+    GateBlocked, GateConditionMet, JobApproved, JobAttempt, JobAwaitingApproval, JobCancelled,
+    JobCreated, JobExpired, JobFailed, JobFrozen, JobInterrupted, JobRejected, JobRetried,
+    JobRetrying, JobSucceeded, JobUnfrozen, JobWaiting,
 };
 use JobEvent::{
-    Approved as Approve, Expired as Expire, Failed as Fail, Frozen as Freeze, Interrupted,
-    LeaseTakenOver, Leased, OperatorCancel, OperatorRetry, Rejected as Reject, Released, Retry,
-    Succeeded as Success,
+    Approved as Approve, Blocked as Block, ConditionMet, Expired as Expire, Failed as Fail,
+    Frozen as Freeze, GateMet, Interrupted, LeaseTakenOver, Leased, OperatorCancel, OperatorRetry,
+    Rejected as Reject, Released, Retry, Succeeded as Success,
 };
 use JobState::{
     AwaitingApproval, Cancelled, Expired, Failed, Frozen, Queued, Rejected, Retrying, Running,
-    Succeeded,
+    Succeeded, Waiting,
 };
+use Requires::{Approval as NeedsApproval, Evidence as NeedsEvidence, Nothing as NeedsNothing};
+
+/// What a job's policy still requires before it may run, which decides where an
+/// operator's retry revives it: its gate's evidence when the gate was never met,
+/// else people's approval when it has an approval policy, else nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Requires {
+    Nothing,
+    Approval,
+    Evidence,
+}
+
+impl Requires {
+    pub fn of(gate_met: Option<bool>, has_approval: bool) -> Requires {
+        match (gate_met, has_approval) {
+            (Some(false), _) => Requires::Evidence,
+            (_, true) => Requires::Approval,
+            (_, false) => Requires::Nothing,
+        }
+    }
+}
 
 /// What can happen to a job. Events carry only what decides where the job goes; the
 /// values a move writes (an outcome, the next attempt's time, an error) travel with
@@ -52,17 +75,25 @@ pub enum JobEvent {
     Frozen,
     /// The process shut down mid-attempt: the attempt is spent, the job retried.
     Interrupted,
-    /// An operator's retry: the job starts over with its history kept, waiting for
-    /// approval again when its policy asks for one (`needs_approval`).
-    OperatorRetry { needs_approval: bool },
+    /// An operator's retry: the job starts over with its history kept, waiting again
+    /// for what its policy still requires.
+    OperatorRetry { requires: Requires },
     /// An operator's cancel.
     OperatorCancel,
     /// Enough distinct approvers said yes (`domain::approval` counts them).
     Approved,
     /// An approver said no.
     Rejected,
-    /// The approval's timeout passed with the job still awaiting it.
+    /// The approval's timeout, or the gate's window, passed with the job still
+    /// awaiting or waiting.
     Expired,
+    /// Evidence met one more condition of the job's gate; others are still missing.
+    ConditionMet,
+    /// Evidence met the last missing condition: the job goes on, to approval when
+    /// its policy asks for one.
+    GateMet { needs_approval: bool },
+    /// Negative evidence (a `block = true` condition) arrived: the job fails.
+    Blocked,
 }
 
 impl JobEvent {
@@ -82,6 +113,9 @@ impl JobEvent {
             JobEvent::Approved => "approved",
             JobEvent::Rejected => "rejected",
             JobEvent::Expired => "expired",
+            JobEvent::ConditionMet => "condition_met",
+            JobEvent::GateMet { .. } => "gate_met",
+            JobEvent::Blocked => "blocked",
         }
     }
 
@@ -123,13 +157,18 @@ impl Step {
 /// - on SIGTERM, attempts still running past the grace period are recorded as
 ///   interrupted and left to be retried; jobs held back without an attempt go back
 ///   as they were;
-/// - `cancelled` by an operator (from `queued`, `retrying`, `failed` and, §9,
-///   `awaiting_approval`);
-/// - an operator's retry puts a `failed` (or `cancelled`) job back to `queued` with
-///   its history kept, or to `awaiting_approval` when its policy needs approval; a
-///   `rejected` or `expired` job (which had one) revives into `awaiting_approval`;
+/// - `cancelled` by an operator from every state that is not an end, and from
+///   `failed`;
+/// - an operator's retry revives a `failed` or `cancelled` job with its history
+///   kept into what its policy still requires: `waiting` for a gate never met,
+///   `awaiting_approval` when it has an approval, else `queued`; a `rejected` job
+///   (whose gate was met) back to `awaiting_approval`, an `expired` one to whichever
+///   of the two it expired in;
+/// - (§9) a `waiting` job records each condition met, goes on when the last is
+///   (`queued`, or `awaiting_approval`), fails on negative evidence, and `expired`
+///   when its window ends;
 /// - (§9) `awaiting_approval → queued` once approved, `→ rejected` on a rejection,
-///   `→ expired` past the approval's timeout.
+///   `→ expired` past the approval's timeout;
 /// - (§9) a leased job that a freeze window covers is given back `frozen` without
 ///   spending an attempt; leased again once the freezes end (`job.unfrozen`), or
 ///   cancelled by an operator.
@@ -137,7 +176,7 @@ impl Step {
 /// `succeeded` is final; `failed`, `cancelled`, `rejected` and `expired` only leave by
 /// an operator.
 #[rustfmt::skip]
-pub const TRANSITIONS: [Step; 25] = [
+pub const TRANSITIONS: [Step; 34] = [
     //        from       event                               to         audit
     Step::new(Queued,    Leased,                             Running,   None),
     Step::new(Retrying,  Leased,                             Running,   None),
@@ -148,12 +187,15 @@ pub const TRANSITIONS: [Step; 25] = [
     Step::new(Running,   Released { after_attempts: false }, Queued,    None),
     Step::new(Running,   Released { after_attempts: true },  Retrying,  None),
     Step::new(Running,   Interrupted,                        Retrying,  Some(JobInterrupted)),
-    Step::new(Failed,    OperatorRetry { needs_approval: false }, Queued, Some(JobRetried)),
-    Step::new(Cancelled, OperatorRetry { needs_approval: false }, Queued, Some(JobRetried)),
-    Step::new(Failed,    OperatorRetry { needs_approval: true }, AwaitingApproval, Some(JobRetried)),
-    Step::new(Cancelled, OperatorRetry { needs_approval: true }, AwaitingApproval, Some(JobRetried)),
-    Step::new(Rejected,  OperatorRetry { needs_approval: true }, AwaitingApproval, Some(JobRetried)),
-    Step::new(Expired,   OperatorRetry { needs_approval: true }, AwaitingApproval, Some(JobRetried)),
+    Step::new(Failed,    OperatorRetry { requires: NeedsNothing },  Queued,           Some(JobRetried)),
+    Step::new(Cancelled, OperatorRetry { requires: NeedsNothing },  Queued,           Some(JobRetried)),
+    Step::new(Failed,    OperatorRetry { requires: NeedsApproval }, AwaitingApproval, Some(JobRetried)),
+    Step::new(Cancelled, OperatorRetry { requires: NeedsApproval }, AwaitingApproval, Some(JobRetried)),
+    Step::new(Rejected,  OperatorRetry { requires: NeedsApproval }, AwaitingApproval, Some(JobRetried)),
+    Step::new(Expired,   OperatorRetry { requires: NeedsApproval }, AwaitingApproval, Some(JobRetried)),
+    Step::new(Failed,    OperatorRetry { requires: NeedsEvidence }, Waiting,          Some(JobRetried)),
+    Step::new(Cancelled, OperatorRetry { requires: NeedsEvidence }, Waiting,          Some(JobRetried)),
+    Step::new(Expired,   OperatorRetry { requires: NeedsEvidence }, Waiting,          Some(JobRetried)),
     Step::new(Queued,    OperatorCancel,                     Cancelled, Some(JobCancelled)),
     Step::new(Retrying,  OperatorCancel,                     Cancelled, Some(JobCancelled)),
     Step::new(Failed,    OperatorCancel,                     Cancelled, Some(JobCancelled)),
@@ -164,18 +206,30 @@ pub const TRANSITIONS: [Step; 25] = [
     Step::new(Running,   Freeze,                             Frozen,    Some(JobFrozen)),
     Step::new(Frozen,    Leased,                             Running,   Some(JobUnfrozen)),
     Step::new(Frozen,    OperatorCancel,                     Cancelled, Some(JobCancelled)),
+    Step::new(Waiting,   ConditionMet,                       Waiting,   Some(GateConditionMet)),
+    Step::new(Waiting,   GateMet { needs_approval: false },  Queued,    None),
+    Step::new(Waiting,   GateMet { needs_approval: true },   AwaitingApproval, Some(JobAwaitingApproval)),
+    Step::new(Waiting,   Block,                              Failed,    Some(GateBlocked)),
+    Step::new(Waiting,   Expire,                             Expired,   Some(JobExpired)),
+    Step::new(Waiting,   OperatorCancel,                     Cancelled, Some(JobCancelled)),
 ];
 
-/// Where a job the rules planned starts, and its first record (SPEC §8): `queued`,
-/// `awaiting_approval` when its rule asks for people's approval (§9), or `failed` at
-/// once when its templates could not be rendered, a template error being permanent
-/// (nobody is asked to approve a promotion that cannot run). (§9's gates will start
-/// jobs `waiting` here.)
-pub fn start(rendered: bool, needs_approval: bool) -> (JobState, AuditKind) {
-    match (rendered, needs_approval) {
-        (false, _) => (Failed, JobFailed),
-        (true, false) => (Queued, JobCreated),
-        (true, true) => (AwaitingApproval, JobAwaitingApproval),
+/// Where a job the rules planned starts, and its first record (SPEC §8, §9): `failed`
+/// at once when its templates could not be rendered (a template error being
+/// permanent: nobody waits for evidence or approval of a promotion that cannot run)
+/// or its gate found negative evidence; `waiting` when its gate lacks evidence;
+/// `awaiting_approval` when its policy asks for people's approval; else `queued`.
+pub fn start(
+    rendered: bool,
+    gate: Option<&Opening>,
+    needs_approval: bool,
+) -> (JobState, AuditKind) {
+    match (rendered, gate, needs_approval) {
+        (false, ..) => (Failed, JobFailed),
+        (true, Some(Opening::Blocked(_)), _) => (Failed, GateBlocked),
+        (true, Some(Opening::Waiting), _) => (Waiting, JobWaiting),
+        (true, _, true) => (AwaitingApproval, JobAwaitingApproval),
+        (true, _, false) => (Queued, JobCreated),
     }
 }
 
@@ -201,7 +255,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const EVENTS: [JobEvent; 15] = [
+    const EVENTS: [JobEvent; 20] = [
         Leased,
         LeaseTakenOver,
         Success,
@@ -215,28 +269,39 @@ mod tests {
         },
         Interrupted,
         OperatorRetry {
-            needs_approval: false,
+            requires: NeedsNothing,
         },
         OperatorRetry {
-            needs_approval: true,
+            requires: NeedsApproval,
+        },
+        OperatorRetry {
+            requires: NeedsEvidence,
         },
         OperatorCancel,
         Approve,
         Reject,
         Expire,
         Freeze,
+        ConditionMet,
+        GateMet {
+            needs_approval: false,
+        },
+        GateMet {
+            needs_approval: true,
+        },
+        Block,
     ];
 
     /// The SPEC's life cycle written out again, independently of the table, as
     /// which states each event may move a job from and to. A row added to, dropped
     /// from or mistyped in [`TRANSITIONS`] disagrees with it.
     fn spec(from: JobState, event: JobEvent) -> Option<JobState> {
-        let waiting = matches!(from, Queued | Retrying);
+        let due = matches!(from, Queued | Retrying);
         let ended_badly = matches!(from, Failed | Cancelled);
-        let refused = matches!(from, Rejected | Expired);
         let awaiting = from == AwaitingApproval;
+        let gated = from == Waiting;
         match event {
-            Leased if waiting || from == Frozen => Some(Running),
+            Leased if due || from == Frozen => Some(Running),
             Freeze if from == Running => Some(Frozen),
             LeaseTakenOver if from == Running => Some(Running),
             Success if from == Running => Some(Succeeded),
@@ -245,21 +310,32 @@ mod tests {
             Released { after_attempts } if from == Running => {
                 Some(if after_attempts { Retrying } else { Queued })
             }
-            OperatorRetry { needs_approval } if ended_badly => Some(if needs_approval {
-                AwaitingApproval
-            } else {
-                Queued
+            OperatorRetry { requires } if ended_badly => Some(match requires {
+                NeedsNothing => Queued,
+                NeedsApproval => AwaitingApproval,
+                NeedsEvidence => Waiting,
             }),
-            // Only a job with an approval policy can have been rejected or expired.
+            // A rejected job had an approval (after any gate was met); an expired one
+            // expired waiting for evidence or for approval.
             OperatorRetry {
-                needs_approval: true,
-            } if refused => Some(AwaitingApproval),
-            OperatorCancel if waiting || awaiting || matches!(from, Failed | Frozen) => {
+                requires: NeedsApproval,
+            } if matches!(from, Rejected | Expired) => Some(AwaitingApproval),
+            OperatorRetry {
+                requires: NeedsEvidence,
+            } if from == Expired => Some(Waiting),
+            OperatorCancel if due || awaiting || gated || matches!(from, Failed | Frozen) => {
                 Some(Cancelled)
             }
             Approve if awaiting => Some(Queued),
             Reject if awaiting => Some(Rejected),
-            Expire if awaiting => Some(Expired),
+            Expire if awaiting || gated => Some(Expired),
+            ConditionMet if gated => Some(Waiting),
+            GateMet { needs_approval } if gated => Some(if needs_approval {
+                AwaitingApproval
+            } else {
+                Queued
+            }),
+            Block if gated => Some(Failed),
             _ => None,
         }
     }
@@ -278,11 +354,33 @@ mod tests {
     }
 
     #[test]
-    fn a_planned_job_starts_queued_awaiting_approval_or_failed_at_once() {
-        assert_eq!(start(true, false), (Queued, JobCreated));
-        assert_eq!(start(true, true), (AwaitingApproval, JobAwaitingApproval));
-        assert_eq!(start(false, false), (Failed, JobFailed));
-        assert_eq!(start(false, true), (Failed, JobFailed));
+    fn a_planned_job_starts_where_its_policy_says() {
+        let blocked = Opening::Blocked(crate::domain::gate::Seen {
+            condition: "criticals".into(),
+            event_id: "e".into(),
+            block: true,
+        });
+        assert_eq!(start(true, None, false), (Queued, JobCreated));
+        assert_eq!(
+            start(true, None, true),
+            (AwaitingApproval, JobAwaitingApproval)
+        );
+        assert_eq!(
+            start(true, Some(&Opening::Met), false),
+            (Queued, JobCreated)
+        );
+        assert_eq!(
+            start(true, Some(&Opening::Met), true),
+            (AwaitingApproval, JobAwaitingApproval)
+        );
+        assert_eq!(
+            start(true, Some(&Opening::Waiting), true),
+            (Waiting, JobWaiting)
+        );
+        assert_eq!(start(true, Some(&blocked), true), (Failed, GateBlocked));
+        for gate in [None, Some(&Opening::Waiting), Some(&blocked)] {
+            assert_eq!(start(false, gate, true), (Failed, JobFailed));
+        }
     }
 
     /// "A revived job waits for approval again" (SPEC §9 States): retry's target is
@@ -291,16 +389,25 @@ mod tests {
     fn a_retry_revives_into_what_the_policy_requires() {
         for from in [Failed, Cancelled, Rejected, Expired] {
             let again = OperatorRetry {
-                needs_approval: true,
+                requires: NeedsApproval,
             };
             assert_eq!(next(from, again).map(|s| s.to), Ok(AwaitingApproval));
         }
+        for from in [Failed, Cancelled, Expired] {
+            let gate = OperatorRetry {
+                requires: NeedsEvidence,
+            };
+            assert_eq!(next(from, gate).map(|s| s.to), Ok(Waiting));
+        }
         for from in [Failed, Cancelled] {
             let plain = OperatorRetry {
-                needs_approval: false,
+                requires: NeedsNothing,
             };
             assert_eq!(next(from, plain).map(|s| s.to), Ok(Queued));
         }
+        assert_eq!(Requires::of(Some(false), true), NeedsEvidence);
+        assert_eq!(Requires::of(Some(true), true), NeedsApproval);
+        assert_eq!(Requires::of(None, false), NeedsNothing);
     }
 
     /// An awaiting job is not due: nothing but an approval, a rejection, its timeout
@@ -318,6 +425,37 @@ mod tests {
                 (Approve, Queued, Some(JobApproved)),
                 (Reject, Rejected, Some(JobRejected)),
                 (Expire, Expired, Some(JobExpired)),
+            ]
+        );
+    }
+
+    /// A waiting job is not due either: evidence, its window or an operator's cancel
+    /// moves it.
+    #[test]
+    fn a_waiting_job_moves_only_by_evidence_its_window_or_an_operator() {
+        let moves: Vec<(JobEvent, JobState)> = EVENTS
+            .into_iter()
+            .filter_map(|e| next(Waiting, e).ok().map(|s| (e, s.to)))
+            .collect();
+        assert_eq!(
+            moves,
+            [
+                (OperatorCancel, Cancelled),
+                (Expire, Expired),
+                (ConditionMet, Waiting),
+                (
+                    GateMet {
+                        needs_approval: false
+                    },
+                    Queued
+                ),
+                (
+                    GateMet {
+                        needs_approval: true
+                    },
+                    AwaitingApproval
+                ),
+                (Block, Failed),
             ]
         );
     }
@@ -357,12 +495,18 @@ mod tests {
                 let allowed = match from {
                     Failed => retry || event == OperatorCancel,
                     Cancelled => retry,
-                    Rejected | Expired => {
+                    Rejected => {
                         event
                             == OperatorRetry {
-                                needs_approval: true,
+                                requires: NeedsApproval,
                             }
                     }
+                    Expired => matches!(
+                        event,
+                        OperatorRetry {
+                            requires: NeedsApproval | NeedsEvidence
+                        }
+                    ),
                     _ => false,
                 };
                 assert_eq!(
@@ -382,7 +526,7 @@ mod tests {
             .collect();
         assert_eq!(
             cancellable,
-            [AwaitingApproval, Queued, Retrying, Failed, Frozen]
+            [Waiting, AwaitingApproval, Queued, Retrying, Failed, Frozen]
         );
     }
 
@@ -408,7 +552,12 @@ mod tests {
     fn every_move_by_an_operator_or_an_end_of_attempt_is_on_the_record() {
         for step in &TRANSITIONS {
             // Leaving a freeze is on the record (`job.unfrozen`); other leases are not.
-            let silent = matches!(step.event, Leased | Released { .. }) && step.from != Frozen;
+            // A gate met goes on the record as its last condition met.
+            let silent = (matches!(step.event, Leased | Released { .. }) && step.from != Frozen)
+                || step.event
+                    == (GateMet {
+                        needs_approval: false,
+                    });
             assert_eq!(step.audit.is_none(), silent, "{step:?}");
         }
     }
@@ -420,10 +569,13 @@ mod tests {
             renewing,
             [
                 OperatorRetry {
-                    needs_approval: false
+                    requires: NeedsNothing
                 },
                 OperatorRetry {
-                    needs_approval: true
+                    requires: NeedsApproval
+                },
+                OperatorRetry {
+                    requires: NeedsEvidence
                 }
             ]
         );
@@ -445,10 +597,11 @@ mod tests {
         #[test]
         fn random_histories_keep_to_the_life_cycle(
             rendered in any::<bool>(),
+            gate in proptest::sample::select(vec![None, Some(Opening::Met), Some(Opening::Waiting)]),
             needs_approval in any::<bool>(),
             events in proptest::collection::vec(proptest::sample::select(EVENTS.to_vec()), 0..64)
         ) {
-            let (mut state, _) = start(rendered, needs_approval);
+            let (mut state, _) = start(rendered, gate.as_ref(), needs_approval);
             for event in events {
                 match next(state, event) {
                     Ok(step) => {

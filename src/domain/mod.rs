@@ -5,6 +5,7 @@ mod action;
 pub mod approval;
 mod event;
 pub mod freeze;
+pub mod gate;
 mod job;
 pub mod lifecycle;
 

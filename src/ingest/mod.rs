@@ -17,6 +17,7 @@ use crate::config::{Config, Problem};
 use serde::Serialize;
 
 use crate::domain::approval::ApprovalPolicy;
+use crate::domain::gate::JobGate;
 use crate::domain::{Action, Event, JobError, NewJob, now_millis};
 use crate::rules::RuleSet;
 use crate::store::{IngestOutcome, IngestPolicy, NewEvent, Store, StoreError};
@@ -114,9 +115,11 @@ impl Receipt {
 /// none, and a note on the record says which promotions were refused.
 pub fn plan(rules: &RuleSet, event: Event, max_chain_depth: u32) -> NewEvent {
     let jobs = plan_jobs(rules, &event);
+    let evidence = rules.evidence(&event);
     let mut new = NewEvent {
         event,
         jobs,
+        evidence,
         notes: Vec::new(),
     };
     new.refuse_past(max_chain_depth);
@@ -129,22 +132,47 @@ pub fn plan_jobs(rules: &RuleSet, event: &Event) -> Vec<NewJob> {
     rules
         .plan(event)
         .into_iter()
-        .map(|p| NewJob {
-            id: crate::domain::new_id(),
-            rule: p.rule.name.clone(),
-            target: p.rule.target.clone(),
-            action: p.action,
-            approval: p.rule.approval.clone(),
-            initiator: p.rule.initiator_of(event),
+        .map(|p| {
+            // A trigger its gate cannot correlate fails at once, like a template error.
+            let (action, gate) = match (p.action, p.rule.gate_for(event)) {
+                (Ok(action), Ok(gate)) => (Ok(action), gate),
+                (Err(e), _) | (_, Err(e)) => (Err(e), None),
+            };
+            NewJob {
+                id: crate::domain::new_id(),
+                rule: p.rule.name.clone(),
+                target: p.rule.target.clone(),
+                action,
+                approval: p.rule.approval.clone(),
+                initiator: p.rule.initiator_of(event),
+                gate,
+                soak_until: p
+                    .rule
+                    .soak_ms()
+                    .map(|soak| event.received_at.saturating_add(soak)),
+            }
         })
         .collect()
 }
 
-/// What one event would do: the promotions the rules would queue for it.
+/// What one event would do: the promotions the rules would queue for it, and the
+/// gates it would be evidence for.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Simulation {
     pub event: Event,
     pub promotions: Vec<Promotion>,
+    pub evidence: Vec<EvidenceFor>,
+}
+
+/// A gate condition an event meets (SPEC §9), as `simulate` shows it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct EvidenceFor {
+    pub rule: String,
+    pub condition: String,
+    /// Negative evidence: it would fail the job waiting on it.
+    pub block: bool,
+    /// The correlation key it is filed under.
+    pub key: String,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -159,6 +187,12 @@ pub struct Promotion {
     /// The approval the job would await before it runs (SPEC §9).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub approval: Option<ApprovalPolicy>,
+    /// The gate the job would open, before any evidence is looked at (SPEC §9).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gate: Option<JobGate>,
+    /// When its soak would end (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub soak_until: Option<String>,
 }
 
 /// An offline dry run of a body as `source` would receive it: normalized and
@@ -196,10 +230,26 @@ pub fn simulate(
                         action,
                         error,
                         approval: j.approval,
+                        gate: j.gate.map(|g| g.gate),
+                        soak_until: j.soak_until.map(crate::domain::rfc3339),
                     }
                 })
                 .collect();
-            Simulation { event, promotions }
+            let evidence = rules
+                .evidence(&event)
+                .into_iter()
+                .map(|e| EvidenceFor {
+                    rule: e.rule,
+                    condition: e.condition,
+                    block: e.block,
+                    key: e.key,
+                })
+                .collect();
+            Simulation {
+                event,
+                promotions,
+                evidence,
+            }
         })
         .collect())
 }

@@ -27,6 +27,7 @@ const ECHO_TYPES: [&str; 8] = [
 
 /// Whether `consumer` can match an event produced by `producer`'s promotions.
 fn feeds(producer: &Rule, consumer: &Rule, echo_sources: &[&str]) -> bool {
+    let consumer = &consumer.trigger;
     let source_ok = match &consumer.sources {
         None => true,
         Some(names) => names

@@ -10,18 +10,57 @@ mod template;
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use crate::config::{Config, Field, Problem, RetryPolicy};
+use crate::config::{Config, Field, GateConfig, OneOrMany, Problem, RawMatch, RetryPolicy};
 use crate::domain::approval::ApprovalPolicy;
-use crate::domain::{Action, Event, JobError};
+use crate::domain::gate::{self, Evidence, GateStart};
+use crate::domain::{Action, Event, JobError, JobErrorCode, Millis};
 use action::ActionTemplate;
 use index::{Key, Literals, RuleIndex};
 pub use matcher::{Captures, Matcher};
 
-/// All rules, in config order, and the index that finds the few an event can match.
+/// All rules, in config order, and the index that finds the few an event can match;
+/// likewise every gate condition of every rule.
 #[derive(Debug)]
 pub struct RuleSet {
     rules: Vec<Rule>,
     index: RuleIndex,
+    conditions: Vec<Condition>,
+    condition_index: RuleIndex,
+}
+
+/// What an event must be for a rule's trigger, or a gate's condition, to match it:
+/// one kind of matcher for both (SPEC §9: "the same matchers").
+#[derive(Debug)]
+struct EventMatch {
+    /// Exact source names; `None` means any source.
+    sources: Option<Vec<String>>,
+    event: Option<Matcher>,
+    fields: Vec<(Field, Matcher)>,
+    when: Vec<(String, Matcher)>,
+    /// Subject fields an event must carry (for a rule's action to apply, for a
+    /// condition to be correlated).
+    needs: Vec<Field>,
+    literals: Literals,
+}
+
+/// One condition of a rule's gate, compiled.
+#[derive(Debug)]
+struct Condition {
+    /// The rule's position in [`RuleSet::rules`].
+    rule: usize,
+    name: String,
+    block: bool,
+    matcher: EventMatch,
+}
+
+/// A rule's gate, compiled: what its jobs correlate on and wait for.
+#[derive(Debug)]
+struct Gate {
+    correlate: Vec<Field>,
+    within_ms: Millis,
+    soak_ms: Option<Millis>,
+    /// The names of the conditions a job waits for (not the blocking ones).
+    required: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -33,18 +72,12 @@ pub struct Rule {
     pub approval: Option<ApprovalPolicy>,
     /// JSON pointer to who set a trigger event off (its jobs' initiator).
     initiator: Option<String>,
-    /// Exact source names; `None` means any source.
-    sources: Option<Vec<String>>,
-    event: Option<Matcher>,
-    fields: Vec<(Field, Matcher)>,
-    when: Vec<(String, Matcher)>,
+    trigger: EventMatch,
     action: ActionTemplate,
-    /// Subject fields an event must carry for the action to apply.
-    needs: Vec<Field>,
+    gate: Option<Gate>,
     dry_run: bool,
     /// The rule as loaded, for `GET /api/v1/rules`.
     pub spec: serde_json::Value,
-    literals: Literals,
 }
 
 /// A promotion one rule asks for one event. `action` is an error when the templates
@@ -66,110 +99,200 @@ impl Rule {
             _ => None,
         }
     }
+
+    /// The gate a job of this rule for `event` opens, or why it cannot: the event
+    /// lacks a field the gate correlates on (the job fails at once, on the record).
+    pub fn gate_for(&self, event: &Event) -> Result<Option<GateStart>, JobError> {
+        let Some(g) = &self.gate else {
+            return Ok(None);
+        };
+        let mut correlate = Vec::with_capacity(g.correlate.len());
+        for f in &g.correlate {
+            match event.subject.get(*f).filter(|v| !v.is_empty()) {
+                Some(v) => correlate.push((f.name(), v)),
+                None => {
+                    return Err(JobError::new(
+                        JobErrorCode::GateUncorrelated,
+                        format!(
+                            "the event has no `{}`, which the rule's gate correlates on",
+                            f.name()
+                        ),
+                    ));
+                }
+            }
+        }
+        let required: Vec<&str> = g.required.iter().map(String::as_str).collect();
+        Ok(Some(GateStart::new(
+            &correlate,
+            &required,
+            g.within_ms,
+            event.received_at,
+        )))
+    }
+
+    /// How long the rule's jobs soak after their trigger, when its gate says.
+    pub fn soak_ms(&self) -> Option<Millis> {
+        self.gate.as_ref().and_then(|g| g.soak_ms)
+    }
+}
+
+impl EventMatch {
+    /// Compiles the matchers of a trigger or a condition at `loc`; `None` (and the
+    /// problems named) when one does not compile.
+    fn compile(
+        loc: &str,
+        source: Option<&OneOrMany>,
+        event: Option<&OneOrMany>,
+        m: &RawMatch,
+        when_spec: &std::collections::BTreeMap<String, OneOrMany>,
+        problems: &mut Vec<Problem>,
+    ) -> Option<EventMatch> {
+        let errors_before = problems.len();
+        let mut pattern = |key: String, patterns: &[String]| {
+            Matcher::compile(patterns)
+                .map_err(|e| problems.push(Problem::error(format!("{loc}.{key}"), e)))
+                .ok()
+        };
+        let event_matcher = event.and_then(|e| pattern("event".into(), e.patterns()));
+        let fields: Vec<(Field, Matcher)> = [
+            (Field::Repo, &m.repo),
+            (Field::Image, &m.image),
+            (Field::Tag, &m.tag),
+            (Field::Digest, &m.digest),
+            (Field::Path, &m.path),
+            (Field::BuildName, &m.build_name),
+            (Field::BuildNumber, &m.build_number),
+        ]
+        .into_iter()
+        .filter_map(|(f, spec)| {
+            let spec = spec.as_ref()?;
+            Some((f, pattern(format!("match.{}", f.name()), spec.patterns())?))
+        })
+        .collect();
+        let mut when = Vec::new();
+        for (pointer, spec) in when_spec {
+            if !pointer.starts_with('/') {
+                problems.push(Problem::error(
+                    format!("{loc}.when.{pointer}"),
+                    "is not a JSON pointer (it must start with `/`)",
+                ));
+                continue;
+            }
+            match Matcher::compile(spec.patterns()) {
+                Ok(matcher) => when.push((pointer.clone(), matcher)),
+                Err(e) => problems.push(Problem::error(format!("{loc}.when.{pointer}"), e)),
+            }
+        }
+        if problems.len() > errors_before {
+            return None;
+        }
+        let key = |spec: &Option<OneOrMany>| {
+            spec.as_ref()
+                .map_or(Key::Any, |p| Key::of_patterns(p.patterns()))
+        };
+        let literals = Literals {
+            sources: source.map_or(Key::Any, |s| Key::exact(s.patterns())),
+            kinds: event.map_or(Key::Any, |p| Key::of_patterns(p.patterns())),
+            repos: key(&m.repo),
+            images: key(&m.image),
+        };
+        Some(EventMatch {
+            sources: source.map(|s| s.patterns().to_vec()),
+            event: event_matcher,
+            fields,
+            when,
+            needs: Vec::new(),
+            literals,
+        })
+    }
+
+    /// The capture group names its patterns define, for the action's templates.
+    fn group_names(&self) -> HashSet<Arc<str>> {
+        self.fields
+            .iter()
+            .map(|(_, m)| m)
+            .chain(self.when.iter().map(|(_, m)| m))
+            .flat_map(Matcher::group_names)
+            .collect()
+    }
 }
 
 impl RuleSet {
     /// Compiles every rule; the problems name the rule and the key at fault.
     pub fn compile(config: &Config) -> Result<RuleSet, Vec<Problem>> {
         let mut problems = Vec::new();
-        let rules: Vec<Rule> = config
-            .rules
-            .iter()
-            .filter_map(|rc| {
-                let loc = format!("rules[{}]", rc.raw.name);
-                let errors_before = problems.len();
-                let mut pattern = |key: String, patterns: &[String]| {
-                    Matcher::compile(patterns)
-                        .map_err(|e| problems.push(Problem::error(format!("{loc}.{key}"), e)))
-                        .ok()
-                };
-                let r = &rc.raw;
-                let event = r
-                    .event
-                    .as_ref()
-                    .and_then(|e| pattern("event".into(), e.patterns()));
-                let m = &r.matches;
-                let fields: Vec<(Field, Matcher)> = [
-                    (Field::Repo, &m.repo),
-                    (Field::Image, &m.image),
-                    (Field::Tag, &m.tag),
-                    (Field::Digest, &m.digest),
-                    (Field::Path, &m.path),
-                    (Field::BuildName, &m.build_name),
-                    (Field::BuildNumber, &m.build_number),
-                ]
-                .into_iter()
-                .filter_map(|(f, spec)| {
-                    let spec = spec.as_ref()?;
-                    Some((f, pattern(format!("match.{}", f.name()), spec.patterns())?))
-                })
-                .collect();
-                let mut when = Vec::new();
-                for (pointer, spec) in &r.when {
-                    if !pointer.starts_with('/') {
-                        problems.push(Problem::error(
-                            format!("{loc}.when.{pointer}"),
-                            "is not a JSON pointer (it must start with `/`)",
-                        ));
-                        continue;
-                    }
-                    match Matcher::compile(spec.patterns()) {
-                        Ok(matcher) => when.push((pointer.clone(), matcher)),
-                        Err(e) => problems.push(Problem::error(format!("{loc}.when.{pointer}"), e)),
-                    }
+        let mut conditions = Vec::new();
+        let mut rules = Vec::new();
+        for rc in &config.rules {
+            let loc = format!("rules[{}]", rc.raw.name);
+            let r = &rc.raw;
+            let errors_before = problems.len();
+            let trigger = EventMatch::compile(
+                &loc,
+                r.source.as_ref(),
+                r.event.as_ref(),
+                &r.matches,
+                &r.when,
+                &mut problems,
+            );
+            let groups = trigger
+                .as_ref()
+                .map(EventMatch::group_names)
+                .unwrap_or_default();
+            let action = ActionTemplate::compile(&loc, &r.action, &groups, &mut problems);
+            let gate_conditions = match (&r.gate, &rc.gate) {
+                (Some(raw), Some(checked)) => {
+                    compile_conditions(&loc, rules.len(), &raw.require, checked, &mut problems)
                 }
-                let groups: HashSet<Arc<str>> = fields
+                _ => Vec::new(),
+            };
+            let (Some(mut trigger), Some(action)) = (trigger, action) else {
+                continue;
+            };
+            if problems.len() > errors_before {
+                continue;
+            }
+            let target_dry_run = config
+                .targets
+                .iter()
+                .any(|t| t.name == r.action.target && t.dry_run);
+            trigger.needs = action.needs();
+            let dry_run = r.dry_run || target_dry_run;
+            let spec = describe(r, &rc.retry, dry_run, &trigger.needs);
+            let gate = rc.gate.as_ref().map(|g| Gate {
+                correlate: g.correlate.clone(),
+                within_ms: millis(g.within),
+                soak_ms: g.soak.map(millis),
+                required: gate_conditions
                     .iter()
-                    .map(|(_, m)| m)
-                    .chain(when.iter().map(|(_, m)| m))
-                    .flat_map(Matcher::group_names)
-                    .collect();
-                let action = ActionTemplate::compile(&loc, &r.action, &groups, &mut problems);
-                if problems.len() > errors_before {
-                    return None;
-                }
-                let action = action?;
-                let target_dry_run = config
-                    .targets
-                    .iter()
-                    .any(|t| t.name == r.action.target && t.dry_run);
-                let needs = action.needs();
-                let dry_run = r.dry_run || target_dry_run;
-                let spec = describe(r, &rc.retry, dry_run, &needs);
-                let key = |spec: &Option<crate::config::OneOrMany>| {
-                    spec.as_ref()
-                        .map_or(Key::Any, |p| Key::of_patterns(p.patterns()))
-                };
-                let literals = Literals {
-                    sources: r
-                        .source
-                        .as_ref()
-                        .map_or(Key::Any, |s| Key::exact(s.patterns())),
-                    kinds: key(&r.event),
-                    repos: key(&r.matches.repo),
-                    images: key(&r.matches.image),
-                };
-                Some(Rule {
-                    spec,
-                    literals,
-                    name: r.name.clone(),
-                    target: r.action.target.clone(),
-                    retry: rc.retry,
-                    approval: rc.approval.clone(),
-                    initiator: r.initiator.clone(),
-                    sources: r.source.as_ref().map(|s| s.patterns().to_vec()),
-                    event,
-                    fields,
-                    when,
-                    needs,
-                    action,
-                    dry_run,
-                })
-            })
-            .collect();
+                    .filter(|c| !c.block)
+                    .map(|c| c.name.clone())
+                    .collect(),
+            });
+            conditions.extend(gate_conditions);
+            rules.push(Rule {
+                spec,
+                name: r.name.clone(),
+                target: r.action.target.clone(),
+                retry: rc.retry,
+                approval: rc.approval.clone(),
+                initiator: r.initiator.clone(),
+                trigger,
+                action,
+                gate,
+                dry_run,
+            });
+        }
         if problems.is_empty() {
-            let index = RuleIndex::build(rules.iter().map(|r| r.literals.clone()));
-            Ok(RuleSet { rules, index })
+            let index = RuleIndex::build(rules.iter().map(|r| r.trigger.literals.clone()));
+            let condition_index =
+                RuleIndex::build(conditions.iter().map(|c| c.matcher.literals.clone()));
+            Ok(RuleSet {
+                rules,
+                index,
+                conditions,
+                condition_index,
+            })
         } else {
             Err(problems)
         }
@@ -183,6 +306,38 @@ impl RuleSet {
         self.rules.iter().find(|r| r.name == name)
     }
 
+    /// The evidence `event` is for the gates of the rules: one piece per condition it
+    /// matches and carries the correlated fields of.
+    pub fn evidence(&self, event: &Event) -> Vec<Evidence> {
+        if self.conditions.is_empty() {
+            return Vec::new();
+        }
+        let mut candidates = Vec::new();
+        self.condition_index.candidates(event, &mut candidates);
+        let mut captures = Captures::new();
+        candidates
+            .into_iter()
+            .filter_map(|i| {
+                let c = &self.conditions[i];
+                captures.clear();
+                if !c.matcher.matches(event, &mut captures) {
+                    return None;
+                }
+                let rule = &self.rules[c.rule];
+                let g = rule.gate.as_ref()?;
+                // `needs` holds the correlated fields: all there, as `matches` checked.
+                let values = g.correlate.iter().filter_map(|f| event.subject.get(*f));
+                Some(Evidence {
+                    rule: rule.name.clone(),
+                    condition: c.name.clone(),
+                    key: gate::key(values),
+                    block: c.block,
+                    within_ms: g.within_ms,
+                })
+            })
+            .collect()
+    }
+
     /// The promotions the rules ask for this event, in rule order.
     pub fn plan<'a>(&'a self, event: &Event) -> Vec<Planned<'a>> {
         let mut candidates = Vec::new();
@@ -193,7 +348,7 @@ impl RuleSet {
             .filter_map(|i| {
                 let rule = &self.rules[i];
                 captures.clear();
-                rule.matches(event, &mut captures).then(|| Planned {
+                rule.trigger.matches(event, &mut captures).then(|| Planned {
                     rule,
                     action: rule.action.render(event, &captures, rule.dry_run),
                 })
@@ -202,7 +357,7 @@ impl RuleSet {
     }
 }
 
-impl Rule {
+impl EventMatch {
     fn matches(&self, event: &Event, captures: &mut Captures) -> bool {
         let applies = self
             .needs
@@ -239,6 +394,42 @@ impl Rule {
                 }
             })
     }
+}
+
+/// Compiles the conditions of the gate of rule number `rule`; a condition whose
+/// matchers do not compile is left out (and the problem named).
+fn compile_conditions(
+    loc: &str,
+    rule: usize,
+    require: &[crate::config::RawCondition],
+    gate: &GateConfig,
+    problems: &mut Vec<Problem>,
+) -> Vec<Condition> {
+    require
+        .iter()
+        .filter_map(|c| {
+            let at = format!("{loc}.gate.require[{}]", c.name);
+            let mut matcher = EventMatch::compile(
+                &at,
+                c.source.as_ref(),
+                c.event.as_ref(),
+                &c.matches,
+                &c.when,
+                problems,
+            )?;
+            matcher.needs = gate.correlate.clone();
+            Some(Condition {
+                rule,
+                name: c.name.clone(),
+                block: c.block,
+                matcher,
+            })
+        })
+        .collect()
+}
+
+fn millis(d: std::time::Duration) -> Millis {
+    Millis::try_from(d.as_millis()).unwrap_or(Millis::MAX)
 }
 
 /// The rule as written, with its retry policy and dry-run flag resolved and unset

@@ -20,6 +20,8 @@ use crate::audit::{Anchor, AuditEntry, AuditKind, AuditRecord, ChainCheck, Verdi
 use crate::config::StoreUrl;
 use crate::domain::approval::{Ballot, Refusal};
 use crate::domain::freeze::RuntimeFreeze;
+use crate::domain::gate::Evidence;
+use crate::domain::lifecycle::Requires;
 use crate::domain::{
     AttemptRecord, Event, Forbidden, Job, JobError, JobEvent, JobState, Millis, NewJob, Outcome,
 };
@@ -47,6 +49,9 @@ impl From<Forbidden> for StoreError {
 pub struct NewEvent {
     pub event: Event,
     pub jobs: Vec<NewJob>,
+    /// What the event is evidence for, in the gates of the rules (SPEC §9); kept
+    /// whether or not jobs are refused.
+    pub evidence: Vec<Evidence>,
     /// Decisions made while planning (a chain refused) to record with the event.
     pub notes: Vec<AuditEntry>,
 }
@@ -133,11 +138,11 @@ pub enum OperatorAction {
 }
 
 impl OperatorAction {
-    /// The life cycle's event for this action on a job whose policy does or does not
-    /// need approval (a retried job then waits for it again).
-    pub fn event(self, needs_approval: bool) -> JobEvent {
+    /// The life cycle's event for this action on a job whose policy still
+    /// `requires` something (a retried job then waits for it again).
+    pub fn event(self, requires: Requires) -> JobEvent {
         match self {
-            OperatorAction::Retry => JobEvent::OperatorRetry { needs_approval },
+            OperatorAction::Retry => JobEvent::OperatorRetry { requires },
             OperatorAction::Cancel => JobEvent::OperatorCancel,
         }
     }

@@ -41,11 +41,12 @@ use tokio_postgres::{AsyncMessage, NoTls, Row};
 use super::rows::{
     APPROVAL_COLUMNS, ATTEMPT_COLUMNS, AUDIT_COLUMNS, Arg, BallotLanding, Columns, EMITTED,
     EVENT_COLUMNS, EVENTS_PAGE_BYTES_COLUMN, EchoProbe, FREEZE_COLUMNS, FROZEN_DUE_NOW,
-    JOB_COLUMN_COUNT, JOB_COLUMNS, JobInsert, Landing, Listing, SYSTEM_ACTOR, attempt_values,
-    audit_listing, chain_sql, checkpoints_sql, events_listing, events_page, expiry, freeze_scope,
+    GATES_MIGRATION, GateLanding, JOB_COLUMN_COUNT, JOB_COLUMNS, JobInsert, Landing, Listing,
+    Opened, SEEN_COLUMNS, SYSTEM_ACTOR, attempt_values, audit_listing, chain_sql, checkpoints_sql,
+    events_listing, events_page, expiry, freeze_scope, gate_locks, gate_revival, gate_text,
     job_state, jobs_listing, lease_expired, leased_move, millis, narrow, operator_move, page,
     payload_text, read_approval, read_attempt, read_audit, read_event, read_freeze, read_job,
-    revival, sql_limit, start_freeze_sql, stored_count,
+    read_seen, revival, sql_limit, start_freeze_sql, stored_count,
 };
 use super::{
     ApprovalOutcome, AttemptReport, AuditFilter, ChainLink, ChainRow, EventFilter, IngestOutcome,
@@ -56,7 +57,8 @@ use crate::audit::{Anchor, AuditEntry, AuditRecord, GENESIS, HASH_VERSION, chain
 use crate::config::PostgresUrl;
 use crate::domain::approval::{Approval, Ballot};
 use crate::domain::freeze::RuntimeFreeze;
-use crate::domain::{AttemptRecord, Event, Job, JobState, Millis, now_millis};
+use crate::domain::gate::{Evidence, Seen};
+use crate::domain::{AttemptRecord, Event, Job, JobState, Millis, NewJob, now_millis};
 
 /// Connections per store instance (per replica). Each operation holds one only for
 /// its own statements, so a dozen serves the HTTP handlers and eight workers, and
@@ -212,6 +214,7 @@ CREATE TABLE freezes (
     started_by TEXT NOT NULL
 );
 "#,
+    GATES_MIGRATION,
 ];
 
 /// The store on a PostgreSQL database that several replicas share.
@@ -634,6 +637,34 @@ async fn ingest_one(
     let new = new.joined(link, policy.max_chain_depth);
     let ev = &new.event;
 
+    // Gates: the batch holds the locks on every rule and key involved (`ingest`),
+    // so what is read here about them is not changing underneath.
+    for evidence in &new.evidence {
+        arrive_on(tx, ev, evidence, w).await?;
+    }
+    let mut gated: Vec<(&NewJob, Option<Opened>)> = Vec::with_capacity(new.jobs.len());
+    for job in &new.jobs {
+        let Some(start) = &job.gate else {
+            gated.push((job, None));
+            continue;
+        };
+        if let Some(existing) = waiting_on(tx, &job.rule, &start.key).await? {
+            w.audit.push(AuditEntry::duplicate_wait(ev, job, &existing));
+            continue;
+        }
+        let since = start.evidence_since();
+        let sql = format!(
+            "SELECT {SEEN_COLUMNS} FROM evidence
+             WHERE rule = $1 AND gate_key = $2 AND received_at >= $3 ORDER BY received_at"
+        );
+        let seen = query(tx, &sql, &[&job.rule, &start.key, &since])
+            .await?
+            .iter()
+            .map(read_seen)
+            .collect::<Result<Vec<_>, _>>()?;
+        gated.push((job, Some(Opened::of(start, &seen))));
+    }
+
     let s = &ev.subject;
     let payload = payload_text(ev);
     let depth = i64::from(ev.chain_depth);
@@ -641,35 +672,41 @@ async fn ingest_one(
         "INSERT INTO events ({EVENT_COLUMNS})
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
     );
-    let planned: Vec<JobInsert<'_>> = new
-        .jobs
+    let planned: Vec<JobInsert<'_>> = gated
         .iter()
-        .map(|j| JobInsert::of(j, ev.received_at))
+        .map(|(j, opened)| JobInsert::of(j, ev.received_at, opened.as_ref()))
         .collect();
-    let ids: Vec<&str> = new.jobs.iter().map(|j| j.id.as_str()).collect();
-    let rules: Vec<&str> = new.jobs.iter().map(|j| j.rule.as_str()).collect();
-    let targets: Vec<&str> = new.jobs.iter().map(|j| j.target.as_str()).collect();
+    let ids: Vec<&str> = gated.iter().map(|(j, _)| j.id.as_str()).collect();
+    let rules: Vec<&str> = gated.iter().map(|(j, _)| j.rule.as_str()).collect();
+    let targets: Vec<&str> = gated.iter().map(|(j, _)| j.target.as_str()).collect();
     let actions: Vec<Option<&str>> = planned.iter().map(|p| p.action.as_deref()).collect();
     let states: Vec<&str> = planned.iter().map(|p| p.state.as_str()).collect();
     let codes: Vec<Option<&str>> = planned.iter().map(|p| p.error_code).collect();
-    let messages: Vec<Option<&str>> = planned.iter().map(|p| p.error_message).collect();
+    let messages: Vec<Option<&str>> = planned.iter().map(|p| p.error_message.as_deref()).collect();
     let target_refs: Vec<Option<&str>> = planned.iter().map(|p| p.target_ref.as_deref()).collect();
     let digests: Vec<Option<&str>> = planned.iter().map(|p| p.target_digest.as_deref()).collect();
     let approvals: Vec<Option<&str>> = planned.iter().map(|p| p.approval.as_deref()).collect();
     let deadlines: Vec<Option<Millis>> = planned.iter().map(|p| p.approval_expires_at).collect();
-    let initiators: Vec<Option<&str>> = new.jobs.iter().map(|j| j.initiator.as_deref()).collect();
+    let initiators: Vec<Option<&str>> = gated.iter().map(|(j, _)| j.initiator.as_deref()).collect();
+    let gates: Vec<Option<&str>> = planned.iter().map(|p| p.gate.as_deref()).collect();
+    let gate_keys: Vec<Option<&str>> = planned.iter().map(|p| p.gate_key).collect();
+    let gate_deadlines: Vec<Option<Millis>> = planned.iter().map(|p| p.gate_expires_at).collect();
+    let soaks: Vec<Option<Millis>> = gated.iter().map(|(j, _)| j.soak_until).collect();
+    let due: Vec<Millis> = planned.iter().map(|p| p.next_attempt_at).collect();
     // A rule acts once per parent promotion: a second job for the same parent is
     // skipped by the unique index, even when another replica inserted the first.
     let insert_jobs = "INSERT INTO jobs (id, event_id, rule, target, action, state,
             next_attempt_at, last_error_code, last_error_message, parent_job_id, chain_depth,
             created_at, updated_at, target_ref, target_digest, approval, approval_expires_at,
-            initiator)
-         SELECT j.id, $1, j.rule, j.target, j.action, j.state, $2, j.code, j.message, $3, $4,
-            $2, $2, j.target_ref, j.target_digest, j.approval, j.deadline, j.initiator
+            initiator, gate, gate_key, gate_expires_at, soak_until)
+         SELECT j.id, $1, j.rule, j.target, j.action, j.state, j.due, j.code, j.message, $3, $4,
+            $2, $2, j.target_ref, j.target_digest, j.approval, j.deadline, j.initiator, j.gate,
+            j.gate_key, j.gate_deadline, j.soak
          FROM unnest($5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
-            $11::text[], $12::text[], $13::text[], $14::text[], $15::bigint[], $16::text[])
+            $11::text[], $12::text[], $13::text[], $14::text[], $15::bigint[], $16::text[],
+            $17::text[], $18::text[], $19::bigint[], $20::bigint[], $21::bigint[])
             AS j(id, rule, target, action, state, code, message, target_ref, target_digest,
-                approval, deadline, initiator)
+                approval, deadline, initiator, gate, gate_key, gate_deadline, soak, due)
          ON CONFLICT (rule, parent_job_id) WHERE parent_job_id IS NOT NULL DO NOTHING
          RETURNING id";
     // Both prepared first, so that the two inserts go out in order in one round trip.
@@ -695,7 +732,7 @@ async fn ingest_one(
         &ev.parent_job_id,
         &depth,
     ];
-    let job_params: [&(dyn ToSql + Sync); 16] = [
+    let job_params: [&(dyn ToSql + Sync); 21] = [
         &ev.id,
         &ev.received_at,
         &ev.parent_job_id,
@@ -712,9 +749,14 @@ async fn ingest_one(
         &approvals,
         &deadlines,
         &initiators,
+        &gates,
+        &gate_keys,
+        &gate_deadlines,
+        &soaks,
+        &due,
     ];
     let jobs = async {
-        if new.jobs.is_empty() {
+        if gated.is_empty() {
             Ok(Vec::new())
         } else {
             tx.query(&jobs_stmt, &job_params).await
@@ -729,8 +771,8 @@ async fn ingest_one(
 
     w.audit.push(AuditEntry::received(ev));
     w.audit.extend(new.notes.iter().cloned());
-    let mut refs = Vec::with_capacity(new.jobs.len());
-    for (job, plan) in new.jobs.iter().zip(&planned) {
+    let mut refs = Vec::with_capacity(gated.len());
+    for ((job, opened), plan) in gated.iter().zip(&planned) {
         if !inserted.contains(&job.id) {
             let existing = query_opt(
                 tx,
@@ -743,7 +785,12 @@ async fn ingest_one(
                 .push(AuditEntry::duplicate_job(ev, job, &existing.text(0)?));
             continue;
         }
-        w.audit.push(AuditEntry::job_created(ev, job));
+        let opening = opened.as_ref().map(|o| &o.opening);
+        w.audit.push(AuditEntry::job_created(ev, job, opening));
+        // Negative evidence marks nothing met, so a blocked job has none of these.
+        if let Some(o) = opened {
+            w.audit.extend(AuditEntry::met_at_start(ev, job, &o.gate));
+        }
         w.wake |= plan.state == JobState::Queued;
         refs.push(JobRef {
             id: job.id.clone(),
@@ -755,6 +802,83 @@ async fn ingest_one(
         jobs: refs,
         duplicate: false,
     })
+}
+
+/// The job of `rule` waiting on the artifact `key` names, if there is one (at most
+/// one is: a second trigger is a duplicate).
+async fn waiting_on(
+    tx: &Transaction<'_>,
+    rule: &str,
+    key: &str,
+) -> Result<Option<String>, StoreError> {
+    let sql = "SELECT id FROM jobs WHERE rule = $1 AND gate_key = $2 AND state = 'waiting' LIMIT 1";
+    query_opt(tx, sql, &[&rule, &key])
+        .await?
+        .map(|r| r.text(0))
+        .transpose()
+}
+
+/// Keeps `evidence` carried by `ev`, and applies it to the job waiting on it, if any.
+async fn arrive_on(
+    tx: &Transaction<'_>,
+    ev: &Event,
+    evidence: &Evidence,
+    w: &mut Writes,
+) -> Result<(), StoreError> {
+    execute(
+        tx,
+        "INSERT INTO evidence (rule, gate_key, condition, event_id, block, received_at, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        &[
+            &evidence.rule,
+            &evidence.key,
+            &evidence.condition,
+            &ev.id,
+            &i64::from(evidence.block),
+            &ev.received_at,
+            &ev.received_at.saturating_add(evidence.within_ms),
+        ],
+    )
+    .await?;
+    let Some(id) = waiting_on(tx, &evidence.rule, &evidence.key).await? else {
+        return Ok(());
+    };
+    // Locked: an operator's cancel or the expiry pass at another replica waits for
+    // this move, or this one sees theirs (and the job no longer waiting).
+    let Some(job) = load_job(tx, &id, true).await? else {
+        return Ok(());
+    };
+    let seen = Seen {
+        condition: evidence.condition.clone(),
+        event_id: ev.id.clone(),
+        block: evidence.block,
+    };
+    let Some(landing) = GateLanding::arrival(&job, &seen, &ev.source, ev.received_at)? else {
+        return Ok(());
+    };
+    let error = landing.error.as_ref();
+    execute(
+        tx,
+        "UPDATE jobs SET state = $2, gate = $3,
+            approval_expires_at = COALESCE($4, approval_expires_at),
+            last_error_code = COALESCE($5, last_error_code),
+            last_error_message = COALESCE($6, last_error_message),
+            next_attempt_at = GREATEST($7, COALESCE(soak_until, 0)), updated_at = $7
+         WHERE id = $1",
+        &[
+            &id,
+            &landing.state.as_str(),
+            &landing.gate,
+            &landing.approval_expires_at,
+            &error.map(|e| e.code.as_str()),
+            &error.map(|e| e.message.as_str()),
+            &ev.received_at,
+        ],
+    )
+    .await?;
+    w.audit.extend(landing.audit);
+    w.wake |= landing.state == JobState::Queued;
+    Ok(())
 }
 
 /// The answer for a delivery already stored within the window: its first event.
@@ -869,15 +993,17 @@ async fn this_round<C: GenericClient>(c: &C, job_id: &str) -> Result<Vec<Approva
         .collect()
 }
 
-/// Writes a job's new state, due at `now` (what an approval's or expiry's move
-/// needs).
+/// Writes a job's new state, due at `now` or at the end of its soak (what an
+/// approval's or expiry's move needs).
 async fn move_job<C: GenericClient>(
     c: &C,
     job_id: &str,
     to: JobState,
     now: Millis,
 ) -> Result<(), StoreError> {
-    let sql = "UPDATE jobs SET state = $2, next_attempt_at = $3, updated_at = $3 WHERE id = $1";
+    let sql = "UPDATE jobs SET state = $2, next_attempt_at = GREATEST($3, COALESCE(soak_until, 0)),
+            updated_at = $3
+         WHERE id = $1";
     execute(c, sql, &[&job_id, &to.as_str(), &now]).await?;
     Ok(())
 }
@@ -1019,6 +1145,12 @@ impl Store for PostgresStore {
     ) -> Result<Vec<IngestOutcome>, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(unavailable)?;
+        // Every gate the batch touches is decided by one replica at a time: its
+        // rule and key are locked until the commit, always in the same order, so
+        // that two batches never wait on each other's locks.
+        for key in gate_locks(&batch) {
+            execute(&tx, "SELECT pg_advisory_xact_lock($1)", &[&key]).await?;
+        }
         let mut w = Writes::default();
         let mut outcomes = Vec::with_capacity(batch.len());
         for new in &batch {
@@ -1204,8 +1336,8 @@ impl Store for PostgresStore {
         // The row is locked (`load_job` above): the state just read is still the job's.
         execute(
             &tx,
-            "UPDATE jobs SET state = $2, next_attempt_at = $3, updated_at = $3,
-                retry_base = CASE WHEN $4 THEN attempts ELSE retry_base END
+            "UPDATE jobs SET state = $2, next_attempt_at = GREATEST($3, COALESCE(soak_until, 0)),
+                updated_at = $3, retry_base = CASE WHEN $4 THEN attempts ELSE retry_base END
              WHERE id = $1",
             &[
                 &job_id,
@@ -1225,6 +1357,15 @@ impl Store for PostgresStore {
             )
             .await?;
             job.approval = Some(approval);
+        }
+        if let Some(gate) = gate_revival(&job, step, now) {
+            execute(
+                &tx,
+                "UPDATE jobs SET gate = $2, gate_expires_at = $3 WHERE id = $1",
+                &[&job_id, &gate_text(&gate), &gate.expires_at],
+            )
+            .await?;
+            job.gate = Some(gate);
         }
         job.state = step.to;
         job.updated_at = now;
@@ -1288,14 +1429,15 @@ impl Store for PostgresStore {
     }
 
     async fn expire_approvals(&self) -> Result<u64, StoreError> {
-        let step = expiry()?;
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(unavailable)?;
         let now = now_millis();
-        // Locked and skipped when another replica is expiring them at this moment.
+        // Locked and skipped when another replica is expiring them, or evidence is
+        // arriving for them, at this moment.
         let sql = format!(
             "SELECT {JOB_COLUMNS} FROM jobs
-             WHERE state = 'awaiting_approval' AND approval_expires_at <= $1
+             WHERE (state = 'awaiting_approval' AND approval_expires_at <= $1)
+                OR (state = 'waiting' AND gate_expires_at <= $1)
              FOR UPDATE SKIP LOCKED"
         );
         let mut jobs = Vec::new();
@@ -1304,6 +1446,7 @@ impl Store for PostgresStore {
         }
         let mut w = Writes::default();
         for job in &mut jobs {
+            let step = expiry(job.state)?;
             move_job(&tx, &job.id, step.to, now).await?;
             job.state = step.to;
             if let Some(kind) = step.audit {
@@ -1377,7 +1520,8 @@ impl Store for PostgresStore {
             "SELECT LEAST(
                 (SELECT MIN(next_attempt_at) FROM jobs WHERE state IN ('queued', 'retrying', 'frozen')),
                 (SELECT MIN(lease_expires_at) FROM jobs WHERE state = 'running'),
-                (SELECT MIN(approval_expires_at) FROM jobs WHERE state = 'awaiting_approval'))",
+                (SELECT MIN(approval_expires_at) FROM jobs WHERE state = 'awaiting_approval'),
+                (SELECT MIN(gate_expires_at) FROM jobs WHERE state = 'waiting'))",
             &[],
         )
         .await?;
@@ -1453,6 +1597,9 @@ impl Store for PostgresStore {
             &[&deliveries_before],
         )
         .await?;
+        // Evidence past its window can count for no trigger any more.
+        let now = now_millis();
+        execute(&tx, "DELETE FROM evidence WHERE expires_at < $1", &[&now]).await?;
         let mut w = Writes::default();
         let mut audit_records = 0;
         if let Some(before) = audit_before {

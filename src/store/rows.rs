@@ -4,15 +4,18 @@
 //! job goes is asked of `domain::lifecycle`, never decided here). Each store only moves values between its driver's rows and these plain structs,
 //! so the two cannot drift apart in what a stored row means.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use super::{
-    AttemptReport, AuditFilter, EventFilter, IngestPolicy, JobFilter, OperatorAction, Page,
-    StoreError, StoredEvent, Transition,
+    AttemptReport, AuditFilter, EventFilter, IngestPolicy, JobFilter, NewEvent, OperatorAction,
+    Page, StoreError, StoredEvent, Transition,
 };
 use crate::audit::{AuditEntry, AuditKind, AuditRecord};
 use crate::domain::approval::{self, Approval, Awaiting, Ballot, JobApproval, Refusal, Verdict};
 use crate::domain::freeze::RuntimeFreeze;
+use crate::domain::gate::{self, Arrival, GateStart, JobGate, Opening, Seen};
+use crate::domain::lifecycle::Requires;
 use crate::domain::{
     Action, AttemptRecord, Event, Job, JobError, JobErrorCode, JobEvent, JobState, Millis, NewJob,
     Outcome, Step, Subject, lifecycle, subject_key,
@@ -23,10 +26,37 @@ pub(super) const EVENT_COLUMNS: &str = "id, source, type, delivery_id, received_
 
 pub(super) const JOB_COLUMNS: &str = "id, rule, state, outcome, event_id, target, action,
     last_error_code, last_error_message, parent_job_id, chain_depth, created_at, updated_at,
-    approval, approval_expires_at, initiator";
+    approval, approval_expires_at, initiator, gate, soak_until";
 
 /// How many columns [`JOB_COLUMNS`] selects: what a query selecting more reads after.
-pub(super) const JOB_COLUMN_COUNT: usize = 16;
+pub(super) const JOB_COLUMN_COUNT: usize = 18;
+
+/// SPEC §9 gates: a job's gate (its conditions, which are met and by which events),
+/// the key its evidence is filed under and when its wait ends, the end of its soak;
+/// and the evidence, kept until it can count for no trigger any more. The same
+/// statements serve both stores.
+pub(super) const GATES_MIGRATION: &str = r#"
+ALTER TABLE jobs ADD COLUMN gate TEXT;
+ALTER TABLE jobs ADD COLUMN gate_key TEXT;
+ALTER TABLE jobs ADD COLUMN gate_expires_at BIGINT;
+ALTER TABLE jobs ADD COLUMN soak_until BIGINT;
+CREATE INDEX jobs_gate_wait ON jobs(rule, gate_key) WHERE state = 'waiting';
+CREATE INDEX jobs_gate_expiry ON jobs(gate_expires_at) WHERE state = 'waiting';
+CREATE TABLE evidence (
+    rule TEXT NOT NULL,
+    gate_key TEXT NOT NULL,
+    condition TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    block BIGINT NOT NULL,
+    received_at BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL
+);
+CREATE INDEX evidence_key ON evidence(rule, gate_key, received_at);
+CREATE INDEX evidence_expiry ON evidence(expires_at);
+"#;
+
+/// The columns of an `evidence` row as [`read_seen`] reads them.
+pub(super) const SEEN_COLUMNS: &str = "condition, event_id, block";
 
 pub(super) const APPROVAL_COLUMNS: &str = "by_name, at, verdict, comment, as_group";
 
@@ -182,9 +212,29 @@ pub(super) fn read_job(r: &impl Columns) -> Result<Job, StoreError> {
             None => None,
         },
         approvals: Vec::new(),
+        gate: match r.text_opt(16)? {
+            Some(g) => Some(serde_json::from_str(&g).map_err(|_| corrupt("job gate", &g))?),
+            None => None,
+        },
+        soak_until: r.int_opt(17)?,
         created_at: r.int(11)?,
         updated_at: r.int(12)?,
     })
+}
+
+/// An `evidence` row, in [`SEEN_COLUMNS`] order.
+pub(super) fn read_seen(r: &impl Columns) -> Result<Seen, StoreError> {
+    Ok(Seen {
+        condition: r.text(0)?,
+        event_id: r.text(1)?,
+        block: r.int(2)? != 0,
+    })
+}
+
+/// A gate as stored.
+pub(super) fn gate_text(gate: &JobGate) -> String {
+    // A gate is strings and integers: serializing it cannot fail.
+    serde_json::to_string(gate).unwrap_or_default()
 }
 
 /// An `approvals` row, in [`APPROVAL_COLUMNS`] order.
@@ -283,34 +333,103 @@ pub(super) fn stored_count(entry: &AuditEntry) -> Result<Option<i64>, StoreError
         .transpose()
 }
 
+/// The advisory locks a batch takes on the gates it touches (the rules and keys of
+/// its evidence and of its gated triggers), sorted and without repeats: one lock
+/// order for every batch. A key is the first 8 bytes of the SHA-256 of the rule and
+/// key, stable across processes and versions (every replica must compute the same).
+pub(super) fn gate_locks(batch: &[NewEvent]) -> Vec<i64> {
+    use sha2::{Digest, Sha256};
+    let lock = |rule: &str, key: &str| {
+        let digest = Sha256::new()
+            .chain_update(rule.as_bytes())
+            .chain_update([0])
+            .chain_update(key.as_bytes())
+            .finalize();
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&digest[..8]);
+        i64::from_be_bytes(first)
+    };
+    let mut keys: Vec<i64> = batch
+        .iter()
+        .flat_map(|new| {
+            let evidence = new.evidence.iter().map(|e| lock(&e.rule, &e.key));
+            let triggers = new
+                .jobs
+                .iter()
+                .filter_map(|j| Some(lock(&j.rule, &j.gate.as_ref()?.key)));
+            evidence.chain(triggers)
+        })
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    keys
+}
+
+/// A new job's gate opened on the evidence the store holds for its key (read in
+/// the ingest's transaction, under the key's lock where the store has several
+/// writers): the gate with what is met, and where the job starts.
+pub(super) struct Opened {
+    pub gate: JobGate,
+    pub opening: Opening,
+}
+
+impl Opened {
+    pub fn of(start: &GateStart, seen: &[Seen]) -> Opened {
+        let mut gate = start.gate.clone();
+        let opening = gate::open(&mut gate, seen);
+        Opened { gate, opening }
+    }
+}
+
 /// How a job the rules planned is stored: in the state it starts in (its rendered
-/// action, or the template error that failed it), and the key its promotion's result
-/// is known by.
+/// action, or the template error or negative evidence that failed it), and the key
+/// its promotion's result is known by.
 pub(super) struct JobInsert<'a> {
     pub action: Option<String>,
     pub state: JobState,
     pub error_code: Option<&'static str>,
-    pub error_message: Option<&'a str>,
+    pub error_message: Option<Cow<'a, str>>,
+    /// When it is first due: its trigger's time, or the end of its soak.
+    pub next_attempt_at: Millis,
     pub target_ref: Option<String>,
     pub target_digest: Option<String>,
     /// The approval policy as stored (JSON), and when the wait for it ends.
     pub approval: Option<String>,
     pub approval_expires_at: Option<Millis>,
+    /// The gate as stored, the key its evidence is filed under, and when a waiting
+    /// job's wait ends.
+    pub gate: Option<String>,
+    pub gate_key: Option<&'a str>,
+    pub gate_expires_at: Option<Millis>,
 }
 
 impl<'a> JobInsert<'a> {
-    pub fn of(job: &'a NewJob, now: Millis) -> Self {
-        let (state, _) = job.start();
+    /// `job` for an event received `now`, its gate opened as `opened` says.
+    pub fn of(job: &'a NewJob, now: Millis, opened: Option<&Opened>) -> Self {
+        let opening = opened.map(|o| &o.opening);
+        let (state, _) = job.start(opening);
         let (action, error) = match &job.action {
             Ok(a) => (serde_json::to_string(a).ok(), None),
             Err(e) => (None, Some(e)),
+        };
+        let (error_code, error_message) = match (error, opening) {
+            (Some(e), _) => (
+                Some(e.code.as_str()),
+                Some(Cow::Borrowed(e.message.as_str())),
+            ),
+            (None, Some(Opening::Blocked(seen))) => (
+                Some(JobErrorCode::GateBlocked.as_str()),
+                Some(Cow::Owned(gate::blocked_by(seen))),
+            ),
+            (None, _) => (None, None),
         };
         let output = job.action.as_ref().ok().map(Action::output_subject);
         JobInsert {
             action,
             state,
-            error_code: error.map(|e| e.code.as_str()),
-            error_message: error.map(|e| e.message.as_str()),
+            error_code,
+            error_message,
+            next_attempt_at: job.soak_until.map_or(now, |s| s.max(now)),
             target_ref: output.as_ref().and_then(subject_key),
             target_digest: output.and_then(|o| o.digest),
             approval: job
@@ -321,7 +440,88 @@ impl<'a> JobInsert<'a> {
                 JobState::AwaitingApproval => job.approval.as_ref().and_then(|p| p.expires_at(now)),
                 _ => None,
             },
+            gate: opened.map(|o| gate_text(&o.gate)),
+            gate_key: job.gate.as_ref().map(|g| g.key.as_str()),
+            gate_expires_at: match (state, opened) {
+                (JobState::Waiting, Some(o)) => Some(o.gate.expires_at),
+                _ => None,
+            },
         }
+    }
+}
+
+/// What a piece of evidence that arrived writes on the job waiting on it
+/// (`domain::gate` decides, the life cycle moves): the gate as it now is, the state
+/// the job goes to, a deadline when it goes to await approval, the error when
+/// negative evidence failed it, and the records.
+pub(super) struct GateLanding {
+    pub gate: String,
+    pub state: JobState,
+    pub approval_expires_at: Option<Millis>,
+    pub error: Option<JobError>,
+    pub audit: Vec<AuditEntry>,
+}
+
+impl GateLanding {
+    /// `None` when the evidence changes nothing (its condition was met already). The
+    /// records' actor is the evidence's source.
+    pub fn arrival(
+        job: &Job,
+        seen: &Seen,
+        actor: &str,
+        now: Millis,
+    ) -> Result<Option<GateLanding>, StoreError> {
+        // A job that moved on meanwhile (cancelled, expired) is not moved by evidence.
+        let (JobState::Waiting, Some(mut gate)) = (job.state, job.gate.clone()) else {
+            return Ok(None);
+        };
+        let arrival = gate::arrive(&mut gate, seen, now);
+        let mut audit = Vec::new();
+        let mut state = job.state;
+        let mut error = None;
+        let mut approval_expires_at = None;
+        match arrival {
+            Arrival::Nothing => return Ok(None),
+            Arrival::Blocked => {
+                let step = lifecycle::next(state, JobEvent::Blocked)?;
+                state = step.to;
+                error = Some(JobError::new(
+                    JobErrorCode::GateBlocked,
+                    gate::blocked_by(seen),
+                ));
+                audit.push(AuditEntry::gate_blocked(job, seen, actor));
+            }
+            Arrival::Met { last } => {
+                let step = lifecycle::next(state, JobEvent::ConditionMet)?;
+                state = step.to;
+                audit.push(AuditEntry::condition_met(
+                    job,
+                    &gate,
+                    &seen.condition,
+                    &seen.event_id,
+                    actor,
+                ));
+                if last {
+                    let needs_approval = job.approval.is_some();
+                    let step = lifecycle::next(state, JobEvent::GateMet { needs_approval })?;
+                    state = step.to;
+                    if let Some(kind) = step.audit {
+                        audit.push(AuditEntry::operator(kind, SYSTEM_ACTOR, job));
+                    }
+                    approval_expires_at = match (state, &job.approval) {
+                        (JobState::AwaitingApproval, Some(a)) => a.policy.expires_at(now),
+                        _ => None,
+                    };
+                }
+            }
+        }
+        Ok(Some(GateLanding {
+            gate: gate_text(&gate),
+            state,
+            approval_expires_at,
+            error,
+            audit,
+        }))
     }
 }
 
@@ -347,8 +547,19 @@ pub(super) fn operator_move(job: &Job, action: OperatorAction) -> Result<&'stati
     if action == OperatorAction::Retry && job.action.is_none() {
         return Err(job.state);
     }
-    let event = action.event(job.approval.is_some());
-    lifecycle::next(job.state, event).map_err(|refused| refused.from)
+    let requires = Requires::of(job.gate.as_ref().map(JobGate::met), job.approval.is_some());
+    lifecycle::next(job.state, action.event(requires)).map_err(|refused| refused.from)
+}
+
+/// What a move back into `waiting` (an operator's retry of a job whose gate was never
+/// met) writes on the job: its gate, with what was met kept, waits `within` from
+/// `now` again.
+pub(super) fn gate_revival(job: &Job, step: &Step, now: Millis) -> Option<JobGate> {
+    let gate = job.gate.as_ref()?;
+    (step.to == JobState::Waiting).then(|| JobGate {
+        expires_at: now.saturating_add(gate.within_ms),
+        ..gate.clone()
+    })
 }
 
 /// What a move into `awaiting_approval` (an operator's retry) writes on the job: a new
@@ -420,12 +631,10 @@ impl BallotLanding {
 /// Who moves a job that no person moved (an approval that timed out).
 pub(super) const SYSTEM_ACTOR: &str = "gantry";
 
-/// The life cycle's move for an awaiting job whose approval timed out.
-pub(super) fn expiry() -> Result<&'static Step, StoreError> {
-    Ok(lifecycle::next(
-        JobState::AwaitingApproval,
-        JobEvent::Expired,
-    )?)
+/// The life cycle's move for a job whose wait (`from`: for its gate's evidence or
+/// for approval) timed out.
+pub(super) fn expiry(from: JobState) -> Result<&'static Step, StoreError> {
+    Ok(lifecycle::next(from, JobEvent::Expired)?)
 }
 
 /// The life cycle's move for `event` on a job a worker holds: the lease fence has

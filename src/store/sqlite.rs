@@ -21,10 +21,11 @@ use tokio::sync::{Notify, oneshot};
 use super::rows::{
     APPROVAL_COLUMNS, ATTEMPT_COLUMNS, AUDIT_COLUMNS, Arg, BallotLanding, Columns, EMITTED,
     EVENT_COLUMNS, EVENTS_PAGE_BYTES_COLUMN, EchoProbe, FREEZE_COLUMNS, FROZEN_DUE_NOW,
-    JOB_COLUMNS, JobInsert, Landing, SYSTEM_ACTOR, attempt_values, audit_listing, chain_sql,
-    checkpoints_sql, events_listing, events_page, expiry, freeze_scope, job_state, jobs_listing,
+    GATES_MIGRATION, GateLanding, JOB_COLUMNS, JobInsert, Landing, Opened, SEEN_COLUMNS,
+    SYSTEM_ACTOR, attempt_values, audit_listing, chain_sql, checkpoints_sql, events_listing,
+    events_page, expiry, freeze_scope, gate_revival, gate_text, job_state, jobs_listing,
     lease_expired, leased_move, millis, operator_move, page, payload_text, read_approval,
-    read_attempt, read_audit, read_event, read_freeze, read_job, revival, sql_limit,
+    read_attempt, read_audit, read_event, read_freeze, read_job, read_seen, revival, sql_limit,
     start_freeze_sql, stored_count,
 };
 use super::{
@@ -35,7 +36,8 @@ use super::{
 use crate::audit::{Anchor, AuditEntry, AuditRecord, GENESIS, HASH_VERSION, chain_hash};
 use crate::domain::approval::{Approval, Ballot};
 use crate::domain::freeze::RuntimeFreeze;
-use crate::domain::{AttemptRecord, Job, JobState, Millis, now_millis};
+use crate::domain::gate::{Evidence, Seen};
+use crate::domain::{AttemptRecord, Event, Job, JobState, Millis, now_millis};
 
 /// Most operations committed in one transaction.
 const MAX_BATCH: usize = 512;
@@ -170,6 +172,7 @@ CREATE TABLE freezes (
     started_by TEXT NOT NULL
 );
 "#,
+    GATES_MIGRATION,
 ];
 
 /// Per-batch facts the writer acts on after the commit.
@@ -605,6 +608,9 @@ fn ingest_one(
     for note in &new.notes {
         append_audit(conn, note)?;
     }
+    for evidence in &new.evidence {
+        arrive_on(conn, ev, evidence, batch)?;
+    }
 
     let mut jobs = Vec::with_capacity(new.jobs.len());
     for job in &new.jobs {
@@ -621,12 +627,25 @@ fn ingest_one(
                 continue;
             }
         }
-        let row = JobInsert::of(job, ev.received_at);
+        let opened = match &job.gate {
+            Some(start) => {
+                if let Some(existing) = waiting_on(conn, &job.rule, &start.key)? {
+                    append_audit(conn, &AuditEntry::duplicate_wait(ev, job, &existing))?;
+                    continue;
+                }
+                let seen = evidence_since(conn, &job.rule, &start.key, start.evidence_since())?;
+                Some(Opened::of(start, &seen))
+            }
+            None => None,
+        };
+        let row = JobInsert::of(job, ev.received_at, opened.as_ref());
         conn.prepare_cached(
             "INSERT INTO jobs (id, event_id, rule, target, action, state, next_attempt_at,
                 last_error_code, last_error_message, parent_job_id, chain_depth, created_at,
-                updated_at, target_ref, target_digest, approval, approval_expires_at, initiator)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?7, ?7, ?12, ?13, ?14, ?15, ?16)",
+                updated_at, target_ref, target_digest, approval, approval_expires_at, initiator,
+                gate, gate_key, gate_expires_at, soak_until)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?17, ?8, ?9, ?10, ?11, ?7, ?7, ?12, ?13, ?14, ?15,
+                ?16, ?18, ?19, ?20, ?21)",
         )
         .and_then(|mut st| {
             st.execute(params![
@@ -646,10 +665,22 @@ fn ingest_one(
                 row.approval,
                 row.approval_expires_at,
                 job.initiator,
+                row.next_attempt_at,
+                row.gate,
+                row.gate_key,
+                row.gate_expires_at,
+                job.soak_until,
             ])
         })
         .map_err(unavailable)?;
-        append_audit(conn, &AuditEntry::job_created(ev, job))?;
+        let opening = opened.as_ref().map(|o| &o.opening);
+        append_audit(conn, &AuditEntry::job_created(ev, job, opening))?;
+        // Negative evidence marks nothing met, so a blocked job has none of these.
+        if let Some(o) = &opened {
+            for entry in AuditEntry::met_at_start(ev, job, &o.gate) {
+                append_audit(conn, &entry)?;
+            }
+        }
         batch.wake_workers |= row.state == JobState::Queued;
         jobs.push(JobRef {
             id: job.id.clone(),
@@ -661,6 +692,104 @@ fn ingest_one(
         jobs,
         duplicate: false,
     })
+}
+
+/// The job of `rule` waiting on the artifact `key` names, if there is one (at most
+/// one is: a second trigger is a duplicate).
+fn waiting_on(conn: &Connection, rule: &str, key: &str) -> Result<Option<String>, StoreError> {
+    conn.prepare_cached(
+        "SELECT id FROM jobs INDEXED BY jobs_gate_wait
+         WHERE rule = ?1 AND gate_key = ?2 AND state = 'waiting' LIMIT 1",
+    )
+    .and_then(|mut s| s.query_row(params![rule, key], |r| r.get(0)).optional())
+    .map_err(unavailable)
+}
+
+/// The evidence for `rule`'s gate about the artifact `key` names received since
+/// `since`, oldest first.
+fn evidence_since(
+    conn: &Connection,
+    rule: &str,
+    key: &str,
+    since: Millis,
+) -> Result<Vec<Seen>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT {SEEN_COLUMNS} FROM evidence
+             WHERE rule = ?1 AND gate_key = ?2 AND received_at >= ?3 ORDER BY received_at"
+        ))
+        .map_err(unavailable)?;
+    let mut rows = stmt.query(params![rule, key, since]).map_err(unavailable)?;
+    let mut seen = Vec::new();
+    while let Some(row) = rows.next().map_err(unavailable)? {
+        seen.push(read_seen(row)?);
+    }
+    Ok(seen)
+}
+
+/// Keeps `evidence` carried by `ev`, and applies it to the job waiting on it, if any.
+fn arrive_on(
+    conn: &Connection,
+    ev: &Event,
+    evidence: &Evidence,
+    batch: &mut Batch,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO evidence (rule, gate_key, condition, event_id, block, received_at, expires_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            evidence.rule,
+            evidence.key,
+            evidence.condition,
+            ev.id,
+            i64::from(evidence.block),
+            ev.received_at,
+            ev.received_at.saturating_add(evidence.within_ms),
+        ])
+    })
+    .map_err(unavailable)?;
+    let Some(id) = waiting_on(conn, &evidence.rule, &evidence.key)? else {
+        return Ok(());
+    };
+    let Some(job) = load_job(conn, &id)? else {
+        return Ok(());
+    };
+    let seen = Seen {
+        condition: evidence.condition.clone(),
+        event_id: ev.id.clone(),
+        block: evidence.block,
+    };
+    let Some(landing) = GateLanding::arrival(&job, &seen, &ev.source, ev.received_at)? else {
+        return Ok(());
+    };
+    let error = landing.error.as_ref();
+    conn.prepare_cached(
+        "UPDATE jobs SET state = ?2, gate = ?3,
+            approval_expires_at = COALESCE(?4, approval_expires_at),
+            last_error_code = COALESCE(?5, last_error_code),
+            last_error_message = COALESCE(?6, last_error_message),
+            next_attempt_at = MAX(?7, COALESCE(soak_until, 0)), updated_at = ?7
+         WHERE id = ?1",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            id,
+            landing.state.as_str(),
+            landing.gate,
+            landing.approval_expires_at,
+            error.map(|e| e.code.as_str()),
+            error.map(|e| e.message.as_str()),
+            ev.received_at,
+        ])
+    })
+    .map_err(unavailable)?;
+    for entry in &landing.audit {
+        append_audit(conn, entry)?;
+    }
+    batch.wake_workers |= landing.state == JobState::Queued;
+    Ok(())
 }
 
 impl Columns for Row<'_> {
@@ -786,25 +915,29 @@ fn decide_on(
     Ok(ApprovalOutcome::Done(Box::new(job)))
 }
 
-/// Writes a job's new state, due at `now` (what an approval's or expiry's move
-/// needs).
+/// Writes a job's new state, due at `now` or at the end of its soak (what an
+/// approval's or expiry's move needs).
 fn move_job(conn: &Connection, job_id: &str, to: JobState, now: Millis) -> Result<(), StoreError> {
     conn.prepare_cached(
-        "UPDATE jobs SET state = ?2, next_attempt_at = ?3, updated_at = ?3 WHERE id = ?1",
+        "UPDATE jobs SET state = ?2, next_attempt_at = MAX(?3, COALESCE(soak_until, 0)),
+            updated_at = ?3
+         WHERE id = ?1",
     )
     .and_then(|mut s| s.execute(params![job_id, to.as_str(), now]))
     .map_err(unavailable)?;
     Ok(())
 }
 
-/// Moves every job whose approval timed out by `now` to `expired`, each on the
-/// record.
+/// Moves every job whose wait timed out by `now` (for its gate's evidence, or for
+/// approval) to `expired`, each on the record.
 fn expire_on(conn: &Connection, now: Millis) -> Result<u64, StoreError> {
-    let step = expiry()?;
     let ids: Vec<String> = conn
         .prepare_cached(
             "SELECT id FROM jobs INDEXED BY jobs_awaiting
-             WHERE state = 'awaiting_approval' AND approval_expires_at <= ?1",
+             WHERE state = 'awaiting_approval' AND approval_expires_at <= ?1
+             UNION ALL
+             SELECT id FROM jobs INDEXED BY jobs_gate_expiry
+             WHERE state = 'waiting' AND gate_expires_at <= ?1",
         )
         .and_then(|mut s| {
             s.query_map([now], |r| r.get(0))?
@@ -815,6 +948,7 @@ fn expire_on(conn: &Connection, now: Millis) -> Result<u64, StoreError> {
         let Some(mut job) = load_job(conn, id)? else {
             continue;
         };
+        let step = expiry(job.state)?;
         move_job(conn, id, step.to, now)?;
         job.state = step.to;
         if let Some(kind) = step.audit {
@@ -1044,8 +1178,8 @@ fn operate_on(
     let now = now_millis();
     // The only writer: the state just read is still the job's.
     conn.prepare_cached(
-        "UPDATE jobs SET state = ?2, next_attempt_at = ?3, updated_at = ?3,
-            retry_base = CASE WHEN ?4 THEN attempts ELSE retry_base END
+        "UPDATE jobs SET state = ?2, next_attempt_at = MAX(?3, COALESCE(soak_until, 0)),
+            updated_at = ?3, retry_base = CASE WHEN ?4 THEN attempts ELSE retry_base END
          WHERE id = ?1",
     )
     .and_then(|mut s| {
@@ -1066,6 +1200,12 @@ fn operate_on(
         .and_then(|mut s| s.execute(params![job_id, approval.expires_at, approval.initiator]))
         .map_err(unavailable)?;
         job.approval = Some(approval);
+    }
+    if let Some(gate) = gate_revival(&job, step, now) {
+        conn.prepare_cached("UPDATE jobs SET gate = ?2, gate_expires_at = ?3 WHERE id = ?1")
+            .and_then(|mut s| s.execute(params![job_id, gate_text(&gate), gate.expires_at]))
+            .map_err(unavailable)?;
+        job.gate = Some(gate);
     }
     job.state = step.to;
     job.updated_at = now;
@@ -1272,7 +1412,10 @@ impl Store for SqliteStore {
                     WHERE state = 'running'
                     UNION ALL
                     SELECT MIN(approval_expires_at) FROM jobs INDEXED BY jobs_awaiting
-                    WHERE state = 'awaiting_approval')",
+                    WHERE state = 'awaiting_approval'
+                    UNION ALL
+                    SELECT MIN(gate_expires_at) FROM jobs INDEXED BY jobs_gate_expiry
+                    WHERE state = 'waiting')",
                 [],
                 |r| r.get(0),
             )
@@ -1369,6 +1512,9 @@ impl Store for SqliteStore {
                     "DELETE FROM deliveries WHERE received_at < ?1",
                     [deliveries_before],
                 )
+                .map_err(unavailable)?;
+            // Evidence past its window can count for no trigger any more.
+            conn.execute("DELETE FROM evidence WHERE expires_at < ?1", [now_millis()])
                 .map_err(unavailable)?;
             let mut audit_records = 0;
             if let Some(before) = audit_before {

@@ -606,6 +606,8 @@ mod tests {
                 last_error: None,
                 parent_job_id: None,
                 chain_depth: 0,
+                gate: None,
+                soak_until: None,
                 approval: None,
                 approvals: Vec::new(),
                 created_at: 0,

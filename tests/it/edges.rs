@@ -63,6 +63,7 @@ fn big_event(n: usize, pad: usize) -> NewEvent {
             chain_depth: 0,
         },
         jobs: Vec::new(),
+        evidence: Vec::new(),
         notes: Vec::new(),
     }
 }

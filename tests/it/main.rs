@@ -17,6 +17,7 @@ mod edges_targets;
 mod fake_artifactory;
 mod faults;
 mod freezes;
+mod gates;
 mod harness;
 mod hostile;
 mod ingest;

@@ -158,6 +158,8 @@ fn job(rule: &str, tag: &str) -> NewJob {
         action: Ok(promote(tag)),
         approval: None,
         initiator: None,
+        gate: None,
+        soak_until: None,
     }
 }
 
@@ -166,6 +168,7 @@ fn planned(delivery: &str, tag: &str, rules: &[&str]) -> NewEvent {
     NewEvent {
         event: event("ci", delivery, tag),
         jobs: rules.iter().map(|r| job(r, tag)).collect(),
+        evidence: Vec::new(),
         notes: Vec::new(),
     }
 }
@@ -254,6 +257,8 @@ async fn ingest_commits_the_event_its_jobs_and_their_audit(b: Backend) {
         )),
         approval: None,
         initiator: None,
+        gate: None,
+        soak_until: None,
     });
     new.notes
         .push(AuditEntry::chain_refused(&new.event, &["deep".into()], 5));
@@ -754,6 +759,8 @@ async fn operator_actions_move_only_the_states_that_allow_them(b: Backend) {
         action: Err(JobError::new(JobErrorCode::TemplateError, "no tag")),
         approval: None,
         initiator: None,
+        gate: None,
+        soak_until: None,
     });
     let out = store.ingest(vec![broken], POLICY).await.unwrap();
     let broken_id = &out[0].jobs[0].id;
