@@ -315,3 +315,32 @@ action = { type = "promote", target = "jfrog", to_repo = "staging" }
     assert!(stderr.contains("invalid_state"), "{stderr}");
     app.stop().await;
 }
+
+/// A gate condition that can never be met is refused before anything runs (SPEC §9).
+#[test]
+fn check_refuses_gate_conditions_that_can_never_match() {
+    let registry = r#"
+[[sources]]
+name = "registry"
+format = "registry"
+verify = { scheme = "token", header = "Authorization", secrets = ["env:SET_SECRET"] }
+"#;
+    let rule = r#"source = "ci"
+action = { type = "promote", target = "jfrog", to_repo = "x" }
+gate = { correlate = ["build_name", "colour"], require = [
+  { name = "scan", source = "nope" },
+  { name = "pushed", source = "registry" },
+  { name = "pushed", source = "ci" },
+] }"#;
+    let (code, err) = check(&format!("{registry}{}", with_rule(rule)));
+    assert_eq!(code, 2, "{err}");
+    for expected in [
+        "error: rules[r].gate.correlate: `colour` is not a subject field",
+        "error: rules[r].gate.within: must be set",
+        "error: rules[r].gate.require[scan].source: unknown source `nope`: the condition can never be met",
+        "error: rules[r].gate.require[pushed].source: source `registry` sends events that never carry `build_name`",
+        "error: rules[r].gate.require[pushed].name: is defined more than once",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+}

@@ -449,3 +449,62 @@ async fn simulate_shows_the_gate_a_trigger_opens_and_what_evidence_is_for() {
     );
     app.stop().await;
 }
+
+/// A gated rule as a chain's later stage: gantry's own `gantry.promoted` from
+/// staging is the trigger, a scanner's event about the same digest the condition.
+#[tokio::test]
+async fn a_gated_rule_is_a_later_stage_of_a_chain() {
+    let fake = crate::fake_artifactory::FakeArtifactory::start().await;
+    fake.put("docker-dev", "app", "1.0.0", DIGEST);
+    let rules = format!(
+        r#"{SCANNER}
+[[targets]]
+name = "fake"
+kind = "artifactory"
+url = "{}"
+
+[[rules]]
+name = "tested-to-staging"
+source = "ci"
+event = "test-passed"
+match = {{ repo = "docker-dev" }}
+action = {{ type = "promote", target = "fake", to_repo = "docker-staging" }}
+
+[[rules]]
+name = "staging-to-prod"
+source = "gantry"
+event = "gantry.promoted"
+match = {{ repo = "docker-staging" }}
+action = {{ type = "promote", target = "fake", to_repo = "docker-prod" }}
+gate = {{ within = "1h", require = [
+  {{ name = "scan-clean", source = "scanner", event = "scan.completed" }},
+] }}
+"#,
+        fake.uri()
+    );
+    let app = spawn_app(&rules).await;
+    let body = format!(
+        r#"{{"event":"test-passed","repo":"docker-dev","image":"app","tag":"1.0.0","digest":"{DIGEST}"}}"#
+    );
+    let v = send(&app, "ci", body.as_bytes()).await;
+    let first = v["jobs"][0]["id"].as_str().unwrap().to_string();
+    assert_eq!(app.wait_final(&first).await["state"], "succeeded");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let second = loop {
+        let r = app.get("/api/v1/jobs?rule=staging-to-prod", Some(OPS_TOKEN));
+        let listed: Value = r.await.json().await.unwrap();
+        if let Some(id) = listed["jobs"][0]["id"].as_str() {
+            break id.to_string();
+        }
+        assert!(std::time::Instant::now() < deadline, "no second stage");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let job = app.job(&second).await;
+    assert_eq!(job["state"], "waiting", "{job:#}");
+    assert_eq!(job["chain_depth"], 1);
+    send(&app, "scanner", &scan_body(DIGEST, 0)).await;
+    let job = app.wait_final(&second).await;
+    assert_eq!(job["state"], "succeeded", "{job:#}");
+    assert_eq!(fake.effects_on("docker-prod", "app", "1.0.0"), 1);
+    app.stop().await;
+}

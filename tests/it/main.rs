@@ -18,6 +18,7 @@ mod fake_artifactory;
 mod faults;
 mod freezes;
 mod gates;
+mod gates_replicas;
 mod harness;
 mod hostile;
 mod ingest;
