@@ -65,10 +65,12 @@ pub enum AuditKind {
     FreezeStarted,
     #[serde(rename = "freeze.ended")]
     FreezeEnded,
+    #[serde(rename = "job.freeze_overridden")]
+    JobFreezeOverridden,
 }
 
 impl AuditKind {
-    pub const ALL: [AuditKind; 24] = [
+    pub const ALL: [AuditKind; 25] = [
         AuditKind::EventReceived,
         AuditKind::EventDuplicate,
         AuditKind::EventRejected,
@@ -93,6 +95,7 @@ impl AuditKind {
         AuditKind::JobUnfrozen,
         AuditKind::FreezeStarted,
         AuditKind::FreezeEnded,
+        AuditKind::JobFreezeOverridden,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -121,6 +124,7 @@ impl AuditKind {
             AuditKind::JobUnfrozen => "job.unfrozen",
             AuditKind::FreezeStarted => "freeze.started",
             AuditKind::FreezeEnded => "freeze.ended",
+            AuditKind::JobFreezeOverridden => "job.freeze_overridden",
         }
     }
 
@@ -387,6 +391,21 @@ impl AuditEntry {
     /// A run-time freeze ended by an operator before its end.
     pub fn freeze_ended(name: &str, actor: &str) -> Self {
         AuditEntry::new(AuditKind::FreezeEnded, actor).saying(&format!("freeze {name} ended"))
+    }
+
+    /// A frozen job let run by an operator despite the freezes holding it (`holding`):
+    /// who, which freezes, and why.
+    pub fn freeze_overridden(
+        job: &Job,
+        holding: &[String],
+        o: &crate::domain::freeze::FreezeOverride,
+    ) -> Self {
+        let names = match holding {
+            [] => "the freezes holding it".to_string(),
+            names => names.join(", "),
+        };
+        AuditEntry::operator(AuditKind::JobFreezeOverridden, &o.by, job)
+            .saying(&format!("overrode {names}: {}", o.comment))
     }
 
     /// A frozen job leased again once its freezes ended.

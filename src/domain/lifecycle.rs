@@ -63,6 +63,8 @@ pub enum JobEvent {
     Rejected,
     /// The approval's timeout passed with the job still awaiting it.
     Expired,
+    /// An operator let a frozen job run despite the freezes holding it (SPEC §9).
+    FreezeOverridden,
 }
 
 impl JobEvent {
@@ -82,6 +84,7 @@ impl JobEvent {
             JobEvent::Approved => "approved",
             JobEvent::Rejected => "rejected",
             JobEvent::Expired => "expired",
+            JobEvent::FreezeOverridden => "freeze_overridden",
         }
     }
 
@@ -133,11 +136,12 @@ impl Step {
 /// - (§9) a leased job that a freeze window covers is given back `frozen` without
 ///   spending an attempt; leased again once the freezes end (`job.unfrozen`), or
 ///   cancelled by an operator.
+/// - (§9) an operator's freeze override makes a frozen job `queued`, due at once.
 ///
 /// `succeeded` is final; `failed`, `cancelled`, `rejected` and `expired` only leave by
 /// an operator.
 #[rustfmt::skip]
-pub const TRANSITIONS: [Step; 25] = [
+pub const TRANSITIONS: [Step; 26] = [
     //        from       event                               to         audit
     Step::new(Queued,    Leased,                             Running,   None),
     Step::new(Retrying,  Leased,                             Running,   None),
@@ -164,6 +168,7 @@ pub const TRANSITIONS: [Step; 25] = [
     Step::new(Running,   Freeze,                             Frozen,    Some(JobFrozen)),
     Step::new(Frozen,    Leased,                             Running,   Some(JobUnfrozen)),
     Step::new(Frozen,    OperatorCancel,                     Cancelled, Some(JobCancelled)),
+    Step::new(Frozen,    JobEvent::FreezeOverridden,         Queued,    Some(AuditKind::JobFreezeOverridden)),
 ];
 
 /// Where a job the rules planned starts, and its first record (SPEC §8): `queued`,
@@ -201,7 +206,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const EVENTS: [JobEvent; 15] = [
+    const EVENTS: [JobEvent; 16] = [
         Leased,
         LeaseTakenOver,
         Success,
@@ -225,6 +230,7 @@ mod tests {
         Reject,
         Expire,
         Freeze,
+        JobEvent::FreezeOverridden,
     ];
 
     /// The SPEC's life cycle written out again, independently of the table, as
@@ -260,6 +266,7 @@ mod tests {
             Approve if awaiting => Some(Queued),
             Reject if awaiting => Some(Rejected),
             Expire if awaiting => Some(Expired),
+            JobEvent::FreezeOverridden if from == Frozen => Some(Queued),
             _ => None,
         }
     }
