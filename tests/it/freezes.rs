@@ -367,15 +367,6 @@ fn refusal((status, body): (u16, Value)) -> (u16, String) {
     (status, code)
 }
 
-/// The audit kinds of one job's records, in order.
-async fn kinds(app: &Client, id: &str) -> Vec<String> {
-    app.audit(&format!("job={id}"))
-        .await
-        .iter()
-        .map(|r| r["kind"].as_str().unwrap_or_default().to_string())
-        .collect()
-}
-
 on_each_store!(TestStore: an_operator_overrides_a_config_freeze_for_one_job);
 
 /// The real binary on each store, against the fake Artifactory: a job frozen by a
@@ -486,7 +477,7 @@ async fn an_operator_overrides_a_config_freeze_for_one_job(store: TestStore) {
     assert_eq!(fake.promote_calls(), 2);
     assert_eq!(fake.effects_on("docker-prod", "app", "1.0.0"), 1);
     assert_eq!(
-        kinds(c, &prod).await,
+        c.kinds(&prod).await,
         [
             "job.created",
             "job.frozen",
@@ -554,7 +545,7 @@ async fn an_override_does_not_let_a_job_through_a_freeze_started_after_it() {
     assert_eq!(app.wait_final(&prod).await["state"], "succeeded");
     assert_eq!(posts(&app.upstream).await, 2);
     assert_eq!(
-        kinds(&app, &prod).await,
+        app.kinds(&prod).await,
         [
             "job.created",
             "job.frozen",
