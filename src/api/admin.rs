@@ -1,6 +1,6 @@
 //! The admin API under `/api/v1`: events, jobs, the audit trail, rules and
-//! simulation, behind admin tokens (`read`; `operate` for retry, cancel, approve and
-//! reject).
+//! simulation, behind admin tokens (`read`; `operate` for retry, cancel, approve,
+//! reject and override-freeze).
 
 use std::collections::BTreeMap;
 
@@ -13,11 +13,12 @@ use super::auth::{OperateAccess, ReadAccess};
 use super::{ApiError, AppState, ErrorBody};
 use crate::audit::{AuditKind, AuditRecord, Verdict};
 use crate::domain::approval::{Ballot, Refusal, Verdict as Decision};
+use crate::domain::freeze::{OverrideRefusal, OverrideRequest};
 use crate::domain::{Job, JobState, Millis, now_millis};
 use crate::ingest::{IngestError, Simulation, simulate};
 use crate::store::{
     ApprovalOutcome, AuditFilter, EventFilter, JobFilter, OperatorAction, OperatorOutcome,
-    StoredEvent,
+    OverrideOutcome, StoredEvent,
 };
 
 const DEFAULT_LIMIT: usize = 100;
@@ -252,6 +253,56 @@ async fn give_verdict(
                 Refusal::NotAnApprover => (StatusCode::FORBIDDEN, "not_an_approver"),
                 Refusal::SelfApproval => (StatusCode::FORBIDDEN, "self_approval"),
                 Refusal::AsRequired => (StatusCode::BAD_REQUEST, "as_required"),
+            };
+            Err(ApiError::new(status, code, refused.to_string()))
+        }
+    }
+}
+
+/// Why a frozen job must run now; required, for the record.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OverrideBody {
+    comment: Option<String>,
+}
+
+/// Lets a frozen job run despite the freezes holding it (its `frozen.by`): it is
+/// queued at once, and those freezes no longer hold it; a freeze that starts later
+/// still does. A freeze with `override_groups` needs a token in one of them.
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/override-freeze", tag = "jobs",
+    params(("id" = String, Path, description = "Job id")),
+    request_body(content = OverrideBody, content_type = "application/json"),
+    security(("token" = [])),
+    responses(
+        (status = 200, body = Job),
+        (status = 400, body = ErrorBody, description = "`comment_required` or a malformed body"),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody, description = "`forbidden` or `not_an_overrider`"),
+        (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "`invalid_state`: the job is not frozen"),
+        (status = 415, body = ErrorBody, description = "Not JSON"),
+        (status = 503, body = ErrorBody)))]
+pub async fn override_freeze(
+    caller: OperateAccess,
+    id: web::Path<String>,
+    body: web::Json<OverrideBody>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = caller.0;
+    let request = OverrideRequest::new(
+        caller.name,
+        &caller.groups,
+        body.into_inner().comment,
+        &state.freezes,
+    );
+    match state.store.override_freeze(&id, request).await? {
+        OverrideOutcome::Done(job) => Ok(HttpResponse::Ok().json(job)),
+        OverrideOutcome::NotFound => Err(not_found("job_not_found", &id)),
+        OverrideOutcome::Refused(refused) => {
+            let (status, code) = match refused {
+                OverrideRefusal::InvalidState(_) => (StatusCode::CONFLICT, "invalid_state"),
+                OverrideRefusal::CommentRequired => (StatusCode::BAD_REQUEST, "comment_required"),
+                OverrideRefusal::NotAnOverrider(_) => (StatusCode::FORBIDDEN, "not_an_overrider"),
             };
             Err(ApiError::new(status, code, refused.to_string()))
         }

@@ -39,7 +39,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// This process's targets (absent with `--no-workers`), for circuit state.
     pub targets: Option<Targets>,
-    /// The config's freeze windows, for listing them and keeping run-time names apart.
+    /// The config's freeze windows, for listing them, keeping run-time names apart and
+    /// knowing who may override them.
     pub freezes: Vec<crate::domain::freeze::Freeze>,
 }
 
@@ -117,6 +118,7 @@ endpoints! {
     post "/api/v1/jobs/{id}/cancel" => admin::cancel_job,
     post "/api/v1/jobs/{id}/approve" => admin::approve_job,
     post "/api/v1/jobs/{id}/reject" => admin::reject_job,
+    post "/api/v1/jobs/{id}/override-freeze" => admin::override_freeze,
     get "/api/v1/audit" => admin::list_audit,
     get "/api/v1/audit/verify" => admin::verify_audit,
     get "/api/v1/rules" => admin::list_rules,

@@ -72,10 +72,12 @@ pub enum AuditKind {
     GateConditionMet,
     #[serde(rename = "gate.blocked")]
     GateBlocked,
+    #[serde(rename = "job.freeze_overridden")]
+    JobFreezeOverridden,
 }
 
 impl AuditKind {
-    pub const ALL: [AuditKind; 27] = [
+    pub const ALL: [AuditKind; 28] = [
         AuditKind::EventReceived,
         AuditKind::EventDuplicate,
         AuditKind::EventRejected,
@@ -103,6 +105,7 @@ impl AuditKind {
         AuditKind::JobWaiting,
         AuditKind::GateConditionMet,
         AuditKind::GateBlocked,
+        AuditKind::JobFreezeOverridden,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -134,6 +137,7 @@ impl AuditKind {
             AuditKind::JobWaiting => "job.waiting",
             AuditKind::GateConditionMet => "gate.condition_met",
             AuditKind::GateBlocked => "gate.blocked",
+            AuditKind::JobFreezeOverridden => "job.freeze_overridden",
         }
     }
 
@@ -480,6 +484,21 @@ impl AuditEntry {
     /// A run-time freeze ended by an operator before its end.
     pub fn freeze_ended(name: &str, actor: &str) -> Self {
         AuditEntry::new(AuditKind::FreezeEnded, actor).saying(&format!("freeze {name} ended"))
+    }
+
+    /// A frozen job let run by an operator despite the freezes holding it (`holding`):
+    /// who, which freezes, and why.
+    pub fn freeze_overridden(
+        job: &Job,
+        holding: &[String],
+        o: &crate::domain::freeze::FreezeOverride,
+    ) -> Self {
+        let names = match holding {
+            [] => "the freezes holding it".to_string(),
+            names => names.join(", "),
+        };
+        AuditEntry::operator(AuditKind::JobFreezeOverridden, &o.by, job)
+            .saying(&format!("overrode {names}: {}", o.comment))
     }
 
     /// A frozen job leased again once its freezes ended.

@@ -46,6 +46,12 @@ pub enum JobsCommand {
         #[arg(long)]
         comment: String,
     },
+    /// Let a frozen job run now despite the freezes holding it.
+    OverrideFreeze {
+        id: String,
+        #[arg(long)]
+        comment: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -229,6 +235,10 @@ impl Client {
             JobsCommand::Reject { id, comment } => {
                 let body = serde_json::json!({ "comment": comment });
                 self.act(&id, "reject", Some(&body))?;
+            }
+            JobsCommand::OverrideFreeze { id, comment } => {
+                let body = serde_json::json!({ "comment": comment });
+                self.act(&id, "override-freeze", Some(&body))?;
             }
         }
         Ok(())
@@ -506,6 +516,30 @@ fn print_job(j: &Value) {
     );
     if let Some(code) = j["last_error"]["code"].as_str() {
         println!("error     {code}: {}", text(&j["last_error"]["message"]));
+    }
+    let names = |v: &Value| {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .map(text)
+            .collect::<Vec<_>>()
+    };
+    if j["frozen"].is_object() {
+        println!(
+            "frozen    by {} until {}",
+            names(&j["frozen"]["by"]).join(", "),
+            text(&j["frozen"]["until"])
+        );
+    }
+    let o = &j["freeze_override"];
+    if o.is_object() {
+        println!(
+            "override  of {} by {} at {}: {}",
+            names(&o["freezes"]).join(", "),
+            text(&o["by"]),
+            text(&o["at"]),
+            text(&o["comment"])
+        );
     }
     for a in j["attempts"].as_array().into_iter().flatten() {
         let outcome = match a["error"]["code"].as_str() {

@@ -323,7 +323,7 @@ pub struct RawFreeze {
     pub timezone: Option<String>,
     pub from: Option<String>,
     pub until: Option<String>,
-    /// Who may override the freeze. Admin tokens carry no groups yet, so until they
-    /// do any `operate` token may override (README, "Freeze windows").
+    /// The token groups that may override the freeze for a job; any `operate` token
+    /// when absent (README, "Freeze windows").
     pub override_groups: Option<Vec<String>>,
 }

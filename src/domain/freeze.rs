@@ -15,7 +15,8 @@ use chrono_tz::Tz;
 use croner::Cron;
 use globset::{Glob, GlobMatcher};
 
-use super::Millis;
+use super::{JobState, Millis, bounded};
+use crate::audit::MAX_MESSAGE;
 
 /// A window's bounds: active from `start` (inclusive) until `end` (exclusive).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,8 +52,8 @@ pub struct Freeze {
     /// Target names; `None` covers every target.
     pub targets: Option<Vec<String>>,
     pub schedule: Schedule,
-    /// Token groups allowed to override it (SPEC §9). Admin tokens carry no groups
-    /// yet, so for now any `operate` token may override; kept to be listed.
+    /// Token groups allowed to override it (SPEC §9); any `operate` token may when
+    /// empty. See [`OverrideRequest::new`].
     pub override_groups: Vec<String>,
 }
 
@@ -296,6 +297,121 @@ pub fn windows(freezes: &[Freeze], now: DateTime<Utc>) -> Vec<(&Freeze, Window, 
         .collect()
 }
 
+/// What holds a frozen job, as the job shows it while it is `frozen` (SPEC §9: "listing
+/// the freeze by name and when it ends"): written when the worker gives the job back.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct Frozen {
+    /// The freezes holding it, in the order they apply.
+    pub by: Vec<String>,
+    /// When the last of them ends: the job is due again then.
+    #[serde(serialize_with = "super::job::as_rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub until: Millis,
+}
+
+/// An operator's override of the freezes holding a job (`POST
+/// /api/v1/jobs/{id}/override-freeze`). Kept with the job, because the worker must
+/// skip exactly these freezes for this job from then on: the override lets the job
+/// through the freezes it was shown, not through one that starts later.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct FreezeOverride {
+    /// The token that overrode (the last one, when a job was overridden again).
+    pub by: String,
+    #[serde(serialize_with = "super::job::as_rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub at: Millis,
+    pub comment: String,
+    /// Every freeze overridden for this job so far.
+    pub freezes: Vec<String>,
+}
+
+/// An operator asking to let a frozen job run, with what the decision needs to know
+/// of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverrideRequest {
+    /// The operator's token name.
+    pub by: String,
+    pub comment: Option<String>,
+    /// The freezes this operator may not override: those with `override_groups` that
+    /// none of its token's groups is in. Computed from the config in force when asked,
+    /// and checked against the job in the store's transaction, so the freezes checked
+    /// are the ones holding the job when it moves.
+    pub barred: Vec<String>,
+}
+
+impl OverrideRequest {
+    /// A request by the token `by` in `groups`, against the config's `freezes`
+    /// (run-time freezes have no override groups: any `operate` token may override
+    /// them).
+    pub fn new<'a>(
+        by: String,
+        groups: &[String],
+        comment: Option<String>,
+        freezes: impl IntoIterator<Item = &'a Freeze>,
+    ) -> Self {
+        let barred = freezes
+            .into_iter()
+            .filter(|f| {
+                !f.override_groups.is_empty()
+                    && !f.override_groups.iter().any(|g| groups.contains(g))
+            })
+            .map(|f| f.name.clone())
+            .collect();
+        OverrideRequest {
+            by,
+            comment,
+            barred,
+        }
+    }
+}
+
+/// Why an override is refused; each is an API error code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OverrideRefusal {
+    #[error("the job is {}, not frozen", .0.as_str())]
+    InvalidState(JobState),
+    #[error("a freeze override needs a comment")]
+    CommentRequired,
+    #[error("the token is in none of the override groups of freeze `{0}`")]
+    NotAnOverrider(String),
+}
+
+/// Decides on an override of a job in `state`, held by `frozen` (`None` for a job
+/// frozen before gantry recorded what holds it: nothing to check, and nothing to
+/// skip; the worker freezes it again, this time naming the freezes). Answers the
+/// override to keep on the job: `previous` joined by the freezes holding it now.
+pub fn decide_override(
+    state: JobState,
+    frozen: Option<&Frozen>,
+    previous: Option<&FreezeOverride>,
+    request: &OverrideRequest,
+    now: Millis,
+) -> Result<FreezeOverride, OverrideRefusal> {
+    if state != JobState::Frozen {
+        return Err(OverrideRefusal::InvalidState(state));
+    }
+    let comment = match request.comment.as_deref() {
+        Some(c) if !c.trim().is_empty() => c,
+        _ => return Err(OverrideRefusal::CommentRequired),
+    };
+    let holding = frozen.map_or(&[][..], |f| &f.by[..]);
+    if let Some(barred) = holding.iter().find(|n| request.barred.contains(n)) {
+        return Err(OverrideRefusal::NotAnOverrider(barred.clone()));
+    }
+    let mut freezes = previous.map_or_else(Vec::new, |p| p.freezes.clone());
+    for name in holding {
+        if !freezes.contains(name) {
+            freezes.push(name.clone());
+        }
+    }
+    Ok(FreezeOverride {
+        by: request.by.clone(),
+        at: now,
+        comment: bounded(comment, MAX_MESSAGE),
+        freezes,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -400,6 +516,60 @@ mod tests {
             (vec!["a".to_string()], utc("2026-01-01T10:00:00Z"))
         );
         assert_eq!(hold(&both, "t", None, &["a".into(), "b".into()], now), None);
+    }
+
+    fn request(groups: &[&str], comment: Option<&str>, freezes: &[Freeze]) -> OverrideRequest {
+        let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+        OverrideRequest::new("alice".into(), &groups, comment.map(Into::into), freezes)
+    }
+
+    /// SPEC §9: a freeze override needs a comment, a frozen job, and a token in the
+    /// override groups of every freeze holding the job that has some.
+    #[test]
+    fn an_override_is_checked_against_the_freezes_holding_the_job() {
+        let mut guarded = once("release", "2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z");
+        guarded.override_groups = vec!["release-managers".into()];
+        let open = once("open", "2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z");
+        let config = [guarded, open];
+        let held = |by: &[&str]| Frozen {
+            by: by.iter().map(|n| n.to_string()).collect(),
+            until: 0,
+        };
+        let frozen = JobState::Frozen;
+        let manager = request(&["release-managers"], Some("hotfix"), &config);
+        let dev = request(&["dev"], Some("hotfix"), &config);
+        assert_eq!(dev.barred, ["release"]);
+
+        let by_open = held(&["open"]);
+        let o = decide_override(frozen, Some(&by_open), None, &dev, 7).unwrap();
+        assert_eq!(
+            (o.by.as_str(), o.at, o.comment.as_str()),
+            ("alice", 7, "hotfix")
+        );
+        assert_eq!(o.freezes, ["open"]);
+        let both = held(&["open", "release"]);
+        assert_eq!(
+            decide_override(frozen, Some(&both), None, &dev, 7),
+            Err(OverrideRefusal::NotAnOverrider("release".into()))
+        );
+        // A second override keeps the freezes the first one let the job through.
+        let again = decide_override(frozen, Some(&held(&["release"])), Some(&o), &manager, 9);
+        assert_eq!(again.unwrap().freezes, ["open", "release"]);
+
+        for blank in [None, Some(""), Some("  ")] {
+            let r = request(&["release-managers"], blank, &config);
+            assert_eq!(
+                decide_override(frozen, Some(&both), None, &r, 7),
+                Err(OverrideRefusal::CommentRequired)
+            );
+        }
+        assert_eq!(
+            decide_override(JobState::Queued, Some(&both), None, &manager, 7),
+            Err(OverrideRefusal::InvalidState(JobState::Queued))
+        );
+        // Frozen before gantry recorded by what: nothing to check, nothing skipped.
+        let unknown = decide_override(frozen, None, None, &dev, 7).unwrap();
+        assert!(unknown.freezes.is_empty());
     }
 
     #[test]

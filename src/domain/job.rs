@@ -1,6 +1,7 @@
 use serde::{Deserialize, Serialize, Serializer};
 
 use super::approval::{Approval, ApprovalPolicy, JobApproval};
+use super::freeze::{FreezeOverride, Frozen};
 use super::gate::{GateStart, JobGate, Opening};
 use super::{Action, Millis};
 
@@ -211,6 +212,13 @@ pub struct Job {
     pub approval: Option<JobApproval>,
     /// Every verdict given on the job, oldest first.
     pub approvals: Vec<Approval>,
+    /// While the job is `frozen`: the freezes holding it and when the last ends (§9).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub frozen: Option<Frozen>,
+    /// The operator's override of freezes that held the job, which the worker then
+    /// lets it through (§9).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub freeze_override: Option<FreezeOverride>,
     #[serde(serialize_with = "as_rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     pub created_at: Millis,

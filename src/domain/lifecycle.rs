@@ -94,6 +94,8 @@ pub enum JobEvent {
     GateMet { needs_approval: bool },
     /// Negative evidence (a `block = true` condition) arrived: the job fails.
     Blocked,
+    /// An operator let a frozen job run despite the freezes holding it (SPEC §9).
+    FreezeOverridden,
 }
 
 impl JobEvent {
@@ -116,6 +118,7 @@ impl JobEvent {
             JobEvent::ConditionMet => "condition_met",
             JobEvent::GateMet { .. } => "gate_met",
             JobEvent::Blocked => "blocked",
+            JobEvent::FreezeOverridden => "freeze_overridden",
         }
     }
 
@@ -172,11 +175,12 @@ impl Step {
 /// - (§9) a leased job that a freeze window covers is given back `frozen` without
 ///   spending an attempt; leased again once the freezes end (`job.unfrozen`), or
 ///   cancelled by an operator.
+/// - (§9) an operator's freeze override makes a frozen job `queued`, due at once.
 ///
 /// `succeeded` is final; `failed`, `cancelled`, `rejected` and `expired` only leave by
 /// an operator.
 #[rustfmt::skip]
-pub const TRANSITIONS: [Step; 34] = [
+pub const TRANSITIONS: [Step; 35] = [
     //        from       event                               to         audit
     Step::new(Queued,    Leased,                             Running,   None),
     Step::new(Retrying,  Leased,                             Running,   None),
@@ -212,6 +216,7 @@ pub const TRANSITIONS: [Step; 34] = [
     Step::new(Waiting,   Block,                              Failed,    Some(GateBlocked)),
     Step::new(Waiting,   Expire,                             Expired,   Some(JobExpired)),
     Step::new(Waiting,   OperatorCancel,                     Cancelled, Some(JobCancelled)),
+    Step::new(Frozen,    JobEvent::FreezeOverridden,         Queued,    Some(AuditKind::JobFreezeOverridden)),
 ];
 
 /// Where a job the rules planned starts, and its first record (SPEC §8, §9): `failed`
@@ -255,7 +260,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const EVENTS: [JobEvent; 20] = [
+    const EVENTS: [JobEvent; 21] = [
         Leased,
         LeaseTakenOver,
         Success,
@@ -290,6 +295,7 @@ mod tests {
             needs_approval: true,
         },
         Block,
+        JobEvent::FreezeOverridden,
     ];
 
     /// The SPEC's life cycle written out again, independently of the table, as
@@ -336,6 +342,7 @@ mod tests {
                 Queued
             }),
             Block if gated => Some(Failed),
+            JobEvent::FreezeOverridden if from == Frozen => Some(Queued),
             _ => None,
         }
     }

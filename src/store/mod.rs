@@ -19,7 +19,7 @@ pub use sqlite::SqliteStore;
 use crate::audit::{Anchor, AuditEntry, AuditKind, AuditRecord, ChainCheck, Verdict};
 use crate::config::StoreUrl;
 use crate::domain::approval::{Ballot, Refusal};
-use crate::domain::freeze::RuntimeFreeze;
+use crate::domain::freeze::{OverrideRefusal, OverrideRequest, RuntimeFreeze};
 use crate::domain::gate::Evidence;
 use crate::domain::lifecycle::Requires;
 use crate::domain::{
@@ -229,6 +229,16 @@ impl Release {
     }
 }
 
+/// What became of a freeze override ([`Store::override_freeze`]).
+#[derive(Debug, Clone)]
+pub enum OverrideOutcome {
+    /// The job as it now is: queued, due at once.
+    Done(Box<Job>),
+    NotFound,
+    /// `domain::freeze::decide_override` refused it.
+    Refused(OverrideRefusal),
+}
+
 /// A stored event with the jobs it produced, as `GET /api/v1/events` shows it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct StoredEvent {
@@ -364,6 +374,15 @@ pub trait Store: Send + Sync {
     async fn end_freeze(&self, name: &str, actor: &str) -> Result<bool, StoreError>;
     /// The run-time freezes that have not ended, by name.
     async fn freezes(&self) -> Result<Vec<RuntimeFreeze>, StoreError>;
+    /// Lets a frozen job run despite the freezes holding it: decided by
+    /// `domain::freeze::decide_override` on the job as it is in the transaction (locked),
+    /// then the job is queued due now, keeps the override, and `job.freeze_overridden`
+    /// is recorded, all in that transaction.
+    async fn override_freeze(
+        &self,
+        job_id: &str,
+        request: OverrideRequest,
+    ) -> Result<OverrideOutcome, StoreError>;
 
     /// Gives a verdict on a job awaiting approval, in one transaction with the job
     /// locked, so that verdicts given at once (at two replicas) count correctly; what

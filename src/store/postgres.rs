@@ -38,6 +38,7 @@ use tokio::sync::{Notify, oneshot};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{AsyncMessage, NoTls, Row};
 
+use super::OverrideOutcome;
 use super::rows::{
     APPROVAL_COLUMNS, ATTEMPT_COLUMNS, AUDIT_COLUMNS, Arg, BallotLanding, Columns, EMITTED,
     EVENT_COLUMNS, EVENTS_PAGE_BYTES_COLUMN, EchoProbe, FREEZE_COLUMNS, FROZEN_DUE_NOW,
@@ -48,6 +49,7 @@ use super::rows::{
     payload_text, read_approval, read_attempt, read_audit, read_event, read_freeze, read_job,
     read_seen, revival, sql_limit, start_freeze_sql, stored_count,
 };
+use super::rows::{OverrideLanding, SET_FREEZE_OVERRIDE, SET_FROZEN, frozen_names};
 use super::{
     ApprovalOutcome, AttemptReport, AuditFilter, ChainLink, ChainRow, EventFilter, IngestOutcome,
     IngestPolicy, JobFilter, JobRef, JobSummary, LeasedJob, NewEvent, OperatorAction,
@@ -56,7 +58,7 @@ use super::{
 use crate::audit::{Anchor, AuditEntry, AuditRecord, GENESIS, HASH_VERSION, chain_hash};
 use crate::config::PostgresUrl;
 use crate::domain::approval::{Approval, Ballot};
-use crate::domain::freeze::RuntimeFreeze;
+use crate::domain::freeze::{OverrideRequest, RuntimeFreeze};
 use crate::domain::gate::{Evidence, Seen};
 use crate::domain::{AttemptRecord, Event, Job, JobState, Millis, NewJob, now_millis};
 
@@ -215,6 +217,13 @@ CREATE TABLE freezes (
 );
 "#,
     GATES_MIGRATION,
+    // SPEC §9 freeze overrides: what holds a frozen job (the freezes' names as JSON,
+    // and when the last ends), and the override that let it run.
+    r#"
+ALTER TABLE jobs ADD COLUMN frozen_by TEXT;
+ALTER TABLE jobs ADD COLUMN frozen_until BIGINT;
+ALTER TABLE jobs ADD COLUMN freeze_override TEXT;
+"#,
 ];
 
 /// The store on a PostgreSQL database that several replicas share.
@@ -1286,6 +1295,8 @@ impl Store for PostgresStore {
                     return Ok(false);
                 };
                 if !r.frozen_by.is_empty() {
+                    let names = frozen_names(&r.frozen_by);
+                    execute(&tx, SET_FROZEN, &[&names, &r.at, &r.job_id]).await?;
                     w.audit
                         .push(AuditEntry::frozen(&read_job(&row)?, &r.frozen_by, r.at));
                 }
@@ -1502,6 +1513,33 @@ impl Store for PostgresStore {
         };
         self.commit(tx, w).await?;
         Ok(true)
+    }
+
+    async fn override_freeze(
+        &self,
+        job_id: &str,
+        request: OverrideRequest,
+    ) -> Result<OverrideOutcome, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(unavailable)?;
+        // Locked: a worker cannot lease the job meanwhile, nor freeze it anew, so the
+        // freezes decided on are the ones holding it as it moves.
+        let Some(mut job) = load_job(&tx, job_id, true).await? else {
+            return Ok(OverrideOutcome::NotFound);
+        };
+        let now = now_millis();
+        let landing = match OverrideLanding::of(&job, &request, now)? {
+            Ok(landing) => landing,
+            Err(refused) => return Ok(OverrideOutcome::Refused(refused)),
+        };
+        move_job(&tx, job_id, landing.step.to, now).await?;
+        execute(&tx, SET_FREEZE_OVERRIDE, &[&landing.stored, &job_id]).await?;
+        let w = Writes {
+            audit: vec![landing.land(&mut job, now)],
+            wake: true,
+        };
+        self.commit(tx, w).await?;
+        Ok(OverrideOutcome::Done(Box::new(job)))
     }
 
     async fn freezes(&self) -> Result<Vec<RuntimeFreeze>, StoreError> {

@@ -13,7 +13,9 @@ use super::{
 };
 use crate::audit::{AuditEntry, AuditKind, AuditRecord};
 use crate::domain::approval::{self, Approval, Awaiting, Ballot, JobApproval, Refusal, Verdict};
-use crate::domain::freeze::RuntimeFreeze;
+use crate::domain::freeze::{
+    self, FreezeOverride, Frozen, OverrideRefusal, OverrideRequest, RuntimeFreeze,
+};
 use crate::domain::gate::{self, Arrival, GateStart, JobGate, Opening, Seen};
 use crate::domain::lifecycle::Requires;
 use crate::domain::{
@@ -26,10 +28,11 @@ pub(super) const EVENT_COLUMNS: &str = "id, source, type, delivery_id, received_
 
 pub(super) const JOB_COLUMNS: &str = "id, rule, state, outcome, event_id, target, action,
     last_error_code, last_error_message, parent_job_id, chain_depth, created_at, updated_at,
-    approval, approval_expires_at, initiator, gate, soak_until";
+    approval, approval_expires_at, initiator, gate, soak_until, frozen_by, frozen_until,
+    freeze_override";
 
 /// How many columns [`JOB_COLUMNS`] selects: what a query selecting more reads after.
-pub(super) const JOB_COLUMN_COUNT: usize = 18;
+pub(super) const JOB_COLUMN_COUNT: usize = 21;
 
 /// SPEC §9 gates: a job's gate (its conditions, which are met and by which events),
 /// the key its evidence is filed under and when its wait ends, the end of its soak;
@@ -183,10 +186,11 @@ pub(super) fn payload_text(event: &Event) -> String {
 
 /// A `jobs` row, in [`JOB_COLUMNS`] order: the job without its attempt history.
 pub(super) fn read_job(r: &impl Columns) -> Result<Job, StoreError> {
+    let state = job_state(&r.text(2)?)?;
     Ok(Job {
         id: r.text(0)?,
         rule: r.text(1)?,
-        state: job_state(&r.text(2)?)?,
+        state,
         outcome: match r.text_opt(3)? {
             Some(o) => Some(Outcome::parse(&o).ok_or_else(|| corrupt("outcome", &o))?),
             None => None,
@@ -217,6 +221,8 @@ pub(super) fn read_job(r: &impl Columns) -> Result<Job, StoreError> {
             None => None,
         },
         soak_until: r.int_opt(17)?,
+        frozen: read_frozen(state, r.text_opt(18)?, r.int_opt(19)?)?,
+        freeze_override: r.text_opt(20)?.as_deref().map(read_override).transpose()?,
         created_at: r.int(11)?,
         updated_at: r.int(12)?,
     })
@@ -842,6 +848,114 @@ pub(super) fn read_freeze(r: &impl Columns) -> Result<RuntimeFreeze, StoreError>
         reason: r.text(5)?,
         started_by: r.text(6)?,
     })
+}
+
+/// Records on a job the worker gave back frozen what holds it: the freezes' names
+/// (parameter 1, [`frozen_names`]) and when the last ends (2). The parameters appear in
+/// order, so SQLite numbers `$n` as PostgreSQL does. Left on the row afterwards: a job
+/// shows it only while it is `frozen` ([`read_job`]).
+pub(super) const SET_FROZEN: &str =
+    "UPDATE jobs SET frozen_by = $1, frozen_until = $2 WHERE id = $3";
+
+/// The names of the freezes holding a job, as [`SET_FROZEN`] stores them.
+pub(super) fn frozen_names(names: &[String]) -> String {
+    serde_json::json!(names).to_string()
+}
+
+/// What holds a job in `state`, from its `frozen_by` and `frozen_until` columns:
+/// shown only while it is `frozen`, and not for a job frozen before they existed.
+fn read_frozen(
+    state: JobState,
+    by: Option<String>,
+    until: Option<Millis>,
+) -> Result<Option<Frozen>, StoreError> {
+    match (state, by, until) {
+        (JobState::Frozen, Some(by), Some(until)) => Ok(Some(Frozen {
+            by: serde_json::from_str(&by).map_err(|_| corrupt("frozen_by", &by))?,
+            until,
+        })),
+        _ => Ok(None),
+    }
+}
+
+/// A freeze override as the `freeze_override` column keeps it (JSON, `at` in
+/// milliseconds like every stored instant).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredOverride {
+    by: String,
+    at: Millis,
+    comment: String,
+    freezes: Vec<String>,
+}
+
+fn read_override(text: &str) -> Result<FreezeOverride, StoreError> {
+    let o: StoredOverride =
+        serde_json::from_str(text).map_err(|_| corrupt("freeze override", text))?;
+    Ok(FreezeOverride {
+        by: o.by,
+        at: o.at,
+        comment: o.comment,
+        freezes: o.freezes,
+    })
+}
+
+/// Keeps a job's freeze override: the stored override is parameter 1, the job 2.
+pub(super) const SET_FREEZE_OVERRIDE: &str = "UPDATE jobs SET freeze_override = $1 WHERE id = $2";
+
+/// What an override the domain accepted writes: the move (`frozen → queued`), the
+/// override to keep (and its stored form), and its record (actor: the operator,
+/// message: the freezes and the comment).
+pub(super) struct OverrideLanding {
+    pub step: &'static Step,
+    pub stored: String,
+    audit: AuditEntry,
+    kept: FreezeOverride,
+}
+
+impl OverrideLanding {
+    /// Asks `domain::freeze` about `request` on `job` as read in the transaction, and
+    /// the life cycle where an accepted one takes it.
+    pub fn of(
+        job: &Job,
+        request: &OverrideRequest,
+        now: Millis,
+    ) -> Result<Result<Self, OverrideRefusal>, StoreError> {
+        let kept = match freeze::decide_override(
+            job.state,
+            job.frozen.as_ref(),
+            job.freeze_override.as_ref(),
+            request,
+            now,
+        ) {
+            Ok(kept) => kept,
+            Err(refused) => return Ok(Err(refused)),
+        };
+        let step = lifecycle::next(job.state, JobEvent::FreezeOverridden)?;
+        let holding = job.frozen.as_ref().map_or(&[][..], |f| &f.by[..]);
+        let stored = serde_json::to_string(&StoredOverride {
+            by: kept.by.clone(),
+            at: kept.at,
+            comment: kept.comment.clone(),
+            freezes: kept.freezes.clone(),
+        })
+        .map_err(|e| StoreError::Corrupt(format!("freeze override: {e}")))?;
+        Ok(Ok(OverrideLanding {
+            step,
+            stored,
+            audit: AuditEntry::freeze_overridden(job, holding, &kept),
+            kept,
+        }))
+    }
+
+    /// Leaves `job` as the move does (what the verb answers), once [`Self::step`] and
+    /// [`Self::stored`] are written; the record to append.
+    pub fn land(self, job: &mut Job, now: Millis) -> AuditEntry {
+        job.state = self.step.to;
+        job.updated_at = now;
+        job.frozen = None;
+        job.freeze_override = Some(self.kept);
+        self.audit
+    }
 }
 
 /// Audit records as earlier gantry versions wrote them, reproduced here on their own

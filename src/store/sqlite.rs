@@ -18,6 +18,7 @@ use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 use tokio::sync::{Notify, oneshot};
 
+use super::OverrideOutcome;
 use super::rows::{
     APPROVAL_COLUMNS, ATTEMPT_COLUMNS, AUDIT_COLUMNS, Arg, BallotLanding, Columns, EMITTED,
     EVENT_COLUMNS, EVENTS_PAGE_BYTES_COLUMN, EchoProbe, FREEZE_COLUMNS, FROZEN_DUE_NOW,
@@ -28,6 +29,7 @@ use super::rows::{
     read_attempt, read_audit, read_event, read_freeze, read_job, read_seen, revival, sql_limit,
     start_freeze_sql, stored_count,
 };
+use super::rows::{OverrideLanding, SET_FREEZE_OVERRIDE, SET_FROZEN, frozen_names};
 use super::{
     ApprovalOutcome, AttemptReport, AuditFilter, ChainLink, ChainRow, EventFilter, IngestOutcome,
     IngestPolicy, JobFilter, JobRef, JobSummary, LeasedJob, NewEvent, OperatorAction,
@@ -35,7 +37,7 @@ use super::{
 };
 use crate::audit::{Anchor, AuditEntry, AuditRecord, GENESIS, HASH_VERSION, chain_hash};
 use crate::domain::approval::{Approval, Ballot};
-use crate::domain::freeze::RuntimeFreeze;
+use crate::domain::freeze::{OverrideRequest, RuntimeFreeze};
 use crate::domain::gate::{Evidence, Seen};
 use crate::domain::{AttemptRecord, Event, Job, JobState, Millis, now_millis};
 
@@ -173,6 +175,13 @@ CREATE TABLE freezes (
 );
 "#,
     GATES_MIGRATION,
+    // SPEC §9 freeze overrides: what holds a frozen job (the freezes' names as JSON,
+    // and when the last ends), and the override that let it run.
+    r#"
+ALTER TABLE jobs ADD COLUMN frozen_by TEXT;
+ALTER TABLE jobs ADD COLUMN frozen_until INTEGER;
+ALTER TABLE jobs ADD COLUMN freeze_override TEXT;
+"#,
 ];
 
 /// Per-batch facts the writer acts on after the commit.
@@ -1090,6 +1099,13 @@ fn release_leased(conn: &Connection, r: &Release) -> Result<bool, StoreError> {
             )
             .and_then(|mut s| s.execute(params![r.job_id, r.at, now, to]))
             .map_err(unavailable)?;
+            if !r.frozen_by.is_empty() {
+                conn.prepare_cached(SET_FROZEN)
+                    .and_then(|mut s| {
+                        s.execute(params![frozen_names(&r.frozen_by), r.at, r.job_id])
+                    })
+                    .map_err(unavailable)?;
+            }
             if let (false, Some(job)) = (r.frozen_by.is_empty(), load_job(conn, &r.job_id)?) {
                 append_audit(conn, &AuditEntry::frozen(&job, &r.frozen_by, r.at))?;
             }
@@ -1213,6 +1229,29 @@ fn operate_on(
         append_audit(conn, &AuditEntry::operator(kind, actor, &job))?;
     }
     Ok(OperatorOutcome::Done(Box::new(job)))
+}
+
+/// Overrides the freezes holding a job: the writer thread is the only writer, so the
+/// job read here is still the job when it moves.
+fn override_on(
+    conn: &Connection,
+    job_id: &str,
+    request: &OverrideRequest,
+) -> Result<OverrideOutcome, StoreError> {
+    let Some(mut job) = load_job(conn, job_id)? else {
+        return Ok(OverrideOutcome::NotFound);
+    };
+    let now = now_millis();
+    let landing = match OverrideLanding::of(&job, request, now)? {
+        Ok(landing) => landing,
+        Err(refused) => return Ok(OverrideOutcome::Refused(refused)),
+    };
+    move_job(conn, job_id, landing.step.to, now)?;
+    conn.prepare_cached(SET_FREEZE_OVERRIDE)
+        .and_then(|mut s| s.execute(params![landing.stored, job_id]))
+        .map_err(unavailable)?;
+    append_audit(conn, &landing.land(&mut job, now))?;
+    Ok(OverrideOutcome::Done(Box::new(job)))
 }
 
 /// SQLite's n-th parameter.
@@ -1380,6 +1419,20 @@ impl Store for SqliteStore {
                 b.wake_workers = true;
             }
             Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn override_freeze(
+        &self,
+        job_id: &str,
+        request: OverrideRequest,
+    ) -> Result<OverrideOutcome, StoreError> {
+        let job_id = job_id.to_string();
+        self.write(move |conn, b| {
+            let outcome = override_on(conn, &job_id, &request)?;
+            b.wake_workers |= matches!(outcome, OverrideOutcome::Done(_));
+            Ok(outcome)
         })
         .await
     }

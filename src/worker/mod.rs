@@ -245,7 +245,7 @@ impl Worker {
             // Decided before the target is involved: a frozen job takes no permit and
             // sends nothing upstream.
             let hold = match &job.action {
-                Some(a) => self.frozen(&job.target, a).await,
+                Some(a) => self.frozen(job, a).await,
                 None => None,
             };
             let step = match (hold, &job.action, &handle) {
@@ -284,10 +284,11 @@ impl Worker {
         .await
     }
 
-    /// Whether freezes hold a job to `target` with `action` now: the config's and the
-    /// run-time ones in the store. Run-time freezes that cannot be read (store down)
-    /// leave the config's to decide; the attempt would find the store down anyway.
-    async fn frozen(&self, target: &str, action: &Action) -> Option<freeze::Hold> {
+    /// Whether freezes hold `job` (with its `action`) now: the config's and the
+    /// run-time ones in the store, except those an operator overrode for this job.
+    /// Run-time freezes that cannot be read (store down) leave the config's to decide;
+    /// the attempt would find the store down anyway.
+    async fn frozen(&self, job: &Job, action: &Action) -> Option<freeze::Hold> {
         // The config's freezes are only borrowed: this runs before every attempt.
         let mut runtime = Vec::new();
         match self.ctx.store.freezes().await {
@@ -305,7 +306,14 @@ impl Worker {
         }
         let repo = action.output_subject().repo;
         let all = self.ctx.freezes.iter().chain(&runtime);
-        freeze::hold(all, target, repo.as_deref(), &[], chrono::Utc::now())
+        let overridden = job.freeze_override.as_ref().map_or(&[][..], |o| &o.freezes);
+        freeze::hold(
+            all,
+            &job.target,
+            repo.as_deref(),
+            overridden,
+            chrono::Utc::now(),
+        )
     }
 
     /// Passes the target's concurrency limit and circuit breaker, then performs.
@@ -610,6 +618,8 @@ mod tests {
                 soak_until: None,
                 approval: None,
                 approvals: Vec::new(),
+                frozen: None,
+                freeze_override: None,
                 created_at: 0,
                 updated_at: 0,
             },

@@ -75,15 +75,6 @@ async fn verdict(app: &TestApp, id: &str, action: &str, token: &str, body: Value
     (r.status().as_u16(), r.json().await.unwrap())
 }
 
-/// The audit kinds of one job's records, in order.
-async fn kinds(app: &TestApp, id: &str) -> Vec<String> {
-    app.audit(&format!("job={id}"))
-        .await
-        .iter()
-        .map(|r| r["kind"].as_str().unwrap_or_default().to_string())
-        .collect()
-}
-
 #[tokio::test]
 async fn one_approval_lets_the_job_run_once() {
     let app = app_with(r#"{ count = 1 }"#).await;
@@ -105,7 +96,7 @@ async fn one_approval_lets_the_job_run_once() {
     assert_eq!(job["state"], "succeeded");
     assert_eq!(posts(&app.upstream).await, 1);
     assert_eq!(
-        kinds(&app, &id).await,
+        app.kinds(&id).await,
         [
             "job.awaiting_approval",
             "job.approved",
@@ -266,7 +257,7 @@ async fn a_rejection_needs_a_comment_and_a_retry_waits_for_approval_again() {
     assert_eq!(app.wait_final(&id).await["state"], "succeeded");
     assert_eq!(posts(&app.upstream).await, 1);
     assert_eq!(
-        kinds(&app, &id).await,
+        app.kinds(&id).await,
         [
             "job.awaiting_approval",
             "job.rejected",

@@ -263,6 +263,15 @@ impl Client {
         }
     }
 
+    /// The audit kinds of one job's records, in order.
+    pub async fn kinds(&self, job: &str) -> Vec<String> {
+        self.audit(&format!("job={job}"))
+            .await
+            .iter()
+            .map(|r| r["kind"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+
     pub async fn audit(&self, query: &str) -> Vec<Value> {
         let r = self
             .get(&format!("/api/v1/audit?{query}"), Some(VIEWER_TOKEN))

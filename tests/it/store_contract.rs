@@ -9,14 +9,14 @@ use std::time::Duration;
 use gantry::audit::{AuditEntry, AuditKind, AuditRecord};
 use gantry::config::{PostgresUrl, StoreUrl};
 use gantry::domain::approval::{ApprovalPolicy, Ballot, Verdict};
-use gantry::domain::freeze::RuntimeFreeze;
+use gantry::domain::freeze::{OverrideRefusal, OverrideRequest, RuntimeFreeze};
 use gantry::domain::{
     Action, AttemptRecord, Event, ImageRef, JobError, JobErrorCode, JobState, NewJob, Op, Outcome,
     Subject, new_id, now_millis,
 };
 use gantry::store::{
     ApprovalOutcome, AttemptReport, AuditFilter, EventFilter, IngestPolicy, JobFilter, LeasedJob,
-    NewEvent, OperatorAction, OperatorOutcome, Release, Store, Transition,
+    NewEvent, OperatorAction, OperatorOutcome, OverrideOutcome, Release, Store, Transition,
 };
 use serde_json::json;
 
@@ -106,6 +106,7 @@ on_each_store!(
     an_awaiting_job_is_not_leased_and_expires_past_its_deadline,
     frozen_jobs_spend_no_attempt_and_run_in_creation_order_after_the_end,
     runtime_freezes_start_once_end_once_and_are_seen_by_every_replica,
+    a_freeze_override_queues_only_a_frozen_job_and_is_kept_with_it,
 );
 
 fn promote(tag: &str) -> Action {
@@ -713,6 +714,116 @@ async fn runtime_freezes_start_once_end_once_and_are_seen_by_every_replica(b: Ba
     assert!(store.start_freeze(hotfix).await.unwrap());
     let kinds = kinds(store).await;
     assert!(kinds.contains(&AuditKind::FreezeStarted) && kinds.contains(&AuditKind::FreezeEnded));
+    verified(store).await;
+}
+
+/// An override by `alice`, who may not override the freezes named in `barred`.
+fn override_by_alice(comment: Option<&str>, barred: &[&str]) -> OverrideRequest {
+    OverrideRequest {
+        by: "alice".into(),
+        comment: comment.map(Into::into),
+        barred: barred.iter().map(|n| n.to_string()).collect(),
+    }
+}
+
+/// Freeze overrides (SPEC §9): a frozen job shows the freezes holding it; an override
+/// is decided on the job as the transaction reads it, queues it due now at either
+/// replica, is kept with the job, and is on the record; any other state refuses it.
+async fn a_freeze_override_queues_only_a_frozen_job_and_is_kept_with_it(b: Backend) {
+    let (store, replica) = (&*b.store, &*b.replica);
+    let id = one_job(store, "1.0.0").await;
+    let queued = one_job(store, "1.0.1").await;
+    let l = store.lease_job("w1", LEASE).await.unwrap().unwrap();
+    assert_eq!(l.job.id, id);
+    let end = now_millis() + DAY;
+    let frozen = Release {
+        job_id: id.clone(),
+        worker: "w1".into(),
+        attempt: l.attempt,
+        at: end,
+        interrupted: None,
+        frozen_by: vec!["weekend".into(), "year-end".into()],
+    };
+    assert!(store.release_job(frozen).await.unwrap());
+    let job = replica.job(&id).await.unwrap().unwrap();
+    let held = job.frozen.expect("a frozen job shows what holds it");
+    assert_eq!(
+        (held.by.as_slice(), held.until),
+        (&["weekend".to_string(), "year-end".to_string()][..], end)
+    );
+
+    let refused = |o: OverrideOutcome| match o {
+        OverrideOutcome::Refused(r) => r,
+        other => panic!("not refused: {other:?}"),
+    };
+    let o = store
+        .override_freeze(&id, override_by_alice(Some("hotfix"), &["year-end"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        refused(o),
+        OverrideRefusal::NotAnOverrider("year-end".into())
+    );
+    let o = store
+        .override_freeze(&id, override_by_alice(None, &[]))
+        .await
+        .unwrap();
+    assert_eq!(refused(o), OverrideRefusal::CommentRequired);
+    let o = store
+        .override_freeze(&queued, override_by_alice(Some("hotfix"), &[]))
+        .await
+        .unwrap();
+    assert_eq!(refused(o), OverrideRefusal::InvalidState(JobState::Queued));
+    let o = store
+        .override_freeze("nope", override_by_alice(Some("hotfix"), &[]))
+        .await
+        .unwrap();
+    assert!(matches!(o, OverrideOutcome::NotFound), "{o:?}");
+    assert_eq!(
+        store.job(&id).await.unwrap().unwrap().state,
+        JobState::Frozen
+    );
+
+    let OverrideOutcome::Done(job) = replica
+        .override_freeze(&id, override_by_alice(Some("hotfix"), &["other"]))
+        .await
+        .unwrap()
+    else {
+        panic!("the override was refused");
+    };
+    assert_eq!((job.state, job.frozen.as_ref()), (JobState::Queued, None));
+    let kept = store.job(&id).await.unwrap().unwrap();
+    assert_eq!(kept.state, JobState::Queued);
+    assert_eq!(kept.frozen, None);
+    let o = kept
+        .freeze_override
+        .expect("the override is kept with the job");
+    assert_eq!((o.by.as_str(), o.comment.as_str()), ("alice", "hotfix"));
+    assert_eq!(o.freezes, ["weekend", "year-end"]);
+    assert_eq!(job.freeze_override.as_ref(), Some(&o));
+    // Due now (after the job queued before the override), not at its freezes' end.
+    let first = store.lease_job("w1", LEASE).await.unwrap().unwrap();
+    assert_eq!(first.job.id, queued);
+    let l = store.lease_job("w1", LEASE).await.unwrap().unwrap();
+    assert_eq!((&l.job.id, l.attempt), (&id, 1));
+    let o = store
+        .override_freeze(&id, override_by_alice(Some("again"), &[]))
+        .await
+        .unwrap();
+    assert_eq!(refused(o), OverrideRefusal::InvalidState(JobState::Running));
+
+    let all = records(store, None, None).await;
+    let overridden: Vec<_> = all
+        .iter()
+        .filter(|r| r.entry.kind == AuditKind::JobFreezeOverridden)
+        .collect();
+    assert_eq!(overridden.len(), 1);
+    assert_eq!(overridden[0].entry.actor, "alice");
+    assert_eq!(overridden[0].entry.job_id.as_deref(), Some(id.as_str()));
+    assert_eq!(
+        overridden[0].entry.message.as_deref(),
+        Some("overrode weekend, year-end: hotfix")
+    );
     verified(store).await;
 }
 

@@ -57,11 +57,14 @@ async fn every_admin_route_wants_a_token_of_the_right_role() {
         .iter()
         .filter(|(_, p)| p.starts_with("/api/"))
         .collect();
-    assert_eq!(admin.len(), 15);
+    assert_eq!(admin.len(), 16);
     let client = reqwest::Client::new();
     for (method, path) in admin {
         let path = path.replace("{id}", "01J0000000000000000000000");
-        let verdict = path.ends_with("/approve") || path.ends_with("/reject");
+        // The operator verbs that take a comment.
+        let verdict = path.ends_with("/approve")
+            || path.ends_with("/reject")
+            || path.ends_with("/override-freeze");
         let call = |token: Option<&str>| {
             let mut req = client.request(
                 method.to_uppercase().parse().unwrap(),
