@@ -9,6 +9,7 @@ use utoipa::ToSchema;
 
 use super::auth::{OperateAccess, ReadAccess};
 use super::{ApiError, AppState, ErrorBody};
+use crate::domain::destinations;
 use crate::domain::freeze::{self, RuntimeFreeze};
 use crate::domain::{Millis, now_millis};
 
@@ -92,7 +93,7 @@ pub async fn start_freeze(
         return Err(invalid("until_past", "`until` is in the past"));
     }
     if let Some(globs) = &r.to_repos {
-        freeze::parse_globs(globs).map_err(|e| invalid("invalid_to_repos", e.to_string()))?;
+        destinations::parse_globs(globs).map_err(|e| invalid("invalid_to_repos", e.to_string()))?;
     }
     if state.freezes.iter().any(|f| f.name == r.name) {
         return Err(exists(&r.name));
@@ -161,11 +162,8 @@ pub async fn list_freezes(
             name: f.name.clone(),
             source: "config",
             active,
-            to_repos: f
-                .to_repos
-                .as_ref()
-                .map(|g| g.iter().map(|m| m.glob().glob().to_string()).collect()),
-            targets: f.targets.clone(),
+            to_repos: f.scope.to_repo_globs(),
+            targets: f.scope.targets.clone(),
             starts_at: crate::domain::rfc3339(w.start.timestamp_millis()),
             ends_at: crate::domain::rfc3339(w.end.timestamp_millis()),
             reason: None,

@@ -451,6 +451,15 @@ impl AuditEntry {
         ))
     }
 
+    /// A job about to run that a protection added since it was planned holds for
+    /// approval (SPEC §9).
+    pub fn protected(job: &Job, policy: &crate::domain::approval::ApprovalPolicy) -> Self {
+        AuditEntry::for_job(AuditKind::JobAwaitingApproval, "worker", job).saying(&format!(
+            "held for the approval of protection {}",
+            policy.protections.join(", ")
+        ))
+    }
+
     /// A waiting job failed by negative evidence (SPEC §9).
     pub fn gate_blocked(job: &Job, seen: &Seen, actor: &str) -> Self {
         let mut e =

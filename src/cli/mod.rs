@@ -16,6 +16,7 @@ use serde_json::json;
 use crate::app::{self, Mode, Service};
 use crate::config::{self, ConfigError, ConfigPath, Problem};
 use crate::ingest::simulate;
+use crate::rules::Coverage;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -223,6 +224,22 @@ fn check(path: &ConfigPath) -> Result<(), Failure> {
         service.config.targets.len(),
         service.rules.rules().len()
     );
+    for (protection, rules) in service.rules.coverage() {
+        let listed: Vec<String> = rules
+            .iter()
+            .map(|(rule, how)| match how {
+                Coverage::Covered => rule.to_string(),
+                Coverage::Templated => {
+                    format!("{rule} (templated destination: when rendered there)")
+                }
+            })
+            .collect();
+        if listed.is_empty() {
+            println!("protection {protection} covers no rule");
+        } else {
+            println!("protection {protection} covers: {}", listed.join(", "));
+        }
+    }
     Ok(())
 }
 

@@ -17,7 +17,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::approval::{ApprovalPolicy, Quorum};
+use crate::domain::destinations::Destinations;
 use crate::domain::freeze::{self, Freeze};
+use crate::domain::protection::Protection;
 
 pub use raw::{OneOrMany, RawAction, RawCondition, RawMatch, RawRule};
 pub use secret::Secret;
@@ -152,6 +154,8 @@ pub struct Config {
     pub rules: Vec<RuleConfig>,
     /// `[[freezes]]`, checked and ready to ask (`domain::freeze`).
     pub freezes: Vec<Freeze>,
+    /// `[[protections]]`, checked (`domain::protection`).
+    pub protections: Vec<Protection>,
 }
 
 #[derive(Debug, Clone)]
@@ -586,6 +590,7 @@ fn validate(
     let rules = check_rules(&raw.rules, &raw.sources, &raw.targets, &retry, problems);
     check_approvers(&raw.rules, &raw.admin.tokens, problems);
     let freezes = check_freezes(&raw.freezes, &raw.targets, problems);
+    let protections = check_protections(&raw.protections, &raw.targets, problems);
 
     Some(Config {
         server: ServerConfig {
@@ -611,6 +616,7 @@ fn validate(
         targets,
         rules,
         freezes,
+        protections,
     })
 }
 
@@ -657,6 +663,7 @@ fn approval_policy(loc: &str, a: &raw::RawApproval, problems: &mut Vec<Problem>)
                 count: q.count,
             })
             .collect(),
+        protections: Vec::new(),
     }
 }
 
@@ -1055,6 +1062,58 @@ fn check_rules(
         .collect()
 }
 
+/// Builds the config's protections; one with a problem is left out (and the problem
+/// named, so the config is refused).
+fn check_protections(
+    protections: &[raw::RawProtection],
+    targets: &[raw::RawTarget],
+    problems: &mut Vec<Problem>,
+) -> Vec<Protection> {
+    check_names(
+        "protections",
+        protections.iter().map(|p| p.name.as_str()),
+        problems,
+    );
+    protections
+        .iter()
+        .filter_map(|p| {
+            let loc = format!("protections[{}]", p.name);
+            let before = problems.len();
+            for t in p.targets.iter().flatten() {
+                if !targets.iter().any(|known| &known.name == t) {
+                    problems.push(Problem::error(
+                        format!("{loc}.targets"),
+                        format!("unknown target `{t}`"),
+                    ));
+                }
+            }
+            let scope = Destinations::new(p.to_repos.as_deref(), p.targets.as_deref())
+                .map_err(|e| {
+                    problems.push(Problem::error(format!("{loc}.to_repos"), e.to_string()))
+                })
+                .unwrap_or_default();
+            let approval = p
+                .approval
+                .as_ref()
+                .map(|a| approval_policy(&loc, a, problems));
+            let soak_ms = p.soak.filter(|d| !d.is_zero()).map(millis);
+            let checked = problems.len() == before;
+            if approval.is_none() && soak_ms.is_none() {
+                problems.push(Problem::warning(
+                    loc,
+                    "has neither `approval` nor `soak`: it protects nothing",
+                ));
+            }
+            checked.then(|| Protection {
+                name: p.name.clone(),
+                scope,
+                approval,
+                soak_ms,
+            })
+        })
+        .collect()
+}
+
 /// Builds the config's freezes; a freeze with a problem is left out (and the problem
 /// named, so the config is refused).
 fn check_freezes(
@@ -1076,14 +1135,9 @@ fn check_freezes(
                     fail("targets", format!("unknown target `{t}`"));
                 }
             }
-            let to_repos = match f.to_repos.as_deref().map(freeze::parse_globs) {
-                Some(Err(e)) => {
-                    fail("to_repos", e.to_string());
-                    None
-                }
-                Some(Ok(globs)) => Some(globs),
-                None => None,
-            };
+            let scope = Destinations::new(f.to_repos.as_deref(), f.targets.as_deref())
+                .map_err(|e| fail("to_repos", e.to_string()))
+                .unwrap_or_default();
             let tz_name = f.timezone.as_deref().unwrap_or("UTC");
             let tz = freeze::parse_tz(tz_name)
                 .map_err(|e| fail("timezone", e.to_string()))
@@ -1152,8 +1206,7 @@ fn check_freezes(
             let schedule = schedule.filter(|_| problems.len() == before)?;
             Some(Freeze {
                 name: f.name.clone(),
-                to_repos,
-                targets: f.targets.clone(),
+                scope,
                 schedule,
                 override_groups: f.override_groups.clone().unwrap_or_default(),
             })

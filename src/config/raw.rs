@@ -27,6 +27,21 @@ pub struct RawConfig {
     pub rules: Vec<RawRule>,
     #[serde(default)]
     pub freezes: Vec<RawFreeze>,
+    #[serde(default)]
+    pub protections: Vec<RawProtection>,
+}
+
+/// `[[protections]]` (SPEC §9): approval and soak every job promoting to the
+/// destinations it names needs, whatever rule made it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProtection {
+    pub name: String,
+    pub targets: Option<Vec<String>>,
+    pub to_repos: Option<Vec<String>>,
+    pub approval: Option<RawApproval>,
+    #[serde(default, with = "humantime_serde")]
+    pub soak: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -26,6 +26,9 @@ pub struct ApprovalPolicy {
     /// Per-group quorums, every one needed; when set, `count` and `groups` are not.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub all_of: Vec<Quorum>,
+    /// The protections whose approval this policy includes (`domain::protection`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub protections: Vec<String>,
 }
 
 /// `count` distinct approvers approving as one of `groups` (any approver when empty).
@@ -53,6 +56,35 @@ impl ApprovalPolicy {
             }]
         } else {
             self.all_of.clone()
+        }
+    }
+
+    /// A policy needing `first` (when there is one) and `then`, the approval of the
+    /// protection `name`: every quorum of both, the shorter timeout, and the initiator
+    /// allowed to approve only when both allow it.
+    pub fn both(
+        first: Option<ApprovalPolicy>,
+        then: &ApprovalPolicy,
+        name: &str,
+    ) -> ApprovalPolicy {
+        let Some(first) = first else {
+            let mut only = then.clone();
+            only.protections = vec![name.to_string()];
+            return only;
+        };
+        let timeout_ms = match (first.timeout_ms, then.timeout_ms) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let mut protections = first.protections.clone();
+        protections.push(name.to_string());
+        ApprovalPolicy {
+            count: 1,
+            groups: Vec::new(),
+            timeout_ms,
+            allow_self: first.allow_self && then.allow_self,
+            all_of: first.quorums().into_iter().chain(then.quorums()).collect(),
+            protections,
         }
     }
 
@@ -235,14 +267,17 @@ fn approving_as(quorums: &[Quorum], ballot: &Ballot) -> Result<Option<String>, R
             Err(Refusal::NotAnApprover)
         };
     }
-    if quorums.iter().any(|q| q.groups.is_empty()) {
-        return Ok(None);
-    }
-    let held: Vec<&Quorum> = quorums
+    // The quorums naming groups the token is in; the same groups asked twice (a
+    // rule's and a protection's) are one choice.
+    let mut held: Vec<&Quorum> = quorums
         .iter()
         .filter(|q| q.groups.iter().any(|g| ballot.groups.contains(g)))
         .collect();
+    held.sort_by(|a, b| a.groups.cmp(&b.groups));
+    held.dedup_by(|a, b| a.groups == b.groups);
     match held.as_slice() {
+        // Only a quorum of anyone can count it.
+        [] if quorums.iter().any(|q| q.groups.is_empty()) => Ok(None),
         [] => Err(Refusal::NotAnApprover),
         [q] => Ok(q.groups.iter().find(|g| ballot.groups.contains(g)).cloned()),
         _ => Err(Refusal::AsRequired),
@@ -261,6 +296,7 @@ mod tests {
                 timeout_ms: None,
                 allow_self,
                 all_of: Vec::new(),
+                protections: Vec::new(),
             },
             expires_at: None,
             initiator: Some("bob".into()),

@@ -10,10 +10,10 @@
 //! changes; a `duration` is wall-clock time too (`62h` from Friday 18:00 ends Monday
 //! 08:00 local, whether or not the clocks changed over the weekend).
 
+use super::destinations::{BadGlob, Destinations};
 use chrono::{DateTime, Duration, LocalResult, NaiveDateTime, TimeZone, Utc};
 use chrono_tz::Tz;
 use croner::Cron;
-use globset::{Glob, GlobMatcher};
 
 use super::{JobState, Millis, bounded};
 use crate::audit::MAX_MESSAGE;
@@ -47,10 +47,8 @@ pub enum Schedule {
 #[derive(Debug, Clone)]
 pub struct Freeze {
     pub name: String,
-    /// Globs over the destination repo; `None` covers every repo.
-    pub to_repos: Option<Vec<GlobMatcher>>,
-    /// Target names; `None` covers every target.
-    pub targets: Option<Vec<String>>,
+    /// The promotions it holds.
+    pub scope: Destinations,
     pub schedule: Schedule,
     /// Token groups allowed to override it (SPEC §9); any `operate` token may when
     /// empty. See [`OverrideRequest::new`].
@@ -64,8 +62,8 @@ pub enum FreezeError {
     Cron { pattern: String, why: String },
     #[error("unknown time zone `{0}` (an IANA name such as `Europe/Paris`)")]
     TimeZone(String),
-    #[error("invalid glob `{pattern}`: {why}")]
-    Glob { pattern: String, why: String },
+    #[error(transparent)]
+    Glob(#[from] BadGlob),
     #[error("invalid time `{0}` (RFC 3339, or a local `YYYY-MM-DDTHH:MM[:SS]` read in `timezone`)")]
     Time(String),
     #[error("a time that does not exist in `{0}` (skipped by a daylight-saving change)")]
@@ -90,21 +88,6 @@ pub fn parse_cron(pattern: &str) -> Result<Cron, FreezeError> {
 pub fn parse_tz(name: &str) -> Result<Tz, FreezeError> {
     name.parse::<Tz>()
         .map_err(|_| FreezeError::TimeZone(name.to_string()))
-}
-
-/// Compiles destination-repo globs.
-pub fn parse_globs(patterns: &[String]) -> Result<Vec<GlobMatcher>, FreezeError> {
-    patterns
-        .iter()
-        .map(|p| {
-            Glob::new(p)
-                .map(|g| g.compile_matcher())
-                .map_err(|e| FreezeError::Glob {
-                    pattern: p.clone(),
-                    why: e.kind().to_string(),
-                })
-        })
-        .collect()
 }
 
 /// Reads an instant: RFC 3339, or a local date-time without offset read in `tz`.
@@ -143,16 +126,7 @@ impl Freeze {
     /// Whether the freeze covers a job to `target` whose destination repo is `repo`
     /// (a job without a destination repo is covered only by freezes without `to_repos`).
     pub fn covers(&self, target: &str, repo: Option<&str>) -> bool {
-        let target_ok = self
-            .targets
-            .as_ref()
-            .is_none_or(|ts| ts.iter().any(|t| t == target));
-        let repo_ok = match (&self.to_repos, repo) {
-            (None, _) => true,
-            (Some(globs), Some(repo)) => globs.iter().any(|g| g.is_match(repo)),
-            (Some(_), None) => false,
-        };
-        target_ok && repo_ok
+        self.scope.covers(target, repo)
     }
 
     /// The window that contains `now`, if the freeze is active.
@@ -224,8 +198,7 @@ impl RuntimeFreeze {
         };
         Ok(Freeze {
             name: self.name.clone(),
-            to_repos: self.to_repos.as_deref().map(parse_globs).transpose()?,
-            targets: self.targets.clone(),
+            scope: Destinations::new(self.to_repos.as_deref(), self.targets.as_deref())?,
             schedule: Schedule::Once(Window {
                 start: at(self.from)?,
                 end: at(self.until)?,
@@ -423,8 +396,8 @@ mod tests {
     fn weekend(end: End) -> Freeze {
         Freeze {
             name: "weekend".into(),
-            to_repos: Some(parse_globs(&["docker-prod*".into()]).unwrap()),
-            targets: Some(vec!["jfrog".into()]),
+            scope: Destinations::new(Some(&["docker-prod*".into()]), Some(&["jfrog".into()]))
+                .unwrap(),
             override_groups: vec![],
             schedule: Schedule::Recurring {
                 start: Box::new(parse_cron("0 18 * * FRI").unwrap()),
@@ -437,8 +410,7 @@ mod tests {
     fn once(name: &str, from: &str, until: &str) -> Freeze {
         Freeze {
             name: name.into(),
-            to_repos: None,
-            targets: None,
+            scope: Destinations::default(),
             override_groups: vec![],
             schedule: Schedule::Once(Window {
                 start: utc(from),

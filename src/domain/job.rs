@@ -227,6 +227,13 @@ pub struct Job {
     pub updated_at: Millis,
 }
 
+impl Job {
+    /// The approval policy the job is under, if any.
+    pub fn approval_policy(&self) -> Option<&ApprovalPolicy> {
+        self.approval.as_ref().map(|a| &a.policy)
+    }
+}
+
 /// A job planned by the rules for a new event: queued, waiting on its gate, awaiting
 /// approval, or failed at once when its templates could not be rendered (SPEC §8,
 /// template error) or its gate is blocked.

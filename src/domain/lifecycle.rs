@@ -96,6 +96,9 @@ pub enum JobEvent {
     Blocked,
     /// An operator let a frozen job run despite the freezes holding it (SPEC §9).
     FreezeOverridden,
+    /// Given back unattempted because a protection not in force when the job was
+    /// planned (a reload added it) requires approval first (SPEC §9).
+    Protected,
 }
 
 impl JobEvent {
@@ -119,6 +122,7 @@ impl JobEvent {
             JobEvent::GateMet { .. } => "gate_met",
             JobEvent::Blocked => "blocked",
             JobEvent::FreezeOverridden => "freeze_overridden",
+            JobEvent::Protected => "protected",
         }
     }
 
@@ -180,7 +184,7 @@ impl Step {
 /// `succeeded` is final; `failed`, `cancelled`, `rejected` and `expired` only leave by
 /// an operator.
 #[rustfmt::skip]
-pub const TRANSITIONS: [Step; 35] = [
+pub const TRANSITIONS: [Step; 36] = [
     //        from       event                               to         audit
     Step::new(Queued,    Leased,                             Running,   None),
     Step::new(Retrying,  Leased,                             Running,   None),
@@ -217,6 +221,7 @@ pub const TRANSITIONS: [Step; 35] = [
     Step::new(Waiting,   Expire,                             Expired,   Some(JobExpired)),
     Step::new(Waiting,   OperatorCancel,                     Cancelled, Some(JobCancelled)),
     Step::new(Frozen,    JobEvent::FreezeOverridden,         Queued,    Some(AuditKind::JobFreezeOverridden)),
+    Step::new(Running,   JobEvent::Protected,                AwaitingApproval, Some(JobAwaitingApproval)),
 ];
 
 /// Where a job the rules planned starts, and its first record (SPEC §8, §9): `failed`
@@ -260,7 +265,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const EVENTS: [JobEvent; 21] = [
+    const EVENTS: [JobEvent; 22] = [
         Leased,
         LeaseTakenOver,
         Success,
@@ -296,6 +301,7 @@ mod tests {
         },
         Block,
         JobEvent::FreezeOverridden,
+        JobEvent::Protected,
     ];
 
     /// The SPEC's life cycle written out again, independently of the table, as
@@ -343,6 +349,7 @@ mod tests {
             }),
             Block if gated => Some(Failed),
             JobEvent::FreezeOverridden if from == Frozen => Some(Queued),
+            JobEvent::Protected if from == Running => Some(AwaitingApproval),
             _ => None,
         }
     }

@@ -3,11 +3,13 @@
 
 mod action;
 pub mod approval;
+pub mod destinations;
 mod event;
 pub mod freeze;
 pub mod gate;
 mod job;
 pub mod lifecycle;
+pub mod protection;
 
 pub use action::{
     Action, BuildPromotion, BuildRef, BuildTarget, BundleRef, Environment, ImageRef, ItemRef, Op,

@@ -138,17 +138,18 @@ pub fn plan_jobs(rules: &RuleSet, event: &Event) -> Vec<NewJob> {
                 (Ok(action), Ok(gate)) => (Ok(action), gate),
                 (Err(e), _) | (_, Err(e)) => (Err(e), None),
             };
+            // Its rule's approval and soak, and the protections' on its destination.
+            let guarded = rules.guard(p.rule, action.as_ref().ok());
             NewJob {
                 id: crate::domain::new_id(),
                 rule: p.rule.name.clone(),
                 target: p.rule.target.clone(),
                 action,
-                approval: p.rule.approval.clone(),
+                approval: guarded.approval,
                 initiator: p.rule.initiator_of(event),
                 gate,
-                soak_until: p
-                    .rule
-                    .soak_ms()
+                soak_until: guarded
+                    .soak_ms
                     .map(|soak| event.received_at.saturating_add(soak)),
             }
         })

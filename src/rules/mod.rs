@@ -12,9 +12,11 @@ use std::sync::Arc;
 
 use crate::config::{Config, Field, GateConfig, OneOrMany, Problem, RawMatch, RetryPolicy};
 use crate::domain::approval::ApprovalPolicy;
+use crate::domain::destinations::Destinations;
 use crate::domain::gate::{self, Evidence, GateStart};
+use crate::domain::protection::{self, Guarded, Protection};
 use crate::domain::{Action, Event, JobError, JobErrorCode, Millis};
-use action::ActionTemplate;
+use action::{ActionTemplate, Output};
 use index::{Key, Literals, RuleIndex};
 pub use matcher::{Captures, Matcher};
 
@@ -26,6 +28,18 @@ pub struct RuleSet {
     index: RuleIndex,
     conditions: Vec<Condition>,
     condition_index: RuleIndex,
+    /// The protections every planned job is checked against (SPEC §9).
+    protections: Vec<Protection>,
+}
+
+/// Whether a rule's jobs promote where a protection covers (`gantry check`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Coverage {
+    /// Its destination is written out and covered.
+    Covered,
+    /// Its destination is a template: the jobs whose rendered destination is covered
+    /// are protected.
+    Templated,
 }
 
 /// What an event must be for a rule's trigger, or a gate's condition, to match it:
@@ -292,10 +306,16 @@ impl RuleSet {
                 index,
                 conditions,
                 condition_index,
+                protections: config.protections.clone(),
             })
         } else {
             Err(problems)
         }
+    }
+
+    /// The config's protections, for the worker's check before each attempt.
+    pub fn protections(&self) -> &[Protection] {
+        &self.protections
     }
 
     pub fn rules(&self) -> &[Rule] {
@@ -304,6 +324,54 @@ impl RuleSet {
 
     pub fn get(&self, name: &str) -> Option<&Rule> {
         self.rules.iter().find(|r| r.name == name)
+    }
+
+    /// The approval and soak a job of `rule` with `action` needs: its rule's, and
+    /// those of every protection covering its destination.
+    pub fn guard(&self, rule: &Rule, action: Option<&Action>) -> Guarded {
+        let repo = action.and_then(|a| a.output_subject().repo);
+        protection::guard(
+            &self.protections,
+            &rule.target,
+            repo.as_deref(),
+            rule.approval.clone(),
+            rule.soak_ms(),
+        )
+    }
+
+    /// For each protection, the rules whose jobs it covers, in rule order.
+    pub fn coverage(&self) -> Vec<(&str, Vec<(&str, Coverage)>)> {
+        self.protections
+            .iter()
+            .map(|p| {
+                let covered = self
+                    .rules
+                    .iter()
+                    .filter_map(|r| {
+                        let how = match r.action.output(Field::Repo) {
+                            Output::Literal(repo) => p
+                                .scope
+                                .covers(&r.target, Some(repo))
+                                .then_some(Coverage::Covered),
+                            Output::Absent => {
+                                p.scope.covers(&r.target, None).then_some(Coverage::Covered)
+                            }
+                            Output::Unknown => {
+                                let anywhere = Destinations {
+                                    to_repos: None,
+                                    targets: p.scope.targets.clone(),
+                                };
+                                anywhere
+                                    .covers(&r.target, None)
+                                    .then_some(Coverage::Templated)
+                            }
+                        }?;
+                        Some((r.name.as_str(), how))
+                    })
+                    .collect();
+                (p.name.as_str(), covered)
+            })
+            .collect()
     }
 
     /// The evidence `event` is for the gates of the rules: one piece per condition it

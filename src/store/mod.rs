@@ -18,7 +18,7 @@ pub use sqlite::SqliteStore;
 
 use crate::audit::{Anchor, AuditEntry, AuditKind, AuditRecord, ChainCheck, Verdict};
 use crate::config::StoreUrl;
-use crate::domain::approval::{Ballot, Refusal};
+use crate::domain::approval::{ApprovalPolicy, Ballot, Refusal};
 use crate::domain::freeze::{OverrideRefusal, OverrideRequest, RuntimeFreeze};
 use crate::domain::gate::Evidence;
 use crate::domain::lifecycle::Requires;
@@ -213,6 +213,9 @@ pub struct Release {
     /// The freezes holding the job back (SPEC §9), `at` being when the last ends;
     /// empty when it was not a freeze.
     pub frozen_by: Vec<String>,
+    /// The approval the job must await first, with a protection's that was not in
+    /// force when it was planned (SPEC §9); `None` when it was not a protection.
+    pub protected: Option<ApprovalPolicy>,
 }
 
 impl Release {
@@ -221,6 +224,7 @@ impl Release {
     pub fn event(&self) -> JobEvent {
         match self.interrupted {
             Some(_) => JobEvent::Interrupted,
+            None if self.protected.is_some() => JobEvent::Protected,
             None if !self.frozen_by.is_empty() => JobEvent::Frozen,
             None => JobEvent::Released {
                 after_attempts: self.attempt > 1,

@@ -49,7 +49,9 @@ use super::rows::{
     payload_text, read_approval, read_attempt, read_audit, read_event, read_freeze, read_job,
     read_seen, revival, sql_limit, start_freeze_sql, stored_count,
 };
-use super::rows::{OverrideLanding, SET_FREEZE_OVERRIDE, SET_FROZEN, frozen_names};
+use super::rows::{
+    OverrideLanding, SET_FREEZE_OVERRIDE, SET_FROZEN, SET_PROTECTED, frozen_names, policy_text,
+};
 use super::{
     ApprovalOutcome, AttemptReport, AuditFilter, ChainLink, ChainRow, EventFilter, IngestOutcome,
     IngestPolicy, JobFilter, JobRef, JobSummary, LeasedJob, NewEvent, OperatorAction,
@@ -1299,6 +1301,13 @@ impl Store for PostgresStore {
                     execute(&tx, SET_FROZEN, &[&names, &r.at, &r.job_id]).await?;
                     w.audit
                         .push(AuditEntry::frozen(&read_job(&row)?, &r.frozen_by, r.at));
+                }
+                if let Some(policy) = &r.protected {
+                    let expires_at = policy.expires_at(now);
+                    let text = policy_text(policy);
+                    execute(&tx, SET_PROTECTED, &[&text, &expires_at, &r.job_id]).await?;
+                    w.audit
+                        .push(AuditEntry::protected(&read_job(&row)?, policy));
                 }
             }
             Some(attempt) => {

@@ -12,7 +12,9 @@ use super::{
     Page, StoreError, StoredEvent, Transition,
 };
 use crate::audit::{AuditEntry, AuditKind, AuditRecord};
-use crate::domain::approval::{self, Approval, Awaiting, Ballot, JobApproval, Refusal, Verdict};
+use crate::domain::approval::{
+    self, Approval, ApprovalPolicy, Awaiting, Ballot, JobApproval, Refusal, Verdict,
+};
 use crate::domain::freeze::{
     self, FreezeOverride, Frozen, OverrideRefusal, OverrideRequest, RuntimeFreeze,
 };
@@ -438,10 +440,7 @@ impl<'a> JobInsert<'a> {
             next_attempt_at: job.soak_until.map_or(now, |s| s.max(now)),
             target_ref: output.as_ref().and_then(subject_key),
             target_digest: output.and_then(|o| o.digest),
-            approval: job
-                .approval
-                .as_ref()
-                .and_then(|p| serde_json::to_string(p).ok()),
+            approval: job.approval.as_ref().map(policy_text),
             approval_expires_at: match state {
                 JobState::AwaitingApproval => job.approval.as_ref().and_then(|p| p.expires_at(now)),
                 _ => None,
@@ -856,6 +855,18 @@ pub(super) fn read_freeze(r: &impl Columns) -> Result<RuntimeFreeze, StoreError>
 /// shows it only while it is `frozen` ([`read_job`]).
 pub(super) const SET_FROZEN: &str =
     "UPDATE jobs SET frozen_by = $1, frozen_until = $2 WHERE id = $3";
+
+/// Puts on a job a protection now holds the approval it awaits: the policy (1, as
+/// [`policy_text`] stores it), its deadline (2), and a new round of verdicts.
+pub(super) const SET_PROTECTED: &str =
+    "UPDATE jobs SET approval = $1, approval_expires_at = $2, approval_round = approval_round + 1
+     WHERE id = $3";
+
+/// An approval policy as stored.
+pub(super) fn policy_text(policy: &ApprovalPolicy) -> String {
+    // Strings, integers and booleans: serializing cannot fail.
+    serde_json::to_string(policy).unwrap_or_default()
+}
 
 /// The names of the freezes holding a job, as [`SET_FROZEN`] stores them.
 pub(super) fn frozen_names(names: &[String]) -> String {

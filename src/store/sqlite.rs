@@ -29,7 +29,9 @@ use super::rows::{
     read_attempt, read_audit, read_event, read_freeze, read_job, read_seen, revival, sql_limit,
     start_freeze_sql, stored_count,
 };
-use super::rows::{OverrideLanding, SET_FREEZE_OVERRIDE, SET_FROZEN, frozen_names};
+use super::rows::{
+    OverrideLanding, SET_FREEZE_OVERRIDE, SET_FROZEN, SET_PROTECTED, frozen_names, policy_text,
+};
 use super::{
     ApprovalOutcome, AttemptReport, AuditFilter, ChainLink, ChainRow, EventFilter, IngestOutcome,
     IngestPolicy, JobFilter, JobRef, JobSummary, LeasedJob, NewEvent, OperatorAction,
@@ -1108,6 +1110,15 @@ fn release_leased(conn: &Connection, r: &Release) -> Result<bool, StoreError> {
             }
             if let (false, Some(job)) = (r.frozen_by.is_empty(), load_job(conn, &r.job_id)?) {
                 append_audit(conn, &AuditEntry::frozen(&job, &r.frozen_by, r.at))?;
+            }
+            if let Some(policy) = &r.protected {
+                let expires_at = policy.expires_at(now);
+                conn.prepare_cached(SET_PROTECTED)
+                    .and_then(|mut s| s.execute(params![policy_text(policy), expires_at, r.job_id]))
+                    .map_err(unavailable)?;
+                if let Some(job) = load_job(conn, &r.job_id)? {
+                    append_audit(conn, &AuditEntry::protected(&job, policy))?;
+                }
             }
         }
         Some(attempt) => {

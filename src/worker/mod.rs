@@ -26,7 +26,9 @@ pub use retry::backoff;
 
 use crate::audit::{AuditEntry, AuditKind};
 use crate::config::{RetryPolicy, WorkerConfig};
+use crate::domain::approval::ApprovalPolicy;
 use crate::domain::freeze::{self, Freeze};
+use crate::domain::protection;
 use crate::domain::{
     Action, AttemptRecord, Event, Job, JobError, JobErrorCode, Millis, Outcome, now_millis,
 };
@@ -130,6 +132,7 @@ impl Pool {
                 at: now.saturating_add(millis(f.timeout)),
                 interrupted: Some(interrupted),
                 frozen_by: Vec::new(),
+                protected: None,
             };
             if let Err(e) = self.ctx.store.release_job(release).await {
                 tracing::error!(job_id = %f.job_id, error = %e, "cannot release an interrupted job; its lease will expire");
@@ -164,6 +167,8 @@ enum Step {
         until: Millis,
         frozen_by: Vec<String>,
     },
+    /// A protection requires this approval first; no attempt spent.
+    Protected(ApprovalPolicy),
     /// The lease was lost (another worker took the job over): the attempt stopped
     /// where it was, and nothing is written (the store fences this worker out).
     Lost,
@@ -242,17 +247,20 @@ impl Worker {
         async {
             let started = Instant::now();
             let handle = self.ctx.targets.get(&job.target).cloned();
-            // Decided before the target is involved: a frozen job takes no permit and
-            // sends nothing upstream.
+            // Decided before the target is involved: a protected or frozen job takes no
+            // permit and sends nothing upstream.
             let hold = match &job.action {
-                Some(a) => self.frozen(job, a).await,
+                Some(a) => match self.protected(job, a) {
+                    Some(step) => Some(step),
+                    None => self.frozen(job, a).await.map(|h| Step::Held {
+                        until: h.until.timestamp_millis(),
+                        frozen_by: h.names,
+                    }),
+                },
                 None => None,
             };
             let step = match (hold, &job.action, &handle) {
-                (Some(h), ..) => Step::Held {
-                    until: h.until.timestamp_millis(),
-                    frozen_by: h.names,
-                },
+                (Some(step), ..) => step,
                 (None, None, _) => Step::Done(Err(TargetError::permanent(
                     JobErrorCode::TemplateError,
                     "the job has no rendered action",
@@ -270,7 +278,13 @@ impl Worker {
                 Step::Lost => {
                     tracing::warn!("lease lost: attempt abandoned; another worker owns the job")
                 }
-                Step::Held { until, frozen_by } => self.hold(&leased, until, frozen_by).await,
+                Step::Held { until, frozen_by } => {
+                    self.release(&leased, until, frozen_by, None).await
+                }
+                Step::Protected(policy) => {
+                    self.release(&leased, now_millis(), Vec::new(), Some(policy))
+                        .await
+                }
                 Step::Done(result) => {
                     let duration_ms =
                         u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -282,6 +296,23 @@ impl Worker {
         }
         .instrument(span)
         .await
+    }
+
+    /// What the protections in force say of `job` (with its `action`) about to run:
+    /// await an approval first, when one covering it now was not in force when it
+    /// was planned (a reload added it); or wait out a soak not over yet.
+    fn protected(&self, job: &Job, action: &Action) -> Option<Step> {
+        let protections = self.ctx.rules.protections();
+        let repo = action.output_subject().repo;
+        let repo = repo.as_deref();
+        if let Some(policy) =
+            protection::missing_approval(protections, &job.target, repo, job.approval_policy())
+        {
+            return Some(Step::Protected(policy));
+        }
+        let soak = protection::guard(protections, &job.target, repo, None, None).soak_ms?;
+        let until = job.created_at.saturating_add(soak);
+        (until > now_millis()).then(|| Step::held(until))
     }
 
     /// Whether freezes hold `job` (with its `action`) now: the config's and the
@@ -381,9 +412,17 @@ impl Worker {
         }
     }
 
-    /// Gives a job back without spending an attempt: `frozen` when freezes hold it.
-    async fn hold(&self, leased: &LeasedJob, at: Millis, frozen_by: Vec<String>) {
-        tracing::info!(until = %crate::domain::rfc3339(at), frozen_by = ?frozen_by, "held back; released");
+    /// Gives a job back without spending an attempt, due at `at`: `frozen` when
+    /// freezes hold it, awaiting approval when a protection does (`protected`).
+    async fn release(
+        &self,
+        leased: &LeasedJob,
+        at: Millis,
+        frozen_by: Vec<String>,
+        protected: Option<ApprovalPolicy>,
+    ) {
+        tracing::info!(until = %crate::domain::rfc3339(at), frozen_by = ?frozen_by,
+            protected = protected.is_some(), "held back; released");
         let release = Release {
             job_id: leased.job.id.clone(),
             worker: self.id.clone(),
@@ -391,6 +430,7 @@ impl Worker {
             at,
             interrupted: None,
             frozen_by,
+            protected,
         };
         if let Err(e) = self.ctx.store.release_job(release).await {
             tracing::error!(error = %e, "cannot release the job; its lease will expire");

@@ -344,3 +344,58 @@ gate = { correlate = ["build_name", "colour"], require = [
         assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
     }
 }
+
+/// `check` lists, for each protection, the rules whose jobs it covers (SPEC §9).
+#[test]
+fn check_lists_the_rules_each_protection_covers() {
+    let toml = format!(
+        r#"{VALID}
+[[rules]]
+name = "to-prod"
+source = "ci"
+action = {{ type = "promote", target = "jfrog", to_repo = "docker-prod" }}
+
+[[rules]]
+name = "to-staging"
+source = "ci"
+action = {{ type = "promote", target = "jfrog", to_repo = "docker-staging" }}
+
+[[rules]]
+name = "anywhere"
+source = "ci"
+action = {{ type = "promote", target = "jfrog", to_repo = "{{{{repo}}}}-next" }}
+
+[[protections]]
+name = "prod"
+to_repos = ["docker-prod"]
+soak = "30m"
+
+[[protections]]
+name = "elsewhere"
+targets = ["jfrog"]
+to_repos = ["nowhere"]
+approval = {{ count = 1 }}
+"#
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("g.toml"), toml).unwrap();
+    let out = gantry(dir.path(), &["--config", "g.toml", "check"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(
+            "protection prod covers: to-prod, anywhere (templated destination: when rendered there)\n"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "protection elsewhere covers: anywhere (templated destination: when rendered there)\n"
+        ),
+        "{stdout}"
+    );
+}

@@ -24,6 +24,7 @@ mod hostile;
 mod ingest;
 mod oci;
 mod promote;
+mod protections;
 mod registry;
 mod replicas;
 mod secrets;

@@ -436,6 +436,7 @@ async fn leases_renewals_attempts_and_releases_hold_only_under_the_lease(b: Back
         at: now_millis(),
         interrupted: None,
         frozen_by: Vec::new(),
+        protected: None,
     };
     assert!(store.release_job(back.clone()).await.unwrap());
     assert!(!store.release_job(back).await.unwrap());
@@ -476,6 +477,7 @@ async fn leases_renewals_attempts_and_releases_hold_only_under_the_lease(b: Back
                 at: now_millis(),
                 interrupted: Some(interrupted),
                 frozen_by: Vec::new(),
+                protected: None,
             })
             .await
             .unwrap()
@@ -638,6 +640,7 @@ async fn frozen_jobs_spend_no_attempt_and_run_in_creation_order_after_the_end(b:
             at: end,
             interrupted: None,
             frozen_by: vec!["weekend".into()],
+            protected: None,
         };
         assert!(store.release_job(frozen).await.unwrap());
     }
@@ -701,6 +704,7 @@ async fn runtime_freezes_start_once_end_once_and_are_seen_by_every_replica(b: Ba
         at: now + DAY,
         interrupted: None,
         frozen_by: vec!["hotfix".into()],
+        protected: None,
     };
     assert!(store.release_job(frozen).await.unwrap());
     assert!(replica.end_freeze("hotfix", "ops").await.unwrap());
@@ -743,6 +747,7 @@ async fn a_freeze_override_queues_only_a_frozen_job_and_is_kept_with_it(b: Backe
         at: end,
         interrupted: None,
         frozen_by: vec!["weekend".into(), "year-end".into()],
+        protected: None,
     };
     assert!(store.release_job(frozen).await.unwrap());
     let job = replica.job(&id).await.unwrap().unwrap();
@@ -1333,6 +1338,7 @@ fn policy(count: u32, timeout_ms: Option<i64>) -> ApprovalPolicy {
         timeout_ms,
         allow_self: false,
         all_of: Vec::new(),
+        protections: Vec::new(),
     }
 }
 
