@@ -95,6 +95,19 @@ pub async fn start(service: Service, mode: Mode) -> anyhow::Result<Running> {
         .with_context(|| format!("cannot open the store {:?}", config.store))?;
     let rules = Arc::new(rules);
     let grace = config.server.shutdown_grace;
+    // A waiting or awaiting job whose rule this config no longer has is cancelled
+    // (SPEC §9 `rule_removed`); nothing else could ever move it on.
+    let names: Vec<String> = rules.rules().iter().map(|r| r.name.clone()).collect();
+    let removed = store
+        .cancel_removed(&names)
+        .await
+        .context("cannot cancel the jobs of removed rules")?;
+    if removed > 0 {
+        tracing::warn!(
+            jobs = removed,
+            "cancelled waiting jobs whose rule was removed"
+        );
+    }
 
     let maintenance = (mode != Mode::HttpOnly).then(|| {
         tokio::spawn(maintain(

@@ -539,6 +539,7 @@ pub async fn simulate_event(
     let events = simulate(
         &state.ingest.sources,
         &state.ingest.rules,
+        &state.freezes,
         &request.source,
         &body,
         &headers,

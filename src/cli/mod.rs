@@ -331,6 +331,7 @@ fn simulate_command(
     let simulations = simulate(
         &service.sources,
         &service.rules,
+        &service.config.freezes,
         source_name,
         &body,
         &headers,

@@ -142,6 +142,8 @@ pub enum JobErrorCode {
     /// The trigger lacks a field its gate correlates on, so no evidence could ever
     /// be matched to it.
     GateUncorrelated,
+    /// The job waited on a gate or for approval when a reload removed its rule.
+    RuleRemoved,
 }
 
 impl JobErrorCode {
@@ -161,6 +163,7 @@ impl JobErrorCode {
             JobErrorCode::ResponseTooLarge => "response_too_large",
             JobErrorCode::GateBlocked => "gate_blocked",
             JobErrorCode::GateUncorrelated => "gate_uncorrelated",
+            JobErrorCode::RuleRemoved => "rule_removed",
         }
     }
 

@@ -96,6 +96,9 @@ pub enum JobEvent {
     Blocked,
     /// An operator let a frozen job run despite the freezes holding it (SPEC §9).
     FreezeOverridden,
+    /// The config in force no longer has the rule of a job that waits for evidence or
+    /// approval (SPEC §9 `rule_removed`).
+    RuleRemoved,
     /// Given back unattempted because a protection not in force when the job was
     /// planned (a reload added it) requires approval first (SPEC §9).
     Protected,
@@ -123,6 +126,7 @@ impl JobEvent {
             JobEvent::Blocked => "blocked",
             JobEvent::FreezeOverridden => "freeze_overridden",
             JobEvent::Protected => "protected",
+            JobEvent::RuleRemoved => "rule_removed",
         }
     }
 
@@ -184,7 +188,7 @@ impl Step {
 /// `succeeded` is final; `failed`, `cancelled`, `rejected` and `expired` only leave by
 /// an operator.
 #[rustfmt::skip]
-pub const TRANSITIONS: [Step; 36] = [
+pub const TRANSITIONS: [Step; 38] = [
     //        from       event                               to         audit
     Step::new(Queued,    Leased,                             Running,   None),
     Step::new(Retrying,  Leased,                             Running,   None),
@@ -222,6 +226,8 @@ pub const TRANSITIONS: [Step; 36] = [
     Step::new(Waiting,   OperatorCancel,                     Cancelled, Some(JobCancelled)),
     Step::new(Frozen,    JobEvent::FreezeOverridden,         Queued,    Some(AuditKind::JobFreezeOverridden)),
     Step::new(Running,   JobEvent::Protected,                AwaitingApproval, Some(JobAwaitingApproval)),
+    Step::new(Waiting,   JobEvent::RuleRemoved,              Cancelled, Some(JobCancelled)),
+    Step::new(AwaitingApproval, JobEvent::RuleRemoved,       Cancelled, Some(JobCancelled)),
 ];
 
 /// Where a job the rules planned starts, and its first record (SPEC §8, §9): `failed`
@@ -265,7 +271,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const EVENTS: [JobEvent; 22] = [
+    const EVENTS: [JobEvent; 23] = [
         Leased,
         LeaseTakenOver,
         Success,
@@ -302,6 +308,7 @@ mod tests {
         Block,
         JobEvent::FreezeOverridden,
         JobEvent::Protected,
+        JobEvent::RuleRemoved,
     ];
 
     /// The SPEC's life cycle written out again, independently of the table, as
@@ -350,6 +357,7 @@ mod tests {
             Block if gated => Some(Failed),
             JobEvent::FreezeOverridden if from == Frozen => Some(Queued),
             JobEvent::Protected if from == Running => Some(AwaitingApproval),
+            JobEvent::RuleRemoved if gated || awaiting => Some(Cancelled),
             _ => None,
         }
     }
@@ -424,8 +432,8 @@ mod tests {
         assert_eq!(Requires::of(None, false), NeedsNothing);
     }
 
-    /// An awaiting job is not due: nothing but an approval, a rejection, its timeout
-    /// or an operator's cancel moves it, and no lease takes it.
+    /// An awaiting job is not due: nothing but an approval, a rejection, its timeout,
+    /// an operator's cancel or its rule's removal moves it, and no lease takes it.
     #[test]
     fn an_awaiting_job_moves_only_by_people_or_its_timeout() {
         let moves: Vec<(JobEvent, JobState, Option<AuditKind>)> = EVENTS
@@ -439,12 +447,13 @@ mod tests {
                 (Approve, Queued, Some(JobApproved)),
                 (Reject, Rejected, Some(JobRejected)),
                 (Expire, Expired, Some(JobExpired)),
+                (JobEvent::RuleRemoved, Cancelled, Some(JobCancelled)),
             ]
         );
     }
 
-    /// A waiting job is not due either: evidence, its window or an operator's cancel
-    /// moves it.
+    /// A waiting job is not due either: evidence, its window, an operator's cancel or
+    /// its rule's removal moves it.
     #[test]
     fn a_waiting_job_moves_only_by_evidence_its_window_or_an_operator() {
         let moves: Vec<(JobEvent, JobState)> = EVENTS
@@ -470,6 +479,7 @@ mod tests {
                     AwaitingApproval
                 ),
                 (Block, Failed),
+                (JobEvent::RuleRemoved, Cancelled),
             ]
         );
     }

@@ -17,6 +17,7 @@ use crate::config::{Config, Problem};
 use serde::Serialize;
 
 use crate::domain::approval::ApprovalPolicy;
+use crate::domain::freeze::Freeze;
 use crate::domain::gate::JobGate;
 use crate::domain::{Action, Event, JobError, NewJob, now_millis};
 use crate::rules::RuleSet;
@@ -194,6 +195,9 @@ pub struct Promotion {
     /// When its soak would end (RFC 3339).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub soak_until: Option<String>,
+    /// The config's freeze windows that cover its destination, active now or not.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub freezes: Vec<String>,
 }
 
 /// An offline dry run of a body as `source` would receive it: normalized and
@@ -202,6 +206,7 @@ pub struct Promotion {
 pub fn simulate(
     sources: &Sources,
     rules: &RuleSet,
+    freezes: &[Freeze],
     source: &str,
     body: &[u8],
     headers: &dyn Headers,
@@ -221,6 +226,12 @@ pub fn simulate(
             let promotions = plan_jobs(rules, &event)
                 .into_iter()
                 .map(|j| {
+                    let repo = j.action.as_ref().ok().and_then(|a| a.output_subject().repo);
+                    let freezes = freezes
+                        .iter()
+                        .filter(|f| f.covers(&j.target, repo.as_deref()))
+                        .map(|f| f.name.clone())
+                        .collect();
                     let (action, error) = match j.action {
                         Ok(a) => (Some(a), None),
                         Err(e) => (None, Some(e)),
@@ -233,6 +244,7 @@ pub fn simulate(
                         approval: j.approval,
                         gate: j.gate.map(|g| g.gate),
                         soak_until: j.soak_until.map(crate::domain::rfc3339),
+                        freezes,
                     }
                 })
                 .collect();

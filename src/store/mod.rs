@@ -397,6 +397,10 @@ pub trait Store: Send + Sync {
         ballot: Ballot,
     ) -> Result<ApprovalOutcome, StoreError>;
 
+    /// Cancels the jobs waiting on a gate or awaiting approval whose rule is not in
+    /// `rules` any more (`rule_removed`), each on the record; how many it cancelled.
+    async fn cancel_removed(&self, rules: &[String]) -> Result<u64, StoreError>;
+
     /// Moves the jobs whose approval timed out to `expired`; how many it moved.
     async fn expire_approvals(&self) -> Result<u64, StoreError>;
 

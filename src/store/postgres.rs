@@ -47,7 +47,7 @@ use super::rows::{
     events_listing, events_page, expiry, freeze_scope, gate_locks, gate_revival, gate_text,
     job_state, jobs_listing, lease_expired, leased_move, millis, narrow, operator_move, page,
     payload_text, read_approval, read_attempt, read_audit, read_event, read_freeze, read_job,
-    read_seen, revival, sql_limit, start_freeze_sql, stored_count,
+    read_seen, revival, rule_removed, sql_limit, start_freeze_sql, stored_count,
 };
 use super::rows::{
     OverrideLanding, SET_FREEZE_OVERRIDE, SET_FROZEN, SET_PROTECTED, frozen_names, policy_text,
@@ -1446,6 +1446,52 @@ impl Store for PostgresStore {
         };
         self.commit(tx, w).await?;
         Ok(ApprovalOutcome::Done(Box::new(job)))
+    }
+
+    async fn cancel_removed(&self, rules: &[String]) -> Result<u64, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(unavailable)?;
+        // Locked and skipped when another replica is moving them at this moment.
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} FROM jobs
+             WHERE state IN ('waiting', 'awaiting_approval') AND rule <> ALL($1::text[])
+             FOR UPDATE SKIP LOCKED"
+        );
+        let mut jobs = Vec::new();
+        for row in query(&tx, &sql, &[&rules]).await? {
+            jobs.push(read_job(&row)?);
+        }
+        let now = now_millis();
+        let mut w = Writes::default();
+        for job in &mut jobs {
+            let (step, error) = rule_removed(job)?;
+            execute(
+                &tx,
+                "UPDATE jobs SET state = $2, last_error_code = $3, last_error_message = $4,
+                    updated_at = $5
+                 WHERE id = $1",
+                &[
+                    &job.id,
+                    &step.to.as_str(),
+                    &error.code.as_str(),
+                    &error.message,
+                    &now,
+                ],
+            )
+            .await?;
+            job.state = step.to;
+            if let Some(kind) = step.audit {
+                w.audit.push(
+                    AuditEntry::operator(kind, SYSTEM_ACTOR, job).saying(&format!(
+                        "{}: {}",
+                        error.code.as_str(),
+                        error.message
+                    )),
+                );
+            }
+        }
+        self.commit(tx, w).await?;
+        Ok(u64::try_from(jobs.len()).unwrap_or(u64::MAX))
     }
 
     async fn expire_approvals(&self) -> Result<u64, StoreError> {

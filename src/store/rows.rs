@@ -633,6 +633,16 @@ impl BallotLanding {
     }
 }
 
+/// What cancelling a job whose rule was removed writes: the move and its error.
+pub(super) fn rule_removed(job: &Job) -> Result<(&'static Step, JobError), StoreError> {
+    let step = lifecycle::next(job.state, JobEvent::RuleRemoved)?;
+    let error = JobError::new(
+        JobErrorCode::RuleRemoved,
+        format!("rule {} is no longer configured", job.rule),
+    );
+    Ok((step, error))
+}
+
 /// Who moves a job that no person moved (an approval that timed out).
 pub(super) const SYSTEM_ACTOR: &str = "gantry";
 

@@ -26,8 +26,8 @@ use super::rows::{
     SYSTEM_ACTOR, attempt_values, audit_listing, chain_sql, checkpoints_sql, events_listing,
     events_page, expiry, freeze_scope, gate_revival, gate_text, job_state, jobs_listing,
     lease_expired, leased_move, millis, operator_move, page, payload_text, read_approval,
-    read_attempt, read_audit, read_event, read_freeze, read_job, read_seen, revival, sql_limit,
-    start_freeze_sql, stored_count,
+    read_attempt, read_audit, read_event, read_freeze, read_job, read_seen, revival, rule_removed,
+    sql_limit, start_freeze_sql, stored_count,
 };
 use super::rows::{
     OverrideLanding, SET_FREEZE_OVERRIDE, SET_FROZEN, SET_PROTECTED, frozen_names, policy_text,
@@ -1404,6 +1404,56 @@ impl Store for SqliteStore {
                 append_audit(conn, &AuditEntry::freeze_started(f))?;
             }
             Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn cancel_removed(&self, rules: &[String]) -> Result<u64, StoreError> {
+        // The names as a JSON array: one parameter however many rules there are.
+        let names = serde_json::to_string(rules).unwrap_or_default();
+        self.write(move |conn, _| {
+            let ids: Vec<String> = conn
+                .prepare_cached(
+                    "SELECT id FROM jobs WHERE state IN ('waiting', 'awaiting_approval')
+                        AND rule NOT IN (SELECT value FROM json_each(?1))",
+                )
+                .and_then(|mut s| {
+                    s.query_map([&names], |r| r.get(0))?
+                        .collect::<Result<Vec<String>, _>>()
+                })
+                .map_err(unavailable)?;
+            let now = now_millis();
+            for id in &ids {
+                let Some(mut job) = load_job(conn, id)? else {
+                    continue;
+                };
+                let (step, error) = rule_removed(&job)?;
+                conn.prepare_cached(
+                    "UPDATE jobs SET state = ?2, last_error_code = ?3, last_error_message = ?4,
+                        updated_at = ?5
+                     WHERE id = ?1",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![
+                        id,
+                        step.to.as_str(),
+                        error.code.as_str(),
+                        error.message,
+                        now
+                    ])
+                })
+                .map_err(unavailable)?;
+                job.state = step.to;
+                if let Some(kind) = step.audit {
+                    let entry = AuditEntry::operator(kind, SYSTEM_ACTOR, &job).saying(&format!(
+                        "{}: {}",
+                        error.code.as_str(),
+                        error.message
+                    ));
+                    append_audit(conn, &entry)?;
+                }
+            }
+            Ok(u64::try_from(ids.len()).unwrap_or(u64::MAX))
         })
         .await
     }

@@ -10,12 +10,15 @@ use crate::stores::{Open, TestStore};
 
 on_each_store!(TestStore: a_waiting_job_survives_kill_9_and_completes_after_the_restart,);
 
-const RULES: &str = r#"
+const SCANNER: &str = r#"
 [[sources]]
 name = "scanner"
 format = "generic"
 verify = { scheme = "hmac-sha256", header = "X-Signature", prefix = "sha256=", secrets = ["env:TEST_CI_SECRET"] }
+"#;
 
+/// The gated rule (with [`SCANNER`] before it).
+const GATED: &str = r#"
 [[rules]]
 name = "to-staging"
 source = "ci"
@@ -67,7 +70,13 @@ async fn evidence_at_two_replicas_at_once_promotes_exactly_once() {
         fake.put("dev", "app", &format!("1.0.{i}"), &digest(i));
     }
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config_on(dir.path(), &fake.uri(), RULES, "5s", &store.url(dir.path()));
+    let config = write_config_on(
+        dir.path(),
+        &fake.uri(),
+        &format!("{SCANNER}{GATED}"),
+        "5s",
+        &store.url(dir.path()),
+    );
     let (a, b) = tokio::join!(
         ChildApp::start(&config, free_port()),
         ChildApp::start(&config, free_port())
@@ -116,7 +125,13 @@ async fn a_waiting_job_survives_kill_9_and_completes_after_the_restart(store: Te
     let fake = FakeArtifactory::start().await;
     fake.put("dev", "app", "1.0.0", &digest(0));
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config_on(dir.path(), &fake.uri(), RULES, "2s", &store.url(dir.path()));
+    let config = write_config_on(
+        dir.path(),
+        &fake.uri(),
+        &format!("{SCANNER}{GATED}"),
+        "2s",
+        &store.url(dir.path()),
+    );
     let first = ChildApp::start(&config, free_port()).await;
     let v = accepted(&first.client, "ci", &trigger(0)).await;
     let id = v["jobs"][0]["id"].as_str().unwrap().to_string();
@@ -132,4 +147,56 @@ async fn a_waiting_job_survives_kill_9_and_completes_after_the_restart(store: Te
     let job = second.client.wait_final(&id).await;
     assert_eq!(job["state"], "succeeded", "{job:#}");
     assert_eq!(fake.promote_calls(), 1);
+}
+
+/// A reload (here: a restart on the new config) that removes the rule of a waiting
+/// or awaiting job cancels it (`rule_removed`); a job whose rule stays is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_rule_cancels_its_waiting_and_awaiting_jobs() {
+    let fake = FakeArtifactory::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let approved = r#"
+[[rules]]
+name = "approved"
+source = "ci"
+event = "release"
+action = { type = "promote", target = "jfrog", to_repo = "prod" }
+approval = { count = 1 }
+"#;
+    let store = TestStore::Sqlite.url(dir.path());
+    let both = format!("{SCANNER}{GATED}{approved}");
+    let config = write_config_on(dir.path(), &fake.uri(), &both, "2s", &store);
+    let first = ChildApp::start(&config, free_port()).await;
+    let v = accepted(&first.client, "ci", &trigger(0)).await;
+    let waiting = v["jobs"][0]["id"].as_str().unwrap().to_string();
+    let body = br#"{"event":"release","repo":"dev","image":"app","tag":"1.0.0"}"#;
+    let v = accepted(&first.client, "ci", body).await;
+    let awaiting = v["jobs"][0]["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        first.client.job(&awaiting).await["state"],
+        "awaiting_approval"
+    );
+    first.kill();
+
+    // The gated rule goes; the approved one stays.
+    let config = write_config_on(
+        dir.path(),
+        &fake.uri(),
+        &format!("{SCANNER}{approved}"),
+        "2s",
+        &store,
+    );
+    let second = ChildApp::start(&config, free_port()).await;
+    let job = second.client.job(&waiting).await;
+    assert_eq!(job["state"], "cancelled", "{job:#}");
+    assert_eq!(job["last_error"]["code"], "rule_removed");
+    let records = second
+        .client
+        .audit(&format!("job={waiting}&kind=job.cancelled"))
+        .await;
+    assert_eq!(records[0]["actor"], "gantry");
+    assert_eq!(
+        second.client.job(&awaiting).await["state"],
+        "awaiting_approval"
+    );
 }

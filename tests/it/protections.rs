@@ -193,3 +193,32 @@ async fn a_protection_added_later_holds_jobs_not_yet_run() {
     assert_eq!(second.client.wait_final(&id).await["state"], "succeeded");
     assert_eq!(posts(&upstream).await, 1);
 }
+
+/// `simulate` shows the approval a protection adds and the freezes covering the
+/// destination (SPEC §9).
+#[tokio::test]
+async fn simulate_shows_the_protections_and_freezes_that_would_apply() {
+    let freeze = r#"
+[[freezes]]
+name = "year-end"
+to_repos = ["docker-prod"]
+from = "2026-12-20T00:00:00Z"
+until = "2027-01-04T00:00:00Z"
+"#;
+    let app = spawn_app(&format!("{}{PROD}{freeze}", rules(""))).await;
+    let body = json!({"event": "release", "repo": "dev", "image": "app", "tag": "1.0.0"});
+    let r = app
+        .post_json(
+            "/api/v1/simulate",
+            SAM,
+            &json!({"source": "ci", "body": body}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    let promotion = &v["events"][0]["promotions"][0];
+    assert_eq!(promotion["rule"], "to-prod");
+    assert_eq!(promotion["approval"]["protections"], json!(["prod"]));
+    assert_eq!(promotion["freezes"], json!(["year-end"]));
+    app.stop().await;
+}
