@@ -288,7 +288,13 @@ impl AuditEntry {
                 start.gate.missing().join(", "),
                 crate::domain::rfc3339(start.gate.expires_at)
             )),
-            _ => e,
+            // Say why a rule without an approval of its own awaits one.
+            _ => match job.approval.as_ref().map(|a| &a.protections) {
+                Some(p) if kind == AuditKind::JobAwaitingApproval && !p.is_empty() => e.saying(
+                    &format!("awaiting the approval of protection {}", p.join(", ")),
+                ),
+                _ => e,
+            },
         }
     }
 

@@ -23,6 +23,7 @@ mod harness;
 mod hostile;
 mod ingest;
 mod oci;
+mod policy_example;
 mod promote;
 mod protections;
 mod registry;
