@@ -61,7 +61,7 @@ use crate::audit::{Anchor, AuditEntry, AuditRecord, GENESIS, HASH_VERSION, chain
 use crate::config::PostgresUrl;
 use crate::domain::approval::{Approval, Ballot};
 use crate::domain::freeze::{OverrideRequest, RuntimeFreeze};
-use crate::domain::gate::{Evidence, Seen};
+use crate::domain::gate::Evidence;
 use crate::domain::{AttemptRecord, Event, Job, JobState, Millis, NewJob, now_millis};
 
 /// Connections per store instance (per replica). Each operation holds one only for
@@ -859,12 +859,7 @@ async fn arrive_on(
     let Some(job) = load_job(tx, &id, true).await? else {
         return Ok(());
     };
-    let seen = Seen {
-        condition: evidence.condition.clone(),
-        event_id: ev.id.clone(),
-        block: evidence.block,
-    };
-    let Some(landing) = GateLanding::arrival(&job, &seen, &ev.source, ev.received_at)? else {
+    let Some(landing) = GateLanding::arrival(&job, evidence, ev)? else {
         return Ok(());
     };
     let error = landing.error.as_ref();

@@ -18,7 +18,7 @@ use crate::domain::approval::{
 use crate::domain::freeze::{
     self, FreezeOverride, Frozen, OverrideRefusal, OverrideRequest, RuntimeFreeze,
 };
-use crate::domain::gate::{self, Arrival, GateStart, JobGate, Opening, Seen};
+use crate::domain::gate::{self, Arrival, Evidence, GateStart, JobGate, Opening, Seen};
 use crate::domain::lifecycle::Requires;
 use crate::domain::{
     Action, AttemptRecord, Event, Job, JobError, JobErrorCode, JobEvent, JobState, Millis, NewJob,
@@ -468,14 +468,20 @@ pub(super) struct GateLanding {
 }
 
 impl GateLanding {
-    /// `None` when the evidence changes nothing (its condition was met already). The
-    /// records' actor is the evidence's source.
+    /// What `evidence`, carried by `event`, does to `job`; `None` when it changes
+    /// nothing (its condition was met already, or the job no longer waits). The
+    /// records' actor is the event's source.
     pub fn arrival(
         job: &Job,
-        seen: &Seen,
-        actor: &str,
-        now: Millis,
+        evidence: &Evidence,
+        event: &Event,
     ) -> Result<Option<GateLanding>, StoreError> {
+        let seen = &Seen {
+            condition: evidence.condition.clone(),
+            event_id: event.id.clone(),
+            block: evidence.block,
+        };
+        let (actor, now) = (event.source.as_str(), event.received_at);
         // A job that moved on meanwhile (cancelled, expired) is not moved by evidence.
         let (JobState::Waiting, Some(mut gate)) = (job.state, job.gate.clone()) else {
             return Ok(None);

@@ -767,12 +767,7 @@ fn arrive_on(
     let Some(job) = load_job(conn, &id)? else {
         return Ok(());
     };
-    let seen = Seen {
-        condition: evidence.condition.clone(),
-        event_id: ev.id.clone(),
-        block: evidence.block,
-    };
-    let Some(landing) = GateLanding::arrival(&job, &seen, &ev.source, ev.received_at)? else {
+    let Some(landing) = GateLanding::arrival(&job, evidence, ev)? else {
         return Ok(());
     };
     let error = landing.error.as_ref();

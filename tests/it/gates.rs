@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use crate::harness::{OPS_TOKEN, TestApp, posts, spawn_app};
 
 /// A scanner, signed like `ci`.
-const SCANNER: &str = r#"
+pub const SCANNER: &str = r#"
 [[sources]]
 name = "scanner"
 format = "generic"
@@ -346,12 +346,7 @@ gate = { soak = "1s" }
     assert!(job["soak_until"].is_string());
     let job = app.wait_final(&id).await;
     assert_eq!(job["state"], "succeeded");
-    let at = |v: &Value| {
-        chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap())
-            .unwrap()
-            .timestamp_millis()
-    };
-    let waited = at(&job["attempts"][0]["started_at"]) - at(&job["created_at"]);
+    let waited = crate::harness::soaked_ms(&job);
     assert!(
         waited >= 1000,
         "the attempt started {waited} ms after the trigger"

@@ -5,17 +5,11 @@
 use serde_json::Value;
 
 use crate::fake_artifactory::FakeArtifactory;
+use crate::gates::SCANNER;
 use crate::harness::{ChildApp, Client, free_port, write_config_on};
 use crate::stores::{Open, TestStore};
 
 on_each_store!(TestStore: a_waiting_job_survives_kill_9_and_completes_after_the_restart,);
-
-const SCANNER: &str = r#"
-[[sources]]
-name = "scanner"
-format = "generic"
-verify = { scheme = "hmac-sha256", header = "X-Signature", prefix = "sha256=", secrets = ["env:TEST_CI_SECRET"] }
-"#;
 
 /// The gated rule (with [`SCANNER`] before it).
 const GATED: &str = r#"

@@ -450,6 +450,17 @@ impl Drop for ChildApp {
     }
 }
 
+/// How long after its creation (its trigger) a job's first attempt started: what a
+/// soak timer held it for.
+pub fn soaked_ms(job: &Value) -> i64 {
+    let at = |v: &Value| {
+        chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap())
+            .unwrap()
+            .timestamp_millis()
+    };
+    at(&job["attempts"][0]["started_at"]) - at(&job["created_at"])
+}
+
 /// How many promote calls (POSTs) a wiremock upstream received; the reads gantry
 /// makes to check the target first are not counted.
 pub async fn posts(server: &MockServer) -> usize {

@@ -133,12 +133,7 @@ soak = "1s"
     assert_eq!(job["state"], "queued");
     assert!(job["soak_until"].is_string(), "{job:#}");
     let job = app.wait_final(&id).await;
-    let at = |v: &Value| {
-        chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap())
-            .unwrap()
-            .timestamp_millis()
-    };
-    let waited = at(&job["attempts"][0]["started_at"]) - at(&job["created_at"]);
+    let waited = crate::harness::soaked_ms(&job);
     assert!(waited >= 1000, "started {waited} ms after its trigger");
     app.stop().await;
 }
