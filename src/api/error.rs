@@ -78,6 +78,11 @@ impl From<IngestError> for ApiError {
             IngestError::Body(NormalizeError::Json(_) | NormalizeError::TooDeep) => {
                 ApiError::bad_request("malformed_json", message)
             }
+            // Too much to commit as one body, however well formed: 413, like a body
+            // over `server.max_body_bytes`, with its own code saying why.
+            IngestError::Body(
+                NormalizeError::TooManyEvents { .. } | NormalizeError::TooMuchRepeated { .. },
+            ) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_many_events", message),
             IngestError::Body(_) => ApiError::bad_request("invalid_event", message),
             IngestError::Store(s) => s.into(),
         }

@@ -44,6 +44,11 @@ pub enum Format {
     Artifactory,
     Registry,
     Github,
+    Harbor,
+    Quay,
+    Dockerhub,
+    Acr,
+    Cloudevents,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -100,12 +105,36 @@ impl Format {
     pub fn carries(self, field: Field) -> bool {
         match self {
             // A registry notification names an image by repository, tag and digest.
-            Format::Registry => matches!(
+            Format::Registry | Format::Acr | Format::Harbor => matches!(
                 field,
                 Field::Repo | Field::Image | Field::Tag | Field::Digest
             ),
-            Format::Generic | Format::Artifactory | Format::Github => true,
+            // Quay and Docker Hub name the tags pushed, never a digest.
+            Format::Quay | Format::Dockerhub => {
+                matches!(field, Field::Repo | Field::Image | Field::Tag)
+            }
+            Format::Generic | Format::Artifactory | Format::Github | Format::Cloudevents => true,
         }
+    }
+
+    /// Whether its subject fields are read through `fields` JSON pointers.
+    pub fn maps_fields(self) -> bool {
+        matches!(self, Format::Generic | Format::Github | Format::Cloudevents)
+    }
+
+    /// Whether the sender also reports what gantry itself writes there: a promotion
+    /// into Artifactory or a registry comes back as a push or promote event, so rules
+    /// on these sources can feed each other (`check` looks for loops through them).
+    pub fn echoes_promotions(self) -> bool {
+        matches!(
+            self,
+            Format::Artifactory
+                | Format::Registry
+                | Format::Harbor
+                | Format::Quay
+                | Format::Dockerhub
+                | Format::Acr
+        )
     }
 }
 
@@ -936,11 +965,16 @@ fn check_sources(
                 ));
             }
         }
-        let mapped = matches!(s.format, Format::Generic | Format::Github);
-        if !mapped && (!s.fields.is_empty() || s.delivery_header.is_some()) {
+        if !s.format.maps_fields() && !s.fields.is_empty() {
             problems.push(Problem::error(
-                loc.clone(),
-                "`fields` and `delivery_header` apply only to the generic and github formats",
+                format!("{loc}.fields"),
+                "applies only to the generic, github and cloudevents formats",
+            ));
+        }
+        if !matches!(s.format, Format::Generic | Format::Github) && s.delivery_header.is_some() {
+            problems.push(Problem::error(
+                format!("{loc}.delivery_header"),
+                "applies only to the generic and github formats",
             ));
         }
         if s.format != Format::Generic && s.type_header.is_some() {

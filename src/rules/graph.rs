@@ -11,10 +11,10 @@ use std::collections::HashMap;
 
 use super::action::Output;
 use super::{Rule, RuleSet};
-use crate::config::{Format, INTERNAL_SOURCE, SourceConfig};
+use crate::config::{INTERNAL_SOURCE, SourceConfig};
 
 /// Event types through which a promotion can come back.
-const ECHO_TYPES: [&str; 8] = [
+const ECHO_TYPES: [&str; 13] = [
     "gantry.promoted",
     "docker.promoted",
     "docker.pushed",
@@ -23,6 +23,11 @@ const ECHO_TYPES: [&str; 8] = [
     "artifact.moved",
     "build.promoted",
     "registry.push",
+    "acr.push",
+    "harbor.push_artifact",
+    "harbor.artifact.pushed",
+    "quay.repo_push",
+    "dockerhub.push",
 ];
 
 /// Whether `consumer` can match an event produced by `producer`'s promotions.
@@ -59,7 +64,7 @@ impl RuleSet {
     pub fn cycles(&self, sources: &[SourceConfig]) -> Vec<Vec<String>> {
         let echo_sources: Vec<&str> = sources
             .iter()
-            .filter(|s| matches!(s.format, Format::Artifactory | Format::Registry))
+            .filter(|s| s.format.echoes_promotions())
             .map(|s| s.name.as_str())
             .collect();
         let n = self.rules.len();
