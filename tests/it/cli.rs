@@ -13,7 +13,7 @@ fn gantry(dir: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn check(toml: &str) -> (i32, String) {
+pub(crate) fn check(toml: &str) -> (i32, String) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("g.toml"), toml).unwrap();
     let out = gantry(dir.path(), &["--config", "g.toml", "check"]);

@@ -197,8 +197,14 @@ impl Client {
         let mut req = self
             .http
             .post(format!("{}/hooks/{source}", self.base))
-            .header("Content-Type", "application/json")
             .body(body.to_vec());
+        // JSON unless the test sends its own type (CloudEvents' structured mode).
+        if !headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("Content-Type"))
+        {
+            req = req.header("Content-Type", "application/json");
+        }
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
@@ -300,10 +306,18 @@ impl std::ops::Deref for TestApp {
 }
 
 pub async fn spawn_app(rules: &str) -> TestApp {
+    spawn_app_with_env(rules, &[]).await
+}
+
+/// Like [`spawn_app`], with extra environment (`GANTRY__…` overrides of the base
+/// config's settings).
+pub async fn spawn_app_with_env(rules: &str, extra: &[(&str, &str)]) -> TestApp {
     let upstream = MockServer::start().await;
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(dir.path(), &upstream.uri(), rules, "30s");
-    let loaded = config::load(&ConfigPath::Explicit(path.clone()), &env()).unwrap();
+    let mut env = env();
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let loaded = config::load(&ConfigPath::Explicit(path.clone()), &env).unwrap();
     let service = Service::compile(loaded.config).unwrap();
     let running = app::start(service, Mode::All).await.unwrap();
     let addr = running.addr.unwrap();

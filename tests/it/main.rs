@@ -16,6 +16,7 @@ mod edges;
 mod edges_targets;
 mod fake_artifactory;
 mod faults;
+mod formats;
 mod freezes;
 mod gates;
 mod gates_replicas;
