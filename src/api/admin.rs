@@ -527,7 +527,8 @@ pub struct SimulateAnswer {
     responses(
         (status = 200, body = SimulateAnswer),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 415, body = ErrorBody)))]
+        (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 415, body = ErrorBody)))]
 pub async fn simulate_event(
     _caller: ReadAccess,
     request: web::Json<SimulateRequest>,

@@ -46,7 +46,7 @@ pub struct HookReceipt {
         (status = 400, description = "Malformed JSON or not an event of the source's format", body = ErrorBody),
         (status = 401, description = "Bad, missing or stale signature", body = ErrorBody),
         (status = 404, description = "Unknown source", body = ErrorBody),
-        (status = 413, description = "Body over server.max_body_bytes", body = ErrorBody),
+        (status = 413, description = "Body over server.max_body_bytes (payload_too_large), or naming more events than one body may become (too_many_events)", body = ErrorBody),
         (status = 415, description = "Not JSON", body = ErrorBody),
         (status = 503, description = "Store unavailable: send again", body = ErrorBody)))]
 pub async fn receive(
