@@ -10,7 +10,7 @@ use gantry::ingest::{Normalizer, Verified, Verifier};
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 
 /// Headers named by the schemes and formats, so the fuzzer reaches past "missing".
-const NAMES: [&str; 10] = [
+const NAMES: [&str; 15] = [
     "X-Signature",
     "X-Hub-Signature-256",
     "X-GitHub-Delivery",
@@ -21,6 +21,11 @@ const NAMES: [&str; 10] = [
     "svix-signature",
     "Authorization",
     "X-Event",
+    "Content-Type",
+    "ce-specversion",
+    "ce-id",
+    "ce-source",
+    "ce-type",
 ];
 
 #[derive(Debug, Arbitrary)]

@@ -1,0 +1,11 @@
+#![no_main]
+//! The `Cloudevents` format (structured and binary mode) on arbitrary bodies and headers: events or an error, never a panic.
+
+#[path = "../common.rs"]
+mod common;
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|input: common::Request<'_>| {
+    common::normalize(gantry::config::Format::Cloudevents, &input);
+});
