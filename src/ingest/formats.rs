@@ -782,6 +782,7 @@ impl<'de> Visitor<'de> for StrictVisitor {
 mod tests {
     use super::*;
     use crate::config::{Encoding, SchemeKind, Secret, VerifyConfig};
+    use proptest::prelude::*;
     use std::collections::BTreeMap;
 
     fn source(format: Format, fields: &[(Field, &str)]) -> SourceConfig {
@@ -1594,6 +1595,83 @@ mod tests {
             matches!(err, NormalizeError::TooMuchRepeated { count: 2, .. }),
             "{err}"
         );
+    }
+
+    /// JSON built from the keys and values the formats look for, so that most bodies
+    /// get past "not an event of this format" and into the reading itself.
+    fn near_events() -> impl Strategy<Value = Value> {
+        let keys = prop::sample::select(vec![
+            "type",
+            "event_data",
+            "resources",
+            "repository",
+            "name",
+            "namespace",
+            "tag",
+            "digest",
+            "specversion",
+            "id",
+            "source",
+            "data",
+            "updated_tags",
+            "push_data",
+            "action",
+            "target",
+            "events",
+            "domain",
+            "event_type",
+            "path",
+            "1.0",
+        ]);
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            (-1i64..3).prop_map(Value::from),
+            prop::sample::select(vec![
+                "1.0",
+                "PUSH_ARTIFACT",
+                "push",
+                "a/b",
+                "",
+                "sha256:1",
+                "x"
+            ])
+            .prop_map(Value::from),
+        ];
+        leaf.prop_recursive(5, 48, 6, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+                prop::collection::btree_map(keys.clone(), inner, 0..6).prop_map(|m| {
+                    Value::Object(m.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+                }),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn every_format_reads_near_events_without_panicking(
+            body in near_events(),
+            headers in prop::collection::vec((
+                prop::sample::select(vec!["ce-specversion", "ce-id", "ce-source", "ce-type", "Content-Type"]),
+                prop::sample::select(vec!["1.0", "x", "application/cloudevents+json", "application/json"]),
+            ), 0..5),
+        ) {
+            let bytes = serde_json::to_vec(&body).unwrap();
+            let headers: Vec<(String, String)> =
+                headers.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            for format in [
+                Format::Generic, Format::Github, Format::Artifactory, Format::Registry,
+                Format::Harbor, Format::Quay, Format::Dockerhub, Format::Acr, Format::Cloudevents,
+            ] {
+                let read = Normalizer::new(&source(format, &[]))
+                    .normalize("p", Verified::trusted_local_file(&bytes), &headers, 0);
+                if let Ok(events) = read {
+                    prop_assert!(!events.is_empty(), "{format:?}");
+                    prop_assert!(events.iter().all(|e| e.delivery_id.len() <= MAX_DELIVERY_ID));
+                }
+            }
+        }
     }
 
     #[test]
