@@ -374,7 +374,7 @@ impl Oidc {
             .header(reqwest::header::ACCEPT, "application/json")
             .send()
             .await
-            .map_err(|e| format!("{what} could not be fetched ({})", e.without_url()))?;
+            .map_err(|e| format!("{what} could not be fetched ({})", root_cause(&e)))?;
         if !response.status().is_success() {
             return Err(format!("{what} answered {}", response.status()));
         }
@@ -382,6 +382,17 @@ impl Oidc {
             .await
             .map_err(|e| e.to_string())
     }
+}
+
+/// The innermost cause of a failed fetch ("Connection refused", "operation timed
+/// out"): what an operator can act on, where reqwest's own message only says that
+/// sending failed.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
 }
 
 /// A URL gantry may fetch an issuer's documents from, or why not.
