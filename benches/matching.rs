@@ -129,6 +129,7 @@ fn event(source: &str, kind: &str, repo: &str, image: &str, tag: &str) -> Event 
         payload: serde_json::Value::Null,
         parent_job_id: None,
         chain_depth: 0,
+        claims: None,
     }
 }
 

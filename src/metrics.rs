@@ -25,6 +25,11 @@ struct EventLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AttemptLabels {
     target: String,
     outcome: String,
@@ -53,6 +58,7 @@ pub enum EventResult {
 pub struct Metrics {
     registry: Registry,
     events: Family<EventLabels, Counter>,
+    keys_unavailable: Family<SourceLabels, Counter>,
     attempts: Family<AttemptLabels, Counter>,
     latency: Latency,
     jobs: Family<StateLabels, Gauge>,
@@ -80,6 +86,12 @@ impl Default for Metrics {
             "events_received",
             "Webhook events by source and result (accepted, duplicate, rejected)",
             events.clone(),
+        );
+        let keys_unavailable = Family::<SourceLabels, Counter>::default();
+        registry.register(
+            "oidc_keys_unavailable",
+            "Webhooks refused because an oidc source's issuer keys could not be fetched",
+            keys_unavailable.clone(),
         );
         let attempts = Family::<AttemptLabels, Counter>::default();
         registry.register(
@@ -116,6 +128,7 @@ impl Default for Metrics {
         Metrics {
             registry,
             events,
+            keys_unavailable,
             attempts,
             latency,
             jobs,
@@ -139,6 +152,16 @@ impl Metrics {
             .get_or_create(&EventLabels {
                 source: source.to_string(),
                 result: result.to_string(),
+            })
+            .inc();
+    }
+
+    /// A webhook to `source` (a configured source name) refused because its
+    /// issuer's keys could not be fetched: the issuer, or the way to it, is down.
+    pub fn keys_unavailable(&self, source: &str) {
+        self.keys_unavailable
+            .get_or_create(&SourceLabels {
+                source: source.to_string(),
             })
             .inc();
     }

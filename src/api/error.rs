@@ -5,8 +5,11 @@
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 
-use crate::ingest::{IngestError, NormalizeError};
+use crate::ingest::{IngestError, NormalizeError, VerifyError};
 use crate::store::StoreError;
+
+/// The code of a refusal because an `oidc` source's issuer keys could not be had.
+pub const KEYS_UNAVAILABLE: &str = "keys_unavailable";
 
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
@@ -72,6 +75,11 @@ impl From<IngestError> for ApiError {
         let message = e.to_string();
         match e {
             IngestError::UnknownSource(_) => ApiError::not_found("unknown_source", message),
+            // Still 401 (nothing was verified), under a code of its own: the sender
+            // is not at fault, and operators count these apart.
+            IngestError::Signature(VerifyError::KeysUnavailable(_)) => {
+                ApiError::new(StatusCode::UNAUTHORIZED, KEYS_UNAVAILABLE, message)
+            }
             IngestError::Signature(_) => {
                 ApiError::new(StatusCode::UNAUTHORIZED, "invalid_signature", message)
             }

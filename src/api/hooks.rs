@@ -20,6 +20,20 @@ impl Headers for HeaderMap {
     }
 }
 
+/// A webhook request as its source's scheme reads it: the headers, and the query
+/// string that `url-token` senders put their secret in.
+struct Presented<'a>(&'a HttpRequest);
+
+impl Headers for Presented<'_> {
+    fn get(&self, name: &str) -> Option<&str> {
+        Headers::get(self.0.headers(), name)
+    }
+
+    fn query(&self) -> &str {
+        self.0.query_string()
+    }
+}
+
 /// What a sender is told about its webhook.
 #[derive(Serialize, ToSchema)]
 pub struct HookReceipt {
@@ -74,7 +88,12 @@ pub async fn receive(
                 state.metrics.event(label, r);
             }
         }
-        Err(_) => state.metrics.event(label, EventResult::Rejected),
+        Err(e) => {
+            state.metrics.event(label, EventResult::Rejected);
+            if e.code == super::error::KEYS_UNAVAILABLE {
+                state.metrics.keys_unavailable(label);
+            }
+        }
     }
     let receipt = result?;
     tracing::info!(
@@ -114,7 +133,7 @@ async fn accept(
     let result: Result<Receipt, ApiError> = async {
         precheck(req, source, state)?;
         let body = read_body(payload, state.max_body_bytes).await?;
-        Ok(state.ingest.receive(source, req.headers(), &body).await?)
+        Ok(state.ingest.receive(source, &Presented(req), &body).await?)
     }
     .await;
     if let Err(e) = &result

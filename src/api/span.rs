@@ -10,7 +10,8 @@ use tracing_actix_web::{RequestId, RootSpanBuilder};
 /// a made-up source name in a 4 KB path must not flood each line of its request.
 const MAX_LOGGED_PATH: usize = 7 + crate::ingest::MAX_SOURCE_NAME; // "/hooks/" + a name
 
-/// The fields an operator looks a request up by: method, path and request id.
+/// The fields an operator looks a request up by: method, path and request id. The
+/// path only, never the query: a `url-token` sender's secret is in it (SPEC §16).
 /// tracing-actix-web's default span carries a dozen OpenTelemetry fields and records
 /// the status into it at the end, where no log line reads it; formatting those
 /// fields took half of the HTTP workers' time under ingest load.

@@ -94,7 +94,8 @@ enum Command {
     #[command(subcommand)]
     Freeze(admin::FreezeCommand),
     /// Print the headers a source's scheme expects for a body, one `Name: value` per
-    /// line, signed with the source's first secret (for curl and for testing senders).
+    /// line, signed with the source's first secret (for curl and for testing senders);
+    /// for a `url-token` source, the `URL:` to post to, under `--url`.
     Sign {
         #[arg(long)]
         source: String,
@@ -143,7 +144,7 @@ pub fn main() -> ExitCode {
             headers,
             output,
         } => simulate_command(&path, &source, &event, &headers, output),
-        Command::Sign { source, event } => sign(&path, &source, &event),
+        Command::Sign { source, event } => sign(&path, &source, &event, &cli.url),
         Command::Jobs(command) => admin::Client::new(&cli.url, cli.token.as_deref(), cli.timeout)
             .and_then(|c| c.jobs(command)),
         Command::Audit(command) => admin::Client::new(&cli.url, cli.token.as_deref(), cli.timeout)
@@ -243,7 +244,12 @@ fn check(path: &ConfigPath) -> Result<(), Failure> {
     Ok(())
 }
 
-fn sign(path: &ConfigPath, source_name: &str, event_file: &PathBuf) -> Result<(), Failure> {
+fn sign(
+    path: &ConfigPath,
+    source_name: &str,
+    event_file: &PathBuf,
+    base_url: &str,
+) -> Result<(), Failure> {
     let (service, _) = load(path)?;
     let source = service
         .sources
@@ -255,13 +261,35 @@ fn sign(path: &ConfigPath, source_name: &str, event_file: &PathBuf) -> Result<()
     let headers = source
         .verifier
         .sign(&body, &id, chrono::Utc::now().timestamp());
-    if headers.is_empty() {
-        eprintln!("source `{source_name}` uses scheme `none`: no header is needed");
+    if let Some((param, secret)) = source.verifier.query_token() {
+        println!("URL: {}", hook_url(base_url, source_name, param, &secret)?);
+    }
+    match source.verifier.kind() {
+        config::SchemeKind::None => {
+            eprintln!("source `{source_name}` uses scheme `none`: no header is needed");
+        }
+        config::SchemeKind::Oidc => eprintln!(
+            "source `{source_name}` uses scheme `oidc`: the sender presents a token from its identity provider as `Authorization: Bearer <token>`; gantry holds no key to sign with"
+        ),
+        _ => {}
     }
     for (name, value) in headers {
         println!("{name}: {value}");
     }
     Ok(())
+}
+
+/// Where a `url-token` sender posts: the hook under `base`, the secret in the query,
+/// encoded as a URL needs it.
+fn hook_url(base: &str, source: &str, param: &str, secret: &str) -> Result<String, Failure> {
+    let mut url = reqwest::Url::parse(base)
+        .map_err(|e| Failure::Config(format!("error: --url `{base}` is not a URL ({e})")))?;
+    url.path_segments_mut()
+        .map_err(|()| Failure::Config(format!("error: --url `{base}` cannot have a path")))?
+        .pop_if_empty()
+        .extend(["hooks", source]);
+    url.query_pairs_mut().append_pair(param, secret);
+    Ok(url.into())
 }
 
 fn print_simulation(sim: &crate::ingest::Simulation) {

@@ -59,6 +59,11 @@ pub enum SchemeKind {
     StandardWebhooks,
     Token,
     None,
+    /// The secret travels in the URL's query (SPEC §16), for senders that can set
+    /// nothing but the URL.
+    UrlToken,
+    /// A bearer JWT from a trusted identity provider (SPEC §16): no shared secret.
+    Oidc,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
@@ -245,7 +250,33 @@ pub struct VerifyConfig {
     pub secrets: Vec<Secret>,
     /// How far a signed timestamp may be from now (`standard-webhooks`).
     pub tolerance: Duration,
+    /// The query parameter carrying the secret (`url-token`).
+    pub param: String,
+    /// The issuer trusted and what its tokens must say (`oidc`).
+    pub oidc: Option<OidcConfig>,
 }
+
+/// An `oidc` source's trust: whose tokens, for whom, and what they must claim.
+#[derive(Debug, Clone)]
+pub struct OidcConfig {
+    /// As the tokens write `iss`; the discovery document is under it.
+    pub issuer: String,
+    pub audience: String,
+    /// Overrides the discovery document's `jwks_uri`.
+    pub jwks_url: Option<String>,
+    /// Clock skew allowed on `exp`, `nbf` and `iat`.
+    pub leeway: Duration,
+    /// JSON pointer into the claims → matcher (compiled with the verifier).
+    pub claims: BTreeMap<String, OneOrMany>,
+}
+
+/// The query parameter a `url-token` sender puts its secret in, unless `param` says.
+pub const DEFAULT_TOKEN_PARAM: &str = "token";
+/// `oidc` clock skew allowed unless `leeway` says.
+pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(60);
+/// The most `leeway` may be: more keeps expired bearer tokens good for longer than any
+/// clock is wrong.
+pub const MAX_LEEWAY: Duration = Duration::from_secs(300);
 
 #[derive(Debug, Clone)]
 pub struct TargetConfig {
@@ -503,6 +534,18 @@ fn validate(
                     encoding: s.verify.encoding.unwrap_or_default(),
                     secrets,
                     tolerance: s.verify.tolerance.unwrap_or(Duration::from_secs(300)),
+                    param: s
+                        .verify
+                        .param
+                        .clone()
+                        .unwrap_or_else(|| DEFAULT_TOKEN_PARAM.into()),
+                    oidc: (s.verify.scheme == SchemeKind::Oidc).then(|| OidcConfig {
+                        issuer: s.verify.issuer.clone().unwrap_or_default(),
+                        audience: s.verify.audience.clone().unwrap_or_default(),
+                        jwks_url: s.verify.jwks_url.clone(),
+                        leeway: s.verify.leeway.unwrap_or(DEFAULT_LEEWAY),
+                        claims: s.verify.claims.clone(),
+                    }),
                 },
                 fields: s
                     .fields
@@ -933,7 +976,8 @@ fn check_sources(
             }
             _ => {}
         }
-        if v.scheme != SchemeKind::None && v.secrets.is_empty() {
+        check_keyless(&loc, v, problems);
+        if !matches!(v.scheme, SchemeKind::None | SchemeKind::Oidc) && v.secrets.is_empty() {
             problems.push(Problem::error(
                 format!("{loc}.verify.secrets"),
                 "lists no secret: every request would be rejected",
@@ -983,6 +1027,161 @@ fn check_sources(
                 "applies only to the generic format",
             ));
         }
+    }
+}
+
+/// The options of the schemes for senders without a way to sign (SPEC §16), each set
+/// only where it applies, and an `oidc` source's trust spelled out in full.
+fn check_keyless(loc: &str, v: &raw::RawVerify, problems: &mut Vec<Problem>) {
+    let at = |key: &str| format!("{loc}.verify.{key}");
+    match (&v.param, v.scheme) {
+        (Some(p), SchemeKind::UrlToken) if !is_plain_param(p) => problems.push(Problem::error(
+            at("param"),
+            "must be non-empty and use only letters, digits, `-`, `_` and `.`",
+        )),
+        (Some(_), scheme) if scheme != SchemeKind::UrlToken => problems.push(Problem::error(
+            at("param"),
+            "applies only to the url-token scheme",
+        )),
+        _ => {}
+    }
+    if matches!(v.scheme, SchemeKind::UrlToken | SchemeKind::Oidc) && v.header.is_some() {
+        problems.push(Problem::error(
+            at("header"),
+            "this scheme reads no header you can name (url-token: the query; oidc: Authorization); remove `header`",
+        ));
+    }
+    let oidc_only = [
+        ("issuer", v.issuer.is_some()),
+        ("audience", v.audience.is_some()),
+        ("jwks_url", v.jwks_url.is_some()),
+        ("leeway", v.leeway.is_some()),
+        ("claims", !v.claims.is_empty()),
+    ];
+    if v.scheme != SchemeKind::Oidc {
+        for (key, _) in oidc_only.iter().filter(|(_, set)| *set) {
+            problems.push(Problem::error(at(key), "applies only to the oidc scheme"));
+        }
+        return;
+    }
+    if !v.secrets.is_empty() {
+        problems.push(Problem::error(
+            at("secrets"),
+            "an oidc source trusts its issuer's published keys and holds no secret; remove `secrets`",
+        ));
+    }
+    match v.issuer.as_deref() {
+        None | Some("") => problems.push(Problem::error(
+            at("issuer"),
+            "is required: the identity provider whose tokens are trusted",
+        )),
+        Some(issuer) => check_key_url(&at("issuer"), issuer, problems),
+    }
+    if v.audience.as_deref().is_none_or(str::is_empty) {
+        problems.push(Problem::error(
+            at("audience"),
+            "is required: without it a token the issuer minted for any other service would do",
+        ));
+    }
+    if let Some(url) = &v.jwks_url {
+        check_key_url(&at("jwks_url"), url, problems);
+    }
+    if v.leeway.is_some_and(|l| l > MAX_LEEWAY) {
+        problems.push(Problem::error(
+            at("leeway"),
+            format!(
+                "is more than {}: expired tokens would stay good that much longer",
+                humantime::format_duration(MAX_LEEWAY)
+            ),
+        ));
+    }
+    for pointer in v.claims.keys().filter(|p| !p.starts_with('/')) {
+        problems.push(Problem::error(
+            format!("{loc}.verify.claims.{pointer}"),
+            "is not a JSON pointer (it must start with `/`)",
+        ));
+    }
+}
+
+/// Only `oidc` sources' events carry claims: `claims` on a trigger or a condition
+/// none of whose sources verifies tokens can never match.
+fn check_claims_reachable(
+    loc: &str,
+    source: Option<&OneOrMany>,
+    claims: &BTreeMap<String, OneOrMany>,
+    sources: &[raw::RawSource],
+    problems: &mut Vec<Problem>,
+) {
+    if claims.is_empty() {
+        return;
+    }
+    let oidc = |s: &&raw::RawSource| s.verify.scheme == SchemeKind::Oidc;
+    let reachable = match source {
+        Some(names) => sources
+            .iter()
+            .filter(oidc)
+            .any(|s| names.patterns().contains(&s.name)),
+        None => sources.iter().any(|s| oidc(&s)),
+    };
+    if !reachable {
+        problems.push(Problem::warning(
+            format!("{loc}.claims"),
+            "no source it listens to uses the oidc scheme, so no event carries claims to match",
+        ));
+    }
+}
+
+fn is_plain_param(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// An issuer, or where its keys are: `https`, or plain `http` to this machine only
+/// (an issuer a test or a local setup runs), which is worth a warning.
+fn check_key_url(location: &str, url: &str, problems: &mut Vec<Problem>) {
+    match reqwest::Url::parse(url) {
+        Ok(u) => match key_url_allowed(&u) {
+            Ok(KeyUrl::Https) => {}
+            Ok(KeyUrl::LoopbackHttp) => problems.push(Problem::warning(
+                location,
+                "plain http: keys fetched so are trusted only because the issuer is on this machine",
+            )),
+            Err(why) => problems.push(Problem::error(location, why)),
+        },
+        Err(e) => problems.push(Problem::error(
+            location,
+            format!("`{url}` is not a URL ({e})"),
+        )),
+    }
+}
+
+/// How an OIDC issuer's documents may be fetched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyUrl {
+    Https,
+    /// Plain http to a loopback address or `localhost`.
+    LoopbackHttp,
+}
+
+/// Whether gantry may fetch an issuer's discovery document or keys from `url`: over
+/// https, or over plain http only from this machine. The keys decide whom gantry
+/// trusts, so anything else could be swapped on the way. Used for the configured URLs
+/// and again for the `jwks_uri` a discovery document names and every redirect.
+pub fn key_url_allowed(url: &reqwest::Url) -> Result<KeyUrl, String> {
+    let host = url.host_str().unwrap_or_default();
+    // An IPv6 host is written in brackets.
+    let ip = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || ip
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    match url.scheme() {
+        "https" if !host.is_empty() => Ok(KeyUrl::Https),
+        "http" if loopback => Ok(KeyUrl::LoopbackHttp),
+        "http" => Err("must be https (plain http only to a loopback address)".into()),
+        _ => Err("must be an https URL".into()),
     }
 }
 
@@ -1084,6 +1283,11 @@ fn check_rules(
                     format!("{loc}.initiator"),
                     format!("`{pointer}` is not a JSON pointer (it starts with `/`)"),
                 ));
+            }
+            check_claims_reachable(&loc, r.source.as_ref(), &r.claims, sources, problems);
+            for c in r.gate.iter().flat_map(|g| &g.require) {
+                let at = format!("{loc}.gate.require[{}]", c.name);
+                check_claims_reachable(&at, c.source.as_ref(), &c.claims, sources, problems);
             }
             let gate = r.gate.as_ref().map(|g| check_gate(&loc, r, g, sources, problems));
             RuleConfig {
@@ -1346,6 +1550,78 @@ mod tests {
         .unwrap();
         assert_eq!(loaded.warnings.len(), 1);
         assert_eq!(loaded.warnings[0].location, "sources[ci].verify.secrets[0]");
+    }
+
+    #[test]
+    fn keyless_schemes_take_their_own_options_only() {
+        let e = errors(load_str(
+            r#"
+            [[sources]]
+            name = "hub"
+            format = "generic"
+            verify = { scheme = "url-token", param = "to ken", secrets = ["env:HUB"] }
+
+            [[sources]]
+            name = "ci"
+            format = "generic"
+            verify = { scheme = "token", header = "X-Token", param = "t", issuer = "https://x", secrets = ["env:HUB"] }
+
+            [[sources]]
+            name = "gha"
+            format = "generic"
+            verify = { scheme = "oidc", issuer = "https://token.actions.githubusercontent.com", audience = "gantry", jwks_url = "http://keys.example.com/jwks" }
+            "#,
+            &[("HUB", "s")],
+        ));
+        for expected in [
+            "sources[hub].verify.param: must be non-empty",
+            "sources[ci].verify.param: applies only to the url-token scheme",
+            "sources[ci].verify.issuer: applies only to the oidc scheme",
+            "sources[gha].verify.jwks_url: must be https",
+        ] {
+            assert!(e.contains(expected), "missing `{expected}` in:\n{e}");
+        }
+        assert!(!e.contains("sources[gha].verify.secrets"), "{e}");
+
+        let loaded = load_str(
+            r#"
+            [[sources]]
+            name = "hub"
+            format = "generic"
+            verify = { scheme = "url-token", secrets = ["env:HUB"] }
+
+            [[sources]]
+            name = "gha"
+            format = "generic"
+            verify = { scheme = "oidc", issuer = "http://127.0.0.1:9", audience = "gantry" }
+
+            [[targets]]
+            name = "jfrog"
+            kind = "artifactory"
+            url = "http://127.0.0.1:1"
+
+            [[rules]]
+            name = "from-hub"
+            source = "hub"
+            claims = { "/repository" = "acme/api" }
+            action = { type = "promote", target = "jfrog", to_repo = "b" }
+            "#,
+            &[("HUB", "s")],
+        )
+        .unwrap();
+        let warned: Vec<&str> = loaded
+            .warnings
+            .iter()
+            .map(|w| w.location.as_str())
+            .collect();
+        assert_eq!(
+            warned,
+            ["sources[gha].verify.issuer", "rules[from-hub].claims"]
+        );
+        let hub = &loaded.config.sources[0].verify;
+        assert_eq!((hub.param.as_str(), hub.oidc.is_none()), ("token", true));
+        let gha = loaded.config.sources[1].verify.oidc.as_ref().unwrap();
+        assert_eq!(gha.leeway, DEFAULT_LEEWAY);
     }
 
     const APPROVAL_BASE: &str = r#"

@@ -144,6 +144,21 @@ pub struct RawVerify {
     pub secrets: Vec<String>,
     #[serde(default, with = "humantime_serde")]
     pub tolerance: Option<Duration>,
+    /// `url-token`: the query parameter that carries the secret (`token` when absent).
+    pub param: Option<String>,
+    /// `oidc`: the identity provider whose tokens are trusted, exactly as its tokens
+    /// write `iss`.
+    pub issuer: Option<String>,
+    /// `oidc`: what the tokens' `aud` must hold.
+    pub audience: Option<String>,
+    /// `oidc`: where the issuer's keys are, when not where its discovery document says.
+    pub jwks_url: Option<String>,
+    /// `oidc`: clock skew allowed on `exp`, `nbf` and `iat` (60s when absent).
+    #[serde(default, with = "humantime_serde")]
+    pub leeway: Option<Duration>,
+    /// `oidc`: JSON pointer into the token's claims → matcher, all of which must match.
+    #[serde(default)]
+    pub claims: BTreeMap<String, OneOrMany>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -215,6 +230,9 @@ pub struct RawRule {
     /// JSON pointer into the payload → matcher.
     #[serde(default)]
     pub when: BTreeMap<String, OneOrMany>,
+    /// JSON pointer into the claims an `oidc` source verified → matcher.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub claims: BTreeMap<String, OneOrMany>,
     pub action: RawAction,
     pub retry: Option<RawRetry>,
     /// Plan and audit, ask the upstream to rehearse, change nothing.
@@ -257,6 +275,8 @@ pub struct RawCondition {
     pub matches: RawMatch,
     #[serde(default)]
     pub when: BTreeMap<String, OneOrMany>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub claims: BTreeMap<String, OneOrMany>,
     /// Negative evidence: a matching event fails the waiting job.
     #[serde(default)]
     pub block: bool,

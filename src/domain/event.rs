@@ -59,4 +59,9 @@ pub struct Event {
     pub payload: serde_json::Value,
     pub parent_job_id: Option<String>,
     pub chain_depth: u32,
+    /// The claims of the token an `oidc` source verified (SPEC §16): who sent it,
+    /// as its identity provider vouches. Absent for every other scheme.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub claims: Option<serde_json::Value>,
 }

@@ -205,6 +205,7 @@ impl Normalizer {
                 payload: p.payload,
                 parent_job_id: None,
                 chain_depth: 0,
+                claims: body.claims().cloned(),
             })
             .collect())
     }
@@ -796,6 +797,8 @@ mod tests {
                 encoding: Encoding::Hex,
                 secrets: Vec::<Secret>::new(),
                 tolerance: std::time::Duration::from_secs(300),
+                param: String::new(),
+                oidc: None,
             },
             fields: fields
                 .iter()

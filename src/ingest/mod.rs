@@ -3,6 +3,7 @@
 //! before answering. Rejections are audited too.
 
 mod formats;
+mod oidc;
 mod rejections;
 mod verify;
 
@@ -23,9 +24,16 @@ use crate::domain::{Action, Event, JobError, NewJob, now_millis};
 use crate::rules::RuleSet;
 use crate::store::{IngestOutcome, IngestPolicy, NewEvent, Store, StoreError};
 
-/// Read access to request headers, by case-insensitive name, whatever carried them.
+/// What a request carries besides its body, whatever carried it: headers by
+/// case-insensitive name, and the URL's query string.
 pub trait Headers {
     fn get(&self, name: &str) -> Option<&str>;
+
+    /// The query string, undecoded; only the `url-token` scheme reads it, and
+    /// nothing logs it (it holds that scheme's secret). None by default.
+    fn query(&self) -> &str {
+        ""
+    }
 }
 
 impl Headers for Vec<(String, String)> {
@@ -290,7 +298,7 @@ impl Ingest {
             .sources
             .get(source_name)
             .ok_or_else(|| IngestError::unknown_source(source_name))?;
-        let verified = source.verifier.verify(headers, body)?;
+        let verified = source.verifier.verify(headers, body).await?;
         let events = source
             .normalizer
             .normalize(&source.name, verified, headers, now_millis())?;

@@ -1,6 +1,7 @@
-//! Verification schemes (SPEC §6). A body becomes [`Verified`] only here, by passing
-//! its source's scheme over the raw bytes, before anything parses it.
+//! Verification schemes (SPEC §6, §16). A body becomes [`Verified`] only here, by
+//! passing its source's scheme over the raw bytes, before anything parses it.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -11,6 +12,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::Headers;
+use super::oidc::Oidc;
 use crate::config::{Encoding, SchemeKind, VerifyConfig};
 
 type HmacSha256 = hmac::Hmac<Sha256>;
@@ -24,12 +26,16 @@ const SW_ID: [&str; 2] = ["webhook-id", "svix-id"];
 const SW_TIMESTAMP: [&str; 2] = ["webhook-timestamp", "svix-timestamp"];
 const SW_SIGNATURE: [&str; 2] = ["webhook-signature", "svix-signature"];
 
+/// The `Authorization` header an `oidc` sender's token travels in.
+const AUTHORIZATION: &str = "Authorization";
+
 /// A request body that passed its source's verification. The private fields mean no
 /// other module can make one, so every parser downstream only ever sees verified bytes.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Verified<'a> {
     body: &'a [u8],
-    delivery_id: Option<&'a str>,
+    delivery_id: Option<Cow<'a, str>>,
+    claims: Option<serde_json::Value>,
 }
 
 impl<'a> Verified<'a> {
@@ -37,9 +43,15 @@ impl<'a> Verified<'a> {
         self.body
     }
 
-    /// The delivery id the scheme vouches for (`webhook-id`, `X-GitHub-Delivery`).
-    pub fn delivery_id(&self) -> Option<&'a str> {
-        self.delivery_id
+    /// The delivery id the scheme vouches for (`webhook-id`, `X-GitHub-Delivery`, an
+    /// `oidc` token's `jti` hashed with the body).
+    pub fn delivery_id(&self) -> Option<&str> {
+        self.delivery_id.as_deref()
+    }
+
+    /// The claims of the token an `oidc` source verified.
+    pub fn claims(&self) -> Option<&serde_json::Value> {
+        self.claims.as_ref()
     }
 
     /// For `gantry simulate` and the fuzz targets, which run offline on bytes the
@@ -48,6 +60,7 @@ impl<'a> Verified<'a> {
         Verified {
             body,
             delivery_id: None,
+            claims: None,
         }
     }
 }
@@ -62,6 +75,38 @@ pub enum VerifyError {
     Stale,
     #[error("the signature does not match any active secret")]
     Mismatch,
+    /// `url-token`: the query names no token (the query itself is never repeated).
+    #[error("the URL's query has no `{0}` parameter")]
+    MissingParam(String),
+    #[error("the URL's query has the `{0}` parameter more than once")]
+    RepeatedParam(String),
+    // `oidc`: what is wrong with the bearer token, never quoting it.
+    #[error("the bearer token is refused: {0}")]
+    Token(&'static str),
+    #[error("the bearer token is signed with {0}; only RS256, ES256 and EdDSA are accepted")]
+    Algorithm(String),
+    #[error("the bearer token is signed by a key the issuer does not publish")]
+    UnknownKey,
+    #[error("the bearer token's signature does not verify with the issuer's key")]
+    BadSignature,
+    #[error("the bearer token was issued by another issuer")]
+    Issuer,
+    #[error("the bearer token is meant for another audience")]
+    Audience,
+    #[error("the bearer token has expired")]
+    Expired,
+    #[error("the bearer token's `{0}` is in the future")]
+    NotYetValid(&'static str),
+    #[error("the bearer token has no `{0}` claim")]
+    MissingClaim(&'static str),
+    #[error("the bearer token's `{0}` claim is malformed")]
+    ClaimFormat(&'static str),
+    /// The pointer of the configured matcher, not the claim's value.
+    #[error("the bearer token's claim `{0}` does not match what the source requires")]
+    Claim(String),
+    /// The issuer's keys cannot be had (SPEC §16): nothing can be verified.
+    #[error("the OIDC issuer's signing keys are unavailable: {0}")]
+    KeysUnavailable(String),
 }
 
 /// A secret as key bytes, redacted in `Debug`.
@@ -94,11 +139,16 @@ enum Scheme {
     Token {
         header: String,
     },
+    UrlToken {
+        param: String,
+    },
+    Oidc(Box<Oidc>),
 }
 
 /// One source's scheme with its active keys (several, for rotation).
 #[derive(Debug)]
 pub struct Verifier {
+    kind: SchemeKind,
     scheme: Scheme,
     keys: Vec<Key>,
 }
@@ -138,19 +188,51 @@ impl Verifier {
             SchemeKind::Token => Scheme::Token {
                 header: config.header.clone(),
             },
+            SchemeKind::UrlToken => Scheme::UrlToken {
+                param: config.param.clone(),
+            },
+            SchemeKind::Oidc => {
+                let oidc = config
+                    .oidc
+                    .as_ref()
+                    .ok_or("the oidc scheme needs `issuer` and `audience`")?;
+                Scheme::Oidc(Box::new(Oidc::new(oidc)?))
+            }
         };
-        Ok(Verifier { scheme, keys })
+        Ok(Verifier {
+            kind: config.scheme,
+            scheme,
+            keys,
+        })
     }
 
-    pub fn verify<'a>(
+    /// Which scheme this is.
+    pub fn kind(&self) -> SchemeKind {
+        self.kind
+    }
+
+    /// Verifies a request. Only `oidc` may wait here: on the issuer, for its keys.
+    pub async fn verify<'a>(
         &self,
         headers: &'a dyn Headers,
         body: &'a [u8],
     ) -> Result<Verified<'a>, VerifyError> {
-        self.verify_at(headers, body, unix_now())
+        match &self.scheme {
+            Scheme::Oidc(oidc) => {
+                let token = bearer_token(headers)?;
+                let checked = oidc.verify(token, body, unix_now()).await?;
+                Ok(Verified {
+                    body,
+                    delivery_id: checked.delivery_id.map(Cow::Owned),
+                    claims: Some(checked.claims),
+                })
+            }
+            _ => self.verify_at(headers, body, unix_now()),
+        }
     }
 
-    /// Verifies as if the clock read `now` (Unix seconds).
+    /// Verifies as if the clock read `now` (Unix seconds), without waiting on
+    /// anything: an `oidc` token is checked against the keys already fetched.
     pub fn verify_at<'a>(
         &self,
         headers: &'a dyn Headers,
@@ -214,17 +296,60 @@ impl Verifier {
             Scheme::Token { header } => {
                 let value = required(headers, &[header])?.trim();
                 let token = value.strip_prefix("Bearer ").unwrap_or(value).trim();
-                if !self
-                    .keys
-                    .iter()
-                    .any(|k| same_secret(k.bytes(), token.as_bytes()))
-                {
-                    return Err(VerifyError::Mismatch);
-                }
+                self.known_secret(token.as_bytes())?;
                 None
             }
+            Scheme::UrlToken { param } => {
+                let token = query_param(headers.query(), param)?;
+                self.known_secret(token.as_bytes())?;
+                None
+            }
+            Scheme::Oidc(oidc) => {
+                let checked = oidc.check(bearer_token(headers)?, body, now)?;
+                return Ok(Verified {
+                    body,
+                    delivery_id: checked.delivery_id.map(Cow::Owned),
+                    claims: Some(checked.claims),
+                });
+            }
         };
-        Ok(Verified { body, delivery_id })
+        Ok(Verified {
+            body,
+            delivery_id: delivery_id.map(Cow::Borrowed),
+            claims: None,
+        })
+    }
+
+    /// Whether a presented token is one of the active secrets, in constant time
+    /// (`token`, `url-token`).
+    fn known_secret(&self, presented: &[u8]) -> Result<(), VerifyError> {
+        if self.keys.iter().any(|k| same_secret(k.bytes(), presented)) {
+            Ok(())
+        } else {
+            Err(VerifyError::Mismatch)
+        }
+    }
+
+    /// For an `oidc` source without an issuer to fetch from (the fuzz targets, tests):
+    /// trusts the keys of `jwks` as if fetched. Returns how many it trusts; other
+    /// schemes have none.
+    pub fn install_jwks(&self, jwks: &[u8]) -> Result<usize, VerifyError> {
+        match &self.scheme {
+            Scheme::Oidc(oidc) => oidc.install_jwks(jwks),
+            _ => Ok(0),
+        }
+    }
+
+    /// The query parameter and value a `url-token` sender appends to its URL, with
+    /// the first secret (for `gantry sign`).
+    pub fn query_token(&self) -> Option<(&str, String)> {
+        match (&self.scheme, self.keys.first()) {
+            (Scheme::UrlToken { param }, Some(key)) => Some((
+                param.as_str(),
+                String::from_utf8_lossy(key.bytes()).into_owned(),
+            )),
+            _ => None,
+        }
     }
 
     /// The headers a sender would send with `body`, made with the first secret (for
@@ -234,7 +359,9 @@ impl Verifier {
             return Vec::new();
         };
         match &self.scheme {
-            Scheme::None => Vec::new(),
+            // No header: the secret goes in the URL (`query_token`), or the sender's
+            // identity provider signs (`oidc`).
+            Scheme::None | Scheme::UrlToken { .. } | Scheme::Oidc(_) => Vec::new(),
             Scheme::Hmac {
                 header,
                 prefix,
@@ -282,6 +409,32 @@ fn required<'h>(headers: &'h dyn Headers, names: &[&str]) -> Result<&'h str, Ver
         .iter()
         .find_map(|n| headers.get(n))
         .ok_or_else(|| VerifyError::MissingHeader(names[0].to_string()))
+}
+
+/// The token of `Authorization: Bearer <token>` (the scheme name in any case).
+fn bearer_token(headers: &dyn Headers) -> Result<&str, VerifyError> {
+    let value = required(headers, &[AUTHORIZATION])?.trim();
+    match value.split_once(' ') {
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+        {
+            Ok(token.trim())
+        }
+        _ => Err(VerifyError::Malformed(AUTHORIZATION.into())),
+    }
+}
+
+/// The one value of `param` in a query string, percent-decoded. Given twice, it is
+/// refused: which of two tokens counts would be up to whoever reads the URL.
+fn query_param<'q>(query: &'q str, param: &str) -> Result<Cow<'q, str>, VerifyError> {
+    let mut values = form_urlencoded::parse(query.as_bytes())
+        .filter(|(k, _)| k == param)
+        .map(|(_, v)| v);
+    match (values.next(), values.next()) {
+        (Some(v), None) => Ok(v),
+        (None, _) => Err(VerifyError::MissingParam(param.to_string())),
+        (Some(_), Some(_)) => Err(VerifyError::RepeatedParam(param.to_string())),
+    }
 }
 
 /// `whsec_<base64>` (the prefix is optional, as in the reference libraries).
@@ -349,8 +502,21 @@ mod tests {
             encoding,
             secrets: secrets.iter().map(|s| Secret::new(*s)).collect(),
             tolerance: Duration::from_secs(300),
+            param: crate::config::DEFAULT_TOKEN_PARAM.into(),
+            oidc: None,
         })
         .unwrap()
+    }
+
+    impl Verifier {
+        /// The schemes these tests try wait on nothing: verified at once, now.
+        fn verify_now<'a>(
+            &self,
+            headers: &'a dyn Headers,
+            body: &'a [u8],
+        ) -> Result<Verified<'a>, VerifyError> {
+            self.verify_at(headers, body, unix_now())
+        }
     }
 
     fn headers(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -371,13 +537,13 @@ mod tests {
             ("X-Hub-Signature-256", GH_SIG),
             ("X-GitHub-Delivery", "72d3162e-cc78-11e3-81ab-4c9367dc0958"),
         ]);
-        let ok = v.verify(&h, b"Hello, World!").unwrap();
+        let ok = v.verify_now(&h, b"Hello, World!").unwrap();
         assert_eq!(
             ok.delivery_id(),
             Some("72d3162e-cc78-11e3-81ab-4c9367dc0958")
         );
         assert_eq!(
-            v.verify(&h, b"Hello, World?").unwrap_err(),
+            v.verify_now(&h, b"Hello, World?").unwrap_err(),
             VerifyError::Mismatch
         );
     }
@@ -394,23 +560,23 @@ mod tests {
         let padded = format!("  {GH_SIG} ");
         for sig in [GH_SIG, upper.as_str(), padded.as_str()] {
             assert!(
-                v.verify(&headers(&[("x-sig", sig)]), b"Hello, World!")
+                v.verify_now(&headers(&[("x-sig", sig)]), b"Hello, World!")
                     .is_ok(),
                 "{sig}"
             );
         }
         assert_eq!(
-            v.verify(&headers(&[("X-Sig", &GH_SIG[7..])]), b"Hello, World!")
+            v.verify_now(&headers(&[("X-Sig", &GH_SIG[7..])]), b"Hello, World!")
                 .unwrap_err(),
             VerifyError::Malformed("X-Sig".into())
         );
         assert_eq!(
-            v.verify(&headers(&[("X-Sig", "SHA256=00")]), b"x")
+            v.verify_now(&headers(&[("X-Sig", "SHA256=00")]), b"x")
                 .unwrap_err(),
             VerifyError::Malformed("X-Sig".into())
         );
         assert_eq!(
-            v.verify(&Vec::new(), b"x").unwrap_err(),
+            v.verify_now(&Vec::new(), b"x").unwrap_err(),
             VerifyError::MissingHeader("X-Sig".into())
         );
     }
@@ -522,6 +688,8 @@ mod tests {
             encoding: Encoding::Hex,
             secrets: vec![Secret::new("whsec_***")],
             tolerance: Duration::from_secs(300),
+            param: crate::config::DEFAULT_TOKEN_PARAM.into(),
+            oidc: None,
         })
         .unwrap_err();
         assert!(e.starts_with("secrets[0]:"), "{e}");
@@ -537,20 +705,66 @@ mod tests {
             &["new", "old"],
         );
         let signed = old.sign(b"body", "", 0);
-        assert!(both.verify(&signed, b"body").is_ok());
+        assert!(both.verify_now(&signed, b"body").is_ok());
         let retired = verifier(SchemeKind::HmacSha256, "", Encoding::Base64, &["new"]);
-        assert!(retired.verify(&signed, b"body").is_err());
+        assert!(retired.verify_now(&signed, b"body").is_err());
     }
 
     #[test]
     fn token_with_or_without_bearer() {
         let v = verifier(SchemeKind::Token, "", Encoding::Hex, &["s3cret", "next"]);
-        assert!(v.verify(&headers(&[("X-Sig", "s3cret")]), b"").is_ok());
-        assert!(v.verify(&headers(&[("X-Sig", "Bearer next")]), b"").is_ok());
+        assert!(v.verify_now(&headers(&[("X-Sig", "s3cret")]), b"").is_ok());
+        assert!(
+            v.verify_now(&headers(&[("X-Sig", "Bearer next")]), b"")
+                .is_ok()
+        );
         assert_eq!(
-            v.verify(&headers(&[("X-Sig", "s3cre")]), b"").unwrap_err(),
+            v.verify_now(&headers(&[("X-Sig", "s3cre")]), b"")
+                .unwrap_err(),
             VerifyError::Mismatch
         );
+    }
+
+    /// A request to a `url-token` source: its query string only.
+    struct Query(&'static str);
+
+    impl Headers for Query {
+        fn get(&self, _: &str) -> Option<&str> {
+            None
+        }
+        fn query(&self) -> &str {
+            self.0
+        }
+    }
+
+    #[test]
+    fn url_token_reads_one_decoded_query_parameter() {
+        let v = verifier(SchemeKind::UrlToken, "", Encoding::Hex, &["a b+&", "next"]);
+        for ok in ["token=a+b%2B%26", "x=1&token=a%20b%2B%26&y", "token=next"] {
+            assert!(v.verify_now(&Query(ok), b"").is_ok(), "{ok}");
+        }
+        let refused = [
+            ("", VerifyError::MissingParam("token".into())),
+            ("tokens=next", VerifyError::MissingParam("token".into())),
+            ("token=a b+&", VerifyError::Mismatch),
+            ("token=nex", VerifyError::Mismatch),
+            ("token=", VerifyError::Mismatch),
+            (
+                "token=next&token=next",
+                VerifyError::RepeatedParam("token".into()),
+            ),
+        ];
+        for (query, error) in refused {
+            assert_eq!(
+                v.verify_now(&Query(query), b"").unwrap_err(),
+                error,
+                "{query}"
+            );
+        }
+        // Headers alone carry no query.
+        assert!(v.verify_now(&headers(&[("token", "next")]), b"").is_err());
+        assert_eq!(v.query_token(), Some(("token", "a b+&".to_string())));
+        assert!(v.sign(b"", "", 0).is_empty());
     }
 
     proptest! {
@@ -560,10 +774,10 @@ mod tests {
             let enc = if base64 { Encoding::Base64 } else { Encoding::Hex };
             let v = verifier(SchemeKind::HmacSha256, "sha256=", enc, &[&secret]);
             let signed = v.sign(&body, "", 0);
-            prop_assert!(v.verify(&signed, &body).is_ok());
+            prop_assert!(v.verify_now(&signed, &body).is_ok());
             let mut tampered = body.clone();
             tampered.push(0);
-            prop_assert!(v.verify(&signed, &tampered).is_err());
+            prop_assert!(v.verify_now(&signed, &tampered).is_err());
         }
 
         #[test]

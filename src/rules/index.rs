@@ -223,6 +223,7 @@ mod tests {
             payload: serde_json::Value::Null,
             parent_job_id: None,
             chain_depth: 0,
+            claims: None,
         }
     }
 

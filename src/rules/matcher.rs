@@ -85,6 +85,19 @@ impl Matcher {
         }
     }
 
+    /// Whether the JSON value at a pointer (`when`, `claims`) matches: strings as
+    /// they are, numbers and booleans as written; a missing value, null, an object
+    /// or an array never matches, negated or not.
+    pub fn matches_json(&self, value: Option<&serde_json::Value>, captures: &mut Captures) -> bool {
+        match value {
+            Some(serde_json::Value::String(s)) => self.matches(s, captures),
+            Some(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => {
+                self.matches(&v.to_string(), captures)
+            }
+            _ => false,
+        }
+    }
+
     /// Every named group this matcher can capture (outside negations).
     pub fn group_names(&self) -> Vec<Arc<str>> {
         match self {

@@ -51,6 +51,8 @@ struct EventMatch {
     event: Option<Matcher>,
     fields: Vec<(Field, Matcher)>,
     when: Vec<(String, Matcher)>,
+    /// JSON pointer into the claims an `oidc` source verified → matcher.
+    claims: Vec<(String, Matcher)>,
     /// Subject fields an event must carry (for a rule's action to apply, for a
     /// condition to be correlated).
     needs: Vec<Field>,
@@ -159,6 +161,7 @@ impl EventMatch {
         event: Option<&OneOrMany>,
         m: &RawMatch,
         when_spec: &std::collections::BTreeMap<String, OneOrMany>,
+        claims_spec: &std::collections::BTreeMap<String, OneOrMany>,
         problems: &mut Vec<Problem>,
     ) -> Option<EventMatch> {
         let errors_before = problems.len();
@@ -183,20 +186,8 @@ impl EventMatch {
             Some((f, pattern(format!("match.{}", f.name()), spec.patterns())?))
         })
         .collect();
-        let mut when = Vec::new();
-        for (pointer, spec) in when_spec {
-            if !pointer.starts_with('/') {
-                problems.push(Problem::error(
-                    format!("{loc}.when.{pointer}"),
-                    "is not a JSON pointer (it must start with `/`)",
-                ));
-                continue;
-            }
-            match Matcher::compile(spec.patterns()) {
-                Ok(matcher) => when.push((pointer.clone(), matcher)),
-                Err(e) => problems.push(Problem::error(format!("{loc}.when.{pointer}"), e)),
-            }
-        }
+        let when = pointer_matchers(&format!("{loc}.when"), when_spec, problems);
+        let claims = pointer_matchers(&format!("{loc}.claims"), claims_spec, problems);
         if problems.len() > errors_before {
             return None;
         }
@@ -215,6 +206,7 @@ impl EventMatch {
             event: event_matcher,
             fields,
             when,
+            claims,
             needs: Vec::new(),
             literals,
         })
@@ -226,6 +218,7 @@ impl EventMatch {
             .iter()
             .map(|(_, m)| m)
             .chain(self.when.iter().map(|(_, m)| m))
+            .chain(self.claims.iter().map(|(_, m)| m))
             .flat_map(Matcher::group_names)
             .collect()
     }
@@ -247,6 +240,7 @@ impl RuleSet {
                 r.event.as_ref(),
                 &r.matches,
                 &r.when,
+                &r.claims,
                 &mut problems,
             );
             let groups = trigger
@@ -451,17 +445,42 @@ impl EventMatch {
                 .is_some_and(|v| m.matches(v, captures))
         });
         fields_match
-            && self.when.iter().all(|(pointer, m)| {
-                match event.payload.pointer(pointer) {
-                    Some(serde_json::Value::String(s)) => m.matches(s, captures),
-                    Some(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => {
-                        m.matches(&v.to_string(), captures)
-                    }
-                    // Missing field, null, objects and arrays: no match.
-                    _ => false,
-                }
+            && self
+                .when
+                .iter()
+                .all(|(pointer, m)| m.matches_json(event.payload.pointer(pointer), captures))
+            // An event without verified claims matches no `claims` matcher.
+            && self.claims.iter().all(|(pointer, m)| {
+                m.matches_json(
+                    event.claims.as_ref().and_then(|c| c.pointer(pointer)),
+                    captures,
+                )
             })
     }
+}
+
+/// `when` and `claims`: JSON pointer → matcher, each compiled, the problems named at
+/// `loc.{pointer}`.
+fn pointer_matchers(
+    loc: &str,
+    specs: &std::collections::BTreeMap<String, OneOrMany>,
+    problems: &mut Vec<Problem>,
+) -> Vec<(String, Matcher)> {
+    let mut compiled = Vec::new();
+    for (pointer, spec) in specs {
+        if !pointer.starts_with('/') {
+            problems.push(Problem::error(
+                format!("{loc}.{pointer}"),
+                "is not a JSON pointer (it must start with `/`)",
+            ));
+            continue;
+        }
+        match Matcher::compile(spec.patterns()) {
+            Ok(matcher) => compiled.push((pointer.clone(), matcher)),
+            Err(e) => problems.push(Problem::error(format!("{loc}.{pointer}"), e)),
+        }
+    }
+    compiled
 }
 
 /// Compiles the conditions of the gate of rule number `rule`; a condition whose
@@ -483,6 +502,7 @@ fn compile_conditions(
                 c.event.as_ref(),
                 &c.matches,
                 &c.when,
+                &c.claims,
                 problems,
             )?;
             matcher.needs = gate.correlate.clone();

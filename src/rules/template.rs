@@ -149,6 +149,7 @@ mod tests {
             payload: serde_json::json!({"build": {"n": 7}}),
             parent_job_id: None,
             chain_depth: 0,
+            claims: None,
         }
     }
 

@@ -40,14 +40,15 @@ use tokio_postgres::{AsyncMessage, NoTls, Row};
 
 use super::OverrideOutcome;
 use super::rows::{
-    APPROVAL_COLUMNS, ATTEMPT_COLUMNS, AUDIT_COLUMNS, Arg, BallotLanding, Columns, EMITTED,
-    EVENT_COLUMNS, EVENTS_PAGE_BYTES_COLUMN, EchoProbe, FREEZE_COLUMNS, FROZEN_DUE_NOW,
-    GATES_MIGRATION, GateLanding, JOB_COLUMN_COUNT, JOB_COLUMNS, JobInsert, Landing, Listing,
-    Opened, SEEN_COLUMNS, SYSTEM_ACTOR, attempt_values, audit_listing, chain_sql, checkpoints_sql,
-    events_listing, events_page, expiry, freeze_scope, gate_locks, gate_revival, gate_text,
-    job_state, jobs_listing, lease_expired, leased_move, millis, narrow, operator_move, page,
-    payload_text, read_approval, read_attempt, read_audit, read_event, read_freeze, read_job,
-    read_seen, revival, rule_removed, sql_limit, start_freeze_sql, stored_count,
+    APPROVAL_COLUMNS, ATTEMPT_COLUMNS, AUDIT_COLUMNS, Arg, BallotLanding, CLAIMS_MIGRATION,
+    Columns, EMITTED, EVENT_COLUMNS, EVENTS_PAGE_BYTES_COLUMN, EchoProbe, FREEZE_COLUMNS,
+    FROZEN_DUE_NOW, GATES_MIGRATION, GateLanding, JOB_COLUMN_COUNT, JOB_COLUMNS, JobInsert,
+    Landing, Listing, Opened, SEEN_COLUMNS, SYSTEM_ACTOR, attempt_values, audit_listing, chain_sql,
+    checkpoints_sql, claims_text, events_listing, events_page, expiry, freeze_scope, gate_locks,
+    gate_revival, gate_text, job_state, jobs_listing, lease_expired, leased_move, millis, narrow,
+    operator_move, page, payload_text, read_approval, read_attempt, read_audit, read_event,
+    read_freeze, read_job, read_seen, revival, rule_removed, sql_limit, start_freeze_sql,
+    stored_count,
 };
 use super::rows::{
     OverrideLanding, SET_FREEZE_OVERRIDE, SET_FROZEN, SET_PROTECTED, frozen_names, policy_text,
@@ -226,6 +227,7 @@ ALTER TABLE jobs ADD COLUMN frozen_by TEXT;
 ALTER TABLE jobs ADD COLUMN frozen_until BIGINT;
 ALTER TABLE jobs ADD COLUMN freeze_override TEXT;
 "#,
+    CLAIMS_MIGRATION,
 ];
 
 /// The store on a PostgreSQL database that several replicas share.
@@ -678,10 +680,11 @@ async fn ingest_one(
 
     let s = &ev.subject;
     let payload = payload_text(ev);
+    let claims = claims_text(ev);
     let depth = i64::from(ev.chain_depth);
     let insert_event = format!(
         "INSERT INTO events ({EVENT_COLUMNS})
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
     );
     let planned: Vec<JobInsert<'_>> = gated
         .iter()
@@ -726,7 +729,7 @@ async fn ingest_one(
         tx.prepare_cached(insert_jobs)
     )
     .map_err(unavailable)?;
-    let event_params: [&(dyn ToSql + Sync); 15] = [
+    let event_params: [&(dyn ToSql + Sync); 16] = [
         &ev.id,
         &ev.source,
         &ev.kind,
@@ -742,6 +745,7 @@ async fn ingest_one(
         &payload,
         &ev.parent_job_id,
         &depth,
+        &claims,
     ];
     let job_params: [&(dyn ToSql + Sync); 21] = [
         &ev.id,

@@ -26,7 +26,7 @@ use crate::domain::{
 };
 
 pub(super) const EVENT_COLUMNS: &str = "id, source, type, delivery_id, received_at, repo, image,
-    tag, digest, path, build_name, build_number, payload, parent_job_id, chain_depth";
+    tag, digest, path, build_name, build_number, payload, parent_job_id, chain_depth, claims";
 
 pub(super) const JOB_COLUMNS: &str = "id, rule, state, outcome, event_id, target, action,
     last_error_code, last_error_message, parent_job_id, chain_depth, created_at, updated_at,
@@ -35,6 +35,10 @@ pub(super) const JOB_COLUMNS: &str = "id, rule, state, outcome, event_id, target
 
 /// How many columns [`JOB_COLUMNS`] selects: what a query selecting more reads after.
 pub(super) const JOB_COLUMN_COUNT: usize = 21;
+
+/// SPEC §16: the claims an `oidc` source verified, kept with their event (JSON,
+/// null for every other scheme). The same statement serves both stores.
+pub(super) const CLAIMS_MIGRATION: &str = "ALTER TABLE events ADD COLUMN claims TEXT;";
 
 /// SPEC §9 gates: a job's gate (its conditions, which are met and by which events),
 /// the key its evidence is filed under and when its wait ends, the end of its soak;
@@ -177,6 +181,10 @@ pub(super) fn read_event(r: &impl Columns) -> Result<Event, StoreError> {
         payload: serde_json::from_str(&payload).map_err(|_| corrupt("event payload", &payload))?,
         parent_job_id: r.text_opt(13)?,
         chain_depth: narrow("event chain depth", r.int(14)?)?,
+        claims: match r.text_opt(15)? {
+            Some(c) => Some(serde_json::from_str(&c).map_err(|_| corrupt("event claims", &c))?),
+            None => None,
+        },
     })
 }
 
@@ -184,6 +192,14 @@ pub(super) fn read_event(r: &impl Columns) -> Result<Event, StoreError> {
 pub(super) fn payload_text(event: &Event) -> String {
     // Serializing a JSON value cannot fail.
     serde_json::to_string(&event.payload).unwrap_or_default()
+}
+
+/// An event's verified claims as stored, when it has any.
+pub(super) fn claims_text(event: &Event) -> Option<String> {
+    event
+        .claims
+        .as_ref()
+        .map(|c| serde_json::to_string(c).unwrap_or_default())
 }
 
 /// A `jobs` row, in [`JOB_COLUMNS`] order: the job without its attempt history.
@@ -779,7 +795,7 @@ pub(super) fn events_listing(f: &EventFilter, param: fn(usize) -> String) -> Lis
 }
 
 /// Where [`events_listing`] puts the running sum of payload bytes.
-pub(super) const EVENTS_PAGE_BYTES_COLUMN: usize = 15;
+pub(super) const EVENTS_PAGE_BYTES_COLUMN: usize = 16;
 
 /// A page of events: there may be more after it when it is full by count, or when
 /// its payloads reached the byte bound (`bytes`, the running sum of its last row).

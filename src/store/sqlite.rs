@@ -20,14 +20,14 @@ use tokio::sync::{Notify, oneshot};
 
 use super::OverrideOutcome;
 use super::rows::{
-    APPROVAL_COLUMNS, ATTEMPT_COLUMNS, AUDIT_COLUMNS, Arg, BallotLanding, Columns, EMITTED,
-    EVENT_COLUMNS, EVENTS_PAGE_BYTES_COLUMN, EchoProbe, FREEZE_COLUMNS, FROZEN_DUE_NOW,
-    GATES_MIGRATION, GateLanding, JOB_COLUMNS, JobInsert, Landing, Opened, SEEN_COLUMNS,
-    SYSTEM_ACTOR, attempt_values, audit_listing, chain_sql, checkpoints_sql, events_listing,
-    events_page, expiry, freeze_scope, gate_revival, gate_text, job_state, jobs_listing,
-    lease_expired, leased_move, millis, operator_move, page, payload_text, read_approval,
-    read_attempt, read_audit, read_event, read_freeze, read_job, read_seen, revival, rule_removed,
-    sql_limit, start_freeze_sql, stored_count,
+    APPROVAL_COLUMNS, ATTEMPT_COLUMNS, AUDIT_COLUMNS, Arg, BallotLanding, CLAIMS_MIGRATION,
+    Columns, EMITTED, EVENT_COLUMNS, EVENTS_PAGE_BYTES_COLUMN, EchoProbe, FREEZE_COLUMNS,
+    FROZEN_DUE_NOW, GATES_MIGRATION, GateLanding, JOB_COLUMNS, JobInsert, Landing, Opened,
+    SEEN_COLUMNS, SYSTEM_ACTOR, attempt_values, audit_listing, chain_sql, checkpoints_sql,
+    claims_text, events_listing, events_page, expiry, freeze_scope, gate_revival, gate_text,
+    job_state, jobs_listing, lease_expired, leased_move, millis, operator_move, page, payload_text,
+    read_approval, read_attempt, read_audit, read_event, read_freeze, read_job, read_seen, revival,
+    rule_removed, sql_limit, start_freeze_sql, stored_count,
 };
 use super::rows::{
     OverrideLanding, SET_FREEZE_OVERRIDE, SET_FROZEN, SET_PROTECTED, frozen_names, policy_text,
@@ -184,6 +184,7 @@ ALTER TABLE jobs ADD COLUMN frozen_by TEXT;
 ALTER TABLE jobs ADD COLUMN frozen_until INTEGER;
 ALTER TABLE jobs ADD COLUMN freeze_override TEXT;
 "#,
+    CLAIMS_MIGRATION,
 ];
 
 /// Per-batch facts the writer acts on after the commit.
@@ -593,7 +594,7 @@ fn ingest_one(
     let s = &ev.subject;
     conn.prepare_cached(&format!(
         "INSERT INTO events ({EVENT_COLUMNS})
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
     ))
     .and_then(|mut st| {
         st.execute(params![
@@ -612,6 +613,7 @@ fn ingest_one(
             payload,
             ev.parent_job_id,
             ev.chain_depth,
+            claims_text(ev),
         ])
     })
     .map_err(unavailable)?;

@@ -1,7 +1,8 @@
 //! Where promotions happen: one trait, one implementation per kind of upstream.
 
 mod artifactory;
-mod body;
+// Also read by ingest, for an OIDC issuer's documents (SPEC §16).
+pub(crate) mod body;
 mod breaker;
 mod oci;
 

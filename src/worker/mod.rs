@@ -632,6 +632,7 @@ fn promoted_event(job: &Job, action: &Action, outcome: Outcome) -> Event {
         }),
         parent_job_id: Some(job.id.clone()),
         chain_depth: job.chain_depth + 1,
+        claims: None,
     }
 }
 

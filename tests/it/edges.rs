@@ -61,6 +61,7 @@ fn big_event(n: usize, pad: usize) -> NewEvent {
             payload: json!({ "n": n, "pad": "x".repeat(pad) }),
             parent_job_id: None,
             chain_depth: 0,
+            claims: None,
         },
         jobs: Vec::new(),
         evidence: Vec::new(),

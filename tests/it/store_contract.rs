@@ -148,6 +148,7 @@ fn event(source: &str, delivery: &str, tag: &str) -> Event {
         payload: json!({"event": "test-passed", "tag": tag, "nested": {"n": [1, 2]}}),
         parent_job_id: None,
         chain_depth: 0,
+        claims: None,
     }
 }
 
