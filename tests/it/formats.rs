@@ -5,10 +5,12 @@
 
 use serde_json::{Value, json};
 
-use crate::harness::{TestApp, VIEWER_TOKEN, cli_sign, fixture, spawn_app, spawn_app_with_env};
+use crate::harness::{
+    TestApp, VIEWER_TOKEN, cli_sign, fixture, spawn_app, spawn_app_on, spawn_app_with_env,
+};
+use crate::stores::TestStore;
 
-/// One source per format. Quay and Docker Hub cannot sign; until they have a scheme
-/// of their own, a header token stands in for theirs.
+/// One source per format. Quay and Docker Hub cannot sign: their secret is in the URL.
 const SOURCES: &str = r#"
 [[sources]]
 name = "harbor"
@@ -18,12 +20,12 @@ verify = { scheme = "token", header = "Authorization", secrets = ["harbor-auth-h
 [[sources]]
 name = "quay"
 format = "quay"
-verify = { scheme = "token", header = "X-Token", secrets = ["quay-token"] }
+verify = { scheme = "url-token", secrets = ["quay-token"] }
 
 [[sources]]
 name = "dockerhub"
 format = "dockerhub"
-verify = { scheme = "token", header = "X-Token", secrets = ["hub-token"] }
+verify = { scheme = "url-token", secrets = ["hub-token"] }
 
 [[sources]]
 name = "acr"
@@ -50,9 +52,20 @@ const ACR_DIGEST: &str = "sha256:80f0d5c8786bb9e621a45ece0db56d11cdc624ad20da9fe
 
 async fn post(app: &TestApp, source: &str, body: &[u8], headers: &[(&str, &str)]) -> (u16, Value) {
     let mut all = cli_sign(&app.config, source, body);
+    // A `url-token` source's secret goes in the query of the URL `gantry sign` prints.
+    let query = all
+        .iter()
+        .find(|(k, _)| k == "URL")
+        .and_then(|(_, url)| url.split_once('?'))
+        .map(|(_, q)| q.to_string());
+    all.retain(|(k, _)| k != "URL");
     all.extend(headers.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let refs: Vec<(&str, &str)> = all.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let r = app.post_hook(source, body, &refs).await;
+    let hook = match query {
+        Some(q) => format!("{source}?{q}"),
+        None => source.to_string(),
+    };
+    let r = app.post_hook(&hook, body, &refs).await;
     (r.status().as_u16(), r.json().await.unwrap())
 }
 
@@ -91,9 +104,12 @@ fn hash(body: &[u8]) -> String {
     format!("sha256:{}", hex::encode(sha2::Sha256::digest(body)))
 }
 
-#[tokio::test]
-async fn every_registry_format_is_stored_with_its_jobs_and_replays_are_duplicates() {
-    let app = spawn_app(SOURCES).await;
+on_each_store!(TestStore: every_registry_format_is_stored_with_its_jobs_and_replays_are_duplicates);
+
+async fn every_registry_format_is_stored_with_its_jobs_and_replays_are_duplicates(
+    store: TestStore,
+) {
+    let app = spawn_app_on(SOURCES, &store).await;
     let harbor = fixture("harbor-push-artifact.json");
     let harbor_ce = fixture("harbor-push-artifact-cloudevents.json");
     let quay = fixture("quay-repo-push.json");

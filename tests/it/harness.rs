@@ -312,9 +312,24 @@ pub async fn spawn_app(rules: &str) -> TestApp {
 /// Like [`spawn_app`], with extra environment (`GANTRY__…` overrides of the base
 /// config's settings).
 pub async fn spawn_app_with_env(rules: &str, extra: &[(&str, &str)]) -> TestApp {
+    spawn(rules, extra, &crate::stores::TestStore::Sqlite).await
+}
+
+/// Like [`spawn_app`], on `store` (PostgreSQL for the tests that run on both).
+pub async fn spawn_app_on(rules: &str, store: &crate::stores::TestStore) -> TestApp {
+    spawn(rules, &[], store).await
+}
+
+async fn spawn(rules: &str, extra: &[(&str, &str)], store: &crate::stores::TestStore) -> TestApp {
     let upstream = MockServer::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let path = write_config(dir.path(), &upstream.uri(), rules, "30s");
+    let path = write_config_on(
+        dir.path(),
+        &upstream.uri(),
+        rules,
+        "30s",
+        &store.url(dir.path()),
+    );
     let mut env = env();
     env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let loaded = config::load(&ConfigPath::Explicit(path.clone()), &env).unwrap();
