@@ -177,4 +177,4 @@ fail() { echo "gated: $*" >&2; exit 1; }
 echo "gated: stored $events events ($((events - EVIDENCE)) after the preload: $plain plain, $triggers gated triggers, $((conds - EVIDENCE)) scans and e2e results) for $gated_REQS answered requests"
 echo "gated: $gated_jobs gated jobs ($opened opened, $waiting still waiting for e2e), $dups duplicate triggers; $evidence pieces of evidence ($blocks blocking)"
 echo "gates: plain $plain_RPS req/s (p99 by round: ${plain_P99% }), gated $gated_RPS req/s (p99 by round: ${gated_P99% })"
-echo "gates: gated/plain = $(python3 -c "print(f'{$gated_RPS/$plain_RPS:.2f}')") (gated gantry's peak RSS $((LOAD_KB / 1024)) MB)"
+echo "gates: gated/plain = $(python3 -c "print(f'{$gated_RPS/$plain_RPS:.3f}')") (gated gantry's peak RSS $((LOAD_KB / 1024)) MB)"
