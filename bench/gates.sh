@@ -89,6 +89,7 @@ kill -INT "$WRK"; wait "$WRK" || true
 t1="$(date +%s.%N)"
 open="$(sql gated 'SELECT count(*) FROM evidence')"
 [ "$open" = "$EVIDENCE" ] || { echo "preload: $open pieces of evidence stored for $EVIDENCE sent" >&2; exit 1; }
+[ "$(sql gated 'SELECT count(*) FROM jobs')" = 0 ] || { echo "preload: scans made jobs" >&2; exit 1; }
 echo "gates: $RULES gated rules, $open pieces of open evidence preloaded through the API in $(python3 -c "print(f'{$t1 - $t0:.1f}')") s ($(python3 -c "print(int($EVIDENCE / ($t1 - $t0)))")/s)"
 
 # busy: jiffies (1/100 s) all CPUs spent busy since boot. cpu PID: a process's.
