@@ -13,6 +13,10 @@ pub type Captures = Vec<(Arc<str>, String)>;
 
 #[derive(Debug, Clone)]
 pub enum Matcher {
+    /// A pattern without glob syntax: equality. globset would compile it into a
+    /// regex too, at 10–30 KiB each, which a thousand gated rules' literal event
+    /// types and values made 100 MiB (BENCHMARKS.md, "Ingest with gates").
+    Literal(Box<str>),
     Glob(GlobMatcher),
     /// The regex and its named groups, interned once.
     Regex(Regex, Vec<Arc<str>>),
@@ -52,6 +56,10 @@ impl Matcher {
                 .map_err(|e| format!("invalid semver requirement `{req}`: {e}"))?;
             return Ok(Matcher::Semver(req));
         }
+        const GLOB_SYNTAX: [char; 7] = ['*', '?', '[', ']', '{', '}', '\\'];
+        if !pattern.contains(GLOB_SYNTAX) {
+            return Ok(Matcher::Literal(pattern.into()));
+        }
         Ok(Matcher::Glob(glob(pattern)?))
     }
 
@@ -59,6 +67,7 @@ impl Matcher {
     /// `captures`. Captures inside a negation never leak out of it.
     pub fn matches(&self, value: &str, captures: &mut Captures) -> bool {
         match self {
+            Matcher::Literal(l) => **l == *value,
             Matcher::Glob(g) => g.is_match(value),
             Matcher::Regex(re, names) => {
                 // `is_match` runs on the fast engines; captures are worth their cost
@@ -103,7 +112,9 @@ impl Matcher {
         match self {
             Matcher::Regex(_, names) => names.clone(),
             Matcher::Any(all) => all.iter().flat_map(Matcher::group_names).collect(),
-            Matcher::Glob(_) | Matcher::Semver(_) | Matcher::Not(_) => Vec::new(),
+            Matcher::Literal(_) | Matcher::Glob(_) | Matcher::Semver(_) | Matcher::Not(_) => {
+                Vec::new()
+            }
         }
     }
 }
@@ -134,6 +145,26 @@ fn one_line(e: &regex::Error) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_pattern_without_glob_syntax_is_compared_as_it_is() {
+        let m = Matcher::compile(&["team-a/api.v2".into()]).unwrap();
+        assert!(matches!(m, Matcher::Literal(_)));
+        let mut c = Vec::new();
+        assert!(m.matches("team-a/api.v2", &mut c));
+        for other in [
+            "team-a/apixv2",
+            "team-a/api.v2/x",
+            "Team-a/api.v2",
+            "team-a/api.v",
+        ] {
+            assert!(!m.matches(other, &mut c), "{other}");
+        }
+        let escaped = Matcher::compile(&["a\\*".into()]).unwrap();
+        assert!(matches!(escaped, Matcher::Glob(_)));
+        assert!(escaped.matches("a*", &mut c) && !escaped.matches("ab", &mut c));
+    }
+
     use super::*;
     use proptest::prelude::*;
 
