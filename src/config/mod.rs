@@ -1300,6 +1300,29 @@ fn check_rules(
         .collect()
 }
 
+/// The destinations a freeze or protection at `loc` names, its targets known and its
+/// globs compiled (each problem named; all destinations when one is wrong, the config
+/// being refused anyway).
+fn destinations(
+    loc: &str,
+    to_repos: Option<&[String]>,
+    names: Option<&[String]>,
+    targets: &[raw::RawTarget],
+    problems: &mut Vec<Problem>,
+) -> Destinations {
+    for t in names.into_iter().flatten() {
+        if !targets.iter().any(|known| &known.name == t) {
+            problems.push(Problem::error(
+                format!("{loc}.targets"),
+                format!("unknown target `{t}`"),
+            ));
+        }
+    }
+    Destinations::new(to_repos, names)
+        .map_err(|e| problems.push(Problem::error(format!("{loc}.to_repos"), e.to_string())))
+        .unwrap_or_default()
+}
+
 /// Builds the config's protections; one with a problem is left out (and the problem
 /// named, so the config is refused).
 fn check_protections(
@@ -1317,19 +1340,13 @@ fn check_protections(
         .filter_map(|p| {
             let loc = format!("protections[{}]", p.name);
             let before = problems.len();
-            for t in p.targets.iter().flatten() {
-                if !targets.iter().any(|known| &known.name == t) {
-                    problems.push(Problem::error(
-                        format!("{loc}.targets"),
-                        format!("unknown target `{t}`"),
-                    ));
-                }
-            }
-            let scope = Destinations::new(p.to_repos.as_deref(), p.targets.as_deref())
-                .map_err(|e| {
-                    problems.push(Problem::error(format!("{loc}.to_repos"), e.to_string()))
-                })
-                .unwrap_or_default();
+            let scope = destinations(
+                &loc,
+                p.to_repos.as_deref(),
+                p.targets.as_deref(),
+                targets,
+                problems,
+            );
             let approval = p
                 .approval
                 .as_ref()
@@ -1365,17 +1382,10 @@ fn check_freezes(
         .filter_map(|f| {
             let loc = format!("freezes[{}]", f.name);
             let before = problems.len();
+            let scope = destinations(&loc, f.to_repos.as_deref(), f.targets.as_deref(), targets, problems);
             let mut fail = |key: &str, why: String| {
                 problems.push(Problem::error(format!("{loc}.{key}"), why));
             };
-            for t in f.targets.iter().flatten() {
-                if !targets.iter().any(|known| &known.name == t) {
-                    fail("targets", format!("unknown target `{t}`"));
-                }
-            }
-            let scope = Destinations::new(f.to_repos.as_deref(), f.targets.as_deref())
-                .map_err(|e| fail("to_repos", e.to_string()))
-                .unwrap_or_default();
             let tz_name = f.timezone.as_deref().unwrap_or("UTC");
             let tz = freeze::parse_tz(tz_name)
                 .map_err(|e| fail("timezone", e.to_string()))
