@@ -13,6 +13,7 @@ use crate::api::{self, AppState};
 use crate::config::{Config, Problem};
 use crate::ingest::{Ingest, Rejections, Sources};
 use crate::metrics::Metrics;
+use crate::notify;
 use crate::rules::RuleSet;
 use crate::store;
 use crate::targets::Targets;
@@ -33,6 +34,7 @@ pub struct Running {
     pub addr: Option<SocketAddr>,
     server: Option<(ServerHandle, tokio::task::JoinHandle<std::io::Result<()>>)>,
     workers: Option<worker::Pool>,
+    deliveries: Option<notify::Deliveries>,
     maintenance: Option<tokio::task::JoinHandle<()>>,
     /// Refusals counted but not yet on the record, written at stop.
     rejections: Arc<Rejections>,
@@ -108,6 +110,24 @@ pub async fn start(service: Service, mode: Mode) -> anyhow::Result<Running> {
             "cancelled waiting jobs whose rule was removed"
         );
     }
+    // Every write from here on adds the notifications its records make (SPEC §10).
+    store.set_routes(Arc::new(notify::Routes::from_config(&config)));
+    let sinks: Vec<String> = config
+        .notifications
+        .iter()
+        .map(|n| n.name.clone())
+        .collect();
+    let settled = store
+        .settle_sinks(&sinks)
+        .await
+        .context("cannot settle the notification sinks")?;
+    if settled.dropped > 0 || settled.enabled > 0 {
+        tracing::warn!(
+            dropped = settled.dropped,
+            enabled = settled.enabled,
+            "notifications of removed sinks dropped, disabled sinks enabled"
+        );
+    }
 
     let maintenance = (mode != Mode::HttpOnly).then(|| {
         tokio::spawn(maintain(
@@ -135,6 +155,18 @@ pub async fn start(service: Service, mode: Mode) -> anyhow::Result<Running> {
         }))),
     };
 
+    let deliveries = (mode != Mode::HttpOnly)
+        .then(|| {
+            notify::Deliveries::start(
+                store.clone(),
+                &config.notifications,
+                metrics.clone(),
+                config.worker.poll_interval,
+            )
+        })
+        .transpose()
+        .context("cannot build the notification clients")?;
+
     let rejections = Rejections::new(store.clone(), config.audit_rejections_every);
     let (addr, server) = if mode == Mode::WorkersOnly {
         (None, None)
@@ -156,6 +188,11 @@ pub async fn start(service: Service, mode: Mode) -> anyhow::Result<Running> {
             metrics,
             targets,
             freezes: config.freezes.clone(),
+            sinks: config
+                .notifications
+                .iter()
+                .map(|n| (n.name.clone(), n.format))
+                .collect(),
         });
         let server = HttpServer::new(move || {
             App::new()
@@ -180,6 +217,7 @@ pub async fn start(service: Service, mode: Mode) -> anyhow::Result<Running> {
         addr,
         server,
         workers,
+        deliveries,
         maintenance,
         rejections,
         grace,
@@ -240,7 +278,12 @@ impl Running {
                 pool.shutdown(self.grace).await;
             }
         };
-        tokio::join!(server, workers);
+        let deliveries = async {
+            if let Some(d) = self.deliveries {
+                d.shutdown(self.grace).await;
+            }
+        };
+        tokio::join!(server, workers, deliveries);
         self.rejections.flush_all().await;
         tracing::info!("gantry stopped");
     }

@@ -45,6 +45,12 @@ struct StateLabels {
     state: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NotificationLabels {
+    name: String,
+    outcome: String,
+}
+
 type Latency = Family<TargetLabels, Histogram, fn() -> Histogram>;
 
 /// What a webhook came to.
@@ -65,6 +71,7 @@ pub struct Metrics {
     queue_depth: Gauge,
     oldest_queued: Gauge<f64, AtomicU64>,
     circuit_open: Family<TargetLabels, Gauge>,
+    notifications: Family<NotificationLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -125,8 +132,15 @@ impl Default for Metrics {
             "1 while a target's circuit breaker holds its jobs",
             circuit_open.clone(),
         );
+        let notifications = Family::<NotificationLabels, Counter>::default();
+        registry.register(
+            "notifications",
+            "Notification tries by sink and outcome (delivered, retry, failed, gone)",
+            notifications.clone(),
+        );
         Metrics {
             registry,
+            notifications,
             events,
             keys_unavailable,
             attempts,
@@ -178,6 +192,16 @@ impl Metrics {
                 target: target.to_string(),
             })
             .observe(seconds);
+    }
+
+    /// One try of a notification to sink `name` (a configured sink name).
+    pub fn notification(&self, name: &str, outcome: &str) {
+        self.notifications
+            .get_or_create(&NotificationLabels {
+                name: name.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .inc();
     }
 
     /// The scrape: state gauges refreshed from the store and the breakers, then

@@ -11,6 +11,7 @@ mod error;
 mod freezes;
 mod health;
 mod hooks;
+mod notifications;
 mod span;
 
 use std::sync::Arc;
@@ -42,6 +43,8 @@ pub struct AppState {
     /// The config's freeze windows, for listing them, keeping run-time names apart and
     /// knowing who may override them.
     pub freezes: Vec<crate::domain::freeze::Freeze>,
+    /// The configured notification sinks and their formats (SPEC §10).
+    pub sinks: Vec<(String, crate::config::NotificationFormat)>,
 }
 
 /// The shape of every error answer: `{"error":{"code","message"}}`.
@@ -126,6 +129,10 @@ endpoints! {
     post "/api/v1/freezes" => freezes::start_freeze,
     get "/api/v1/freezes" => freezes::list_freezes,
     delete "/api/v1/freezes/{name}" => freezes::end_freeze,
+    get "/api/v1/notifications" => notifications::list_notifications,
+    post "/api/v1/notifications/{id}/retry" => notifications::retry_notification,
+    get "/api/v1/notifications/sinks" => notifications::list_sinks,
+    post "/api/v1/notifications/sinks/{name}/enable" => notifications::enable_sink,
 }
 
 /// Admin routes take `Authorization: Bearer <token>`.

@@ -10,13 +10,14 @@ pub use chain::{Anchor, ChainCheck, HASH_VERSION, Verdict, chain_hash};
 
 use crate::domain::gate::{self, JobGate, Opening, Seen};
 use crate::domain::{
-    Action, AttemptRecord, Event, Job, JobError, Millis, NewJob, Op, Outcome, bounded, now_millis,
+    Action, AttemptRecord, Event, Job, JobError, Millis, NewJob, Op, Outcome, as_rfc3339, bounded,
+    now_millis,
 };
 
 /// Upstream messages and reasons are kept, but bounded.
 pub const MAX_MESSAGE: usize = 1024;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, utoipa::ToSchema)]
 pub enum AuditKind {
     #[serde(rename = "event.received")]
     EventReceived,
@@ -74,10 +75,20 @@ pub enum AuditKind {
     GateBlocked,
     #[serde(rename = "job.freeze_overridden")]
     JobFreezeOverridden,
+    #[serde(rename = "notification.failed")]
+    NotificationFailed,
+    #[serde(rename = "notification.sink_disabled")]
+    NotificationSinkDisabled,
+    #[serde(rename = "notification.sink_enabled")]
+    NotificationSinkEnabled,
+    #[serde(rename = "notification.retried")]
+    NotificationRetried,
+    #[serde(rename = "notification.dropped")]
+    NotificationDropped,
 }
 
 impl AuditKind {
-    pub const ALL: [AuditKind; 28] = [
+    pub const ALL: [AuditKind; 33] = [
         AuditKind::EventReceived,
         AuditKind::EventDuplicate,
         AuditKind::EventRejected,
@@ -106,6 +117,11 @@ impl AuditKind {
         AuditKind::GateConditionMet,
         AuditKind::GateBlocked,
         AuditKind::JobFreezeOverridden,
+        AuditKind::NotificationFailed,
+        AuditKind::NotificationSinkDisabled,
+        AuditKind::NotificationSinkEnabled,
+        AuditKind::NotificationRetried,
+        AuditKind::NotificationDropped,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -138,11 +154,22 @@ impl AuditKind {
             AuditKind::GateConditionMet => "gate.condition_met",
             AuditKind::GateBlocked => "gate.blocked",
             AuditKind::JobFreezeOverridden => "job.freeze_overridden",
+            AuditKind::NotificationFailed => "notification.failed",
+            AuditKind::NotificationSinkDisabled => "notification.sink_disabled",
+            AuditKind::NotificationSinkEnabled => "notification.sink_enabled",
+            AuditKind::NotificationRetried => "notification.retried",
+            AuditKind::NotificationDropped => "notification.dropped",
         }
     }
 
     pub fn parse(s: &str) -> Option<AuditKind> {
         AuditKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// Whether a record of this kind can be notified (SPEC §10): records about
+    /// notifications themselves cannot, so a sink that fails cannot feed itself.
+    pub fn notifiable(self) -> bool {
+        !self.as_str().starts_with("notification.")
     }
 }
 
@@ -440,6 +467,14 @@ impl AuditEntry {
         ))
     }
 
+    /// A notification's fate worth the record (SPEC §10), or its sink's (`job_id`
+    /// then absent): who, and what happened, in `message`.
+    pub fn notification(kind: AuditKind, actor: &str, job_id: Option<&str>, message: &str) -> Self {
+        let mut e = AuditEntry::new(kind, actor).saying(message);
+        e.job_id = job_id.map(str::to_string);
+        e
+    }
+
     /// A target's circuit breaker changed state.
     pub fn circuit(kind: AuditKind, target: &str, message: &str) -> Self {
         let mut e = AuditEntry::new(kind, "worker").saying(message);
@@ -549,8 +584,4 @@ impl AuditEntry {
         }
         e
     }
-}
-
-fn as_rfc3339<S: serde::Serializer>(ms: &Millis, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&crate::domain::rfc3339(*ms))
 }

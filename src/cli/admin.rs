@@ -116,6 +116,31 @@ pub enum FreezeCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum NotificationsCommand {
+    /// List notifications, newest first.
+    List {
+        /// `pending`, `delivered`, `failed` or `dropped`.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        sink: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Send a failed notification again, its retry schedule from the start.
+    Retry { id: String },
+    /// The configured sinks and which a 410 Gone disabled.
+    Sinks {
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Enable a sink a 410 Gone disabled.
+    Enable { sink: String },
+}
+
 /// A server that does not accept within this long is not there.
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -254,6 +279,59 @@ impl Client {
 }
 
 impl Client {
+    pub fn notifications(&self, command: NotificationsCommand) -> Result<(), Failure> {
+        match command {
+            NotificationsCommand::List {
+                state,
+                sink,
+                limit,
+                output,
+            } => {
+                let mut query = vec![("limit", limit.to_string())];
+                query.extend(state.map(|s| ("state", s)));
+                query.extend(sink.map(|s| ("sink", s)));
+                let page = self.call(reqwest::Method::GET, "/api/v1/notifications", &query)?;
+                let list = page["notifications"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                match output {
+                    Output::Json => list.iter().for_each(|n| println!("{n}")),
+                    Output::Table => print_notifications(&list),
+                }
+            }
+            NotificationsCommand::Retry { id } => {
+                let path = format!("/api/v1/notifications/{id}/retry");
+                let n = self.call(reqwest::Method::POST, &path, &[])?;
+                println!("notification {id} is {}", text(&n["state"]));
+            }
+            NotificationsCommand::Sinks { output } => {
+                let answer = self.call(reqwest::Method::GET, "/api/v1/notifications/sinks", &[])?;
+                let sinks = answer["sinks"].as_array().cloned().unwrap_or_default();
+                match output {
+                    Output::Json => sinks.iter().for_each(|s| println!("{s}")),
+                    Output::Table => {
+                        println!("{:<24}  {:<18}  DISABLED SINCE", "NAME", "FORMAT");
+                        for s in &sinks {
+                            println!(
+                                "{:<24}  {:<18}  {}",
+                                text(&s["name"]),
+                                text(&s["format"]),
+                                text(&s["disabled_at"])
+                            );
+                        }
+                    }
+                }
+            }
+            NotificationsCommand::Enable { sink } => {
+                let path = format!("/api/v1/notifications/sinks/{sink}/enable");
+                self.call(reqwest::Method::POST, &path, &[])?;
+                println!("sink {sink} is enabled");
+            }
+        }
+        Ok(())
+    }
+
     pub fn freeze(&self, command: FreezeCommand) -> Result<(), Failure> {
         match command {
             FreezeCommand::Start {
@@ -428,6 +506,25 @@ fn print_freezes(freezes: &[Value]) {
             list(&f["to_repos"]),
             list(&f["targets"]),
             text(&f["reason"]),
+        );
+    }
+}
+
+fn print_notifications(list: &[Value]) {
+    println!(
+        "{:<30}  {:<18}  {:<22}  {:<9}  {:>5}  {:<26}  LAST ERROR",
+        "ID", "SINK", "TYPE", "STATE", "TRIES", "JOB"
+    );
+    for n in list {
+        println!(
+            "{:<30}  {:<18}  {:<22}  {:<9}  {:>5}  {:<26}  {}",
+            text(&n["id"]),
+            text(&n["sink"]),
+            text(&n["type"]),
+            text(&n["state"]),
+            text(&n["tries"]),
+            text(&n["job_id"]),
+            text(&n["last_error"]),
         );
     }
 }

@@ -93,6 +93,9 @@ enum Command {
     /// Start, end and list freeze windows on a running server.
     #[command(subcommand)]
     Freeze(admin::FreezeCommand),
+    /// List and retry notifications, and enable sinks, on a running server.
+    #[command(subcommand)]
+    Notifications(admin::NotificationsCommand),
     /// Print the headers a source's scheme expects for a body, one `Name: value` per
     /// line, signed with the source's first secret (for curl and for testing senders);
     /// for a `url-token` source, the `URL:` to post to, under `--url`.
@@ -151,6 +154,10 @@ pub fn main() -> ExitCode {
             .and_then(|c| c.audit(command)),
         Command::Freeze(command) => admin::Client::new(&cli.url, cli.token.as_deref(), cli.timeout)
             .and_then(|c| c.freeze(command)),
+        Command::Notifications(command) => {
+            admin::Client::new(&cli.url, cli.token.as_deref(), cli.timeout)
+                .and_then(|c| c.notifications(command))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

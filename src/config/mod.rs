@@ -4,6 +4,7 @@
 //! Loading never stops at the first problem it can survive: `gantry check` wants every
 //! problem in one run, each named by the source/target/rule and key it concerns.
 
+mod notifications;
 mod raw;
 pub mod secret;
 mod store_url;
@@ -21,6 +22,7 @@ use crate::domain::destinations::Destinations;
 use crate::domain::freeze::{self, Freeze};
 use crate::domain::protection::Protection;
 
+pub use notifications::{NotificationConfig, NotificationFormat, SigningKey, SinkUrl};
 pub use raw::{OneOrMany, RawAction, RawCondition, RawMatch, RawRule};
 pub use secret::Secret;
 pub use store_url::{PostgresUrl, StoreUrl};
@@ -190,6 +192,8 @@ pub struct Config {
     pub freezes: Vec<Freeze>,
     /// `[[protections]]`, checked (`domain::protection`).
     pub protections: Vec<Protection>,
+    /// `[[notifications]]` (SPEC §10).
+    pub notifications: Vec<NotificationConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -198,6 +202,8 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// How long running attempts may take to finish after SIGTERM.
     pub shutdown_grace: Duration,
+    /// Where people reach this gantry (links in notifications), without a trailing `/`.
+    pub public_url: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -663,12 +669,37 @@ fn validate(
     check_approvers(&raw.rules, &raw.admin.tokens, problems);
     let freezes = check_freezes(&raw.freezes, &raw.targets, problems);
     let protections = check_protections(&raw.protections, &raw.targets, problems);
+    check_names(
+        "notifications",
+        raw.notifications.iter().map(|n| n.name.as_str()),
+        problems,
+    );
+    let rule_names = raw.rules.iter().map(|r| r.name.as_str()).collect();
+    let notifications =
+        notifications::check_notifications(&raw.notifications, &rule_names, &resolve, problems);
+    let public_url = raw
+        .server
+        .public_url
+        .as_deref()
+        .and_then(|u| match reqwest::Url::parse(u) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
+                Some(url.as_str().trim_end_matches('/').to_string())
+            }
+            _ => {
+                problems.push(Problem::error(
+                    "server.public_url",
+                    format!("`{u}` is not an absolute http(s) URL"),
+                ));
+                None
+            }
+        });
 
     Some(Config {
         server: ServerConfig {
             listen: listen?,
             max_body_bytes: usize::try_from(raw.server.max_body_bytes).unwrap_or(usize::MAX),
             shutdown_grace: raw.server.shutdown_grace,
+            public_url,
         },
         store: store?,
         defaults: Defaults {
@@ -689,6 +720,7 @@ fn validate(
         rules,
         freezes,
         protections,
+        notifications,
     })
 }
 

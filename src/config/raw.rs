@@ -29,6 +29,8 @@ pub struct RawConfig {
     pub freezes: Vec<RawFreeze>,
     #[serde(default)]
     pub protections: Vec<RawProtection>,
+    #[serde(default)]
+    pub notifications: Vec<super::notifications::RawNotification>,
 }
 
 /// `[[protections]]` (SPEC §9): approval and soak every job promoting to the
@@ -51,6 +53,8 @@ pub struct RawServer {
     pub max_body_bytes: u64,
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Where people reach this gantry; links in notifications point there.
+    pub public_url: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

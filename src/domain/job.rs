@@ -265,13 +265,13 @@ impl NewJob {
 }
 
 /// An optional instant as RFC 3339.
-pub(super) fn opt_rfc3339<S: Serializer>(ms: &Option<Millis>, s: S) -> Result<S::Ok, S::Error> {
+pub fn opt_rfc3339<S: Serializer>(ms: &Option<Millis>, s: S) -> Result<S::Ok, S::Error> {
     match ms {
         Some(ms) => as_rfc3339(ms, s),
         None => s.serialize_none(),
     }
 }
 
-pub(super) fn as_rfc3339<S: Serializer>(ms: &Millis, s: S) -> Result<S::Ok, S::Error> {
+pub fn as_rfc3339<S: Serializer>(ms: &Millis, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&super::rfc3339(*ms))
 }

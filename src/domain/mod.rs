@@ -15,7 +15,9 @@ pub use action::{
     Action, BuildPromotion, BuildRef, BuildTarget, BundleRef, Environment, ImageRef, ItemRef, Op,
 };
 pub use event::{Event, Subject};
-pub use job::{AttemptRecord, Job, JobError, JobErrorCode, JobState, NewJob, Outcome};
+pub use job::{
+    AttemptRecord, Job, JobError, JobErrorCode, JobState, NewJob, Outcome, as_rfc3339, opt_rfc3339,
+};
 pub use lifecycle::{Forbidden, JobEvent, Step};
 
 /// The key a promotion's result is known by, shared by a job's output and an

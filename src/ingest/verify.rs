@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use hmac::{KeyInit, Mac};
 use secrecy::{ExposeSecret, SecretSlice};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -14,8 +13,10 @@ use subtle::ConstantTimeEq;
 use super::Headers;
 use super::oidc::Oidc;
 use crate::config::{Encoding, SchemeKind, VerifyConfig};
-
-type HmacSha256 = hmac::Hmac<Sha256>;
+use crate::signing::{
+    hmac_matches, hmac_sha256, standard_webhooks_content, standard_webhooks_key,
+    standard_webhooks_tag,
+};
 
 /// GitHub's signature and delivery headers.
 const GITHUB_SIGNATURE: &str = "X-Hub-Signature-256";
@@ -274,7 +275,7 @@ impl Verifier {
                 if now.abs_diff(ts) > tolerance.as_secs() {
                     return Err(VerifyError::Stale);
                 }
-                let signed = [id.as_bytes(), b".", timestamp.trim().as_bytes(), b".", body];
+                let signed = standard_webhooks_content(id, timestamp.trim(), body);
                 let candidates: Vec<Vec<u8>> = signatures
                     .split_whitespace()
                     .filter_map(|s| s.strip_prefix("v1,"))
@@ -381,10 +382,7 @@ impl Verifier {
             }
             Scheme::StandardWebhooks { .. } => {
                 let ts = now.to_string();
-                let tag = hmac_sha256(
-                    key.bytes(),
-                    &[id.as_bytes(), b".", ts.as_bytes(), b".", body],
-                );
+                let tag = standard_webhooks_tag(key.bytes(), id, &ts, body);
                 vec![
                     (SW_ID[0].into(), id.to_string()),
                     (SW_TIMESTAMP[0].into(), ts),
@@ -437,42 +435,12 @@ fn query_param<'q>(query: &'q str, param: &str) -> Result<Cow<'q, str>, VerifyEr
     }
 }
 
-/// `whsec_<base64>` (the prefix is optional, as in the reference libraries).
-fn standard_webhooks_key(secret: &str) -> Result<Vec<u8>, String> {
-    let encoded = secret.strip_prefix("whsec_").unwrap_or(secret);
-    match BASE64.decode(encoded) {
-        Ok(key) if !key.is_empty() => Ok(key),
-        _ => Err("a Standard Webhooks secret is `whsec_` followed by base64".into()),
-    }
-}
-
 fn decode(encoded: &str, encoding: Encoding) -> Option<Vec<u8>> {
     match encoding {
         // `hex` accepts both cases: signatures are compared as bytes.
         Encoding::Hex => hex::decode(encoded).ok(),
         Encoding::Base64 => BASE64.decode(encoded).ok(),
     }
-}
-
-/// HMAC-SHA256 over the concatenated parts. HMAC accepts keys of any length, so
-/// `None` never happens in practice; it keeps this total without a panic path.
-fn mac(key: &[u8], parts: &[&[u8]]) -> Option<HmacSha256> {
-    let mut mac = <HmacSha256 as KeyInit>::new_from_slice(key).ok()?;
-    for p in parts {
-        mac.update(p);
-    }
-    Some(mac)
-}
-
-fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
-    mac(key, parts)
-        .map(|m| m.finalize().into_bytes().to_vec())
-        .unwrap_or_default()
-}
-
-fn hmac_matches(key: &[u8], parts: &[&[u8]], signature: &[u8]) -> bool {
-    // `verify_slice` compares in constant time.
-    mac(key, parts).is_some_and(|m| m.verify_slice(signature).is_ok())
 }
 
 /// Constant-time equality that also hides the length of the secret: both sides are

@@ -1,6 +1,7 @@
 //! Durable state behind one trait of domain verbs, so the rest of gantry never sees
 //! SQL and a second engine is a second implementation, not a rewrite.
 
+mod outbox;
 mod postgres;
 mod rows;
 mod sqlite;
@@ -25,6 +26,7 @@ use crate::domain::lifecycle::Requires;
 use crate::domain::{
     AttemptRecord, Event, Forbidden, Job, JobError, JobEvent, JobState, Millis, NewJob, Outcome,
 };
+use crate::notify::{DeliveryReport, Leased, Notification, NotificationState, Routes};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -305,6 +307,41 @@ pub struct Pruned {
     pub deliveries: u64,
 }
 
+#[derive(Debug, Clone, Default)]
+pub struct NotificationFilter {
+    pub state: Option<NotificationState>,
+    pub sink: Option<String>,
+    /// Cursor: only notifications made before this one (ids sort by time).
+    pub before: Option<String>,
+    pub limit: usize,
+}
+
+/// What became of an operator's retry of a notification.
+#[derive(Debug, Clone)]
+pub enum NotificationRetry {
+    /// Pending again, due now, its schedule from the start.
+    Done(Box<Notification>),
+    NotFound,
+    /// Only a failed notification is retried; it is in this state.
+    Conflict(NotificationState),
+}
+
+/// A sink a 410 Gone disabled, and since when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DisabledSink {
+    pub name: String,
+    pub since: Millis,
+}
+
+/// What loading a config did to the outbox ([`Store::settle_sinks`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SinksSettled {
+    /// Pending notifications of sinks the config no longer has, dropped.
+    pub dropped: u64,
+    /// Sinks a 410 had disabled, enabled again.
+    pub enabled: u64,
+}
+
 /// What `/metrics` shows of the queue.
 #[derive(Debug, Clone, Default)]
 pub struct QueueStats {
@@ -481,6 +518,51 @@ pub trait Store: Send + Sync {
 
     /// Jobs by state and the oldest one waiting, for the metrics scrape.
     async fn queue_stats(&self) -> Result<QueueStats, StoreError>;
+
+    /// Installs where audit records are notified (SPEC §10): from then on, every
+    /// write that appends audit records adds the notifications they make to the
+    /// outbox in its own transaction.
+    fn set_routes(&self, routes: Arc<Routes>);
+
+    /// Leases up to `max` due notifications of `sink` to `worker` for `lease` (none
+    /// while the sink is disabled); each lease counts a try.
+    async fn lease_notifications(
+        &self,
+        sink: &str,
+        worker: &str,
+        max: usize,
+        lease: Duration,
+    ) -> Result<Vec<Leased>, StoreError>;
+
+    /// When `sink`'s next pending notification is due (none while it is disabled).
+    async fn next_notification(&self, sink: &str) -> Result<Option<Millis>, StoreError>;
+
+    /// Records a try's verdict (and `notification.failed` or
+    /// `notification.sink_disabled` with it); `false`, nothing written, when the
+    /// deliverer no longer held the lease.
+    async fn record_delivery(&self, report: DeliveryReport) -> Result<bool, StoreError>;
+
+    async fn notifications(
+        &self,
+        filter: NotificationFilter,
+    ) -> Result<Page<Notification>, StoreError>;
+
+    /// An operator's retry of a failed notification, on the record.
+    async fn retry_notification(
+        &self,
+        id: &str,
+        actor: &str,
+    ) -> Result<NotificationRetry, StoreError>;
+
+    /// Enables a sink a 410 disabled, on the record; `false` when it was not disabled.
+    async fn enable_sink(&self, name: &str, actor: &str) -> Result<bool, StoreError>;
+
+    async fn disabled_sinks(&self) -> Result<Vec<DisabledSink>, StoreError>;
+
+    /// On loading a config whose sinks are `configured`: drops the pending
+    /// notifications of every other sink and enables the disabled ones, each on the
+    /// record.
+    async fn settle_sinks(&self, configured: &[String]) -> Result<SinksSettled, StoreError>;
 
     /// Answers when the store can serve requests (for `/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;

@@ -28,6 +28,7 @@ use std::pin::pin;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use deadpool_postgres::{
     Client, GenericClient, Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime,
@@ -39,6 +40,12 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{AsyncMessage, NoTls, Row};
 
 use super::OverrideOutcome;
+use super::outbox::{
+    DISABLE_SINK, DISABLED_SINKS, DROP_SINK, ENABLE_SINK, NEXT_DUE, NOTIFICATION_STATE,
+    OUTBOX_MIGRATION, PENDING_BY_SINK, RECORD_TRY, REVIVE, dropped_record, enabled_record,
+    notification_lease_sql, notification_sql, read_leased, read_notification, retried_record,
+    row_after, verdict_record,
+};
 use super::rows::{
     APPROVAL_COLUMNS, ATTEMPT_COLUMNS, AUDIT_COLUMNS, Arg, BallotLanding, CLAIMS_MIGRATION,
     Columns, EMITTED, EVENT_COLUMNS, EVENTS_PAGE_BYTES_COLUMN, EchoProbe, FREEZE_COLUMNS,
@@ -46,9 +53,9 @@ use super::rows::{
     Landing, Listing, Opened, SEEN_COLUMNS, SYSTEM_ACTOR, attempt_values, audit_listing, chain_sql,
     checkpoints_sql, claims_text, events_listing, events_page, expiry, freeze_scope, gate_locks,
     gate_revival, gate_text, job_state, jobs_listing, lease_expired, leased_move, millis, narrow,
-    operator_move, page, payload_text, read_approval, read_attempt, read_audit, read_event,
-    read_freeze, read_job, read_seen, revival, rule_removed, sql_limit, start_freeze_sql,
-    stored_count,
+    notifications_listing, operator_move, page, payload_text, read_approval, read_attempt,
+    read_audit, read_event, read_freeze, read_job, read_seen, revival, rule_removed, sql_limit,
+    start_freeze_sql, stored_count,
 };
 use super::rows::{
     OverrideLanding, SET_FREEZE_OVERRIDE, SET_FROZEN, SET_PROTECTED, frozen_names, policy_text,
@@ -58,12 +65,16 @@ use super::{
     IngestPolicy, JobFilter, JobRef, JobSummary, LeasedJob, NewEvent, OperatorAction,
     OperatorOutcome, Page, Pruned, QueueStats, Release, Store, StoreError, StoredEvent, Transition,
 };
+use super::{DisabledSink, NotificationFilter, NotificationRetry, SinksSettled};
 use crate::audit::{Anchor, AuditEntry, AuditRecord, GENESIS, HASH_VERSION, chain_hash};
 use crate::config::PostgresUrl;
 use crate::domain::approval::{Approval, Ballot};
 use crate::domain::freeze::{OverrideRequest, RuntimeFreeze};
 use crate::domain::gate::Evidence;
 use crate::domain::{AttemptRecord, Event, Job, JobState, Millis, NewJob, now_millis};
+use crate::notify::{
+    DeliveryReport, Leased, Letter, Notification, NotificationState, Routes, Verdict,
+};
 
 /// Connections per store instance (per replica). Each operation holds one only for
 /// its own statements, so a dozen serves the HTTP handlers and eight workers, and
@@ -228,6 +239,7 @@ ALTER TABLE jobs ADD COLUMN frozen_until BIGINT;
 ALTER TABLE jobs ADD COLUMN freeze_override TEXT;
 "#,
     CLAIMS_MIGRATION,
+    OUTBOX_MIGRATION,
 ];
 
 /// The store on a PostgreSQL database that several replicas share.
@@ -237,6 +249,8 @@ pub struct PostgresStore {
     /// The payload of this instance's notifications: `{schema} {instance id}`.
     notice: String,
     _listener: Listener,
+    /// Where audit records are notified (SPEC §10), read at each commit.
+    routes: ArcSwap<Routes>,
 }
 
 /// What a write transaction does at its commit: the audit records to chain, and
@@ -365,6 +379,7 @@ impl PostgresStore {
             signal,
             notice,
             _listener: listener,
+            routes: ArcSwap::from_pointee(Routes::default()),
         })
     }
 
@@ -393,19 +408,26 @@ impl PostgresStore {
             .collect()
     }
 
-    /// Chains the transaction's audit records, sends the wake-up, commits, and wakes
-    /// this instance's own workers at once.
+    /// Chains the transaction's audit records, adds the notifications they make to
+    /// the outbox (SPEC §10), sends the wake-up, commits, and wakes this instance's
+    /// own workers and deliverers at once.
     async fn commit(&self, tx: Transaction<'_>, w: Writes) -> Result<(), StoreError> {
+        let routes = self.routes.load();
+        let posting = !routes.is_empty() && w.audit.iter().any(|e| routes.wants(e));
+        let wake = w.wake || posting;
         let notify = async {
-            if w.wake {
+            if wake {
                 let sql = "SELECT pg_notify($1, $2)";
                 execute(&tx, sql, &[&CHANNEL, &self.notice]).await?;
             }
             Ok(())
         };
-        tokio::try_join!(notify, append(&tx, &w.audit))?;
+        let ((), first) = tokio::try_join!(notify, append(&tx, &w.audit))?;
+        if posting {
+            post_letters(&tx, &routes, first, &w.audit).await?;
+        }
         tx.commit().await.map_err(unavailable)?;
-        if w.wake {
+        if wake {
             self.signal.notify_waiters();
         }
         Ok(())
@@ -482,12 +504,14 @@ async fn lock_head(tx: &Transaction<'_>) -> Result<(i64, String), StoreError> {
     Ok((head.int(0)?, head.text(1)?))
 }
 
-/// Appends `entries` to the audit chain, in order, under the head's lock.
-async fn append(tx: &Transaction<'_>, entries: &[AuditEntry]) -> Result<(), StoreError> {
+/// Appends `entries` to the audit chain, in order, under the head's lock; the first
+/// one's sequence number.
+async fn append(tx: &Transaction<'_>, entries: &[AuditEntry]) -> Result<i64, StoreError> {
     if entries.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
     let (mut seq, mut prev) = lock_head(tx).await?;
+    let first = seq + 1;
     let mut c = AuditColumns::default();
     for e in entries {
         seq += 1;
@@ -556,6 +580,52 @@ async fn append(tx: &Transaction<'_>, entries: &[AuditEntry]) -> Result<(), Stor
             &seq,
             &prev,
         ],
+    )
+    .await?;
+    Ok(first)
+}
+
+/// Adds to the outbox the notifications `entries` make (the first numbered
+/// `first`), rendered with their jobs as the transaction left them, in one insert.
+async fn post_letters(
+    tx: &Transaction<'_>,
+    routes: &Routes,
+    first: i64,
+    entries: &[AuditEntry],
+) -> Result<(), StoreError> {
+    let mut jobs: HashMap<String, Option<Job>> = HashMap::new();
+    let mut letters: Vec<Letter> = Vec::new();
+    for (seq, e) in (first..).zip(entries) {
+        if !routes.wants(e) {
+            continue;
+        }
+        let job = match &e.job_id {
+            Some(id) => {
+                if !jobs.contains_key(id) {
+                    jobs.insert(id.clone(), load_job(tx, id, false).await?);
+                }
+                jobs.get(id).and_then(Option::as_ref)
+            }
+            None => None,
+        };
+        letters.extend(routes.letters(seq, e, job));
+    }
+    let ids: Vec<&str> = letters.iter().map(|l| l.id.as_str()).collect();
+    let sinks: Vec<&str> = letters.iter().map(|l| l.sink.as_str()).collect();
+    let kinds: Vec<&str> = letters.iter().map(|l| l.kind.as_str()).collect();
+    let job_ids: Vec<Option<&str>> = letters.iter().map(|l| l.job_id.as_deref()).collect();
+    let seqs: Vec<i64> = letters.iter().map(|l| l.sequence).collect();
+    let bodies: Vec<&str> = letters.iter().map(|l| l.body.as_str()).collect();
+    let at: Vec<i64> = letters.iter().map(|l| l.created_at).collect();
+    let sql = "INSERT INTO notifications (id, sink, kind, job_id, sequence, body, state, tries,
+            next_at, created_at, updated_at)
+        SELECT id, sink, kind, job_id, seq, body, 'pending', 0, at, at, at
+        FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[],
+            $7::bigint[]) AS l(id, sink, kind, job_id, seq, body, at)";
+    execute(
+        tx,
+        sql,
+        &[&ids, &sinks, &kinds, &job_ids, &seqs, &bodies, &at],
     )
     .await?;
     Ok(())
@@ -1756,6 +1826,177 @@ impl Store for PostgresStore {
 
     fn work_signal(&self) -> Arc<Notify> {
         self.signal.clone()
+    }
+
+    fn set_routes(&self, routes: Arc<Routes>) {
+        self.routes.store(routes);
+    }
+
+    async fn lease_notifications(
+        &self,
+        sink: &str,
+        worker: &str,
+        max: usize,
+        lease: Duration,
+    ) -> Result<Vec<Leased>, StoreError> {
+        static LEASE: LazyLock<String> =
+            LazyLock::new(|| notification_lease_sql(" FOR UPDATE SKIP LOCKED"));
+        let client = self.client().await?;
+        let now = now_millis();
+        let until = now.saturating_add(millis(lease));
+        let rows = query(
+            &client,
+            &LEASE,
+            &[&worker, &until, &now, &sink, &sql_limit(max)],
+        )
+        .await?;
+        rows.iter().map(read_leased).collect()
+    }
+
+    async fn next_notification(&self, sink: &str) -> Result<Option<Millis>, StoreError> {
+        let client = self.client().await?;
+        let row = query_opt(&client, NEXT_DUE, &[&sink]).await?;
+        Ok(row.map(|r| r.int_opt(0)).transpose()?.flatten())
+    }
+
+    async fn record_delivery(&self, report: DeliveryReport) -> Result<bool, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(unavailable)?;
+        let now = now_millis();
+        let (state, next_at) = row_after(report.judged.verdict, now);
+        let status = report.judged.status.map(i64::from);
+        let try_n = i64::from(report.try_n);
+        let written = execute(
+            &tx,
+            RECORD_TRY,
+            &[
+                &state.as_str(),
+                &next_at,
+                &status,
+                &report.judged.error,
+                &now,
+                &report.id,
+                &report.worker,
+                &try_n,
+            ],
+        )
+        .await?;
+        if written == 0 {
+            return Ok(false);
+        }
+        let newly_disabled = report.judged.verdict == Verdict::Gone
+            && execute(&tx, DISABLE_SINK, &[&report.sink, &now]).await? == 1;
+        let w = Writes {
+            audit: verdict_record(&report, newly_disabled)
+                .into_iter()
+                .collect(),
+            wake: false,
+        };
+        self.commit(tx, w).await?;
+        Ok(true)
+    }
+
+    async fn notifications(
+        &self,
+        filter: NotificationFilter,
+    ) -> Result<Page<Notification>, StoreError> {
+        let client = self.client().await?;
+        let q = notifications_listing(&filter, param);
+        let items = listed(&client, &q, read_notification).await?;
+        Ok(page(items, filter.limit, |n| n.id.clone()))
+    }
+
+    async fn retry_notification(
+        &self,
+        id: &str,
+        actor: &str,
+    ) -> Result<NotificationRetry, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(unavailable)?;
+        let locked = format!("{NOTIFICATION_STATE} FOR UPDATE");
+        let Some(row) = query_opt(&tx, &locked, &[&id]).await? else {
+            return Ok(NotificationRetry::NotFound);
+        };
+        let state = row.text(0)?;
+        match NotificationState::parse(&state) {
+            Some(NotificationState::Failed) => {}
+            Some(other) => return Ok(NotificationRetry::Conflict(other)),
+            None => {
+                return Err(StoreError::Corrupt(format!(
+                    "notification {id} state {state}"
+                )));
+            }
+        }
+        execute(&tx, REVIVE, &[&id, &now_millis()]).await?;
+        let n = query_opt(&tx, &notification_sql(), &[&id])
+            .await?
+            .map(|r| read_notification(&r))
+            .transpose()?
+            .ok_or_else(|| StoreError::Corrupt(format!("notification {id} vanished")))?;
+        let w = Writes {
+            audit: vec![retried_record(&n, actor)],
+            wake: true,
+        };
+        self.commit(tx, w).await?;
+        Ok(NotificationRetry::Done(Box::new(n)))
+    }
+
+    async fn enable_sink(&self, name: &str, actor: &str) -> Result<bool, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(unavailable)?;
+        if execute(&tx, ENABLE_SINK, &[&name]).await? == 0 {
+            return Ok(false);
+        }
+        let w = Writes {
+            audit: vec![enabled_record(name, actor)],
+            wake: true,
+        };
+        self.commit(tx, w).await?;
+        Ok(true)
+    }
+
+    async fn disabled_sinks(&self) -> Result<Vec<DisabledSink>, StoreError> {
+        let client = self.client().await?;
+        query(&client, DISABLED_SINKS, &[])
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(DisabledSink {
+                    name: r.text(0)?,
+                    since: r.int(1)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn settle_sinks(&self, configured: &[String]) -> Result<SinksSettled, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(unavailable)?;
+        // Replicas starting together settle one after the other.
+        execute(&tx, "LOCK TABLE notification_sinks IN EXCLUSIVE MODE", &[]).await?;
+        let now = now_millis();
+        let mut settled = SinksSettled::default();
+        let mut w = Writes::default();
+        for r in query(&tx, PENDING_BY_SINK, &[]).await? {
+            let (sink, count) = (r.text(0)?, r.int(1)?);
+            if configured.contains(&sink) {
+                continue;
+            }
+            execute(&tx, DROP_SINK, &[&sink, &now]).await?;
+            w.audit.push(dropped_record(&sink, count));
+            settled.dropped += u64::try_from(count).unwrap_or(0);
+        }
+        for r in query(&tx, DISABLED_SINKS, &[]).await? {
+            let sink = r.text(0)?;
+            execute(&tx, ENABLE_SINK, &[&sink]).await?;
+            if configured.contains(&sink) {
+                w.audit.push(enabled_record(&sink, "config"));
+                settled.enabled += 1;
+                w.wake = true;
+            }
+        }
+        self.commit(tx, w).await?;
+        Ok(settled)
     }
 }
 

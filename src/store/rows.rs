@@ -7,9 +7,10 @@
 use std::borrow::Cow;
 use std::time::Duration;
 
+use super::outbox::NOTIFICATION_COLUMNS;
 use super::{
-    AttemptReport, AuditFilter, EventFilter, IngestPolicy, JobFilter, NewEvent, OperatorAction,
-    Page, StoreError, StoredEvent, Transition,
+    AttemptReport, AuditFilter, EventFilter, IngestPolicy, JobFilter, NewEvent, NotificationFilter,
+    OperatorAction, Page, StoreError, StoredEvent, Transition,
 };
 use crate::audit::{AuditEntry, AuditKind, AuditRecord};
 use crate::domain::approval::{
@@ -764,6 +765,18 @@ impl Listing {
         self.sql.push_str(&format!(" ORDER BY {order} LIMIT {p}"));
         self
     }
+}
+
+/// Notifications, newest first (SPEC §10).
+pub(super) fn notifications_listing(f: &NotificationFilter, param: fn(usize) -> String) -> Listing {
+    let mut q = Listing::new(
+        format!("SELECT {NOTIFICATION_COLUMNS} FROM notifications"),
+        param,
+    );
+    q.and_text("state =", f.state.map(|s| s.as_str().to_string()));
+    q.and_text("sink =", f.sink.clone());
+    q.and_text("id <", f.before.clone());
+    q.order_limit("id DESC", f.limit)
 }
 
 /// A page of events holds at most about this many bytes of payloads: a thousand

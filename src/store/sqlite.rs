@@ -7,11 +7,13 @@
 //! it. Reads run on a separate connection and thread; WAL lets
 //! them proceed while the writer commits.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use rusqlite::config::DbConfig;
 use rusqlite::types::Value as SqlValue;
@@ -19,15 +21,22 @@ use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 use tokio::sync::{Notify, oneshot};
 
 use super::OverrideOutcome;
+use super::outbox::{
+    DISABLE_SINK, DISABLED_SINKS, DROP_SINK, ENABLE_SINK, INSERT_LETTER, NEXT_DUE,
+    NOTIFICATION_STATE, OUTBOX_MIGRATION, PENDING_BY_SINK, RECORD_TRY, REVIVE, dropped_record,
+    enabled_record, notification_lease_sql, notification_sql, read_leased, read_notification,
+    retried_record, row_after, sqlite_params, verdict_record,
+};
 use super::rows::{
     APPROVAL_COLUMNS, ATTEMPT_COLUMNS, AUDIT_COLUMNS, Arg, BallotLanding, CLAIMS_MIGRATION,
     Columns, EMITTED, EVENT_COLUMNS, EVENTS_PAGE_BYTES_COLUMN, EchoProbe, FREEZE_COLUMNS,
     FROZEN_DUE_NOW, GATES_MIGRATION, GateLanding, JOB_COLUMNS, JobInsert, Landing, Opened,
     SEEN_COLUMNS, SYSTEM_ACTOR, attempt_values, audit_listing, chain_sql, checkpoints_sql,
     claims_text, events_listing, events_page, expiry, freeze_scope, gate_revival, gate_text,
-    job_state, jobs_listing, lease_expired, leased_move, millis, operator_move, page, payload_text,
-    read_approval, read_attempt, read_audit, read_event, read_freeze, read_job, read_seen, revival,
-    rule_removed, sql_limit, start_freeze_sql, stored_count,
+    job_state, jobs_listing, lease_expired, leased_move, millis, notifications_listing,
+    operator_move, page, payload_text, read_approval, read_attempt, read_audit, read_event,
+    read_freeze, read_job, read_seen, revival, rule_removed, sql_limit, start_freeze_sql,
+    stored_count,
 };
 use super::rows::{
     OverrideLanding, SET_FREEZE_OVERRIDE, SET_FROZEN, SET_PROTECTED, frozen_names, policy_text,
@@ -37,11 +46,13 @@ use super::{
     IngestPolicy, JobFilter, JobRef, JobSummary, LeasedJob, NewEvent, OperatorAction,
     OperatorOutcome, Page, Pruned, QueueStats, Release, Store, StoreError, StoredEvent, Transition,
 };
+use super::{DisabledSink, NotificationFilter, NotificationRetry, SinksSettled};
 use crate::audit::{Anchor, AuditEntry, AuditRecord, GENESIS, HASH_VERSION, chain_hash};
 use crate::domain::approval::{Approval, Ballot};
 use crate::domain::freeze::{OverrideRequest, RuntimeFreeze};
 use crate::domain::gate::{Evidence, Seen};
 use crate::domain::{AttemptRecord, Event, Job, JobState, Millis, now_millis};
+use crate::notify::{DeliveryReport, Leased, Notification, NotificationState, Routes, Verdict};
 
 /// Most operations committed in one transaction.
 const MAX_BATCH: usize = 512;
@@ -185,12 +196,15 @@ ALTER TABLE jobs ADD COLUMN frozen_until INTEGER;
 ALTER TABLE jobs ADD COLUMN freeze_override TEXT;
 "#,
     CLAIMS_MIGRATION,
+    OUTBOX_MIGRATION,
 ];
 
-/// Per-batch facts the writer acts on after the commit.
+/// Per-batch facts the writer acts on after the commit, and the notification
+/// routes the batch's operations write their outbox by.
 #[derive(Default)]
 struct Batch {
     wake_workers: bool,
+    routes: Arc<Routes>,
 }
 
 /// A write queued for the writer thread. It may run twice: once in its batch's
@@ -214,7 +228,20 @@ where
     F: FnMut(&Connection, &mut Batch) -> Result<T, StoreError> + Send,
 {
     fn run(&mut self, conn: &Connection, batch: &mut Batch) -> bool {
-        let result = (self.f)(conn, batch);
+        let routes = batch.routes.clone();
+        let result = if routes.is_empty() {
+            (self.f)(conn, batch)
+        } else {
+            // Whatever audit records the operation appends, their notifications
+            // join them in its transaction (SPEC §10).
+            audit_head(conn).and_then(|mark| {
+                let value = (self.f)(conn, batch)?;
+                if post_letters(conn, &routes, mark)? {
+                    batch.wake_workers = true;
+                }
+                Ok(value)
+            })
+        };
         let ok = result.is_ok();
         self.result = Some(result);
         ok
@@ -236,6 +263,7 @@ pub struct SqliteStore {
     writer: mpsc::Sender<Box<dyn WriteOp>>,
     reader: mpsc::Sender<ReadOp>,
     signal: Arc<Notify>,
+    routes: Arc<ArcSwap<Routes>>,
 }
 
 fn unavailable(e: rusqlite::Error) -> StoreError {
@@ -268,8 +296,10 @@ impl SqliteStore {
         let (writer, write_rx) = mpsc::channel::<Box<dyn WriteOp>>();
         let (reader, read_rx) = mpsc::channel::<ReadOp>();
         let wake = signal.clone();
+        let routes = Arc::new(ArcSwap::from_pointee(Routes::default()));
+        let writer_routes = routes.clone();
         spawn_thread("gantry-sqlite-writer", move || {
-            writer_loop(&write_conn, &write_rx, &wake)
+            writer_loop(&write_conn, &write_rx, &wake, &writer_routes)
         })?;
         spawn_thread("gantry-sqlite-reader", move || {
             while let Ok(op) = read_rx.recv() {
@@ -280,6 +310,7 @@ impl SqliteStore {
             writer,
             reader,
             signal,
+            routes,
         })
     }
 
@@ -391,7 +422,12 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn writer_loop(conn: &Connection, rx: &mpsc::Receiver<Box<dyn WriteOp>>, signal: &Notify) {
+fn writer_loop(
+    conn: &Connection,
+    rx: &mpsc::Receiver<Box<dyn WriteOp>>,
+    signal: &Notify,
+    routes: &ArcSwap<Routes>,
+) {
     while let Ok(first) = rx.recv() {
         let mut ops = vec![first];
         while ops.len() < MAX_BATCH {
@@ -400,7 +436,8 @@ fn writer_loop(conn: &Connection, rx: &mpsc::Receiver<Box<dyn WriteOp>>, signal:
                 Err(_) => break,
             }
         }
-        match commit_together(conn, &mut ops, signal) {
+        let routes = routes.load_full();
+        match commit_together(conn, &mut ops, signal, &routes) {
             Ok(()) => {
                 for op in ops {
                     op.finish(Ok(()));
@@ -410,11 +447,12 @@ fn writer_loop(conn: &Connection, rx: &mpsc::Receiver<Box<dyn WriteOp>>, signal:
             // so its failure is its own (the commit that did not happen is not).
             Err(Unwound::OpFailed) => {
                 for mut op in ops {
-                    let commit = match commit_together(conn, std::slice::from_mut(&mut op), signal)
-                    {
-                        Err(Unwound::Tx(e)) => Err(e),
-                        Ok(()) | Err(Unwound::OpFailed) => Ok(()),
-                    };
+                    let commit =
+                        match commit_together(conn, std::slice::from_mut(&mut op), signal, &routes)
+                        {
+                            Err(Unwound::Tx(e)) => Err(e),
+                            Ok(()) | Err(Unwound::OpFailed) => Ok(()),
+                        };
                     op.finish(commit);
                 }
             }
@@ -444,13 +482,17 @@ fn commit_together(
     conn: &Connection,
     ops: &mut [Box<dyn WriteOp>],
     signal: &Notify,
+    routes: &Arc<Routes>,
 ) -> Result<(), Unwound> {
     let sql = |sql: &str| {
         conn.execute_batch(sql)
             .map_err(|e| Unwound::Tx(unavailable(e)))
     };
     sql("BEGIN IMMEDIATE")?;
-    let mut batch = Batch::default();
+    let mut batch = Batch {
+        wake_workers: false,
+        routes: routes.clone(),
+    };
     let mut all_ok = true;
     for op in ops.iter_mut() {
         all_ok &= op.run(conn, &mut batch);
@@ -512,6 +554,107 @@ fn append_audit(conn: &Connection, entry: &AuditEntry) -> Result<i64, StoreError
     })
     .map_err(unavailable)?;
     Ok(seq)
+}
+
+/// The last audit record's sequence number (0 for none).
+fn audit_head(conn: &Connection) -> Result<i64, StoreError> {
+    conn.prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM audit")
+        .and_then(|mut s| s.query_row([], |r| r.get(0)))
+        .map_err(unavailable)
+}
+
+/// Adds to the outbox the notifications the audit records after `after` make,
+/// rendered with their jobs as the operation left them; true when it added any.
+fn post_letters(conn: &Connection, routes: &Routes, after: i64) -> Result<bool, StoreError> {
+    let mut wanted = Vec::new();
+    {
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {AUDIT_COLUMNS} FROM audit WHERE seq > ?1 ORDER BY seq"
+            ))
+            .map_err(unavailable)?;
+        let mut rows = stmt.query([after]).map_err(unavailable)?;
+        while let Some(row) = rows.next().map_err(unavailable)? {
+            let record = read_audit(row).map_err(StoreError::Corrupt)?;
+            if routes.wants(&record.entry) {
+                wanted.push(record);
+            }
+        }
+    }
+    let mut jobs: HashMap<String, Option<Job>> = HashMap::new();
+    let mut posted = false;
+    for record in wanted {
+        let job = match &record.entry.job_id {
+            Some(id) => {
+                if !jobs.contains_key(id) {
+                    jobs.insert(id.clone(), load_job(conn, id)?);
+                }
+                jobs.get(id).and_then(Option::as_ref)
+            }
+            None => None,
+        };
+        for l in routes.letters(record.seq, &record.entry, job) {
+            conn.prepare_cached(&sqlite_params(INSERT_LETTER))
+                .and_then(|mut s| {
+                    s.execute(params![
+                        l.id,
+                        l.sink,
+                        l.kind.as_str(),
+                        l.job_id,
+                        l.sequence,
+                        l.body,
+                        l.created_at
+                    ])
+                })
+                .map_err(unavailable)?;
+            posted = true;
+        }
+    }
+    Ok(posted)
+}
+
+/// Records a try's verdict while `report.worker` holds the lease.
+fn record_try(conn: &Connection, report: &DeliveryReport) -> Result<bool, StoreError> {
+    let now = now_millis();
+    let (state, next_at) = row_after(report.judged.verdict, now);
+    let written = conn
+        .prepare_cached(&sqlite_params(RECORD_TRY))
+        .and_then(|mut s| {
+            s.execute(params![
+                state.as_str(),
+                next_at,
+                report.judged.status,
+                report.judged.error,
+                now,
+                report.id,
+                report.worker,
+                report.try_n
+            ])
+        })
+        .map_err(unavailable)?;
+    if written == 0 {
+        return Ok(false);
+    }
+    let newly_disabled = report.judged.verdict == Verdict::Gone
+        && conn
+            .execute(&sqlite_params(DISABLE_SINK), params![report.sink, now])
+            .map_err(unavailable)?
+            == 1;
+    if let Some(entry) = verdict_record(report, newly_disabled) {
+        append_audit(conn, &entry)?;
+    }
+    Ok(true)
+}
+
+fn load_notification(conn: &Connection, id: &str) -> Result<Option<Notification>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(&sqlite_params(&notification_sql()))
+        .map_err(unavailable)?;
+    let mut rows = stmt.query([id]).map_err(unavailable)?;
+    rows.next()
+        .map_err(unavailable)?
+        .map(read_notification)
+        .transpose()
 }
 
 /// The most recent job whose promotion produced what `probe` names.
@@ -1696,6 +1839,168 @@ impl Store for SqliteStore {
 
     fn work_signal(&self) -> Arc<Notify> {
         self.signal.clone()
+    }
+
+    fn set_routes(&self, routes: Arc<Routes>) {
+        self.routes.store(routes);
+    }
+
+    async fn lease_notifications(
+        &self,
+        sink: &str,
+        worker: &str,
+        max: usize,
+        lease: Duration,
+    ) -> Result<Vec<Leased>, StoreError> {
+        let (sink, worker) = (sink.to_string(), worker.to_string());
+        self.write(move |conn, _| {
+            let now = now_millis();
+            let mut stmt = conn
+                .prepare_cached(&sqlite_params(&notification_lease_sql("")))
+                .map_err(unavailable)?;
+            let mut rows = stmt
+                .query(params![
+                    worker,
+                    now.saturating_add(millis(lease)),
+                    now,
+                    sink,
+                    sql_limit(max)
+                ])
+                .map_err(unavailable)?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(unavailable)? {
+                out.push(read_leased(row)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn next_notification(&self, sink: &str) -> Result<Option<Millis>, StoreError> {
+        let sink = sink.to_string();
+        self.read(move |conn| {
+            conn.query_row(&sqlite_params(NEXT_DUE), [sink], |r| r.get(0))
+                .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn record_delivery(&self, report: DeliveryReport) -> Result<bool, StoreError> {
+        self.write(move |conn, _| record_try(conn, &report)).await
+    }
+
+    async fn notifications(
+        &self,
+        filter: NotificationFilter,
+    ) -> Result<Page<Notification>, StoreError> {
+        self.read(move |conn| {
+            let q = notifications_listing(&filter, param);
+            let mut stmt = conn.prepare_cached(&q.sql).map_err(unavailable)?;
+            let mut rows = stmt.query(args(q.args)).map_err(unavailable)?;
+            let mut items = Vec::new();
+            while let Some(row) = rows.next().map_err(unavailable)? {
+                items.push(read_notification(row)?);
+            }
+            Ok(page(items, filter.limit, |n| n.id.clone()))
+        })
+        .await
+    }
+
+    async fn retry_notification(
+        &self,
+        id: &str,
+        actor: &str,
+    ) -> Result<NotificationRetry, StoreError> {
+        let (id, actor) = (id.to_string(), actor.to_string());
+        self.write(move |conn, batch| {
+            let state: Option<String> = conn
+                .query_row(&sqlite_params(NOTIFICATION_STATE), [&id], |r| r.get(0))
+                .optional()
+                .map_err(unavailable)?;
+            match state.as_deref().map(NotificationState::parse) {
+                None => return Ok(NotificationRetry::NotFound),
+                Some(Some(NotificationState::Failed)) => {}
+                Some(Some(other)) => return Ok(NotificationRetry::Conflict(other)),
+                Some(None) => return Err(StoreError::Corrupt(format!("notification {id} state"))),
+            }
+            conn.execute(&sqlite_params(REVIVE), params![id, now_millis()])
+                .map_err(unavailable)?;
+            let n = load_notification(conn, &id)?
+                .ok_or_else(|| StoreError::Corrupt(format!("notification {id} vanished")))?;
+            append_audit(conn, &retried_record(&n, &actor))?;
+            batch.wake_workers = true;
+            Ok(NotificationRetry::Done(Box::new(n)))
+        })
+        .await
+    }
+
+    async fn enable_sink(&self, name: &str, actor: &str) -> Result<bool, StoreError> {
+        let (name, actor) = (name.to_string(), actor.to_string());
+        self.write(move |conn, batch| {
+            let enabled = conn
+                .execute(&sqlite_params(ENABLE_SINK), [&name])
+                .map_err(unavailable)?
+                > 0;
+            if enabled {
+                append_audit(conn, &enabled_record(&name, &actor))?;
+                batch.wake_workers = true;
+            }
+            Ok(enabled)
+        })
+        .await
+    }
+
+    async fn disabled_sinks(&self) -> Result<Vec<DisabledSink>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(DISABLED_SINKS).map_err(unavailable)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(DisabledSink {
+                        name: r.get(0)?,
+                        since: r.get(1)?,
+                    })
+                })
+                .map_err(unavailable)?;
+            rows.collect::<Result<_, _>>().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn settle_sinks(&self, configured: &[String]) -> Result<SinksSettled, StoreError> {
+        let configured = configured.to_vec();
+        self.write(move |conn, batch| {
+            let now = now_millis();
+            let mut settled = SinksSettled::default();
+            let pending: Vec<(String, i64)> = {
+                let mut stmt = conn.prepare_cached(PENDING_BY_SINK).map_err(unavailable)?;
+                let rows = stmt
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .map_err(unavailable)?;
+                rows.collect::<Result<_, _>>().map_err(unavailable)?
+            };
+            for (sink, count) in pending.iter().filter(|(s, _)| !configured.contains(s)) {
+                conn.execute(&sqlite_params(DROP_SINK), params![sink, now])
+                    .map_err(unavailable)?;
+                append_audit(conn, &dropped_record(sink, *count))?;
+                settled.dropped += u64::try_from(*count).unwrap_or(0);
+            }
+            let disabled: Vec<String> = {
+                let mut stmt = conn.prepare_cached(DISABLED_SINKS).map_err(unavailable)?;
+                let rows = stmt.query_map([], |r| r.get(0)).map_err(unavailable)?;
+                rows.collect::<Result<_, _>>().map_err(unavailable)?
+            };
+            for sink in disabled {
+                conn.execute(&sqlite_params(ENABLE_SINK), [&sink])
+                    .map_err(unavailable)?;
+                if configured.contains(&sink) {
+                    append_audit(conn, &enabled_record(&sink, "config"))?;
+                    settled.enabled += 1;
+                    batch.wake_workers = true;
+                }
+            }
+            Ok(settled)
+        })
+        .await
     }
 }
 

@@ -4,6 +4,8 @@
 
 use reqwest::Response;
 
+use crate::net::read_up_to;
+
 use super::{TargetError, status_error, transport_error};
 use crate::domain::JobErrorCode;
 
@@ -43,23 +45,6 @@ fn size(n: usize) -> String {
         n if n >= 1 << 10 && n % (1 << 10) == 0 => format!("{} KiB", n >> 10),
         n => format!("{n} bytes"),
     }
-}
-
-/// Up to `limit` bytes of the body, and whether there was more (left unread).
-async fn read_up_to(
-    mut response: Response,
-    limit: usize,
-) -> Result<(Vec<u8>, bool), reqwest::Error> {
-    let mut bytes = Vec::new();
-    while let Some(chunk) = response.chunk().await? {
-        let room = limit - bytes.len();
-        if chunk.len() > room {
-            bytes.extend_from_slice(&chunk[..room]);
-            return Ok((bytes, true));
-        }
-        bytes.extend_from_slice(&chunk);
-    }
-    Ok((bytes, false))
 }
 
 /// The whole body, or [`BodyError::TooLarge`] naming `what` once it is past `limit`.

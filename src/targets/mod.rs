@@ -206,7 +206,7 @@ pub fn status_error(
         ),
         retryable,
         upstream_status: Some(code),
-        retry_after: retry_after(headers),
+        retry_after: crate::net::retry_after(headers),
         ambiguous: false,
     }
 }
@@ -265,27 +265,10 @@ fn upstream_message(body: &str) -> String {
     }
 }
 
-/// `Retry-After` as delta-seconds or an HTTP date.
-fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let value = headers
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let at = httpdate::parse_http_date(value).ok()?;
-    Some(
-        at.duration_since(std::time::SystemTime::now())
-            .unwrap_or(Duration::ZERO),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
+    use reqwest::header::HeaderMap;
 
     #[test]
     fn classifies_statuses() {
@@ -321,22 +304,5 @@ mod tests {
         );
         assert_eq!(upstream_message("plain"), "plain");
         assert!(upstream_message(&"x".repeat(5000)).len() <= MAX_UPSTREAM_MESSAGE + 3);
-    }
-
-    #[test]
-    fn retry_after_seconds_and_dates() {
-        let mut h = HeaderMap::new();
-        h.insert(RETRY_AFTER, HeaderValue::from_static("7"));
-        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
-        let later =
-            httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(120));
-        h.insert(RETRY_AFTER, HeaderValue::from_str(&later).unwrap());
-        let d = retry_after(&h).unwrap();
-        assert!(
-            d > Duration::from_secs(110) && d <= Duration::from_secs(120),
-            "{d:?}"
-        );
-        h.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
-        assert_eq!(retry_after(&h), None);
     }
 }

@@ -382,6 +382,18 @@ impl ChildApp {
         ChildApp::spawn(config, port, &[], &[("RUST_LOG", "debug")], log.into()).await
     }
 
+    /// Starts with extra environment and the debug logs going to `log`.
+    pub async fn spawn_logged_with(
+        config: &Path,
+        port: u16,
+        vars: &[(&str, &str)],
+        log: impl Into<Stdio>,
+    ) -> ChildApp {
+        let mut vars = vars.to_vec();
+        vars.push(("RUST_LOG", "debug"));
+        ChildApp::spawn(config, port, &[], &vars, log.into()).await
+    }
+
     /// Starts `gantry serve` with extra arguments (`--no-workers`).
     pub async fn start_with(
         config: &Path,

@@ -23,6 +23,7 @@ mod gates_replicas;
 mod harness;
 mod hostile;
 mod ingest;
+mod notifications;
 mod oci;
 mod oidc;
 mod policy_example;

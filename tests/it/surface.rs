@@ -57,10 +57,12 @@ async fn every_admin_route_wants_a_token_of_the_right_role() {
         .iter()
         .filter(|(_, p)| p.starts_with("/api/"))
         .collect();
-    assert_eq!(admin.len(), 16);
+    assert_eq!(admin.len(), 20);
     let client = reqwest::Client::new();
     for (method, path) in admin {
-        let path = path.replace("{id}", "01J0000000000000000000000");
+        let path = path
+            .replace("{id}", "01J0000000000000000000000")
+            .replace("{name}", "no-such-name");
         // The operator verbs that take a comment.
         let verdict = path.ends_with("/approve")
             || path.ends_with("/reject")
@@ -87,7 +89,11 @@ async fn every_admin_route_wants_a_token_of_the_right_role() {
             assert_eq!(body["error"]["code"], "unauthorized");
         }
         let freezes = path.starts_with("/api/v1/freezes") && *method != "get";
-        let operate = path.ends_with("/retry") || path.ends_with("/cancel") || verdict || freezes;
+        let operate = path.ends_with("/retry")
+            || path.ends_with("/cancel")
+            || path.ends_with("/enable")
+            || verdict
+            || freezes;
         let as_viewer = call(Some(VIEWER_TOKEN)).await.unwrap().status().as_u16();
         let as_ops = call(Some(OPS_TOKEN)).await.unwrap().status().as_u16();
         if operate {
