@@ -15,6 +15,7 @@ DURATION="${DURATION:-3s}"; ROUNDS="${ROUNDS:-5}"; CONNECTIONS="${CONNECTIONS:-5
 RULES="${RULES:-1000}"; EVIDENCE="${EVIDENCE:-100000}"; GATE_EVERY="${GATE_EVERY:-7}"
 [ "$SMOKE" = 1 ] && { DURATION=2s; ROUNDS=1; EVIDENCE=2000; }
 export THREADS GATE_EVERY
+WRK_SCRIPT="$ROOT/bench/gates.lua"
 export CI_SECRET="bench-ingest-secret-0123456789" SCANNER_SECRET="bench-scanner-secret-9876543210"
 export BODY='{"event":"test-passed","repo":"docker-dev","image":"team-a/api","tag":"1.4.2","digest":"sha256:5b0bcabd1ed22e9fb1310cf6c2dec7cdef19f0ad69efa1f392e94a4333501270"}'
 export SIG="$(hmac_hex "$CI_SECRET" "$BODY")"
@@ -22,32 +23,13 @@ export SIG="$(hmac_hex "$CI_SECRET" "$BODY")"
 # config PORT DIR [GATED]: bench/ingest.sh's config, a scanner source, and with
 # GATED the gated rules.
 config() {
+  ingest_config "$1" "$2"
   cat <<TOML
-[server]
-listen = "127.0.0.1:$1"
-[store]
-url = "sqlite://$2/gantry.db"
-[[sources]]
-name = "ci"
-format = "generic"
-delivery_header = "X-Delivery"
-verify = { scheme = "hmac-sha256", header = "X-Signature", prefix = "sha256=", secrets = ["env:CI_SECRET"] }
 [[sources]]
 name = "scanner"
 format = "generic"
 delivery_header = "X-Delivery"
 verify = { scheme = "hmac-sha256", header = "X-Signature", prefix = "sha256=", secrets = ["env:SCANNER_SECRET"] }
-[[targets]]
-name = "jfrog"
-kind = "artifactory"
-url = "http://127.0.0.1:9"
-token = "env:CI_SECRET"
-[[rules]]
-name = "tested-to-staging"
-source = "ci"
-event = "test-passed"
-match = { image = "re:^team-a/" }
-action = { type = "promote", target = "jfrog", to_repo = "docker-staging", copy = true }
 TOML
   [ -n "${3:-}" ] && python3 "$ROOT/bench/gates.py" rules "$RULES"
   return 0
@@ -92,40 +74,6 @@ open="$(sql gated 'SELECT count(*) FROM evidence')"
 [ "$(sql gated 'SELECT count(*) FROM jobs')" = 0 ] || { echo "preload: scans made jobs" >&2; exit 1; }
 echo "gates: $RULES gated rules, $open pieces of open evidence preloaded through the API in $(python3 -c "print(f'{$t1 - $t0:.1f}')") s ($(python3 -c "print(int($EVIDENCE / ($t1 - $t0)))")/s)"
 
-# busy: jiffies (1/100 s) all CPUs spent busy since boot. cpu PID: a process's.
-busy() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
-cpu() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
-# run NAME: one wrk run of DURATION against gantry NAME, printing requests/s, p50
-# and p99, gantry's CPU time per request, and the CPU other processes on the machine
-# took meanwhile (wrk and gantry share the two cores: a busy neighbour skews the
-# figure); adds to NAME's totals. Fails on any non-2xx answer. GATE_EVERY=0 sends
-# the plain body only.
-run() {
-  local out port pid b0 c0 b1 c1 w rps p50 p99 reqs secs
-  port="$(eval echo "\$${1}_PORT")"; pid="$(eval echo "\$${1}_PID")"
-  # Each run starts with nothing left to write back from the one before.
-  sync; sleep 0.5
-  b0="$(busy)"; c0="$(cpu "$pid")"
-  { TIMEFORMAT='%U %S'; time GATE_FILE="$WORK/mix.tsv" GATE_POS="$WORK/mix.pos" \
-      wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$ROOT/bench/gates.lua" \
-      "http://127.0.0.1:$port/hooks/ci" >"$WORK/wrk.out"; } 2>"$WORK/wrk.time"
-  out="$(cat "$WORK/wrk.out")"
-  b1="$(busy)"; c1="$(cpu "$pid")"
-  w="$(awk '{ print int(($1 + $2) * 100) }' "$WORK/wrk.time")"
-  if grep -q "Non-2xx\|Socket errors" <<<"$out" || grep -q "^ *0 requests" <<<"$out"; then echo "$out" >&2; echo "$1: errors under load" >&2; exit 1; fi
-  rps="$(awk '/^Requests\/sec/ { print $2 }' <<<"$out")"
-  p50="$(awk '$1 == "50%" { print $2 }' <<<"$out")"
-  p99="$(awk '$1 == "99%" { print $2 }' <<<"$out")"
-  reqs="$(awk '/requests in/ { print $1 }' <<<"$out")"
-  secs="$(awk '/requests in/ { sub(/s,$/, "", $4); print $4 }' <<<"$out")"
-  printf '%-6s %10s req/s   p50 %8s   p99 %8s   (%s requests; gantry %s us CPU each; others took %s%% of a core)\n' \
-    "$1" "$rps" "$p50" "$p99" "$reqs" "$(( (c1 - c0) * 10000 / reqs ))" \
-    "$(python3 -c "print(max(0, round(($b1 - $b0 - ($c1 - $c0) - $w) / $secs)))")"
-  reqs="$(( $(eval echo "\$${1}_REQS") + reqs ))"
-  secs="$(python3 -c "print($(eval echo "\$${1}_SECS") + $secs)")"
-  eval "${1}_REQS=$reqs; ${1}_SECS=$secs; ${1}_P99=\"\${${1}_P99:-}${p99} \""
-}
-
 # Plain and gated in turns, ROUNDS times each, so that a drift of the machine's speed
 # falls on both alike; each gantry idles (no workers) while the other is measured.
 start plain
@@ -133,8 +81,8 @@ plain_REQS=0; plain_SECS=0; gated_REQS=0; gated_SECS=0
 sleep 1
 echo "gates: $ROUNDS rounds of wrk -t$THREADS -c$CONNECTIONS -d$DURATION on each; gated mix: every ${GATE_EVERY}th request gate traffic"
 for _ in $(seq "$ROUNDS"); do
-  GATE_EVERY=0 run plain
-  run gated
+  GATE_EVERY=0 turn plain
+  turn gated
 done
 plain_RPS="$(python3 -c "print(round($plain_REQS / $plain_SECS, 2))")"
 gated_RPS="$(python3 -c "print(round($gated_REQS / $gated_SECS, 2))")"

@@ -16,29 +16,8 @@ export SIG="$(hmac_hex "$SECRET" "$BODY")"
 # and its job committed (fsync) before the 202. HTTP only (--no-workers): the
 # accept path is what is measured here; bench/e2e.sh measures the workers.
 GPORT="$(free_port)"
-cat >"$WORK/gantry.toml" <<TOML
-[server]
-listen = "127.0.0.1:$GPORT"
-[store]
-url = "sqlite://$WORK/gantry.db"
-[[sources]]
-name = "ci"
-format = "generic"
-delivery_header = "X-Delivery"
-verify = { scheme = "hmac-sha256", header = "X-Signature", prefix = "sha256=", secrets = ["env:BENCH_SECRET"] }
-[[targets]]
-name = "jfrog"
-kind = "artifactory"
-url = "http://127.0.0.1:9"
-token = "env:BENCH_SECRET"
-[[rules]]
-name = "tested-to-staging"
-source = "ci"
-event = "test-passed"
-match = { image = "re:^team-a/" }
-action = { type = "promote", target = "jfrog", to_repo = "docker-staging", copy = true }
-TOML
-BENCH_SECRET="$SECRET" "$GANTRY" serve --no-workers --config "$WORK/gantry.toml" >"$WORK/gantry.log" 2>&1 &
+ingest_config "$GPORT" "$WORK" >"$WORK/gantry.toml"
+CI_SECRET="$SECRET" "$GANTRY" serve --no-workers --config "$WORK/gantry.toml" >"$WORK/gantry.log" 2>&1 &
 GPID=$!; PIDS+=("$GPID")
 wait_http "http://127.0.0.1:$GPORT/readyz"
 sleep 1

@@ -40,3 +40,66 @@ hmac_hex() { printf '%s' "$2" | openssl dgst -sha256 -hmac "$1" -r | cut -d' ' -
 
 # ratio A B: A/B to one decimal.
 ratio() { python3 -c "print(f'{$1/$2:.1f}')"; }
+
+# ingest_config PORT DIR: the ingest benchmark's gantry: an HMAC-verified generic
+# source (secret in CI_SECRET), one rule, one job per event, a SQLite store in DIR.
+ingest_config() {
+  cat <<TOML
+[server]
+listen = "127.0.0.1:$1"
+[store]
+url = "sqlite://$2/gantry.db"
+[[sources]]
+name = "ci"
+format = "generic"
+delivery_header = "X-Delivery"
+verify = { scheme = "hmac-sha256", header = "X-Signature", prefix = "sha256=", secrets = ["env:CI_SECRET"] }
+[[targets]]
+name = "jfrog"
+kind = "artifactory"
+url = "http://127.0.0.1:9"
+token = "env:CI_SECRET"
+[[rules]]
+name = "tested-to-staging"
+source = "ci"
+event = "test-passed"
+match = { image = "re:^team-a/" }
+action = { type = "promote", target = "jfrog", to_repo = "docker-staging", copy = true }
+TOML
+}
+
+# busy: jiffies (1/100 s) all CPUs spent busy since boot. cpu PID: a process's.
+busy() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
+cpu() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+# turn NAME: one wrk run of DURATION (THREADS, CONNECTIONS) with WRK_SCRIPT against
+# the gantry at NAME_PORT (process NAME_PID), printing requests/s, p50 and p99,
+# gantry's CPU time per request, and the CPU other processes on the machine took
+# meanwhile (wrk and gantry share the two cores: a busy neighbour skews the figure);
+# adds to NAME_REQS, NAME_SECS and NAME_P99. Fails on any non-2xx answer. For
+# bench/gates.lua: GATE_EVERY=0 sends the plain body only.
+turn() {
+  local out port pid b0 c0 b1 c1 w rps p50 p99 reqs secs
+  port="$(eval echo "\$${1}_PORT")"; pid="$(eval echo "\$${1}_PID")"
+  # Each run starts with nothing left to write back from the one before.
+  sync; sleep 0.5
+  b0="$(busy)"; c0="$(cpu "$pid")"
+  { TIMEFORMAT='%U %S'; time GATE_FILE="$WORK/mix.tsv" GATE_POS="$WORK/mix.pos" \
+      wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$WRK_SCRIPT" \
+      "http://127.0.0.1:$port/hooks/ci" >"$WORK/wrk.out"; } 2>"$WORK/wrk.time"
+  out="$(cat "$WORK/wrk.out")"
+  b1="$(busy)"; c1="$(cpu "$pid")"
+  w="$(awk '{ print int(($1 + $2) * 100) }' "$WORK/wrk.time")"
+  if grep -q "Non-2xx\|Socket errors" <<<"$out" || grep -q "^ *0 requests" <<<"$out"; then echo "$out" >&2; echo "$1: errors under load" >&2; exit 1; fi
+  rps="$(awk '/^Requests\/sec/ { print $2 }' <<<"$out")"
+  p50="$(awk '$1 == "50%" { print $2 }' <<<"$out")"
+  p99="$(awk '$1 == "99%" { print $2 }' <<<"$out")"
+  reqs="$(awk '/requests in/ { print $1 }' <<<"$out")"
+  secs="$(awk '/requests in/ { sub(/s,$/, "", $4); print $4 }' <<<"$out")"
+  printf '%-6s %10s req/s   p50 %8s   p99 %8s   (%s requests; gantry %s us CPU each; others took %s%% of a core)\n' \
+    "$1" "$rps" "$p50" "$p99" "$reqs" "$(( (c1 - c0) * 10000 / reqs ))" \
+    "$(python3 -c "print(max(0, round(($b1 - $b0 - ($c1 - $c0) - $w) / $secs)))")"
+  reqs="$(( $(eval echo "\$${1}_REQS") + reqs ))"
+  secs="$(python3 -c "print($(eval echo "\$${1}_SECS") + $secs)")"
+  eval "${1}_REQS=$reqs; ${1}_SECS=$secs; ${1}_P99=\"\${${1}_P99:-}${p99} \""
+}
+

@@ -5,6 +5,7 @@
 //! text every value is escaped (`&`, `<`, `>`): an image named `<!channel>` is shown,
 //! not obeyed.
 
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::audit::{AuditEntry, AuditKind};
@@ -36,35 +37,41 @@ pub fn body(
 
 /// `{"type", "timestamp", "sequence", "data": {"job", "audit"}}`: the job as the
 /// API shows it and the audit record that caused the notification.
+#[derive(Serialize)]
+struct Standard<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    timestamp: String,
+    sequence: i64,
+    data: Data<'a>,
+}
+
+#[derive(Serialize)]
+struct Data<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    job: Option<&'a Job>,
+    audit: &'a AuditEntry,
+}
+
+/// Written straight to text (it is on the write path of every notified change); only
+/// a body too large goes through [`fit`].
 fn standard(seq: i64, entry: &AuditEntry, job: Option<&Job>) -> String {
-    let mut data = serde_json::Map::new();
-    if let Some(job) = job {
-        data.insert(
-            "job".into(),
-            serde_json::to_value(job).unwrap_or(Value::Null),
-        );
+    let body = Standard {
+        kind: entry.kind.as_str(),
+        timestamp: rfc3339(entry.at),
+        sequence: seq,
+        data: Data { job, audit: entry },
+    };
+    match serde_json::to_string(&body) {
+        Ok(text) if text.len() <= MAX_BODY => text,
+        _ => fit(serde_json::to_value(&body).unwrap_or(Value::Null)),
     }
-    data.insert(
-        "audit".into(),
-        serde_json::to_value(entry).unwrap_or(Value::Null),
-    );
-    let body = json!({
-        "type": entry.kind.as_str(),
-        "timestamp": rfc3339(entry.at),
-        "sequence": seq,
-        "data": data,
-    });
-    fit(body)
 }
 
 /// The body as text, made smaller step by step until it fits: long strings cut,
 /// then only the most recent attempts and approvals, then the job's summary only.
 /// Each step marks `data.truncated`.
 fn fit(mut body: Value) -> String {
-    let text = body.to_string();
-    if text.len() <= MAX_BODY {
-        return text;
-    }
     cut_strings(&mut body);
     mark_truncated(&mut body);
     let text = body.to_string();

@@ -132,6 +132,7 @@ on_each_store!(TestStore:
     a_notification_committed_before_a_crash_is_delivered_after_the_restart,
     a_change_that_rolls_back_sends_nothing,
     a_secret_sink_url_never_shows,
+    a_sink_removed_from_the_config_drops_its_pending_notifications,
 );
 
 async fn a_promotion_that_succeeds_and_one_that_fails_each_send_one_verified_notification(
@@ -814,5 +815,46 @@ retry = {{ schedule = ["0s", "2d", "soon"] }}
     assert!(
         !said.contains("sink.example/hooks"),
         "a URL is a secret: {said}"
+    );
+}
+
+async fn a_sink_removed_from_the_config_drops_its_pending_notifications(store: TestStore) {
+    let upstream = MockServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = store.url(dir.path());
+    // Nothing listens on port 9: the notification stays pending, retried an hour on.
+    let with_sink = format!(
+        r#"{RULE}
+[[notifications]]
+name = "old"
+format = "generic"
+url = "http://127.0.0.1:9/hook"
+on = ["job.created"]
+retry = {{ schedule = ["1h"] }}
+"#
+    );
+    let config = write_config_on(dir.path(), &upstream.uri(), &with_sink, "30s", &url);
+    let app = ChildApp::start(&config, free_port()).await;
+    job_of(&app.client, "dev", "1").await;
+    until(&app.client, "sink=old&state=pending", "tried once", |l| {
+        l.len() == 1 && l[0]["tries"] == 1
+    })
+    .await;
+    app.terminate(Duration::from_secs(10)).await;
+
+    let config = write_config_on(dir.path(), &upstream.uri(), RULE, "30s", &url);
+    let app = ChildApp::start(&config, free_port()).await;
+    let dropped = notifications(&app.client, "state=dropped").await;
+    assert_eq!(dropped.len(), 1, "{dropped:#?}");
+    assert_eq!(dropped[0]["sink"], "old");
+    assert!(notifications(&app.client, "state=pending").await.is_empty());
+    let records = app.client.audit("kind=notification.dropped").await;
+    assert_eq!(records.len(), 1, "{records:#?}");
+    assert_eq!(records[0]["actor"], "config");
+    assert!(
+        records[0]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("1 pending notifications to sink old")
     );
 }
