@@ -156,14 +156,7 @@ pub async fn start(service: Service, mode: Mode) -> anyhow::Result<Running> {
     };
 
     let deliveries = (mode != Mode::HttpOnly)
-        .then(|| {
-            notify::Deliveries::start(
-                store.clone(),
-                &config.notifications,
-                metrics.clone(),
-                config.worker.poll_interval,
-            )
-        })
+        .then(|| notify::Deliveries::start(store.clone(), &config, metrics.clone()))
         .transpose()
         .context("cannot build the notification clients")?;
 

@@ -17,9 +17,10 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
+use super::format::body;
 use super::policy::{Answer, Verdict, judge};
 use super::{DeliveryReport, Leased};
-use crate::config::{NotificationConfig, NotificationFormat};
+use crate::config::{Config, NotificationConfig, NotificationFormat};
 use crate::domain::now_millis;
 use crate::metrics::Metrics;
 use crate::signing::standard_webhooks_signature;
@@ -45,21 +46,24 @@ struct Sink {
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
     worker: String,
+    /// Where Slack lines link to (`server.public_url`).
+    public_url: Option<String>,
 }
 
 impl Deliveries {
-    /// Starts a loop per sink. `poll` bounds how long an idle loop waits before
-    /// looking again for what other replicas wrote.
+    /// Starts a loop per sink of `config`; its `worker.poll_interval` bounds how long
+    /// an idle loop waits before looking again for what other replicas wrote.
     pub fn start(
         store: Arc<dyn Store>,
-        sinks: &[NotificationConfig],
+        config: &Config,
         metrics: Arc<Metrics>,
-        poll: Duration,
     ) -> Result<Deliveries, reqwest::Error> {
+        let poll = config.worker.poll_interval;
+        let public_url = config.server.public_url.clone();
         let (stop, stopped) = watch::channel(false);
         let worker = format!("{}-{}-notify", std::process::id(), ulid::Ulid::generate());
         let mut tasks = JoinSet::new();
-        for config in sinks {
+        for config in &config.notifications {
             let client = reqwest::Client::builder()
                 .user_agent(concat!("gantry/", env!("CARGO_PKG_VERSION")))
                 .timeout(config.timeout)
@@ -75,6 +79,7 @@ impl Deliveries {
                 store: store.clone(),
                 metrics: metrics.clone(),
                 worker: worker.clone(),
+                public_url: public_url.clone(),
             });
             tasks.spawn(sink.run(stopped.clone(), poll));
         }
@@ -206,7 +211,42 @@ impl Sink {
         }
     }
 
+    /// The body as sent, from the audit record the notification reports and its
+    /// job as it is now. A record retention pruned meanwhile, or a read that fails,
+    /// leaves its part out rather than hold the notification back.
+    async fn body(&self, n: &Leased) -> String {
+        let entry = match self.store.audit_chain(n.sequence - 1, 1).await {
+            Ok(rows) => rows
+                .into_iter()
+                .find(|r| r.seq == n.sequence)
+                .and_then(|r| r.record.ok())
+                .map(|r| r.entry),
+            Err(e) => {
+                tracing::warn!(sink = %self.config.name, id = %n.id, error = %e,
+                    "cannot read the notification's audit record; sent without it");
+                None
+            }
+        };
+        let job = match &n.job_id {
+            None => None,
+            Some(id) => self.store.job(id).await.unwrap_or_else(|e| {
+                tracing::warn!(sink = %self.config.name, id = %n.id, error = %e,
+                    "cannot read the notification's job; sent without it");
+                None
+            }),
+        };
+        body(
+            self.config.format,
+            n.sequence,
+            n.kind,
+            entry.as_ref(),
+            job.as_ref(),
+            self.public_url.as_deref(),
+        )
+    }
+
     async fn post(&self, n: &Leased) -> Answer {
+        let body = self.body(n).await;
         let mut request = self
             .client
             .post(self.config.url.expose().clone())
@@ -215,14 +255,14 @@ impl Sink {
             let timestamp = (now_millis() / 1000).to_string();
             if self.config.format == NotificationFormat::StandardWebhooks {
                 let signature =
-                    standard_webhooks_signature(&self.keys, &n.id, &timestamp, n.body.as_bytes());
+                    standard_webhooks_signature(&self.keys, &n.id, &timestamp, body.as_bytes());
                 request = request.header("webhook-signature", signature);
             }
             request = request
                 .header("webhook-id", &n.id)
                 .header("webhook-timestamp", timestamp);
         }
-        match request.body(n.body.clone()).send().await {
+        match request.body(body).send().await {
             Ok(response) => {
                 let status = response.status().as_u16();
                 let retry_after = crate::net::retry_after(response.headers());

@@ -19,19 +19,22 @@ const CUT_STRINGS_TO: usize = 512;
 /// Attempts and approvals kept (the most recent) when a body would still be too large.
 const KEEP_RECENT: usize = 3;
 
-/// The body of one notification for a sink of `format`.
+/// The body of one notification for a sink of `format`: about the audit record
+/// `seq` (`entry`; none when retention pruned it before the notification went out)
+/// of kind `kind`, and its job as it is now (`job`, when the record is about one).
 pub fn body(
     format: NotificationFormat,
     seq: i64,
-    entry: &AuditEntry,
+    kind: AuditKind,
+    entry: Option<&AuditEntry>,
     job: Option<&Job>,
     public_url: Option<&str>,
 ) -> String {
     match format {
         NotificationFormat::StandardWebhooks | NotificationFormat::Generic => {
-            standard(seq, entry, job)
+            standard(seq, kind, entry, job)
         }
-        NotificationFormat::Slack => slack(seq, entry, job, public_url),
+        NotificationFormat::Slack => slack(seq, kind, entry, job, public_url),
     }
 }
 
@@ -50,15 +53,15 @@ struct Standard<'a> {
 struct Data<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     job: Option<&'a Job>,
-    audit: &'a AuditEntry,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    audit: Option<&'a AuditEntry>,
 }
 
-/// Written straight to text (it is on the write path of every notified change); only
-/// a body too large goes through [`fit`].
-fn standard(seq: i64, entry: &AuditEntry, job: Option<&Job>) -> String {
+/// Written straight to text; only a body too large goes through [`fit`].
+fn standard(seq: i64, kind: AuditKind, entry: Option<&AuditEntry>, job: Option<&Job>) -> String {
     let body = Standard {
-        kind: entry.kind.as_str(),
-        timestamp: rfc3339(entry.at),
+        kind: kind.as_str(),
+        timestamp: rfc3339(entry.map_or_else(crate::domain::now_millis, |e| e.at)),
         sequence: seq,
         data: Data { job, audit: entry },
     };
@@ -114,21 +117,29 @@ fn mark_truncated(body: &mut Value) {
 /// Slack's incoming-webhook body: `text` is the one line a person reads at a glance
 /// (and what notifications on phones show); `blocks` lays the same out, with the
 /// rule, job and sequence in a context line.
-fn slack(seq: i64, entry: &AuditEntry, job: Option<&Job>, public_url: Option<&str>) -> String {
-    let text = bounded(&headline(entry, job, public_url), 2900);
+fn slack(
+    seq: i64,
+    kind: AuditKind,
+    entry: Option<&AuditEntry>,
+    job: Option<&Job>,
+    public_url: Option<&str>,
+) -> String {
+    let text = bounded(&headline(kind, entry, job, public_url), 2900);
     let mut context = Vec::new();
-    if let Some(rule) = &entry.rule {
+    if let Some(rule) = entry.and_then(|e| e.rule.as_ref()).or(job.map(|j| &j.rule)) {
         context.push(format!("rule `{}`", escape(rule)));
     }
     if let Some(job) = job {
         context.push(format!(
-            "job `{}` ({})",
+            "job `{}` ({} now)",
             escape(&job.id),
             job.state.as_str()
         ));
     }
-    context.push(format!("by {}", escape(&entry.actor)));
-    context.push(format!("#{seq} · {}", rfc3339(entry.at)));
+    if let Some(e) = entry {
+        context.push(format!("by {}", escape(&e.actor)));
+        context.push(format!("#{seq} · {}", rfc3339(e.at)));
+    }
     json!({
         "text": text,
         "blocks": [
@@ -141,27 +152,39 @@ fn slack(seq: i64, entry: &AuditEntry, job: Option<&Job>, public_url: Option<&st
 
 /// What happened, to which artifact from where to where, why, and a link to the
 /// job in the console when `public_url` is set.
-fn headline(entry: &AuditEntry, job: Option<&Job>, public_url: Option<&str>) -> String {
-    let mut line = format!("{} {}", mark(entry.kind), what(entry.kind));
-    match (&entry.from, &entry.to) {
-        (Some(from), Some(to)) => line.push_str(&format!(": {} → {}", escape(from), escape(to))),
-        _ => {
-            if let Some(artifact) = artifact(entry) {
+fn headline(
+    kind: AuditKind,
+    entry: Option<&AuditEntry>,
+    job: Option<&Job>,
+    public_url: Option<&str>,
+) -> String {
+    let mut line = format!("{} {}", mark(kind), what(kind));
+    let from_to = entry
+        .and_then(|e| e.from.clone().zip(e.to.clone()))
+        .or_else(|| {
+            job.and_then(|j| j.action.as_ref())
+                .map(crate::domain::Action::describe)
+        });
+    match from_to {
+        Some((from, to)) => line.push_str(&format!(": {} → {}", escape(&from), escape(&to))),
+        None => {
+            if let Some(artifact) = entry.and_then(artifact) {
                 line.push_str(&format!(": {}", escape(&artifact)));
             }
         }
     }
-    if let Some(rule) = &entry.rule {
+    if let Some(rule) = entry.and_then(|e| e.rule.as_ref()).or(job.map(|j| &j.rule)) {
         line.push_str(&format!(" (rule {})", escape(rule)));
     }
-    let why = entry.message.as_deref().or_else(|| {
+    let why = entry.and_then(|e| e.message.as_deref()).or_else(|| {
         job.and_then(|j| j.last_error.as_ref())
             .map(|e| e.message.as_str())
     });
     if let Some(why) = why.filter(|w| !w.is_empty()) {
         line.push_str(&format!(": {}", escape(&bounded(why, 300))));
     }
-    if let (Some(base), Some(id)) = (public_url, &entry.job_id) {
+    let job_id = entry.and_then(|e| e.job_id.as_ref()).or(job.map(|j| &j.id));
+    if let (Some(base), Some(id)) = (public_url, job_id) {
         // The id is gantry's own (a ULID), and the base was checked as a URL.
         line.push_str(&format!(" <{base}/ui/jobs/{id}|view job>"));
     }
@@ -245,9 +268,14 @@ mod tests {
 
     #[test]
     fn the_slack_line_says_what_from_where_to_where_why_and_links_the_job() {
-        let body: Value =
-            serde_json::from_str(&slack(7, &failed(), None, Some("https://gantry.example")))
-                .unwrap();
+        let body: Value = serde_json::from_str(&slack(
+            7,
+            AuditKind::JobFailed,
+            Some(&failed()),
+            None,
+            Some("https://gantry.example"),
+        ))
+        .unwrap();
         assert_eq!(
             body["text"],
             "❌ Promotion failed: docker-staging/api:1.4.2 → docker-prod/api:1.4.2 \
@@ -261,7 +289,9 @@ mod tests {
 
     #[test]
     fn a_slack_line_without_public_url_has_no_link() {
-        let body: Value = serde_json::from_str(&slack(7, &failed(), None, None)).unwrap();
+        let body: Value =
+            serde_json::from_str(&slack(7, AuditKind::JobFailed, Some(&failed()), None, None))
+                .unwrap();
         assert!(!body["text"].as_str().unwrap().contains('<'));
     }
 
@@ -270,7 +300,7 @@ mod tests {
         let mut e = failed();
         e.message = Some("x".repeat(MAX_BODY * 2));
         e.image = Some("y".repeat(MAX_BODY));
-        let text = standard(1, &e, None);
+        let text = standard(1, e.kind, Some(&e), None);
         assert!(text.len() <= MAX_BODY, "{}", text.len());
         let v: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["data"]["truncated"], true);
@@ -280,7 +310,7 @@ mod tests {
 
     #[test]
     fn a_small_record_is_sent_whole() {
-        let text = standard(3, &failed(), None);
+        let text = standard(3, AuditKind::JobFailed, Some(&failed()), None);
         let v: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(
             v["data"]["audit"]["message"],

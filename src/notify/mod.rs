@@ -2,11 +2,13 @@
 //! they already are, and no notification is lost to a crash.
 //!
 //! A notification travels: a store transaction appends audit records → [`Routes`]
-//! says which sinks want each record and renders their bodies (`format`) → the store
-//! writes them to its outbox **in that transaction** (a rolled-back change sends
-//! nothing, a committed one survives a crash) → `deliver` leases them per sink, as
-//! workers lease jobs, and posts them → `policy` judges each answer → the store
-//! records the verdict.
+//! says which sinks want each record → the store writes one small outbox row per
+//! sink **in that transaction** (a rolled-back change sends nothing, a committed one
+//! survives a crash) → `deliver` leases them per sink, as workers lease jobs,
+//! renders each body from its audit record and its job as it is then (`format`),
+//! and posts it → `policy` judges each answer → the store records the verdict.
+//! Bodies are made at delivery, not in the change's transaction: the store's writer
+//! is what every ingest waits on, and the audit record already holds what changed.
 
 mod deliver;
 mod format;
@@ -20,20 +22,18 @@ pub use deliver::Deliveries;
 pub use policy::{Answer, Judged, Verdict, judge};
 
 use crate::audit::{AuditEntry, AuditKind};
-use crate::config::{Config, NotificationFormat};
-use crate::domain::{Job, Millis, now_millis};
+use crate::config::Config;
+use crate::domain::{Millis, now_millis};
 
 /// Where each audit record is notified: the sinks of the config, compiled once.
 #[derive(Debug, Default)]
 pub struct Routes {
     routes: Vec<Route>,
-    public_url: Option<String>,
 }
 
 #[derive(Debug)]
 struct Route {
     sink: String,
-    format: NotificationFormat,
     on: BTreeSet<AuditKind>,
     rules: Option<Vec<String>>,
 }
@@ -56,12 +56,10 @@ impl Routes {
                 .iter()
                 .map(|n| Route {
                     sink: n.name.clone(),
-                    format: n.format,
                     on: n.on.clone(),
                     rules: n.rules.clone(),
                 })
                 .collect(),
-            public_url: config.server.public_url.clone(),
         }
     }
 
@@ -70,15 +68,13 @@ impl Routes {
         self.routes.is_empty()
     }
 
-    /// Whether any sink wants the record, so a store reads its job only then.
+    /// Whether any sink wants the record.
     pub fn wants(&self, entry: &AuditEntry) -> bool {
         self.routes.iter().any(|r| r.wants(entry))
     }
 
-    /// The notifications record `seq` makes, one per sink that wants it, rendered
-    /// with the job as it is at the end of the change (`job`, when the record is
-    /// about one).
-    pub fn letters(&self, seq: i64, entry: &AuditEntry, job: Option<&Job>) -> Vec<Letter> {
+    /// The notifications record `seq` makes, one per sink that wants it.
+    pub fn letters(&self, seq: i64, entry: &AuditEntry) -> Vec<Letter> {
         let now = now_millis();
         self.routes
             .iter()
@@ -89,7 +85,6 @@ impl Routes {
                 kind: entry.kind,
                 job_id: entry.job_id.clone(),
                 sequence: seq,
-                body: format::body(r.format, seq, entry, job, self.public_url.as_deref()),
                 created_at: now,
             })
             .collect()
@@ -105,9 +100,9 @@ pub struct Letter {
     pub kind: AuditKind,
     pub job_id: Option<String>,
     /// The audit record's sequence number: increasing per job (and overall), so a
-    /// receiver can order what arrives out of order.
+    /// receiver can order what arrives out of order; the body is rendered from that
+    /// record when the notification is sent.
     pub sequence: i64,
-    pub body: String,
     pub created_at: Millis,
 }
 
@@ -179,7 +174,8 @@ pub struct Leased {
     pub id: String,
     pub kind: AuditKind,
     pub job_id: Option<String>,
-    pub body: String,
+    /// The audit record it reports.
+    pub sequence: i64,
     /// This try's number, from 1; the lease's fence.
     pub try_n: u32,
 }

@@ -17,7 +17,6 @@ CREATE TABLE notifications (
     kind TEXT NOT NULL,
     job_id TEXT,
     sequence BIGINT NOT NULL,
-    body TEXT NOT NULL,
     state TEXT NOT NULL,
     tries BIGINT NOT NULL,
     next_at BIGINT NOT NULL,
@@ -67,8 +66,8 @@ pub(super) fn read_notification(r: &impl Columns) -> Result<Notification, StoreE
 }
 
 pub(super) const INSERT_LETTER: &str = "INSERT INTO notifications (id, sink, kind, job_id,
-    sequence, body, state, tries, next_at, created_at, updated_at)
-    VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, $7, $7)";
+    sequence, state, tries, next_at, created_at, updated_at)
+    VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $6, $6)";
 
 /// Leases up to `$5` due notifications of sink `$4` to `$1` until `$2` (`$3` is
 /// now): each becomes due again only when its lease runs out, so a deliverer that
@@ -82,7 +81,7 @@ pub(super) fn notification_lease_sql(lock: &str) -> String {
                       WHERE sink = $4 AND state = 'pending' AND next_at <= $3
                       ORDER BY next_at, id LIMIT $5{lock})
            AND NOT EXISTS (SELECT 1 FROM notification_sinks WHERE name = $4)
-         RETURNING id, kind, job_id, body, tries"
+         RETURNING id, kind, job_id, sequence, tries"
     )
 }
 
@@ -92,7 +91,7 @@ pub(super) fn read_leased(r: &impl Columns) -> Result<Leased, StoreError> {
         id: r.text(0)?,
         kind: AuditKind::parse(&kind).ok_or_else(|| corrupt("kind", &kind))?,
         job_id: r.text_opt(2)?,
-        body: r.text(3)?,
+        sequence: r.int(3)?,
         try_n: narrow("tries", r.int(4)?)?,
     })
 }

@@ -586,48 +586,29 @@ async fn append(tx: &Transaction<'_>, entries: &[AuditEntry]) -> Result<i64, Sto
 }
 
 /// Adds to the outbox the notifications `entries` make (the first numbered
-/// `first`), rendered with their jobs as the transaction left them, in one insert.
+/// `first`), in one insert.
 async fn post_letters(
     tx: &Transaction<'_>,
     routes: &Routes,
     first: i64,
     entries: &[AuditEntry],
 ) -> Result<(), StoreError> {
-    let mut jobs: HashMap<String, Option<Job>> = HashMap::new();
-    let mut letters: Vec<Letter> = Vec::new();
-    for (seq, e) in (first..).zip(entries) {
-        if !routes.wants(e) {
-            continue;
-        }
-        let job = match &e.job_id {
-            Some(id) => {
-                if !jobs.contains_key(id) {
-                    jobs.insert(id.clone(), load_job(tx, id, false).await?);
-                }
-                jobs.get(id).and_then(Option::as_ref)
-            }
-            None => None,
-        };
-        letters.extend(routes.letters(seq, e, job));
-    }
+    let letters: Vec<Letter> = (first..)
+        .zip(entries)
+        .flat_map(|(seq, e)| routes.letters(seq, e))
+        .collect();
     let ids: Vec<&str> = letters.iter().map(|l| l.id.as_str()).collect();
     let sinks: Vec<&str> = letters.iter().map(|l| l.sink.as_str()).collect();
     let kinds: Vec<&str> = letters.iter().map(|l| l.kind.as_str()).collect();
     let job_ids: Vec<Option<&str>> = letters.iter().map(|l| l.job_id.as_deref()).collect();
     let seqs: Vec<i64> = letters.iter().map(|l| l.sequence).collect();
-    let bodies: Vec<&str> = letters.iter().map(|l| l.body.as_str()).collect();
     let at: Vec<i64> = letters.iter().map(|l| l.created_at).collect();
-    let sql = "INSERT INTO notifications (id, sink, kind, job_id, sequence, body, state, tries,
+    let sql = "INSERT INTO notifications (id, sink, kind, job_id, sequence, state, tries,
             next_at, created_at, updated_at)
-        SELECT id, sink, kind, job_id, seq, body, 'pending', 0, at, at, at
-        FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[],
-            $7::bigint[]) AS l(id, sink, kind, job_id, seq, body, at)";
-    execute(
-        tx,
-        sql,
-        &[&ids, &sinks, &kinds, &job_ids, &seqs, &bodies, &at],
-    )
-    .await?;
+        SELECT id, sink, kind, job_id, seq, 'pending', 0, at, at, at
+        FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[],
+            $6::bigint[]) AS l(id, sink, kind, job_id, seq, at)";
+    execute(tx, sql, &[&ids, &sinks, &kinds, &job_ids, &seqs, &at]).await?;
     Ok(())
 }
 

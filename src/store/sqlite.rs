@@ -7,7 +7,7 @@
 //! it. Reads run on a separate connection and thread; WAL lets
 //! them proceed while the writer commits.
 
-use std::collections::HashMap;
+use std::cell::RefCell;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -52,7 +52,9 @@ use crate::domain::approval::{Approval, Ballot};
 use crate::domain::freeze::{OverrideRequest, RuntimeFreeze};
 use crate::domain::gate::{Evidence, Seen};
 use crate::domain::{AttemptRecord, Event, Job, JobState, Millis, now_millis};
-use crate::notify::{DeliveryReport, Leased, Notification, NotificationState, Routes, Verdict};
+use crate::notify::{
+    DeliveryReport, Leased, Letter, Notification, NotificationState, Routes, Verdict,
+};
 
 /// Most operations committed in one transaction.
 const MAX_BATCH: usize = 512;
@@ -228,15 +230,23 @@ where
     F: FnMut(&Connection, &mut Batch) -> Result<T, StoreError> + Send,
 {
     fn run(&mut self, conn: &Connection, batch: &mut Batch) -> bool {
-        let routes = batch.routes.clone();
-        let result = if routes.is_empty() {
+        let result = if batch.routes.is_empty() {
             (self.f)(conn, batch)
         } else {
             // Whatever audit records the operation appends, their notifications
             // join them in its transaction (SPEC §10).
-            audit_head(conn).and_then(|mark| {
-                let value = (self.f)(conn, batch)?;
-                if post_letters(conn, &routes, mark)? {
+            OUTBOX.with_borrow_mut(|o| {
+                o.routes = Some(batch.routes.clone());
+                o.letters.clear();
+            });
+            let result = (self.f)(conn, batch);
+            let letters = OUTBOX.with_borrow_mut(|o| {
+                o.routes = None;
+                std::mem::take(&mut o.letters)
+            });
+            result.and_then(|value| {
+                if !letters.is_empty() {
+                    post_letters(conn, &letters)?;
                     batch.wake_workers = true;
                 }
                 Ok(value)
@@ -553,64 +563,48 @@ fn append_audit(conn: &Connection, entry: &AuditEntry) -> Result<i64, StoreError
         ])
     })
     .map_err(unavailable)?;
+    OUTBOX.with_borrow_mut(|o| {
+        if let Some(routes) = &o.routes {
+            let made = routes.letters(seq, entry);
+            o.letters.extend(made);
+        }
+    });
     Ok(seq)
 }
 
-/// The last audit record's sequence number (0 for none).
-fn audit_head(conn: &Connection) -> Result<i64, StoreError> {
-    conn.prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM audit")
-        .and_then(|mut s| s.query_row([], |r| r.get(0)))
-        .map_err(unavailable)
+thread_local! {
+    /// The notifications of the records the writer thread's current operation has
+    /// appended (SPEC §10), made as each is appended and written to the outbox when
+    /// the operation ends, in its transaction. A thread-local because every write
+    /// helper takes only the connection, and SQLite has one writer thread, on which
+    /// alone `append_audit` runs; `Op::run` sets the routes and takes the letters.
+    static OUTBOX: RefCell<Outbox> = RefCell::new(Outbox::default());
 }
 
-/// Adds to the outbox the notifications the audit records after `after` make,
-/// rendered with their jobs as the operation left them; true when it added any.
-fn post_letters(conn: &Connection, routes: &Routes, after: i64) -> Result<bool, StoreError> {
-    let mut wanted = Vec::new();
-    {
-        let mut stmt = conn
-            .prepare_cached(&format!(
-                "SELECT {AUDIT_COLUMNS} FROM audit WHERE seq > ?1 ORDER BY seq"
-            ))
+#[derive(Default)]
+struct Outbox {
+    /// Set while an operation runs with notifications configured.
+    routes: Option<Arc<Routes>>,
+    letters: Vec<Letter>,
+}
+
+fn post_letters(conn: &Connection, letters: &[Letter]) -> Result<(), StoreError> {
+    let mut insert = conn
+        .prepare_cached(&sqlite_params(INSERT_LETTER))
+        .map_err(unavailable)?;
+    for l in letters {
+        insert
+            .execute(params![
+                l.id,
+                l.sink,
+                l.kind.as_str(),
+                l.job_id,
+                l.sequence,
+                l.created_at
+            ])
             .map_err(unavailable)?;
-        let mut rows = stmt.query([after]).map_err(unavailable)?;
-        while let Some(row) = rows.next().map_err(unavailable)? {
-            let record = read_audit(row).map_err(StoreError::Corrupt)?;
-            if routes.wants(&record.entry) {
-                wanted.push(record);
-            }
-        }
     }
-    let mut jobs: HashMap<String, Option<Job>> = HashMap::new();
-    let mut posted = false;
-    for record in wanted {
-        let job = match &record.entry.job_id {
-            Some(id) => {
-                if !jobs.contains_key(id) {
-                    jobs.insert(id.clone(), load_job(conn, id)?);
-                }
-                jobs.get(id).and_then(Option::as_ref)
-            }
-            None => None,
-        };
-        for l in routes.letters(record.seq, &record.entry, job) {
-            conn.prepare_cached(&sqlite_params(INSERT_LETTER))
-                .and_then(|mut s| {
-                    s.execute(params![
-                        l.id,
-                        l.sink,
-                        l.kind.as_str(),
-                        l.job_id,
-                        l.sequence,
-                        l.body,
-                        l.created_at
-                    ])
-                })
-                .map_err(unavailable)?;
-            posted = true;
-        }
-    }
-    Ok(posted)
+    Ok(())
 }
 
 /// Records a try's verdict while `report.worker` holds the lease.

@@ -523,7 +523,7 @@ on = ["event.received", "job.created"]
             db.busy_timeout(Duration::from_secs(10)).unwrap();
             db.execute_batch(
                 "CREATE TRIGGER poison AFTER INSERT ON notifications
-                 WHEN NEW.body LIKE '%poison%'
+                 WHEN (SELECT tag FROM audit WHERE seq = NEW.sequence) = 'poison'
                  BEGIN SELECT RAISE(ABORT, 'poisoned'); END;",
             )
             .unwrap();
@@ -535,7 +535,8 @@ on = ["event.received", "job.created"]
                 .await
                 .batch_execute(&format!(
                     "CREATE FUNCTION {s}.poison() RETURNS trigger LANGUAGE plpgsql AS $$
-                     BEGIN IF NEW.body LIKE '%poison%' THEN RAISE EXCEPTION 'poisoned'; END IF;
+                     BEGIN IF (SELECT tag FROM {s}.audit WHERE seq = NEW.sequence) = 'poison'
+                     THEN RAISE EXCEPTION 'poisoned'; END IF;
                      RETURN NEW; END $$;
                      CREATE CONSTRAINT TRIGGER poison AFTER INSERT ON {s}.notifications
                      DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {s}.poison();"
