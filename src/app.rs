@@ -230,11 +230,14 @@ async fn maintain(store: Arc<dyn store::Store>, retain: Option<Duration>, dedupe
         let ago =
             |d: Duration| now.saturating_sub(i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
         match store.prune(retain.map(ago), ago(dedupe)).await {
-            Ok(p) if p.audit_records > 0 || p.deliveries > 0 => tracing::info!(
-                audit_records = p.audit_records,
-                deliveries = p.deliveries,
-                "pruned"
-            ),
+            Ok(p) if p.audit_records > 0 || p.deliveries > 0 || p.notifications > 0 => {
+                tracing::info!(
+                    audit_records = p.audit_records,
+                    deliveries = p.deliveries,
+                    notifications = p.notifications,
+                    "pruned"
+                )
+            }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "pruning failed; will try again"),
         }

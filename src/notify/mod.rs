@@ -50,17 +50,28 @@ impl Route {
 
 impl Routes {
     pub fn from_config(config: &Config) -> Routes {
-        Routes {
-            routes: config
-                .notifications
-                .iter()
-                .map(|n| Route {
-                    sink: n.name.clone(),
-                    on: n.on.clone(),
-                    rules: n.rules.clone(),
-                })
-                .collect(),
-        }
+        config
+            .notifications
+            .iter()
+            .fold(Routes::default(), |routes, n| {
+                routes.with(&n.name, n.on.iter().copied(), n.rules.clone())
+            })
+    }
+
+    /// These routes and sink `sink`, sent the records of the kinds `on` (about the
+    /// rules `rules`, or every rule).
+    pub fn with(
+        mut self,
+        sink: &str,
+        on: impl IntoIterator<Item = AuditKind>,
+        rules: Option<Vec<String>>,
+    ) -> Routes {
+        self.routes.push(Route {
+            sink: sink.to_string(),
+            on: on.into_iter().filter(|k| k.notifiable()).collect(),
+            rules,
+        });
+        self
     }
 
     /// No sink at all: the stores then skip the outbox entirely.

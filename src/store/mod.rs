@@ -305,6 +305,8 @@ pub struct ChainRow {
 pub struct Pruned {
     pub audit_records: u64,
     pub deliveries: u64,
+    /// Delivered and dropped notifications.
+    pub notifications: u64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -455,8 +457,9 @@ pub trait Store: Send + Sync {
     async fn audit_chain(&self, after: i64, limit: usize) -> Result<Vec<ChainRow>, StoreError>;
 
     /// Removes audit records older than `audit_before` (cutting the chain at a
-    /// checkpoint record that carries the last pruned hash) and delivery ids older
-    /// than `deliveries_before` (past the dedupe window).
+    /// checkpoint record that carries the last pruned hash), and delivery ids and
+    /// sent or dropped notifications older than `deliveries_before` (past the dedupe
+    /// window).
     async fn prune(
         &self,
         audit_before: Option<Millis>,

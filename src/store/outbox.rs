@@ -121,6 +121,11 @@ pub(super) const PENDING_BY_SINK: &str =
 pub(super) const DROP_SINK: &str = "UPDATE notifications SET state = 'dropped',
     lease_owner = NULL, updated_at = $2 WHERE sink = $1 AND state = 'pending'";
 
+/// Sent and dropped notifications older than `$1` (the dedupe window): what their
+/// listing is for has passed, and the outbox would otherwise grow with every event.
+pub(super) const PRUNE_SENT: &str = "DELETE FROM notifications
+    WHERE state IN ('delivered', 'dropped') AND updated_at < $1";
+
 pub(super) const NOTIFICATION_STATE: &str = "SELECT state FROM notifications WHERE id = $1";
 
 /// An operator's retry of a failed notification: due now, its schedule from the start.

@@ -42,9 +42,9 @@ use tokio_postgres::{AsyncMessage, NoTls, Row};
 use super::OverrideOutcome;
 use super::outbox::{
     DISABLE_SINK, DISABLED_SINKS, DROP_SINK, ENABLE_SINK, NEXT_DUE, NOTIFICATION_STATE,
-    OUTBOX_MIGRATION, PENDING_BY_SINK, RECORD_TRY, REVIVE, dropped_record, enabled_record,
-    notification_lease_sql, notification_sql, read_leased, read_notification, retried_record,
-    row_after, verdict_record,
+    OUTBOX_MIGRATION, PENDING_BY_SINK, PRUNE_SENT, RECORD_TRY, REVIVE, dropped_record,
+    enabled_record, notification_lease_sql, notification_sql, read_leased, read_notification,
+    retried_record, row_after, verdict_record,
 };
 use super::rows::{
     APPROVAL_COLUMNS, ATTEMPT_COLUMNS, AUDIT_COLUMNS, Arg, BallotLanding, CLAIMS_MIGRATION,
@@ -1740,6 +1740,7 @@ impl Store for PostgresStore {
             &[&deliveries_before],
         )
         .await?;
+        let notifications = execute(&tx, PRUNE_SENT, &[&deliveries_before]).await?;
         // Evidence past its window can count for no trigger any more.
         let now = now_millis();
         execute(&tx, "DELETE FROM evidence WHERE expires_at < $1", &[&now]).await?;
@@ -1771,6 +1772,7 @@ impl Store for PostgresStore {
         Ok(Pruned {
             audit_records,
             deliveries,
+            notifications,
         })
     }
 

@@ -23,9 +23,9 @@ use tokio::sync::{Notify, oneshot};
 use super::OverrideOutcome;
 use super::outbox::{
     DISABLE_SINK, DISABLED_SINKS, DROP_SINK, ENABLE_SINK, INSERT_LETTER, NEXT_DUE,
-    NOTIFICATION_STATE, OUTBOX_MIGRATION, PENDING_BY_SINK, RECORD_TRY, REVIVE, dropped_record,
-    enabled_record, notification_lease_sql, notification_sql, read_leased, read_notification,
-    retried_record, row_after, sqlite_params, verdict_record,
+    NOTIFICATION_STATE, OUTBOX_MIGRATION, PENDING_BY_SINK, PRUNE_SENT, RECORD_TRY, REVIVE,
+    dropped_record, enabled_record, notification_lease_sql, notification_sql, read_leased,
+    read_notification, retried_record, row_after, sqlite_params, verdict_record,
 };
 use super::rows::{
     APPROVAL_COLUMNS, ATTEMPT_COLUMNS, AUDIT_COLUMNS, Arg, BallotLanding, CLAIMS_MIGRATION,
@@ -1761,6 +1761,9 @@ impl Store for SqliteStore {
                     [deliveries_before],
                 )
                 .map_err(unavailable)?;
+            let notifications = conn
+                .execute(&sqlite_params(PRUNE_SENT), [deliveries_before])
+                .map_err(unavailable)?;
             // Evidence past its window can count for no trigger any more.
             conn.execute("DELETE FROM evidence WHERE expires_at < ?1", [now_millis()])
                 .map_err(unavailable)?;
@@ -1791,6 +1794,7 @@ impl Store for SqliteStore {
             Ok(Pruned {
                 audit_records,
                 deliveries: u64::try_from(deliveries).unwrap_or(0),
+                notifications: u64::try_from(notifications).unwrap_or(0),
             })
         })
         .await

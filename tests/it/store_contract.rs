@@ -16,7 +16,8 @@ use gantry::domain::{
 };
 use gantry::store::{
     ApprovalOutcome, AttemptReport, AuditFilter, EventFilter, IngestPolicy, JobFilter, LeasedJob,
-    NewEvent, OperatorAction, OperatorOutcome, OverrideOutcome, Release, Store, Transition,
+    NewEvent, NotificationFilter, OperatorAction, OperatorOutcome, OverrideOutcome, Release, Store,
+    Transition,
 };
 use serde_json::json;
 
@@ -107,6 +108,7 @@ on_each_store!(
     frozen_jobs_spend_no_attempt_and_run_in_creation_order_after_the_end,
     runtime_freezes_start_once_end_once_and_are_seen_by_every_replica,
     a_freeze_override_queues_only_a_frozen_job_and_is_kept_with_it,
+    notifications_are_written_with_their_change_leased_once_fenced_and_pruned,
 );
 
 fn promote(tag: &str) -> Action {
@@ -1418,4 +1420,204 @@ async fn an_awaiting_job_is_not_leased_and_expires_past_its_deadline(b: Backend)
     assert!(b.store.next_wakeup().await.unwrap().is_none());
     let refused = b.store.decide_approval(&id, approve("late")).await.unwrap();
     assert!(matches!(refused, ApprovalOutcome::Refused(_)));
+}
+
+async fn notifications_are_written_with_their_change_leased_once_fenced_and_pruned(b: Backend) {
+    use gantry::notify::{Answer, DeliveryReport, NotificationState, Routes, judge};
+    let (a, other) = (b.instance(0), b.instance(1));
+    for store in [&a, &other] {
+        store.set_routes(Arc::new(
+            Routes::default()
+                .with("chat", [AuditKind::JobCreated], Some(vec!["r".into()]))
+                .with(
+                    "sink",
+                    [AuditKind::EventReceived, AuditKind::JobCreated],
+                    None,
+                ),
+        ));
+    }
+    // One event, a job of `r` and one of `s`: `chat` wants the first job's record,
+    // `sink` the event's and both jobs'.
+    a.ingest(vec![planned("d1", "1.0", &["r", "s"])], POLICY)
+        .await
+        .unwrap();
+    let page = a
+        .notifications(NotificationFilter {
+            limit: 100,
+            ..NotificationFilter::default()
+        })
+        .await
+        .unwrap();
+    let mut by_sink: HashMap<String, usize> = HashMap::new();
+    for n in &page.items {
+        *by_sink.entry(n.sink.clone()).or_default() += 1;
+        assert_eq!(n.state, NotificationState::Pending);
+        assert_eq!(n.tries, 0);
+    }
+    assert_eq!(
+        by_sink,
+        HashMap::from([("chat".into(), 1), ("sink".into(), 3)])
+    );
+    // Each notification's sequence is its audit record's.
+    let created = records(&*a, Some(AuditKind::JobCreated), None).await;
+    let chat = page.items.iter().find(|n| n.sink == "chat").unwrap();
+    let rule_r = created
+        .iter()
+        .find(|r| r.entry.rule.as_deref() == Some("r"))
+        .unwrap();
+    assert_eq!(chat.sequence, rule_r.seq);
+    assert_eq!(chat.job_id, rule_r.entry.job_id);
+
+    // Two deliverers at two replicas lease `sink` at once: each notification once.
+    let lease = Duration::from_secs(30);
+    let (x, y) = tokio::join!(
+        a.lease_notifications("sink", "x", 10, lease),
+        other.lease_notifications("sink", "y", 10, lease)
+    );
+    let (x, y) = (x.unwrap(), y.unwrap());
+    assert_eq!(x.len() + y.len(), 3, "{x:?} {y:?}");
+    let ids: HashSet<&str> = x.iter().chain(&y).map(|n| n.id.as_str()).collect();
+    assert_eq!(ids.len(), 3);
+    assert!(
+        a.lease_notifications("sink", "z", 10, lease)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Only the holder of the lease, for the try it made, records it.
+    let (held, worker) = match x.first() {
+        Some(n) => (n.clone(), "x"),
+        None => (y[0].clone(), "y"),
+    };
+    assert_eq!(held.try_n, 1);
+    let verdict = |answer, n: u32| judge(answer, n, &[Duration::from_secs(60)], now_millis());
+    let report = |worker: &str, try_n: u32, answer| DeliveryReport {
+        id: held.id.clone(),
+        sink: "sink".into(),
+        worker: worker.into(),
+        try_n,
+        kind: held.kind,
+        job_id: held.job_id.clone(),
+        judged: verdict(answer, try_n),
+    };
+    let ok = || Answer::Status {
+        status: 204,
+        retry_after: None,
+        said: String::new(),
+    };
+    assert!(!other.record_delivery(report("z", 1, ok())).await.unwrap());
+    assert!(
+        !other
+            .record_delivery(report(worker, 2, ok()))
+            .await
+            .unwrap()
+    );
+    // A 503: retried a minute on, not leased before.
+    let refused = Answer::Status {
+        status: 503,
+        retry_after: None,
+        said: "down".into(),
+    };
+    assert!(
+        other
+            .record_delivery(report(worker, 1, refused))
+            .await
+            .unwrap()
+    );
+    let all = other
+        .notifications(NotificationFilter {
+            limit: 100,
+            ..NotificationFilter::default()
+        })
+        .await
+        .unwrap();
+    let retried = all.items.iter().find(|n| n.id == held.id).unwrap();
+    assert_eq!(retried.state, NotificationState::Pending);
+    assert_eq!(retried.last_status, Some(503));
+    assert_eq!(retried.last_error.as_deref(), Some("HTTP 503: down"));
+    assert!(
+        retried.next_try_at.unwrap() > now_millis() + 40_000,
+        "{retried:?}"
+    );
+    // The next due is the earliest of the other two leases' ends.
+    let next = other.next_notification("sink").await.unwrap().unwrap();
+    assert!(next > now_millis() + 20_000, "{next}");
+
+    // A 410 on `chat` disables it, once on the record; nothing of it is leased.
+    let chat_lease = a.lease_notifications("chat", "x", 10, lease).await.unwrap();
+    let gone = Answer::Status {
+        status: 410,
+        retry_after: None,
+        said: String::new(),
+    };
+    let chat_report = DeliveryReport {
+        id: chat_lease[0].id.clone(),
+        sink: "chat".into(),
+        worker: "x".into(),
+        try_n: 1,
+        kind: chat_lease[0].kind,
+        job_id: chat_lease[0].job_id.clone(),
+        judged: verdict(gone, 1),
+    };
+    assert!(a.record_delivery(chat_report).await.unwrap());
+    assert_eq!(other.disabled_sinks().await.unwrap()[0].name, "chat");
+    assert_eq!(other.next_notification("chat").await.unwrap(), None);
+    assert!(
+        other
+            .lease_notifications("chat", "y", 10, lease)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        records(&*a, Some(AuditKind::NotificationSinkDisabled), None)
+            .await
+            .len(),
+        1
+    );
+    assert!(other.enable_sink("chat", "ops").await.unwrap());
+    assert!(!other.enable_sink("chat", "ops").await.unwrap());
+    assert_eq!(
+        other
+            .lease_notifications("chat", "y", 10, lease)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // Delivered notifications are pruned past the window; pending ones stay.
+    let sent = x.iter().chain(&y).find(|n| n.id != held.id).unwrap();
+    let holder = if x.iter().any(|n| n.id == sent.id) {
+        "x"
+    } else {
+        "y"
+    };
+    let delivered = DeliveryReport {
+        id: sent.id.clone(),
+        sink: "sink".into(),
+        worker: holder.into(),
+        try_n: 1,
+        kind: sent.kind,
+        job_id: sent.job_id.clone(),
+        judged: verdict(ok(), 1),
+    };
+    assert!(a.record_delivery(delivered).await.unwrap());
+    let pruned = a.prune(None, now_millis() + 1).await.unwrap();
+    assert_eq!(pruned.notifications, 1);
+    let left = a
+        .notifications(NotificationFilter {
+            limit: 100,
+            ..NotificationFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(left.items.len(), 3);
+    assert!(
+        left.items
+            .iter()
+            .all(|n| n.state == NotificationState::Pending)
+    );
+    assert!(verified(&*a).await > 0);
 }
