@@ -34,19 +34,6 @@ TOML
   [ -n "${3:-}" ] && python3 "$ROOT/bench/gates.py" rules "$RULES"
   return 0
 }
-# start NAME [GATED]: a gantry in $WORK/NAME (HTTP only, as bench/ingest.sh runs it);
-# sets NAME_PORT and NAME_PID.
-start() {
-  local port dir="$WORK/$1"
-  port="$(free_port)"; mkdir -p "$dir"
-  config "$port" "$dir" "${2:-}" >"$dir/gantry.toml"
-  "$GANTRY" serve --no-workers --config "$dir/gantry.toml" >"$dir/gantry.log" 2>&1 &
-  PIDS+=("$!")
-  eval "${1}_PORT=$port; ${1}_PID=$!"
-  wait_http "http://127.0.0.1:$port/readyz"
-}
-# sql NAME QUERY: one row from NAME's store, fields separated by spaces.
-sql() { sqlite3 -separator ' ' "$WORK/$1/gantry.db" "$2"; }
 
 # The gated gantry first: its rules, then its evidence, sent through the API.
 STORIES=$(( EVIDENCE < 30000 ? EVIDENCE : 30000 ))

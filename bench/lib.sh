@@ -68,6 +68,20 @@ action = { type = "promote", target = "jfrog", to_repo = "docker-staging", copy 
 TOML
 }
 
+# start NAME [ARG]: a gantry in $WORK/NAME, HTTP only (as bench/ingest.sh runs it), on
+# the config the script's `config PORT DIR [ARG]` prints; sets NAME_PORT and NAME_PID.
+start() {
+  local port dir="$WORK/$1"
+  port="$(free_port)"; mkdir -p "$dir"
+  config "$port" "$dir" "${2:-}" >"$dir/gantry.toml"
+  "$GANTRY" serve --no-workers --config "$dir/gantry.toml" >"$dir/gantry.log" 2>&1 &
+  PIDS+=("$!")
+  eval "${1}_PORT=$port; ${1}_PID=$!"
+  wait_http "http://127.0.0.1:$port/readyz"
+}
+# sql NAME QUERY: one row from NAME's store, fields separated by spaces.
+sql() { sqlite3 -separator ' ' "$WORK/$1/gantry.db" "$2"; }
+
 # busy: jiffies (1/100 s) all CPUs spent busy since boot. cpu PID: a process's.
 busy() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
 cpu() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }

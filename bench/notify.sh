@@ -34,17 +34,6 @@ on = ["job.created"]
 TOML
   return 0
 }
-# start NAME [NOTIFIED]: a gantry in $WORK/NAME, HTTP only; sets NAME_PORT, NAME_PID.
-start() {
-  local port dir="$WORK/$1"
-  port="$(free_port)"; mkdir -p "$dir"
-  config "$port" "$dir" "${2:-}" >"$dir/gantry.toml"
-  "$GANTRY" serve --no-workers --config "$dir/gantry.toml" >"$dir/gantry.log" 2>&1 &
-  PIDS+=("$!")
-  eval "${1}_PORT=$port; ${1}_PID=$!"
-  wait_http "http://127.0.0.1:$port/readyz"
-}
-sql() { sqlite3 -separator ' ' "$WORK/$1/gantry.db" "$2"; }
 
 start plain
 start notified yes

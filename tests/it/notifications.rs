@@ -213,9 +213,13 @@ on = ["job.succeeded", "job.failed"]
     app.stop().await;
 }
 
-/// A wiremock receiver on `port`, answering every POST with `status`.
-async fn receiver_on(listener: std::net::TcpListener, status: u16) -> MockServer {
-    let server = MockServer::builder().listener(listener).start().await;
+/// A wiremock receiver (on `listener`, or a port of its own), answering every POST
+/// with `status`.
+async fn receiver(listener: Option<std::net::TcpListener>, status: u16) -> MockServer {
+    let server = match listener {
+        Some(l) => MockServer::builder().listener(l).start().await,
+        None => MockServer::start().await,
+    };
     Mock::given(method("POST"))
         .respond_with(ResponseTemplate::new(status))
         .mount(&server)
@@ -250,11 +254,7 @@ async fn receivers_down_refusing_or_gone(store: TestStore) {
         .respond_with(ResponseTemplate::new(204))
         .mount(&flaky)
         .await;
-    let gone = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(410))
-        .mount(&gone)
-        .await;
+    let gone = receiver(None, 410).await;
     let sink = |name: &str, url: &str, every: &str| {
         format!(
             r#"
@@ -338,7 +338,7 @@ retry = {{ schedule = ["{every}", "{every}", "{every}", "{every}", "{every}", "{
         "{refused}"
     );
     let listener = std::net::TcpListener::bind(("127.0.0.1", down_port)).unwrap();
-    let down_server = receiver_on(listener, 200).await;
+    let down_server = receiver(Some(listener), 200).await;
     until(&app, "sink=down&state=delivered", "down delivered", |l| {
         l.len() == 2
     })
@@ -447,11 +447,7 @@ async fn hang_then_answer() -> (u16, tokio::sync::mpsc::UnboundedReceiver<String
 }
 
 async fn a_notification_committed_before_a_crash_is_delivered_after_the_restart(store: TestStore) {
-    let upstream = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200))
-        .mount(&upstream)
-        .await;
+    let upstream = receiver(None, 200).await;
     let (port, mut ids) = hang_then_answer().await;
     let dir = tempfile::tempdir().unwrap();
     let rules = format!(
@@ -496,11 +492,7 @@ timeout = "1s"
 }
 
 async fn a_change_that_rolls_back_sends_nothing(store: TestStore) {
-    let receiver = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(204))
-        .mount(&receiver)
-        .await;
+    let receiver = receiver(None, 204).await;
     let config = format!(
         r#"{RULE}
 [[notifications]]
@@ -580,11 +572,7 @@ const SECRET: &str = "XyZzy-s3cr3t-Th4t-Must-N0t-Sh0w";
 async fn a_secret_sink_url_never_shows(store: TestStore) {
     let port = free_port();
     let dir = tempfile::tempdir().unwrap();
-    let upstream = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200))
-        .mount(&upstream)
-        .await;
+    let upstream = receiver(None, 200).await;
     let rules = format!(
         r#"{RULE}
 [[notifications]]
