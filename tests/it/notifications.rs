@@ -847,3 +847,127 @@ retry = {{ schedule = ["1h"] }}
             .starts_with("1 pending notifications to sink old")
     );
 }
+
+#[tokio::test]
+async fn a_redirect_is_retried_and_never_followed() {
+    let elsewhere = receiver(None, 204).await;
+    let moved = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(307)
+                .insert_header("location", format!("{}/hook", elsewhere.uri())),
+        )
+        .mount(&moved)
+        .await;
+    let config = format!(
+        r#"{RULE}
+[[notifications]]
+name = "moved"
+format = "standard-webhooks"
+url = "{}/hook"
+secrets = ["{NEW_WHSEC}"]
+on = ["job.created"]
+retry = {{ schedule = ["20ms", "20ms"] }}
+"#,
+        moved.uri()
+    );
+    let app = crate::harness::spawn_app(&config).await;
+    job_of(&app, "dev", "1").await;
+    let failed = until(&app, "state=failed", "given up", |l| l.len() == 1).await;
+    assert_eq!(failed[0]["tries"], 3);
+    assert_eq!(failed[0]["last_status"], 307);
+    assert_eq!(requests(&moved).await.len(), 3);
+    assert!(
+        requests(&elsewhere).await.is_empty(),
+        "the redirect was followed"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_cli_lists_and_retries_notifications_and_enables_sinks() {
+    use crate::cli::admin;
+    let gone = receiver(None, 410).await;
+    let config = format!(
+        r#"{RULE}
+[[notifications]]
+name = "gone"
+format = "generic"
+url = "{}/hook"
+on = ["job.created"]
+"#,
+        gone.uri()
+    );
+    let app = crate::harness::spawn_app(&config).await;
+    let job = job_of(&app, "dev", "1").await;
+    until(&app, "sink=gone", "tried", |l| {
+        l.len() == 1 && l[0]["tries"] == 1
+    })
+    .await;
+
+    let (code, stdout, stderr) = admin(
+        &app.base,
+        VIEWER_TOKEN,
+        &[
+            "notifications",
+            "list",
+            "--sink",
+            "gone",
+            "--output",
+            "json",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{stderr}");
+    let lines: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["job_id"], job.as_str());
+    let id = lines[0]["id"].as_str().unwrap();
+    let (code, stdout, _) = admin(&app.base, VIEWER_TOKEN, &["notifications", "list"]).await;
+    assert_eq!(code, 0);
+    assert!(stdout.starts_with("ID "), "{stdout}");
+    assert!(
+        stdout.contains(id) && stdout.contains("410 Gone"),
+        "{stdout}"
+    );
+
+    let (code, stdout, _) = admin(&app.base, VIEWER_TOKEN, &["notifications", "sinks"]).await;
+    assert_eq!(code, 0);
+    let row = stdout.lines().find(|l| l.starts_with("gone ")).unwrap();
+    assert!(
+        row.contains("generic") && !row.trim_end().ends_with('-'),
+        "disabled: {stdout}"
+    );
+
+    // Only a failed notification is retried; the API's refusal is the CLI's.
+    let (code, _, stderr) = admin(&app.base, OPS_TOKEN, &["notifications", "retry", id]).await;
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("409") && stderr.contains("invalid_state"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = admin(
+        &app.base,
+        VIEWER_TOKEN,
+        &["notifications", "enable", "gone"],
+    )
+    .await;
+    assert_eq!(code, 1);
+    assert!(stderr.contains("403"), "{stderr}");
+    gone.reset().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(204))
+        .mount(&gone)
+        .await;
+    let (code, stdout, _) = admin(&app.base, OPS_TOKEN, &["notifications", "enable", "gone"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(stdout.trim(), "sink gone is enabled");
+    until(&app, "state=delivered", "delivered once enabled", |l| {
+        l.len() == 1
+    })
+    .await;
+    app.stop().await;
+}
