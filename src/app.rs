@@ -186,11 +186,19 @@ pub async fn start(service: Service, mode: Mode) -> anyhow::Result<Running> {
                 .iter()
                 .map(|n| (n.name.clone(), n.format))
                 .collect(),
+            console: config.console.clone(),
         });
+        let console = config.console.enabled;
         let server = HttpServer::new(move || {
             App::new()
                 .wrap(TracingLogger::<api::RequestSpan>::new())
                 .app_data(state.clone())
+                // Before the API's routes, whose default answers everything else 404.
+                .configure(|cfg| {
+                    if console {
+                        crate::console::routes(cfg);
+                    }
+                })
                 .configure(api::routes)
         })
         // Signals are handled by `run_until_signal`, which also stops the workers.

@@ -46,6 +46,11 @@ struct StateLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct NotificationLabels {
     name: String,
     outcome: String,
@@ -72,6 +77,7 @@ pub struct Metrics {
     oldest_queued: Gauge<f64, AtomicU64>,
     circuit_open: Family<TargetLabels, Gauge>,
     notifications: Family<NotificationLabels, Counter>,
+    sign_ins: Family<OutcomeLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -138,9 +144,16 @@ impl Default for Metrics {
             "Notification tries by sink and outcome (delivered, retry, failed, gone)",
             notifications.clone(),
         );
+        let sign_ins = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "console_sign_ins",
+            "Console sign-ins by outcome (ok, failed)",
+            sign_ins.clone(),
+        );
         Metrics {
             registry,
             notifications,
+            sign_ins,
             events,
             keys_unavailable,
             attempts,
@@ -199,6 +212,15 @@ impl Metrics {
         self.notifications
             .get_or_create(&NotificationLabels {
                 name: name.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+
+    /// One sign-in to the console, `ok` or `failed`.
+    pub fn sign_in(&self, outcome: &str) {
+        self.sign_ins
+            .get_or_create(&OutcomeLabels {
                 outcome: outcome.to_string(),
             })
             .inc();

@@ -5,7 +5,8 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use hmac::{KeyInit, Mac};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 type HmacSha256 = hmac::Hmac<Sha256>;
 
@@ -72,4 +73,12 @@ pub fn standard_webhooks_signature(
         })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// Constant-time equality that also hides the length of the secret: both sides are
+/// hashed to 32 bytes first.
+pub fn same_secret(secret: &[u8], presented: &[u8]) -> bool {
+    Sha256::digest(secret)
+        .ct_eq(&Sha256::digest(presented))
+        .into()
 }

@@ -7,8 +7,7 @@ use actix_web::http::StatusCode;
 use actix_web::{FromRequest, HttpRequest, dev::Payload, web};
 
 use super::{ApiError, AppState};
-use crate::config::Role;
-use crate::ingest::same_secret;
+use crate::config::{AdminToken, Role};
 
 /// An authenticated admin caller.
 #[derive(Debug, Clone)]
@@ -35,14 +34,8 @@ fn authenticate(req: &HttpRequest, needed: Role) -> Result<Caller, ApiError> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(|| unauthorized("an admin token is required (Authorization: Bearer …)"))?;
-    // Every token is compared, so the time taken does not depend on which one matched.
-    let mut found = None;
-    for token in &state.admin_tokens {
-        if same_secret(token.token.expose().as_bytes(), presented.trim().as_bytes()) {
-            found = Some(token);
-        }
-    }
-    let token = found.ok_or_else(|| unauthorized("the admin token is not valid"))?;
+    let token = AdminToken::presented(&state.admin_tokens, presented.trim())
+        .ok_or_else(|| unauthorized("the admin token is not valid"))?;
     if token.role < needed {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,

@@ -45,6 +45,8 @@ pub struct AppState {
     pub freezes: Vec<crate::domain::freeze::Freeze>,
     /// The configured notification sinks and their formats (SPEC §10).
     pub sinks: Vec<(String, crate::config::NotificationFormat)>,
+    /// The console's settings (SPEC §11).
+    pub console: crate::config::ConsoleConfig,
 }
 
 /// The shape of every error answer: `{"error":{"code","message"}}`.

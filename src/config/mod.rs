@@ -4,6 +4,7 @@
 //! Loading never stops at the first problem it can survive: `gantry check` wants every
 //! problem in one run, each named by the source/target/rule and key it concerns.
 
+mod console;
 mod notifications;
 mod raw;
 pub mod secret;
@@ -22,6 +23,7 @@ use crate::domain::destinations::Destinations;
 use crate::domain::freeze::{self, Freeze};
 use crate::domain::protection::Protection;
 
+pub use console::{ConsoleConfig, ProxyConfig};
 pub use notifications::{NotificationConfig, NotificationFormat, SigningKey, SinkUrl};
 pub use raw::{OneOrMany, RawAction, RawCondition, RawMatch, RawRule};
 pub use secret::Secret;
@@ -194,6 +196,8 @@ pub struct Config {
     pub protections: Vec<Protection>,
     /// `[[notifications]]` (SPEC §10).
     pub notifications: Vec<NotificationConfig>,
+    /// `server.console`, `server.session_ttl`, `[auth]` (SPEC §11).
+    pub console: ConsoleConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -234,6 +238,20 @@ pub struct AdminToken {
     pub token: Secret,
     pub role: Role,
     pub groups: Vec<String>,
+}
+
+impl AdminToken {
+    /// The token among `tokens` whose value is `presented`. Every token is compared,
+    /// in constant time, so the time taken does not say which one matched.
+    pub fn presented<'t>(tokens: &'t [AdminToken], presented: &str) -> Option<&'t AdminToken> {
+        let mut found = None;
+        for token in tokens {
+            if crate::signing::same_secret(token.token.expose().as_bytes(), presented.as_bytes()) {
+                found = Some(token);
+            }
+        }
+        found
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -694,6 +712,14 @@ fn validate(
             }
         });
 
+    let console = console::check_console(
+        raw.server.console,
+        raw.server.session_ttl,
+        public_url.as_deref(),
+        &raw.auth,
+        problems,
+    );
+
     Some(Config {
         server: ServerConfig {
             listen: listen?,
@@ -721,6 +747,7 @@ fn validate(
         freezes,
         protections,
         notifications,
+        console,
     })
 }
 

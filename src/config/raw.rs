@@ -31,6 +31,8 @@ pub struct RawConfig {
     pub protections: Vec<RawProtection>,
     #[serde(default)]
     pub notifications: Vec<super::notifications::RawNotification>,
+    #[serde(default)]
+    pub auth: super::console::RawAuth,
 }
 
 /// `[[protections]]` (SPEC §9): approval and soak every job promoting to the
@@ -55,6 +57,10 @@ pub struct RawServer {
     pub shutdown_grace: Duration,
     /// Where people reach this gantry; links in notifications point there.
     pub public_url: Option<String>,
+    /// The console at `/ui/` (SPEC §11).
+    pub console: bool,
+    #[serde(with = "humantime_serde")]
+    pub session_ttl: Duration,
 }
 
 #[derive(Debug, Deserialize)]

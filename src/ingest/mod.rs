@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 pub use formats::{MAX_DEPTH, NormalizeError, Normalizer};
 pub use rejections::{MAX_SOURCE_NAME, Rejections, cut_source_name};
-pub use verify::{Verified, Verifier, VerifyError, same_secret};
+pub use verify::{Verified, Verifier, VerifyError};
 
 use crate::config::{Config, Problem};
 use serde::Serialize;

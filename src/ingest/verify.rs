@@ -7,14 +7,12 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use secrecy::{ExposeSecret, SecretSlice};
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
 use super::Headers;
 use super::oidc::Oidc;
 use crate::config::{Encoding, SchemeKind, VerifyConfig};
 use crate::signing::{
-    hmac_matches, hmac_sha256, standard_webhooks_content, standard_webhooks_key,
+    hmac_matches, hmac_sha256, same_secret, standard_webhooks_content, standard_webhooks_key,
     standard_webhooks_tag,
 };
 
@@ -441,14 +439,6 @@ fn decode(encoded: &str, encoding: Encoding) -> Option<Vec<u8>> {
         Encoding::Hex => hex::decode(encoded).ok(),
         Encoding::Base64 => BASE64.decode(encoded).ok(),
     }
-}
-
-/// Constant-time equality that also hides the length of the secret: both sides are
-/// hashed to 32 bytes first.
-pub fn same_secret(secret: &[u8], presented: &[u8]) -> bool {
-    Sha256::digest(secret)
-        .ct_eq(&Sha256::digest(presented))
-        .into()
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 mod outbox;
 mod postgres;
 mod rows;
+mod sessions;
 mod sqlite;
 
 use std::borrow::Cow;
@@ -344,6 +345,22 @@ pub struct SinksSettled {
     pub enabled: u64,
 }
 
+/// A console session (SPEC §11), kept in the store so that every replica knows it
+/// and signing out ends it everywhere.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleSession {
+    /// SHA-256 of the session id the cookie carries, hex.
+    pub id_hash: String,
+    /// The token's name, or the person the SSO proxy named.
+    pub who: String,
+    pub role: crate::config::Role,
+    /// The token's groups, or the person's: whom they may approve for.
+    pub groups: Vec<String>,
+    /// What every state-changing form of the session must carry.
+    pub csrf: String,
+    pub expires_at: Millis,
+}
+
 /// What `/metrics` shows of the queue.
 #[derive(Debug, Clone, Default)]
 pub struct QueueStats {
@@ -566,6 +583,13 @@ pub trait Store: Send + Sync {
     /// notifications of every other sink and enables the disabled ones, each on the
     /// record.
     async fn settle_sinks(&self, configured: &[String]) -> Result<SinksSettled, StoreError>;
+
+    /// Starts a console session (and forgets those that ended).
+    async fn start_session(&self, session: ConsoleSession) -> Result<(), StoreError>;
+    /// The session whose id hashes to `id_hash`, if it is in force.
+    async fn session(&self, id_hash: &str) -> Result<Option<ConsoleSession>, StoreError>;
+    /// Ends a session (signing out); `false` when there was none.
+    async fn end_session(&self, id_hash: &str) -> Result<bool, StoreError>;
 
     /// Answers when the store can serve requests (for `/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;

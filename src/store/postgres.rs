@@ -60,12 +60,16 @@ use super::rows::{
 use super::rows::{
     OverrideLanding, SET_FREEZE_OVERRIDE, SET_FROZEN, SET_PROTECTED, frozen_names, policy_text,
 };
+use super::sessions::{
+    DROP_EXPIRED, END_SESSION, INSERT_SESSION, SESSION, SESSIONS_MIGRATION, groups_text,
+    read_session, role_text,
+};
 use super::{
     ApprovalOutcome, AttemptReport, AuditFilter, ChainLink, ChainRow, EventFilter, IngestOutcome,
     IngestPolicy, JobFilter, JobRef, JobSummary, LeasedJob, NewEvent, OperatorAction,
     OperatorOutcome, Page, Pruned, QueueStats, Release, Store, StoreError, StoredEvent, Transition,
 };
-use super::{DisabledSink, NotificationFilter, NotificationRetry, SinksSettled};
+use super::{ConsoleSession, DisabledSink, NotificationFilter, NotificationRetry, SinksSettled};
 use crate::audit::{Anchor, AuditEntry, AuditRecord, GENESIS, HASH_VERSION, chain_hash};
 use crate::config::PostgresUrl;
 use crate::domain::approval::{Approval, Ballot};
@@ -240,6 +244,7 @@ ALTER TABLE jobs ADD COLUMN freeze_override TEXT;
 "#,
     CLAIMS_MIGRATION,
     OUTBOX_MIGRATION,
+    SESSIONS_MIGRATION,
 ];
 
 /// The store on a PostgreSQL database that several replicas share.
@@ -1813,6 +1818,38 @@ impl Store for PostgresStore {
 
     fn set_routes(&self, routes: Arc<Routes>) {
         self.routes.store(routes);
+    }
+
+    async fn start_session(&self, session: ConsoleSession) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        execute(&client, DROP_EXPIRED, &[&now_millis()]).await?;
+        execute(
+            &client,
+            INSERT_SESSION,
+            &[
+                &session.id_hash,
+                &session.who,
+                &role_text(session.role),
+                &groups_text(&session.groups),
+                &session.csrf,
+                &session.expires_at,
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn session(&self, id_hash: &str) -> Result<Option<ConsoleSession>, StoreError> {
+        let client = self.client().await?;
+        query_opt(&client, SESSION, &[&id_hash, &now_millis()])
+            .await?
+            .map(|r| read_session(id_hash, &r))
+            .transpose()
+    }
+
+    async fn end_session(&self, id_hash: &str) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        Ok(execute(&client, END_SESSION, &[&id_hash]).await? > 0)
     }
 
     async fn lease_notifications(

@@ -41,12 +41,16 @@ use super::rows::{
 use super::rows::{
     OverrideLanding, SET_FREEZE_OVERRIDE, SET_FROZEN, SET_PROTECTED, frozen_names, policy_text,
 };
+use super::sessions::{
+    DROP_EXPIRED, END_SESSION, INSERT_SESSION, SESSION, SESSIONS_MIGRATION, groups_text,
+    read_session, role_text,
+};
 use super::{
     ApprovalOutcome, AttemptReport, AuditFilter, ChainLink, ChainRow, EventFilter, IngestOutcome,
     IngestPolicy, JobFilter, JobRef, JobSummary, LeasedJob, NewEvent, OperatorAction,
     OperatorOutcome, Page, Pruned, QueueStats, Release, Store, StoreError, StoredEvent, Transition,
 };
-use super::{DisabledSink, NotificationFilter, NotificationRetry, SinksSettled};
+use super::{ConsoleSession, DisabledSink, NotificationFilter, NotificationRetry, SinksSettled};
 use crate::audit::{Anchor, AuditEntry, AuditRecord, GENESIS, HASH_VERSION, chain_hash};
 use crate::domain::approval::{Approval, Ballot};
 use crate::domain::freeze::{OverrideRequest, RuntimeFreeze};
@@ -199,6 +203,7 @@ ALTER TABLE jobs ADD COLUMN freeze_override TEXT;
 "#,
     CLAIMS_MIGRATION,
     OUTBOX_MIGRATION,
+    SESSIONS_MIGRATION,
 ];
 
 /// Per-batch facts the writer acts on after the commit, and the notification
@@ -1841,6 +1846,54 @@ impl Store for SqliteStore {
 
     fn set_routes(&self, routes: Arc<Routes>) {
         self.routes.store(routes);
+    }
+
+    async fn start_session(&self, session: ConsoleSession) -> Result<(), StoreError> {
+        self.write(move |conn, _| {
+            conn.execute(&sqlite_params(DROP_EXPIRED), [now_millis()])
+                .map_err(unavailable)?;
+            conn.execute(
+                &sqlite_params(INSERT_SESSION),
+                params![
+                    session.id_hash,
+                    session.who,
+                    role_text(session.role),
+                    groups_text(&session.groups),
+                    session.csrf,
+                    session.expires_at
+                ],
+            )
+            .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn session(&self, id_hash: &str) -> Result<Option<ConsoleSession>, StoreError> {
+        let id_hash = id_hash.to_string();
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&sqlite_params(SESSION))
+                .map_err(unavailable)?;
+            let mut rows = stmt
+                .query(params![id_hash, now_millis()])
+                .map_err(unavailable)?;
+            rows.next()
+                .map_err(unavailable)?
+                .map(|r| read_session(&id_hash, r))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn end_session(&self, id_hash: &str) -> Result<bool, StoreError> {
+        let id_hash = id_hash.to_string();
+        self.write(move |conn, _| {
+            conn.execute(&sqlite_params(END_SESSION), [&id_hash])
+                .map(|n| n > 0)
+                .map_err(unavailable)
+        })
+        .await
     }
 
     async fn lease_notifications(

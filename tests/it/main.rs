@@ -11,6 +11,7 @@ mod approvals;
 mod audit;
 mod chains;
 mod cli;
+mod console;
 mod crash;
 mod edges;
 mod edges_targets;

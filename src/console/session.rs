@@ -1,0 +1,249 @@
+//! Who is looking: a session started by signing in with an admin token (its cookie
+//! `HttpOnly`, `SameSite=Lax` so a link from a chat message keeps it, `Secure`
+//! under an https `public_url`), or a person a trusted SSO proxy names. Sessions
+//! live in the store: every replica knows them, and signing out ends one everywhere.
+
+use std::time::Duration;
+
+use actix_web::cookie::{Cookie, SameSite};
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, web};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use maud::{DOCTYPE, Markup, html};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::api::{ApiError, AppState};
+use crate::config::{AdminToken, Role};
+use crate::domain::now_millis;
+use crate::store::ConsoleSession;
+
+const COOKIE: &str = "gantry_session";
+/// A failed sign-in answers no sooner than this: guessing tokens is slow.
+const FAILED_SIGN_IN_DELAY: Duration = Duration::from_secs(1);
+
+/// The person or token looking at the console.
+#[derive(Debug, Clone)]
+pub struct Viewer {
+    pub who: String,
+    pub role: Role,
+    pub groups: Vec<String>,
+    /// What the viewer's state-changing forms carry.
+    pub csrf: String,
+    /// The session's id hash; none for a person the proxy names on each request.
+    session: Option<String>,
+}
+
+impl Viewer {
+    pub fn role_name(&self) -> &'static str {
+        match self.role {
+            Role::Read => "read",
+            Role::Operate => "operate",
+        }
+    }
+
+    pub fn can_operate(&self) -> bool {
+        self.role >= Role::Operate
+    }
+
+    pub fn can_sign_out(&self) -> bool {
+        self.session.is_some()
+    }
+}
+
+/// A fresh random value (256 bits), URL-safe.
+fn random() -> String {
+    URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>())
+}
+
+fn hash(id: &str) -> String {
+    hex::encode(Sha256::digest(id.as_bytes()))
+}
+
+/// The viewer of `req`, if signed in; `Err` only when the store cannot answer.
+pub async fn viewer(req: &HttpRequest, state: &AppState) -> Result<Option<Viewer>, ApiError> {
+    let Some(cookie) = req.cookie(COOKIE) else {
+        return Ok(None);
+    };
+    let id_hash = hash(cookie.value());
+    Ok(state.store.session(&id_hash).await?.map(|s| Viewer {
+        who: s.who,
+        role: s.role,
+        groups: s.groups,
+        csrf: s.csrf,
+        session: Some(id_hash),
+    }))
+}
+
+/// Where a visitor without a session goes: the sign-in page, and back to `req`'s
+/// address afterwards.
+pub fn to_sign_in(req: &HttpRequest) -> HttpResponse {
+    let next = req
+        .uri()
+        .path_and_query()
+        .map_or("/ui/", |p| p.as_str())
+        .to_string();
+    let query: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("next", &next)
+        .finish();
+    HttpResponse::SeeOther()
+        .insert_header((header::LOCATION, format!("/ui/sign-in?{query}")))
+        .finish()
+}
+
+/// Only an address of the console itself is a place to go back to: never another
+/// site (`//evil.example`, `https://…`).
+fn safe_next(next: Option<&str>) -> String {
+    match next {
+        Some(n) if n.starts_with("/ui/") && !n.starts_with("//") && !n.contains('\\') => {
+            n.to_string()
+        }
+        _ => "/ui/".into(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Next {
+    next: Option<String>,
+}
+
+fn sign_in_page(next: &str, failed: bool) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { "Sign in · gantry" }
+                link rel="stylesheet" href="/ui/assets/app.css";
+            }
+            body {
+                main {
+                    form.signin method="post" action="/ui/sign-in" {
+                        h1 { "gantry" }
+                        @if failed { p.error { "That token is not valid." } }
+                        label for="token" { "Token" }
+                        input #token type="password" name="token" autocomplete="current-password" required;
+                        input type="hidden" name="next" value=(next);
+                        button type="submit" { "Sign in" }
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub async fn sign_in_form(query: web::Query<Next>) -> HttpResponse {
+    super::page(sign_in_page(&safe_next(query.next.as_deref()), false))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SignIn {
+    token: String,
+    next: Option<String>,
+}
+
+pub async fn sign_in(
+    form: web::Form<SignIn>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let next = safe_next(form.next.as_deref());
+    let Some(token) = AdminToken::presented(&state.admin_tokens, form.token.trim()) else {
+        state.metrics.sign_in("failed");
+        tokio::time::sleep(FAILED_SIGN_IN_DELAY).await;
+        let mut answer = super::page(sign_in_page(&next, true));
+        *answer.status_mut() = actix_web::http::StatusCode::UNAUTHORIZED;
+        return Ok(answer);
+    };
+    state.metrics.sign_in("ok");
+    let id = random();
+    let ttl = state.console.session_ttl;
+    state
+        .store
+        .start_session(ConsoleSession {
+            id_hash: hash(&id),
+            who: token.name.clone(),
+            role: token.role,
+            groups: token.groups.clone(),
+            csrf: random(),
+            expires_at: now_millis()
+                .saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)),
+        })
+        .await?;
+    let cookie = Cookie::build(COOKIE, id)
+        .path("/ui")
+        .http_only(true)
+        .same_site(SameSite::Lax)
+        .secure(state.console.secure_cookies)
+        .max_age(actix_web::cookie::time::Duration::seconds(
+            i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX),
+        ))
+        .finish();
+    Ok(HttpResponse::SeeOther()
+        .cookie(cookie)
+        .insert_header((header::LOCATION, next))
+        .finish())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Csrf {
+    csrf: Option<String>,
+}
+
+/// Whether a state-changing form carries its session's CSRF token.
+pub fn csrf_ok(viewer: &Viewer, presented: Option<&str>) -> bool {
+    presented.is_some_and(|p| crate::signing::same_secret(viewer.csrf.as_bytes(), p.as_bytes()))
+}
+
+/// 403 for a state-changing request without its session's CSRF token.
+pub fn csrf_refused() -> HttpResponse {
+    HttpResponse::Forbidden()
+        .content_type("text/plain; charset=utf-8")
+        .body("This form has expired or did not come from gantry's console; reload the page.")
+}
+
+pub async fn sign_out(
+    req: HttpRequest,
+    form: web::Form<Csrf>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let Some(viewer) = viewer(&req, &state).await? else {
+        return Ok(to_sign_in(&req));
+    };
+    if !csrf_ok(&viewer, form.csrf.as_deref()) {
+        return Ok(csrf_refused());
+    }
+    if let Some(id_hash) = &viewer.session {
+        state.store.end_session(id_hash).await?;
+    }
+    let mut gone = Cookie::build(COOKIE, "").path("/ui").finish();
+    gone.make_removal();
+    Ok(HttpResponse::SeeOther()
+        .cookie(gone)
+        .insert_header((header::LOCATION, "/ui/sign-in"))
+        .finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_consoles_own_addresses_are_gone_back_to() {
+        assert_eq!(
+            safe_next(Some("/ui/jobs?state=failed")),
+            "/ui/jobs?state=failed"
+        );
+        for hostile in [
+            "//evil.example/ui/",
+            "https://evil.example/ui/",
+            "/api/v1/jobs",
+            "/ui\\..\\x",
+            "",
+        ] {
+            assert_eq!(safe_next(Some(hostile)), "/ui/", "{hostile}");
+        }
+        assert_eq!(safe_next(None), "/ui/");
+    }
+}

@@ -1,0 +1,203 @@
+//! The console (SPEC §11) at the HTTP level: signing in and out, sessions kept in
+//! the store, the cookie's flags, CSRF, the security headers, and the switch that
+//! turns it off.
+
+use std::time::{Duration, Instant};
+
+use reqwest::header::{CONTENT_SECURITY_POLICY, LOCATION, SET_COOKIE};
+use reqwest::redirect::Policy;
+
+use crate::harness::{OPS_TOKEN, TestApp, VIEWER_TOKEN, spawn_app, spawn_app_with_env};
+
+/// `pairs` as an HTML form's body.
+fn form(pairs: &[(&str, &str)]) -> String {
+    form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish()
+}
+
+trait Form {
+    fn form_of(self, pairs: &[(&str, &str)]) -> Self;
+}
+
+impl Form for reqwest::RequestBuilder {
+    fn form_of(self, pairs: &[(&str, &str)]) -> Self {
+        self.header("content-type", "application/x-www-form-urlencoded")
+            .body(form(pairs))
+    }
+}
+
+fn browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// Signs in with `token`; the session cookie (`name=value`) and the whole
+/// `Set-Cookie` header.
+async fn sign_in(app: &TestApp, token: &str, next: &str) -> (String, String) {
+    let r = browser()
+        .post(format!("{}/ui/sign-in", app.base))
+        .form_of(&[("token", token), ("next", next)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()[LOCATION], next);
+    let set = r.headers()[SET_COOKIE].to_str().unwrap().to_string();
+    let pair = set.split(';').next().unwrap().to_string();
+    (pair, set)
+}
+
+async fn get(app: &TestApp, path: &str, cookie: Option<&str>) -> reqwest::Response {
+    let mut req = browser().get(format!("{}{path}", app.base));
+    if let Some(c) = cookie {
+        req = req.header("cookie", c);
+    }
+    req.send().await.unwrap()
+}
+
+/// The CSRF token of the page's `Sign out` form.
+fn csrf_of(page: &str) -> String {
+    let at = page.find(r#"name="csrf" value=""#).expect("a csrf field") + 19;
+    page[at..].split('"').next().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn signing_in_and_out_keeps_the_session_in_the_store() {
+    let app = spawn_app("").await;
+    // Without a session: to the sign-in page, and back afterwards.
+    let r = get(&app, "/ui/", None).await;
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()[LOCATION], "/ui/sign-in?next=%2Fui%2F");
+    let r = get(&app, "/ui/sign-in?next=%2Fui%2F", None).await;
+    assert_eq!(r.status(), 200);
+    let csp = r.headers()[CONTENT_SECURITY_POLICY]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
+    let form = r.text().await.unwrap();
+    assert!(
+        form.contains(r#"<label for="token">Token</label>"#),
+        "{form}"
+    );
+    assert!(form.contains(r#"type="password""#));
+    assert!(form.contains(r#"<button type="submit">Sign in</button>"#));
+    assert!(!form.contains("<script>"), "no inline script");
+
+    let (cookie, set) = sign_in(&app, VIEWER_TOKEN, "/ui/").await;
+    assert!(set.contains("HttpOnly"), "{set}");
+    assert!(set.contains("SameSite=Lax"), "{set}");
+    assert!(set.contains("Path=/ui"), "{set}");
+    assert!(!set.contains("Secure"), "plain http: {set}");
+    let page = get(&app, "/ui/", Some(&cookie)).await;
+    assert_eq!(page.status(), 200);
+    let page = page.text().await.unwrap();
+    assert!(page.contains("viewer (read)"), "{page}");
+    assert!(page.contains("awaiting_approval"));
+    assert!(!page.contains(VIEWER_TOKEN), "a token is never rendered");
+
+    // Signing out without the form's CSRF token changes nothing.
+    let r = browser()
+        .post(format!("{}/ui/sign-out", app.base))
+        .header("cookie", &cookie)
+        .form_of(&[("csrf", "forged")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(get(&app, "/ui/", Some(&cookie)).await.status(), 200);
+    // With it, the session ends on the server: the same cookie signs no one in.
+    let r = browser()
+        .post(format!("{}/ui/sign-out", app.base))
+        .header("cookie", &cookie)
+        .form_of(&[("csrf", csrf_of(&page).as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()[LOCATION], "/ui/sign-in");
+    assert_eq!(get(&app, "/ui/", Some(&cookie)).await.status(), 303);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_wrong_token_is_refused_slowly_and_counted() {
+    let app = spawn_app("").await;
+    let started = Instant::now();
+    let r = browser()
+        .post(format!("{}/ui/sign-in", app.base))
+        .form_of(&[("token", "not-a-token"), ("next", "/ui/")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    assert!(r.headers().get(SET_COOKIE).is_none());
+    assert!(r.text().await.unwrap().contains("That token is not valid."));
+    sign_in(&app, OPS_TOKEN, "/ui/").await;
+    let metrics = app.get("/metrics", None).await.text().await.unwrap();
+    assert!(
+        metrics.contains(r#"gantry_console_sign_ins_total{outcome="failed"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"gantry_console_sign_ins_total{outcome="ok"} 1"#),
+        "{metrics}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_session_past_its_end_leads_to_the_sign_in_page() {
+    let app = spawn_app("").await;
+    let (cookie, _) = sign_in(&app, VIEWER_TOKEN, "/ui/").await;
+    assert_eq!(get(&app, "/ui/", Some(&cookie)).await.status(), 200);
+    let db = rusqlite::Connection::open(app.db_path()).unwrap();
+    db.busy_timeout(Duration::from_secs(10)).unwrap();
+    db.execute("UPDATE sessions SET expires_at = 0", [])
+        .unwrap();
+    let r = get(&app, "/ui/", Some(&cookie)).await;
+    assert_eq!(r.status(), 303);
+    assert!(
+        r.headers()[LOCATION]
+            .to_str()
+            .unwrap()
+            .starts_with("/ui/sign-in")
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_cookie_is_secure_under_an_https_public_url_and_next_stays_home() {
+    let app = spawn_app_with_env(
+        "",
+        &[("GANTRY__SERVER__PUBLIC_URL", "https://gantry.example")],
+    )
+    .await;
+    let (_, set) = sign_in(&app, VIEWER_TOKEN, "/ui/").await;
+    assert!(set.contains("Secure"), "{set}");
+    // A `next` elsewhere is not followed.
+    let r = browser()
+        .post(format!("{}/ui/sign-in", app.base))
+        .form_of(&[("token", VIEWER_TOKEN), ("next", "//evil.example/ui/")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()[LOCATION], "/ui/");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_console_switched_off_is_not_there() {
+    let app = spawn_app_with_env("", &[("GANTRY__SERVER__CONSOLE", "false")]).await;
+    for path in ["/ui/", "/ui/sign-in", "/ui/assets/app.js"] {
+        assert_eq!(get(&app, path, None).await.status(), 404, "{path}");
+    }
+    app.stop().await;
+}
