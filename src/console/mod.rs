@@ -9,6 +9,7 @@
 //! (a session cookie, or a trusted SSO proxy's headers) or sends them to sign in →
 //! `pages` reads the store and renders.
 
+mod jobs;
 mod pages;
 mod session;
 
@@ -42,7 +43,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/sign-in", web::get().to(session::sign_in_form))
             .route("/sign-in", web::post().to(session::sign_in))
             .route("/sign-out", web::post().to(session::sign_out))
-            .route("/", web::get().to(pages::overview)),
+            .route("/", web::get().to(pages::overview))
+            .route("/jobs", web::get().to(jobs::list))
+            .route("/jobs/{id}", web::get().to(jobs::show))
+            .route("/jobs/{id}/{action}", web::post().to(jobs::act))
+            .route("/approvals", web::get().to(jobs::approvals)),
     );
 }
 

@@ -201,3 +201,196 @@ async fn the_console_switched_off_is_not_there() {
     }
     app.stop().await;
 }
+
+/// A promote rule for `dev` (no approval) and one for `gated` that needs one.
+const RULES: &str = r#"
+[[rules]]
+name = "plain"
+source = "ci"
+event = "test-passed"
+match = { repo = "dev" }
+action = { type = "promote", target = "jfrog", to_repo = "staging" }
+
+[[rules]]
+name = "approved"
+source = "ci"
+event = "test-passed"
+match = { repo = "gated" }
+action = { type = "promote", target = "jfrog", to_repo = "prod" }
+approval = { count = 1 }
+"#;
+
+async fn job_for(app: &TestApp, body: &str) -> String {
+    let r = app.send("ci", body.as_bytes()).await;
+    assert_eq!(r.status(), 202);
+    let v: serde_json::Value = r.json().await.unwrap();
+    v["jobs"][0]["id"].as_str().unwrap().to_string()
+}
+
+async fn post_form(
+    app: &TestApp,
+    path: &str,
+    cookie: &str,
+    pairs: &[(&str, &str)],
+) -> reqwest::Response {
+    browser()
+        .post(format!("{}{path}", app.base))
+        .header("cookie", cookie)
+        .form_of(pairs)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_read_session_sees_the_whole_job_escaped_and_no_buttons() {
+    let app = spawn_app(RULES).await;
+    app.upstream_answers(200).await;
+    let id = job_for(
+        &app,
+        r#"{"event":"test-passed","repo":"dev","image":"app","tag":"1.0","note":"<script>alert(1)</script>"}"#,
+    )
+    .await;
+    app.wait_final(&id).await;
+    let (cookie, _) = sign_in(&app, VIEWER_TOKEN, "/ui/").await;
+    let page = get(&app, &format!("/ui/jobs/{id}"), Some(&cookie)).await;
+    assert_eq!(page.status(), 200);
+    let page = page.text().await.unwrap();
+    assert!(
+        page.contains("succeeded") && page.contains("promoted"),
+        "{page}"
+    );
+    assert!(page.contains("dev/app:1.0 → staging/app:1.0"), "{page}");
+    assert!(
+        page.contains("<td>1</td>") && page.contains("200"),
+        "the attempt: {page}"
+    );
+    assert!(page.contains("job.succeeded"), "the record");
+    assert!(
+        page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "escaped: {page}"
+    );
+    assert!(!page.contains("<script>alert(1)</script>"));
+    for button in ["Retry", "Cancel", "Approve", "Reject", "Override freeze"] {
+        assert!(
+            !page.contains(&format!(">{button}</button>")),
+            "{button} shown to read"
+        );
+    }
+    let list = get(&app, "/ui/jobs?state=succeeded", Some(&cookie))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(list.contains(&id), "{list}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_operate_session_approves_with_its_csrf_token_only() {
+    let app = spawn_app(RULES).await;
+    app.upstream_answers(200).await;
+    let id = job_for(
+        &app,
+        r#"{"event":"test-passed","repo":"gated","image":"app","tag":"2.0"}"#,
+    )
+    .await;
+    let (viewer, _) = sign_in(&app, VIEWER_TOKEN, "/ui/").await;
+    let (ops, _) = sign_in(&app, OPS_TOKEN, "/ui/").await;
+    let approvals = get(&app, "/ui/approvals", Some(&ops))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        approvals.contains(&id) && approvals.contains(">Approve</button>"),
+        "{approvals}"
+    );
+    let csrf = csrf_of(&approvals);
+
+    // No token, a wrong one, or a read session: refused, nothing changed.
+    let path = format!("/ui/jobs/{id}/approve");
+    assert_eq!(
+        post_form(&app, &path, &ops, &[("comment", "ok")])
+            .await
+            .status(),
+        403
+    );
+    assert_eq!(
+        post_form(&app, &path, &ops, &[("csrf", "x"), ("comment", "ok")])
+            .await
+            .status(),
+        403
+    );
+    let viewer_page = get(&app, "/ui/approvals", Some(&viewer))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(!viewer_page.contains(">Approve</button>"));
+    let viewer_csrf = csrf_of(&viewer_page);
+    let r = post_form(
+        &app,
+        &path,
+        &viewer,
+        &[("csrf", &viewer_csrf), ("comment", "ok")],
+    )
+    .await;
+    assert_eq!(r.status(), 403);
+    assert_eq!(app.job(&id).await["state"], "awaiting_approval");
+    assert_eq!(crate::harness::posts(&app.upstream).await, 0);
+
+    let r = post_form(&app, &path, &ops, &[("csrf", &csrf), ("comment", "CAB-1")]).await;
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()[LOCATION], format!("/ui/jobs/{id}"));
+    let job = app.wait_final(&id).await;
+    assert_eq!(job["state"], "succeeded");
+    assert_eq!(job["approvals"][0]["by"], "ops");
+    assert_eq!(job["approvals"][0]["comment"], "CAB-1");
+    assert_eq!(crate::harness::posts(&app.upstream).await, 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_operate_session_retries_a_failed_job() {
+    let app = spawn_app(RULES).await;
+    app.upstream_answers(400).await;
+    let id = job_for(
+        &app,
+        r#"{"event":"test-passed","repo":"dev","image":"app","tag":"3.0"}"#,
+    )
+    .await;
+    assert_eq!(app.wait_final(&id).await["state"], "failed");
+    let (ops, _) = sign_in(&app, OPS_TOKEN, "/ui/").await;
+    let page = get(&app, &format!("/ui/jobs/{id}"), Some(&ops))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains(">Retry</button>") && page.contains(">Cancel</button>"),
+        "{page}"
+    );
+    let r = post_form(
+        &app,
+        &format!("/ui/jobs/{id}/retry"),
+        &ops,
+        &[("csrf", &csrf_of(&page))],
+    )
+    .await;
+    assert_eq!(r.status(), 303);
+    let job = app.wait_final(&id).await;
+    assert_eq!(job["attempts"].as_array().unwrap().len(), 2);
+    let retried = app.audit(&format!("kind=job.retried&job={id}")).await;
+    assert_eq!(retried[0]["actor"], "ops");
+    // A second retry of a job that is not failed any more is refused, in words.
+    let r = post_form(
+        &app,
+        &format!("/ui/jobs/{id}/cancel"),
+        &ops,
+        &[("csrf", &csrf_of(&page))],
+    )
+    .await;
+    assert!(r.status() == 303 || r.status() == 409);
+    app.stop().await;
+}
