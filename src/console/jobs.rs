@@ -8,7 +8,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use super::session::{Viewer, csrf_ok, csrf_refused, to_sign_in, viewer};
+use super::session::{Viewer, csrf_ok, csrf_refused, viewer};
 use super::{layout, page};
 use crate::api::{ApiError, AppState};
 use crate::domain::approval::{Ballot, Verdict};
@@ -63,8 +63,9 @@ pub async fn list(
     query: web::Query<JobsQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let Some(viewer) = viewer(&req, &state).await? else {
-        return Ok(to_sign_in(&req));
+    let viewer = match viewer(&req, &state).await? {
+        Ok(v) => v,
+        Err(answer) => return Ok(answer),
     };
     let q = query.into_inner();
     let wanted = q.state.as_deref().and_then(JobState::parse);
@@ -112,8 +113,9 @@ pub async fn approvals(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let Some(viewer) = viewer(&req, &state).await? else {
-        return Ok(to_sign_in(&req));
+    let viewer = match viewer(&req, &state).await? {
+        Ok(v) => v,
+        Err(answer) => return Ok(answer),
     };
     let jobs = state
         .store
@@ -160,8 +162,9 @@ pub async fn show(
     id: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let Some(viewer) = viewer(&req, &state).await? else {
-        return Ok(to_sign_in(&req));
+    let viewer = match viewer(&req, &state).await? {
+        Ok(v) => v,
+        Err(answer) => return Ok(answer),
     };
     let Some(job) = state.store.job(&id).await? else {
         return Ok(message(
@@ -299,8 +302,9 @@ pub async fn act(
     form: web::Form<ActionForm>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let Some(viewer) = viewer(&req, &state).await? else {
-        return Ok(to_sign_in(&req));
+    let viewer = match viewer(&req, &state).await? {
+        Ok(v) => v,
+        Err(answer) => return Ok(answer),
     };
     if !csrf_ok(&viewer, form.csrf.as_deref()) {
         return Ok(csrf_refused());

@@ -4,7 +4,7 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 use maud::html;
 
-use super::session::{to_sign_in, viewer};
+use super::session::viewer;
 use super::{layout, page};
 use crate::api::{ApiError, AppState};
 use crate::domain::{JobState, now_millis, rfc3339};
@@ -15,8 +15,9 @@ pub async fn overview(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let Some(viewer) = viewer(&req, &state).await? else {
-        return Ok(to_sign_in(&req));
+    let viewer = match viewer(&req, &state).await? {
+        Ok(v) => v,
+        Err(answer) => return Ok(answer),
     };
     let stats = state.store.queue_stats().await?;
     let count = |s: JobState| stats.by_state.get(&s).copied().unwrap_or(0);

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::api::{ApiError, AppState};
-use crate::config::{AdminToken, Role};
+use crate::config::{AdminToken, ConsoleConfig, Role};
 use crate::domain::now_millis;
 use crate::store::ConsoleSession;
 
@@ -61,19 +61,108 @@ fn hash(id: &str) -> String {
     hex::encode(Sha256::digest(id.as_bytes()))
 }
 
-/// The viewer of `req`, if signed in; `Err` only when the store cannot answer.
-pub async fn viewer(req: &HttpRequest, state: &AppState) -> Result<Option<Viewer>, ApiError> {
-    let Some(cookie) = req.cookie(COOKIE) else {
-        return Ok(None);
+/// The viewer of `req`: its session's, or the person a trusted SSO proxy names.
+/// Otherwise the answer to give instead: the sign-in page, or, the first time the
+/// proxy names someone, the same address again with the session cookie that now
+/// holds their CSRF token. `Err` only when the store cannot answer.
+pub async fn viewer(
+    req: &HttpRequest,
+    state: &AppState,
+) -> Result<Result<Viewer, HttpResponse>, ApiError> {
+    let session = match req.cookie(COOKIE) {
+        Some(c) => {
+            let id_hash = hash(c.value());
+            state.store.session(&id_hash).await?.map(|s| Viewer {
+                who: s.who,
+                role: s.role,
+                groups: s.groups,
+                csrf: s.csrf,
+                session: Some(id_hash),
+            })
+        }
+        None => None,
     };
-    let id_hash = hash(cookie.value());
-    Ok(state.store.session(&id_hash).await?.map(|s| Viewer {
-        who: s.who,
-        role: s.role,
-        groups: s.groups,
-        csrf: s.csrf,
-        session: Some(id_hash),
-    }))
+    let Some((person, groups)) = proxied(req, &state.console) else {
+        return Ok(session.ok_or_else(|| to_sign_in(req)));
+    };
+    if let Some(v) = session.filter(|v| v.who == person) {
+        return Ok(Ok(v));
+    }
+    let Some(role) = state.console.role_of(&groups) else {
+        return Ok(Err(HttpResponse::Forbidden()
+            .content_type("text/plain; charset=utf-8")
+            .body("None of your groups has a role in gantry's console.")));
+    };
+    let cookie = start(state, person, role, groups).await?;
+    let here = req
+        .uri()
+        .path_and_query()
+        .map_or("/ui/", |p| p.as_str())
+        .to_string();
+    Ok(Err(HttpResponse::SeeOther()
+        .cookie(cookie)
+        .insert_header((header::LOCATION, safe_next(Some(&here))))
+        .finish()))
+}
+
+/// The person and groups the SSO proxy names, when the request comes from one of
+/// its trusted addresses (the connection's own, never a forwarded one); from
+/// anywhere else the headers are not believed.
+fn proxied(req: &HttpRequest, console: &ConsoleConfig) -> Option<(String, Vec<String>)> {
+    let proxy = console.proxy.as_ref()?;
+    let peer = req.peer_addr()?.ip();
+    if !proxy.trusts(peer) {
+        return None;
+    }
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let person = header(&proxy.user_header)?.trim();
+    if person.is_empty() {
+        return None;
+    }
+    let groups = proxy
+        .groups_header
+        .as_deref()
+        .and_then(header)
+        .map(|g| {
+            g.split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    Some((person.to_string(), groups))
+}
+
+/// Starts a session for `who`; the cookie that carries it.
+async fn start(
+    state: &AppState,
+    who: String,
+    role: Role,
+    groups: Vec<String>,
+) -> Result<Cookie<'static>, ApiError> {
+    let id = random();
+    let ttl = state.console.session_ttl;
+    state
+        .store
+        .start_session(ConsoleSession {
+            id_hash: hash(&id),
+            who,
+            role,
+            groups,
+            csrf: random(),
+            expires_at: now_millis()
+                .saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)),
+        })
+        .await?;
+    Ok(Cookie::build(COOKIE, id)
+        .path("/ui")
+        .http_only(true)
+        .same_site(SameSite::Lax)
+        .secure(state.console.secure_cookies)
+        .max_age(actix_web::cookie::time::Duration::seconds(
+            i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX),
+        ))
+        .finish())
 }
 
 /// Where a visitor without a session goes: the sign-in page, and back to `req`'s
@@ -157,29 +246,7 @@ pub async fn sign_in(
         return Ok(answer);
     };
     state.metrics.sign_in("ok");
-    let id = random();
-    let ttl = state.console.session_ttl;
-    state
-        .store
-        .start_session(ConsoleSession {
-            id_hash: hash(&id),
-            who: token.name.clone(),
-            role: token.role,
-            groups: token.groups.clone(),
-            csrf: random(),
-            expires_at: now_millis()
-                .saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)),
-        })
-        .await?;
-    let cookie = Cookie::build(COOKIE, id)
-        .path("/ui")
-        .http_only(true)
-        .same_site(SameSite::Lax)
-        .secure(state.console.secure_cookies)
-        .max_age(actix_web::cookie::time::Duration::seconds(
-            i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX),
-        ))
-        .finish();
+    let cookie = start(&state, token.name.clone(), token.role, token.groups.clone()).await?;
     Ok(HttpResponse::SeeOther()
         .cookie(cookie)
         .insert_header((header::LOCATION, next))
@@ -208,8 +275,9 @@ pub async fn sign_out(
     form: web::Form<Csrf>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let Some(viewer) = viewer(&req, &state).await? else {
-        return Ok(to_sign_in(&req));
+    let viewer = match viewer(&req, &state).await? {
+        Ok(v) => v,
+        Err(answer) => return Ok(answer),
     };
     if !csrf_ok(&viewer, form.csrf.as_deref()) {
         return Ok(csrf_refused());

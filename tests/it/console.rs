@@ -394,3 +394,91 @@ async fn an_operate_session_retries_a_failed_job() {
     assert!(r.status() == 303 || r.status() == 409);
     app.stop().await;
 }
+
+/// The SSO proxy at `trusted`, and release managers who operate.
+fn proxied(trusted: &str) -> String {
+    format!(
+        r#"{RULES}
+[auth.proxy]
+user_header = "X-Forwarded-User"
+groups_header = "X-Forwarded-Groups"
+trusted = ["{trusted}"]
+
+[[auth.groups]]
+name = "release-managers"
+role = "operate"
+"#
+    )
+}
+
+/// A request as the proxy forwards it for alice.
+fn as_alice(req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    req.header("X-Forwarded-User", "alice")
+        .header("X-Forwarded-Groups", "developers, release-managers")
+}
+
+#[tokio::test]
+async fn a_trusted_proxy_names_the_person_who_approves() {
+    let app = spawn_app(&proxied("127.0.0.1/32")).await;
+    app.upstream_answers(200).await;
+    let id = job_for(
+        &app,
+        r#"{"event":"test-passed","repo":"gated","image":"app","tag":"4.0"}"#,
+    )
+    .await;
+    // The first visit gets a session for alice (her CSRF token), and the same address.
+    let r = as_alice(browser().get(format!("{}/ui/approvals", app.base)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()[LOCATION], "/ui/approvals");
+    let cookie = r.headers()[SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let page = as_alice(browser().get(format!("{}/ui/approvals", app.base)))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("alice (operate)"), "{page}");
+    let r = as_alice(browser().post(format!("{}/ui/jobs/{id}/approve", app.base)))
+        .header("cookie", &cookie)
+        .form_of(&[("csrf", csrf_of(&page).as_str()), ("comment", "looks good")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let job = app.wait_final(&id).await;
+    assert_eq!(job["state"], "succeeded");
+    assert_eq!(job["approvals"][0]["by"], "alice");
+    let approved = app.audit(&format!("kind=job.approved&job={id}")).await;
+    assert_eq!(approved[0]["actor"], "alice");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn proxy_headers_from_an_untrusted_address_are_ignored() {
+    let app = spawn_app(&proxied("10.0.0.0/8")).await;
+    let r = as_alice(browser().get(format!("{}/ui/approvals", app.base)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert!(
+        r.headers()[LOCATION]
+            .to_str()
+            .unwrap()
+            .starts_with("/ui/sign-in"),
+        "not believed: to the sign-in page"
+    );
+    assert!(r.headers().get(SET_COOKIE).is_none());
+    app.stop().await;
+}
