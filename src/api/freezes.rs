@@ -17,14 +17,14 @@ use crate::domain::{Millis, now_millis};
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StartFreeze {
-    name: String,
+    pub name: String,
     /// Globs over the destination repo; every repo when absent.
-    to_repos: Option<Vec<String>>,
+    pub to_repos: Option<Vec<String>>,
     /// Every target when absent.
-    targets: Option<Vec<String>>,
+    pub targets: Option<Vec<String>>,
     /// RFC 3339, in the future.
-    until: Option<String>,
-    reason: Option<String>,
+    pub until: Option<String>,
+    pub reason: Option<String>,
 }
 
 /// One freeze window, active now or the next one to come.
@@ -68,7 +68,19 @@ pub async fn start_freeze(
     request: web::Json<StartFreeze>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let r = request.into_inner();
+    let f = requested_freeze(request.into_inner(), caller.0.name, &state)?;
+    if !state.store.start_freeze(f.clone()).await? {
+        return Err(exists(&f.name));
+    }
+    Ok(HttpResponse::Created().json(f))
+}
+
+/// A run-time freeze as asked for, checked: what the API and the console both start.
+pub fn requested_freeze(
+    r: StartFreeze,
+    by: String,
+    state: &AppState,
+) -> Result<RuntimeFreeze, ApiError> {
     let plain = !r.name.is_empty()
         && r.name
             .chars()
@@ -98,19 +110,15 @@ pub async fn start_freeze(
     if state.freezes.iter().any(|f| f.name == r.name) {
         return Err(exists(&r.name));
     }
-    let f = RuntimeFreeze {
+    Ok(RuntimeFreeze {
         name: r.name,
         to_repos: r.to_repos,
         targets: r.targets,
         from: now,
         until,
         reason: r.reason.unwrap_or_default(),
-        started_by: caller.0.name,
-    };
-    if !state.store.start_freeze(f.clone()).await? {
-        return Err(exists(&f.name));
-    }
-    Ok(HttpResponse::Created().json(f))
+        started_by: by,
+    })
 }
 
 fn exists(name: &str) -> ApiError {

@@ -23,6 +23,7 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 pub use error::ApiError;
+pub use freezes::{StartFreeze, requested_freeze};
 pub use span::RequestSpan;
 
 use crate::config::AdminToken;

@@ -11,6 +11,7 @@
 
 mod jobs;
 mod pages;
+mod records;
 mod session;
 
 use actix_web::http::header::{self, HeaderValue};
@@ -47,7 +48,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/jobs", web::get().to(jobs::list))
             .route("/jobs/{id}", web::get().to(jobs::show))
             .route("/jobs/{id}/{action}", web::post().to(jobs::act))
-            .route("/approvals", web::get().to(jobs::approvals)),
+            .route("/approvals", web::get().to(jobs::approvals))
+            .route("/freezes", web::get().to(records::freezes))
+            .route("/freezes", web::post().to(records::start))
+            .route("/freezes/{name}/end", web::post().to(records::end))
+            .route("/audit", web::get().to(records::audit)),
     );
 }
 

@@ -482,3 +482,78 @@ async fn proxy_headers_from_an_untrusted_address_are_ignored() {
     assert!(r.headers().get(SET_COOKIE).is_none());
     app.stop().await;
 }
+
+#[tokio::test]
+async fn freezes_start_and_end_and_the_audit_chain_verifies_from_the_console() {
+    let app = spawn_app(RULES).await;
+    let (ops, _) = sign_in(&app, OPS_TOKEN, "/ui/").await;
+    let page = get(&app, "/ui/freezes", Some(&ops))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains(">Start freeze</button>"), "{page}");
+    let csrf = csrf_of(&page);
+    let start = |name: &'static str, length: &'static str| {
+        let (ops, csrf) = (ops.clone(), csrf.clone());
+        let app = &app;
+        async move {
+            post_form(
+                app,
+                "/ui/freezes",
+                &ops,
+                &[
+                    ("csrf", &csrf),
+                    ("name", name),
+                    ("to_repos", "prod*"),
+                    ("length", length),
+                    ("reason", "release week"),
+                ],
+            )
+            .await
+        }
+    };
+    assert_eq!(start("bad name!", "2h").await.status(), 400);
+    assert_eq!(start("release", "soon").await.status(), 400);
+    let r = start("release", "2h").await;
+    assert_eq!(r.status(), 303);
+    let listed: serde_json::Value = app
+        .get("/api/v1/freezes", Some(VIEWER_TOKEN))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["freezes"][0]["name"], "release");
+    assert_eq!(listed["freezes"][0]["started_by"], "ops");
+    assert_eq!(listed["freezes"][0]["to_repos"][0], "prod*");
+    let page = get(&app, "/ui/freezes", Some(&ops))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("release week") && page.contains(">End freeze</button>"),
+        "{page}"
+    );
+    let r = post_form(&app, "/ui/freezes/release/end", &ops, &[("csrf", &csrf)]).await;
+    assert_eq!(r.status(), 303);
+    let listed: serde_json::Value = app
+        .get("/api/v1/freezes", Some(VIEWER_TOKEN))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(listed["freezes"].as_array().unwrap().is_empty(), "{listed}");
+
+    let audit = get(&app, "/ui/audit?verify=1", Some(&ops))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(audit.contains("The chain verifies: 2 records."), "{audit}");
+    assert!(
+        audit.contains("freeze.started") && audit.contains("freeze.ended"),
+        "{audit}"
+    );
+    app.stop().await;
+}
