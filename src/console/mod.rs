@@ -52,7 +52,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/freezes", web::get().to(records::freezes))
             .route("/freezes", web::post().to(records::start))
             .route("/freezes/{name}/end", web::post().to(records::end))
-            .route("/audit", web::get().to(records::audit)),
+            .route("/audit", web::get().to(records::audit))
+            .route("/rules", web::get().to(pages::rules)),
     );
 }
 

@@ -62,3 +62,20 @@ pub async fn overview(
     };
     Ok(page(layout(&viewer, "Overview", body)))
 }
+
+/// The rules as loaded, each as the admin API lists it.
+pub async fn rules(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let viewer = match viewer(&req, &state).await? {
+        Ok(v) => v,
+        Err(answer) => return Ok(answer),
+    };
+    let body = html! {
+        @for r in state.ingest.rules.rules() {
+            div.card {
+                h2 { (r.name) }
+                pre.mono { (serde_json::to_string_pretty(&r.spec).unwrap_or_default()) }
+            }
+        }
+    };
+    Ok(page(layout(&viewer, "Rules", body)))
+}
