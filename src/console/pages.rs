@@ -7,7 +7,9 @@ use maud::html;
 use super::session::viewer;
 use super::{layout, page};
 use crate::api::{ApiError, AppState};
+use crate::audit::AuditKind;
 use crate::domain::{JobState, now_millis, rfc3339};
+use crate::store::AuditFilter;
 
 /// Overview: jobs by state, the queue and its oldest job, approvals waiting, open
 /// circuits and active freezes. Its figures refresh without a reload.
@@ -33,6 +35,18 @@ pub async fn overview(
         .map(|(name, _)| name.to_string())
         .collect();
     let freezes = state.store.freezes().await?;
+    let day_ago = now_millis() - 24 * 3600 * 1000;
+    let failures = state
+        .store
+        .audit(AuditFilter {
+            kind: Some(AuditKind::JobFailed),
+            since: Some(day_ago),
+            limit: 1000,
+            ..AuditFilter::default()
+        })
+        .await?
+        .items
+        .len();
     let body = html! {
         div data-live {
             div.cards {
@@ -46,6 +60,9 @@ pub async fn overview(
             h2 { "Queue" }
             p { (waiting) " waiting to run"
                 @if let Some(age) = &oldest { ", the oldest for " (age) } }
+            h2 { "Failures in the last 24 h" }
+            p { a href="/ui/audit?kind=job.failed" {
+                (failures) @if failures == 1000 { "+" } " failed promotions" } }
             h2 { "Approvals waiting" }
             p { a href="/ui/approvals" { (count(JobState::AwaitingApproval)) " awaiting approval" } }
             h2 { "Open circuits" }

@@ -100,6 +100,7 @@ async fn signing_in_and_out_keeps_the_session_in_the_store() {
     let page = page.text().await.unwrap();
     assert!(page.contains("viewer (read)"), "{page}");
     assert!(page.contains("awaiting_approval"));
+    assert!(page.contains("0 failed promotions"), "{page}");
     assert!(!page.contains(VIEWER_TOKEN), "a token is never rendered");
 
     // Signing out without the form's CSRF token changes nothing.
