@@ -8,7 +8,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use super::session::{Viewer, csrf_ok, csrf_refused, viewer};
+use super::session::{Viewer, poster, viewer};
 use super::{layout, page};
 use crate::api::{ApiError, AppState};
 use crate::domain::approval::{Ballot, Verdict};
@@ -302,21 +302,10 @@ pub async fn act(
     form: web::Form<ActionForm>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let viewer = match viewer(&req, &state).await? {
+    let viewer = match poster(&req, &state, form.csrf.as_deref(), true).await? {
         Ok(v) => v,
         Err(answer) => return Ok(answer),
     };
-    if !csrf_ok(&viewer, form.csrf.as_deref()) {
-        return Ok(csrf_refused());
-    }
-    if !viewer.can_operate() {
-        return Ok(message(
-            &viewer,
-            StatusCode::FORBIDDEN,
-            "Not allowed",
-            "This session can look, not act.",
-        ));
-    }
     let (id, action) = path.into_inner();
     let form = form.into_inner();
     let comment = form.comment.filter(|c| !c.trim().is_empty());

@@ -87,19 +87,26 @@ fn page(markup: Markup) -> HttpResponse {
         .body(markup.into_string())
 }
 
+/// Every page's `<head>`: its title, the stylesheet and the console's one script.
+fn head(title: &str) -> Markup {
+    html! {
+        head {
+            meta charset="utf-8";
+            meta name="viewport" content="width=device-width, initial-scale=1";
+            title { (title) " · gantry" }
+            link rel="stylesheet" href="/ui/assets/app.css";
+            script src="/ui/assets/app.js" defer {}
+        }
+    }
+}
+
 /// The frame of every page for a signed-in viewer: navigation, who is signed in,
 /// and `Sign out`.
 fn layout(viewer: &Viewer, title: &str, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (title) " · gantry" }
-                link rel="stylesheet" href="/ui/assets/app.css";
-                script src="/ui/assets/app.js" defer {}
-            }
+            (head(title))
             body {
                 header {
                     span.brand { "gantry" }

@@ -6,7 +6,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use maud::html;
 use serde::Deserialize;
 
-use super::session::{csrf_ok, csrf_refused, viewer};
+use super::session::{poster, viewer};
 use super::{layout, page};
 use crate::api::{ApiError, AppState, StartFreeze, requested_freeze};
 use crate::audit::AuditKind;
@@ -73,25 +73,16 @@ pub async fn start(
     form: web::Form<StartForm>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let viewer = match viewer(&req, &state).await? {
+    let form = form.into_inner();
+    let viewer = match poster(&req, &state, form.csrf.as_deref(), true).await? {
         Ok(v) => v,
         Err(answer) => return Ok(answer),
     };
-    let form = form.into_inner();
-    if !csrf_ok(&viewer, form.csrf.as_deref()) {
-        return Ok(csrf_refused());
-    }
     let refuse = |status: StatusCode, why: String| {
         let mut answer = page(layout(&viewer, "Not done", html! { p { (why) } }));
         *answer.status_mut() = status;
         answer
     };
-    if !viewer.can_operate() {
-        return Ok(refuse(
-            StatusCode::FORBIDDEN,
-            "This session can look, not act.".into(),
-        ));
-    }
     let Ok(length) = humantime::parse_duration(form.length.trim()) else {
         return Ok(refuse(
             StatusCode::BAD_REQUEST,
@@ -139,16 +130,10 @@ pub async fn end(
     form: web::Form<CsrfForm>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let viewer = match viewer(&req, &state).await? {
+    let viewer = match poster(&req, &state, form.csrf.as_deref(), true).await? {
         Ok(v) => v,
         Err(answer) => return Ok(answer),
     };
-    if !csrf_ok(&viewer, form.csrf.as_deref()) {
-        return Ok(csrf_refused());
-    }
-    if !viewer.can_operate() {
-        return Ok(HttpResponse::Forbidden().body("This session can look, not act."));
-    }
     state.store.end_freeze(&name, &viewer.who).await?;
     Ok(HttpResponse::SeeOther()
         .insert_header((header::LOCATION, "/ui/freezes"))

@@ -201,12 +201,7 @@ fn sign_in_page(next: &str, failed: bool) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { "Sign in · gantry" }
-                link rel="stylesheet" href="/ui/assets/app.css";
-            }
+            (super::head("Sign in"))
             body {
                 main {
                     form.signin method="post" action="/ui/sign-in" {
@@ -259,15 +254,39 @@ pub struct Csrf {
 }
 
 /// Whether a state-changing form carries its session's CSRF token.
-pub fn csrf_ok(viewer: &Viewer, presented: Option<&str>) -> bool {
+fn csrf_ok(viewer: &Viewer, presented: Option<&str>) -> bool {
     presented.is_some_and(|p| crate::signing::same_secret(viewer.csrf.as_bytes(), p.as_bytes()))
 }
 
 /// 403 for a state-changing request without its session's CSRF token.
-pub fn csrf_refused() -> HttpResponse {
+fn csrf_refused() -> HttpResponse {
     HttpResponse::Forbidden()
         .content_type("text/plain; charset=utf-8")
         .body("This form has expired or did not come from gantry's console; reload the page.")
+}
+
+/// Who posts a state-changing form: the viewer, carrying their session's CSRF
+/// token and, when `operate`, holding that role. Otherwise the answer to give
+/// instead (403 for a missing or wrong token, or a `read` session acting).
+pub async fn poster(
+    req: &HttpRequest,
+    state: &AppState,
+    csrf: Option<&str>,
+    operate: bool,
+) -> Result<Result<Viewer, HttpResponse>, ApiError> {
+    let viewer = match viewer(req, state).await? {
+        Ok(v) => v,
+        Err(answer) => return Ok(Err(answer)),
+    };
+    if !csrf_ok(&viewer, csrf) {
+        return Ok(Err(csrf_refused()));
+    }
+    if operate && !viewer.can_operate() {
+        return Ok(Err(HttpResponse::Forbidden()
+            .content_type("text/plain; charset=utf-8")
+            .body("This session can look, not act.")));
+    }
+    Ok(Ok(viewer))
 }
 
 pub async fn sign_out(
@@ -275,13 +294,10 @@ pub async fn sign_out(
     form: web::Form<Csrf>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let viewer = match viewer(&req, &state).await? {
+    let viewer = match poster(&req, &state, form.csrf.as_deref(), false).await? {
         Ok(v) => v,
         Err(answer) => return Ok(answer),
     };
-    if !csrf_ok(&viewer, form.csrf.as_deref()) {
-        return Ok(csrf_refused());
-    }
     if let Some(id_hash) = &viewer.session {
         state.store.end_session(id_hash).await?;
     }
