@@ -72,13 +72,11 @@ pub async fn viewer(
     let session = match req.cookie(COOKIE) {
         Some(c) => {
             let id_hash = hash(c.value());
-            state.store.session(&id_hash).await?.map(|s| Viewer {
-                who: s.who,
-                role: s.role,
-                groups: s.groups,
-                csrf: s.csrf,
-                session: Some(id_hash),
-            })
+            state
+                .store
+                .session(&id_hash)
+                .await?
+                .and_then(|s| current(s, id_hash, state))
         }
         None => None,
     };
@@ -93,7 +91,7 @@ pub async fn viewer(
             .content_type("text/plain; charset=utf-8")
             .body("None of your groups has a role in gantry's console.")));
     };
-    let cookie = start(state, person, role, groups).await?;
+    let cookie = start(state, person, true, role, groups).await?;
     let here = req
         .uri()
         .path_and_query()
@@ -103,6 +101,25 @@ pub async fn viewer(
         .cookie(cookie)
         .insert_header((header::LOCATION, safe_next(Some(&here))))
         .finish()))
+}
+
+/// A stored session as it stands under the config now: a token's session ends when
+/// its token leaves the config, and takes the token's role and groups as they are
+/// now; a person's keeps what the proxy said at sign-in.
+fn current(s: ConsoleSession, id_hash: String, state: &AppState) -> Option<Viewer> {
+    let (role, groups) = if s.person {
+        (s.role, s.groups)
+    } else {
+        let token = state.admin_tokens.iter().find(|t| t.name == s.who)?;
+        (token.role, token.groups.clone())
+    };
+    Some(Viewer {
+        who: s.who,
+        role,
+        groups,
+        csrf: s.csrf,
+        session: Some(id_hash),
+    })
 }
 
 /// The person and groups the SSO proxy names, when the request comes from one of
@@ -137,6 +154,7 @@ fn proxied(req: &HttpRequest, console: &ConsoleConfig) -> Option<(String, Vec<St
 async fn start(
     state: &AppState,
     who: String,
+    person: bool,
     role: Role,
     groups: Vec<String>,
 ) -> Result<Cookie<'static>, ApiError> {
@@ -147,6 +165,7 @@ async fn start(
         .start_session(ConsoleSession {
             id_hash: hash(&id),
             who,
+            person,
             role,
             groups,
             csrf: random(),
@@ -241,7 +260,14 @@ pub async fn sign_in(
         return Ok(answer);
     };
     state.metrics.sign_in("ok");
-    let cookie = start(&state, token.name.clone(), token.role, token.groups.clone()).await?;
+    let cookie = start(
+        &state,
+        token.name.clone(),
+        false,
+        token.role,
+        token.groups.clone(),
+    )
+    .await?;
     Ok(HttpResponse::SeeOther()
         .cookie(cookie)
         .insert_header((header::LOCATION, next))

@@ -353,6 +353,8 @@ pub struct ConsoleSession {
     pub id_hash: String,
     /// The token's name, or the person the SSO proxy named.
     pub who: String,
+    /// A person the SSO proxy named, not an admin token.
+    pub person: bool,
     pub role: crate::config::Role,
     /// The token's groups, or the person's: whom they may approve for.
     pub groups: Vec<String>,

@@ -1829,6 +1829,7 @@ impl Store for PostgresStore {
             &[
                 &session.id_hash,
                 &session.who,
+                &i64::from(session.person),
                 &role_text(session.role),
                 &groups_text(&session.groups),
                 &session.csrf,

@@ -11,6 +11,7 @@ pub(super) const SESSIONS_MIGRATION: &str = r#"
 CREATE TABLE sessions (
     id_hash TEXT PRIMARY KEY,
     who TEXT NOT NULL,
+    person BIGINT NOT NULL,
     role TEXT NOT NULL,
     groups TEXT NOT NULL,
     csrf TEXT NOT NULL,
@@ -19,15 +20,15 @@ CREATE TABLE sessions (
 CREATE INDEX sessions_expiry ON sessions(expires_at);
 "#;
 
-pub(super) const INSERT_SESSION: &str = "INSERT INTO sessions (id_hash, who, role, groups, csrf,
-    expires_at) VALUES ($1, $2, $3, $4, $5, $6)";
+pub(super) const INSERT_SESSION: &str = "INSERT INTO sessions (id_hash, who, person, role,
+    groups, csrf, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7)";
 
 /// Sessions past their end, removed whenever one starts.
 pub(super) const DROP_EXPIRED: &str = "DELETE FROM sessions WHERE expires_at <= $1";
 
 /// A session in force (`$2` is now).
-pub(super) const SESSION: &str = "SELECT who, role, groups, csrf, expires_at FROM sessions
-    WHERE id_hash = $1 AND expires_at > $2";
+pub(super) const SESSION: &str = "SELECT who, role, groups, csrf, expires_at, person
+    FROM sessions WHERE id_hash = $1 AND expires_at > $2";
 
 pub(super) const END_SESSION: &str = "DELETE FROM sessions WHERE id_hash = $1";
 
@@ -56,5 +57,6 @@ pub(super) fn read_session(id_hash: &str, r: &impl Columns) -> Result<ConsoleSes
         groups: serde_json::from_str(&groups).map_err(|_| corrupt("session groups", &groups))?,
         csrf: r.text(3)?,
         expires_at: r.int(4)?,
+        person: r.int(5)? != 0,
     })
 }

@@ -1857,6 +1857,7 @@ impl Store for SqliteStore {
                 params![
                     session.id_hash,
                     session.who,
+                    i64::from(session.person),
                     role_text(session.role),
                     groups_text(&session.groups),
                     session.csrf,

@@ -558,3 +558,65 @@ async fn freezes_start_and_end_and_the_audit_chain_verifies_from_the_console() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_session_ends_when_its_token_leaves_the_config() {
+    use crate::harness::{ChildApp, free_port, write_config_on};
+    let upstream = wiremock::MockServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = crate::stores::TestStore::Sqlite.url(dir.path());
+    let config = write_config_on(dir.path(), &upstream.uri(), "", "30s", &url);
+    let port = free_port();
+    let app = ChildApp::start(&config, port).await;
+    let base = format!("http://127.0.0.1:{port}");
+    let signed = |token: &'static str| {
+        let base = base.clone();
+        async move {
+            let r = browser()
+                .post(format!("{base}/ui/sign-in"))
+                .form_of(&[("token", token), ("next", "/ui/")])
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 303);
+            r.headers()[SET_COOKIE]
+                .to_str()
+                .unwrap()
+                .split(';')
+                .next()
+                .unwrap()
+                .to_string()
+        }
+    };
+    let (viewer, ops) = (signed(VIEWER_TOKEN).await, signed(OPS_TOKEN).await);
+    app.terminate(Duration::from_secs(10)).await;
+
+    // The viewer token is gone from the config; ops stays.
+    let text = std::fs::read_to_string(&config).unwrap();
+    let without = text.replace(
+        "[[admin.tokens]]\nname = \"viewer\"\ntoken = \"env:TEST_VIEWER_TOKEN\"\nrole = \"read\"\n",
+        "",
+    );
+    assert_ne!(text, without, "the viewer token was in the config");
+    std::fs::write(&config, without).unwrap();
+    let app = ChildApp::start(&config, port).await;
+    let at = |cookie: String| {
+        let base = base.clone();
+        async move {
+            browser()
+                .get(format!("{base}/ui/"))
+                .header("cookie", cookie)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(
+        at(viewer).await,
+        303,
+        "the viewer's session ended with its token"
+    );
+    assert_eq!(at(ops).await, 200, "a configured token's session goes on");
+    drop(app);
+}
