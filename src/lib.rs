@@ -3,8 +3,10 @@
 //! A request travels: `api` (HTTP) → `ingest` (verify the signature, normalize to
 //! events) → `rules` (match, render the actions) → `store` (event and jobs in one
 //! transaction) → answer → `worker` (lease a job) → `targets` (perform the
-//! promotion) → `store` (result and `audit` record). `config` validates everything
-//! before any of it starts; `app` wires the parts; `cli` is the command line.
+//! promotion) → `store` (result and `audit` record, and in every transaction the
+//! notifications its records make) → `notify` (deliver them). `console` is the web
+//! view on the same store. `config` validates everything before any of it starts;
+//! `app` wires the parts; `cli` is the command line.
 
 pub mod api;
 pub mod app;
