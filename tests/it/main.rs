@@ -9,6 +9,7 @@ mod actions;
 mod admin;
 mod approvals;
 mod audit;
+mod browser;
 mod chains;
 mod cli;
 mod console;

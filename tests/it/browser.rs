@@ -1,0 +1,191 @@
+//! The console in a real browser (SPEC §11): headless Chromium driven over WebDriver
+//! by chromedriver (Debian packages `chromium` and `chromium-driver`), with a
+//! screenshot of every page it visits written under `target/console-screenshots/`.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use hyper_util::client::legacy::connect::HttpConnector;
+
+use crate::harness::{VIEWER_TOKEN, free_port, spawn_app};
+
+/// chromedriver on a free loopback port, stopped with the test.
+struct Driver {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn driver() -> Driver {
+    let port = free_port();
+    let child = Command::new("chromedriver")
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromedriver runs (apt-get install chromium chromium-driver)");
+    let driver = Driver { child, port };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/status")).await
+            && r.status() == 200
+        {
+            return driver;
+        }
+        assert!(Instant::now() < deadline, "chromedriver did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A headless Chromium, `width` pixels wide.
+async fn browser(driver: &Driver, width: u32) -> Client {
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        serde_json::json!({ "args": [
+            "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+            format!("--window-size={width},1000"),
+        ] }),
+    );
+    ClientBuilder::new(HttpConnector::new())
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{}", driver.port))
+        .await
+        .expect("a Chromium session")
+}
+
+/// Writes the page as it is now to `target/console-screenshots/{name}.png`.
+async fn screenshot(client: &Client, name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/console-screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{name}.png"));
+    std::fs::write(&path, client.screenshot().await.unwrap()).unwrap();
+    println!("screenshot: {}", path.display());
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_session_in_a_browser_sees_a_promoted_job_and_no_buttons() {
+    let app = spawn_app(
+        r#"
+[[rules]]
+name = "to-staging"
+source = "ci"
+event = "test-passed"
+action = { type = "promote", target = "jfrog", to_repo = "staging" }
+"#,
+    )
+    .await;
+    app.upstream_answers(200).await;
+    let r = app
+        .send(
+            "ci",
+            br#"{"event":"test-passed","repo":"dev","image":"team-a/api","tag":"1.4.2","note":"<script>alert(1)</script>"}"#,
+        )
+        .await;
+    let v: serde_json::Value = r.json().await.unwrap();
+    let id = v["jobs"][0]["id"].as_str().unwrap().to_string();
+    app.wait_final(&id).await;
+
+    let driver = driver().await;
+    let c = browser(&driver, 1280).await;
+    c.goto(&format!("{}/ui/jobs/{id}", app.base)).await.unwrap();
+    // Sent to sign in, and back to the job afterwards.
+    assert!(
+        c.current_url()
+            .await
+            .unwrap()
+            .path()
+            .ends_with("/ui/sign-in")
+    );
+    screenshot(&c, "sign-in").await;
+    c.find(Locator::Css("#token"))
+        .await
+        .unwrap()
+        .send_keys(VIEWER_TOKEN)
+        .await
+        .unwrap();
+    c.find(Locator::XPath("//button[text()='Sign in']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    assert_eq!(
+        c.current_url().await.unwrap().path(),
+        format!("/ui/jobs/{id}")
+    );
+    let html = c.source().await.unwrap();
+    assert!(
+        html.contains("dev/team-a/api:1.4.2 → staging/team-a/api:1.4.2"),
+        "{html}"
+    );
+    assert!(html.contains("succeeded"));
+    // The payload's script is text on the page, and never ran.
+    let shown = c
+        .find(Locator::Css("pre"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(shown.contains("<script>alert(1)</script>"), "{shown}");
+    assert!(c.get_alert_text().await.is_err(), "no alert opened");
+    let buttons = c.find_all(Locator::Css("main button")).await.unwrap();
+    assert!(buttons.is_empty(), "a read session sees no action button");
+    screenshot(&c, "job").await;
+    for (page, path) in [
+        ("overview", "/ui/"),
+        ("jobs", "/ui/jobs"),
+        ("approvals", "/ui/approvals"),
+        ("audit", "/ui/audit?verify=1"),
+        ("rules", "/ui/rules"),
+        ("freezes", "/ui/freezes"),
+    ] {
+        c.goto(&format!("{}{path}", app.base)).await.unwrap();
+        assert_eq!(
+            c.current_url().await.unwrap().path(),
+            path.split('?').next().unwrap()
+        );
+        if page == "audit" {
+            let verdict = c.find(Locator::Css("#verdict")).await.unwrap();
+            let verdict = verdict.text().await.unwrap();
+            assert!(verdict.starts_with("The chain verifies"), "{verdict}");
+        }
+        screenshot(&c, page).await;
+    }
+    c.close().await.unwrap();
+
+    // Usable at 390 px: signing in and the overview.
+    let narrow = browser(&driver, 390).await;
+    narrow
+        .goto(&format!("{}/ui/sign-in?next=%2Fui%2F", app.base))
+        .await
+        .unwrap();
+    narrow
+        .find(Locator::Css("#token"))
+        .await
+        .unwrap()
+        .send_keys(VIEWER_TOKEN)
+        .await
+        .unwrap();
+    narrow
+        .find(Locator::XPath("//button[text()='Sign in']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    assert_eq!(narrow.current_url().await.unwrap().path(), "/ui/");
+    screenshot(&narrow, "overview-390").await;
+    narrow.close().await.unwrap();
+    app.stop().await;
+}
