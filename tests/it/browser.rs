@@ -189,3 +189,140 @@ action = { type = "promote", target = "jfrog", to_repo = "staging" }
     narrow.close().await.unwrap();
     app.stop().await;
 }
+
+/// Signs in at `base` with `token` through the form.
+async fn sign_in(c: &Client, base: &str, token: &str) {
+    c.goto(&format!("{base}/ui/sign-in")).await.unwrap();
+    c.find(Locator::Css("#token"))
+        .await
+        .unwrap()
+        .send_keys(token)
+        .await
+        .unwrap();
+    c.find(Locator::XPath("//button[text()='Sign in']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
+async fn click(c: &Client, text: &str) {
+    c.find(Locator::XPath(&format!("//button[text()='{text}']")))
+        .await
+        .unwrap_or_else(|e| panic!("a `{text}` button: {e}"))
+        .click()
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_in_a_browser_approves_retries_and_freezes() {
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, ResponseTemplate};
+    let app = spawn_app(
+        r#"
+[[rules]]
+name = "to-prod"
+source = "ci"
+event = "test-passed"
+match = { repo = "staging" }
+action = { type = "promote", target = "jfrog", to_repo = "prod" }
+approval = { count = 1 }
+
+[[rules]]
+name = "to-staging"
+source = "ci"
+event = "test-passed"
+match = { repo = "dev" }
+action = { type = "promote", target = "jfrog", to_repo = "staging" }
+"#,
+    )
+    .await;
+    Mock::given(method("POST"))
+        .and(path("/artifactory/api/docker/staging/v2/promote"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&app.upstream)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/artifactory/api/docker/dev/v2/promote"))
+        .respond_with(ResponseTemplate::new(400))
+        .mount(&app.upstream)
+        .await;
+    let job = |repo: &'static str| {
+        let app = &app;
+        async move {
+            let body =
+                format!(r#"{{"event":"test-passed","repo":"{repo}","image":"api","tag":"2.0"}}"#);
+            let v: serde_json::Value = app.send("ci", body.as_bytes()).await.json().await.unwrap();
+            v["jobs"][0]["id"].as_str().unwrap().to_string()
+        }
+    };
+    let awaiting = job("staging").await;
+    let failing = job("dev").await;
+    assert_eq!(app.wait_final(&failing).await["state"], "failed");
+
+    let driver = driver().await;
+    let c = browser(&driver, 1280).await;
+    sign_in(&c, &app.base, crate::harness::OPS_TOKEN).await;
+
+    // Approve from the Approvals page: promoted at the fake Artifactory.
+    c.goto(&format!("{}/ui/approvals", app.base)).await.unwrap();
+    screenshot(&c, "approvals-operate").await;
+    c.find(Locator::Css("input[name=comment]"))
+        .await
+        .unwrap()
+        .send_keys("CAB-7")
+        .await
+        .unwrap();
+    click(&c, "Approve").await;
+    assert_eq!(
+        c.current_url().await.unwrap().path(),
+        format!("/ui/jobs/{awaiting}")
+    );
+    let done = app.wait_final(&awaiting).await;
+    assert_eq!(done["state"], "succeeded");
+    assert_eq!(done["approvals"][0]["comment"], "CAB-7");
+    assert_eq!(
+        crate::harness::posts(&app.upstream).await,
+        2,
+        "one promote each"
+    );
+
+    // Retry the failed job from its page: a second attempt.
+    c.goto(&format!("{}/ui/jobs/{failing}", app.base))
+        .await
+        .unwrap();
+    click(&c, "Retry").await;
+    let retried = app.wait_final(&failing).await;
+    assert_eq!(retried["attempts"].as_array().unwrap().len(), 2);
+
+    // Start a freeze, then end it (after the page's confirmation).
+    c.goto(&format!("{}/ui/freezes", app.base)).await.unwrap();
+    c.find(Locator::Css("input[name=name]"))
+        .await
+        .unwrap()
+        .send_keys("hotfix-week")
+        .await
+        .unwrap();
+    c.find(Locator::Css("input[name=reason]"))
+        .await
+        .unwrap()
+        .send_keys("release week")
+        .await
+        .unwrap();
+    click(&c, "Start freeze").await;
+    assert!(c.source().await.unwrap().contains("hotfix-week"));
+    screenshot(&c, "freezes-operate").await;
+    click(&c, "End freeze").await;
+    c.accept_alert().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.source().await.unwrap().contains("hotfix-week") {
+        assert!(Instant::now() < deadline, "the freeze did not end");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ended = app.audit("kind=freeze.ended").await;
+    assert_eq!(ended[0]["actor"], "ops");
+    c.close().await.unwrap();
+    app.stop().await;
+}
