@@ -13,6 +13,7 @@ use super::{layout, page};
 use crate::api::{ApiError, AppState};
 use crate::domain::approval::{Ballot, Verdict};
 use crate::domain::freeze::OverrideRequest;
+use crate::domain::lifecycle::{self, Requires};
 use crate::domain::{Job, JobState, rfc3339};
 use crate::store::{
     ApprovalOutcome, AuditFilter, JobFilter, OperatorAction, OperatorOutcome, OverrideOutcome,
@@ -244,18 +245,13 @@ pub async fn show(
 
 /// The buttons the job's state allows.
 fn actions(viewer: &Viewer, job: &Job) -> Markup {
-    let retry = matches!(
-        job.state,
-        JobState::Failed | JobState::Cancelled | JobState::Rejected | JobState::Expired
-    );
-    let cancel = matches!(
-        job.state,
-        JobState::AwaitingApproval
-            | JobState::Queued
-            | JobState::Retrying
-            | JobState::Frozen
-            | JobState::Failed
-            | JobState::Waiting
+    // Which buttons apply is the life cycle's table, as for the API's actions.
+    let allows = |action: OperatorAction| {
+        lifecycle::next(job.state, action.event(Requires::of(None, false))).is_ok()
+    };
+    let (retry, cancel) = (
+        allows(OperatorAction::Retry),
+        allows(OperatorAction::Cancel),
     );
     html! {
         p {
