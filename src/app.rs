@@ -187,6 +187,7 @@ pub async fn start(service: Service, mode: Mode) -> anyhow::Result<Running> {
                 .map(|n| (n.name.clone(), n.format))
                 .collect(),
             console: config.console.clone(),
+            last_verdict: crate::audit::LastVerdict::default(),
         });
         let console = config.console.enabled;
         let server = HttpServer::new(move || {

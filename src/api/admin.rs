@@ -48,6 +48,10 @@ pub struct JobsQuery {
     /// `failed`, `cancelled`, `rejected` or `expired`.
     state: Option<String>,
     rule: Option<String>,
+    /// The image (repository path without tag) of the job's event.
+    image: Option<String>,
+    /// Jobs a chain made from this job's success.
+    parent: Option<String>,
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
     /// The `next` cursor of the previous page.
@@ -78,6 +82,8 @@ pub async fn list_jobs(
         .jobs(JobFilter {
             state: job_state,
             rule: q.rule,
+            image: q.image,
+            parent: q.parent,
             before: q.after,
             limit: limit(q.limit),
         })
@@ -404,7 +410,7 @@ pub struct AuditQuery {
 }
 
 /// An instant as RFC 3339, or a duration meaning that long ago (`24h`).
-fn instant(name: &str, value: &str) -> Result<Millis, ApiError> {
+pub fn instant(name: &str, value: &str) -> Result<Millis, ApiError> {
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(value) {
         return Ok(t.timestamp_millis());
     }
@@ -475,7 +481,7 @@ pub async fn verify_audit(
     _caller: ReadAccess,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(state.store.verify_audit().await?))
+    Ok(HttpResponse::Ok().json(state.verify_chain().await?))
 }
 
 /// The compiled rules.

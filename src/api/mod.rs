@@ -22,6 +22,7 @@ use serde::Serialize;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
+pub use admin::instant;
 pub use error::ApiError;
 pub use freezes::{StartFreeze, requested_freeze};
 pub use span::RequestSpan;
@@ -48,6 +49,17 @@ pub struct AppState {
     pub sinks: Vec<(String, crate::config::NotificationFormat)>,
     /// The console's settings (SPEC §11).
     pub console: crate::config::ConsoleConfig,
+    /// The chain's last verdict, which the console's Overview shows.
+    pub last_verdict: crate::audit::LastVerdict,
+}
+
+impl AppState {
+    /// Verifies the audit chain and keeps the verdict for the Overview.
+    pub async fn verify_chain(&self) -> Result<crate::audit::Verdict, crate::store::StoreError> {
+        let verdict = self.store.verify_audit().await?;
+        self.last_verdict.record(&verdict);
+        Ok(verdict)
+    }
 }
 
 /// The shape of every error answer: `{"error":{"code","message"}}`.

@@ -14,6 +14,32 @@ use crate::domain::{
     now_millis,
 };
 
+/// The last verdict on the chain and when it was reached: the console's Overview
+/// shows the chain's status on every refresh without re-reading the whole trail
+/// each time. Every verification (API, console) records its verdict here.
+#[derive(Debug, Default)]
+pub struct LastVerdict(std::sync::Mutex<Option<(Millis, Verdict)>>);
+
+impl LastVerdict {
+    /// The last verdict, when it is no older than `max_age_ms`.
+    pub fn fresh(&self, max_age_ms: Millis) -> Option<(Millis, Verdict)> {
+        let last = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        last.clone()
+            .filter(|(at, _)| now_millis().saturating_sub(*at) <= max_age_ms)
+    }
+
+    pub fn record(&self, verdict: &Verdict) {
+        let mut last = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *last = Some((now_millis(), verdict.clone()));
+    }
+}
+
 /// Upstream messages and reasons are kept, but bounded.
 pub const MAX_MESSAGE: usize = 1024;
 

@@ -9,7 +9,7 @@ use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::session::{Viewer, poster, viewer};
-use super::{layout, page};
+use super::{address, layout, page};
 use crate::api::{ApiError, AppState};
 use crate::domain::approval::{Ballot, Verdict};
 use crate::domain::freeze::OverrideRequest;
@@ -25,6 +25,7 @@ const PAGE: usize = 50;
 pub struct JobsQuery {
     state: Option<String>,
     rule: Option<String>,
+    image: Option<String>,
     after: Option<String>,
 }
 
@@ -58,7 +59,7 @@ fn jobs_table(jobs: &[Job]) -> Markup {
     }
 }
 
-/// Jobs, newest first, filtered by state and rule, paged; live.
+/// Jobs, newest first, filtered by state, rule and image, paged; live.
 pub async fn list(
     req: HttpRequest,
     query: web::Query<JobsQuery>,
@@ -70,25 +71,29 @@ pub async fn list(
     };
     let q = query.into_inner();
     let wanted = q.state.as_deref().and_then(JobState::parse);
+    let given = |v: &Option<String>| v.clone().filter(|v| !v.is_empty());
+    let (rule, image) = (given(&q.rule), given(&q.image));
     let jobs = state
         .store
         .jobs(JobFilter {
             state: wanted,
-            rule: q.rule.clone().filter(|r| !r.is_empty()),
+            rule: rule.clone(),
+            image: image.clone(),
             before: q.after,
             limit: PAGE,
+            ..JobFilter::default()
         })
         .await?;
     let next = jobs.next.map(|n| {
-        let mut query = form_urlencoded::Serializer::new(String::new());
-        if let Some(s) = wanted {
-            query.append_pair("state", s.as_str());
-        }
-        if let Some(r) = &q.rule {
-            query.append_pair("rule", r);
-        }
-        query.append_pair("after", &n);
-        format!("/ui/jobs?{}", query.finish())
+        address(
+            "/ui/jobs",
+            &[
+                ("state", wanted.map(|s| s.as_str().to_string())),
+                ("rule", rule.clone()),
+                ("image", image.clone()),
+                ("after", Some(n)),
+            ],
+        )
     });
     let body = html! {
         form method="get" action="/ui/jobs" {
@@ -99,7 +104,9 @@ pub async fn list(
                 }
             } }
             " "
-            label { "Rule " input type="text" name="rule" value=(q.rule.as_deref().unwrap_or("")); }
+            label { "Rule " input type="text" name="rule" value=(rule.as_deref().unwrap_or("")); }
+            " "
+            label { "Image " input type="text" name="image" placeholder="team/api" value=(image.as_deref().unwrap_or("")); }
             " " button type="submit" { "Filter" }
         }
         div data-live { (jobs_table(&jobs.items)) }
@@ -184,6 +191,15 @@ pub async fn show(
             ..AuditFilter::default()
         })
         .await?;
+    let children = state
+        .store
+        .jobs(JobFilter {
+            parent: Some(job.id.clone()),
+            limit: 100,
+            ..JobFilter::default()
+        })
+        .await?
+        .items;
     let (from, to) = from_to(&job);
     let payload = event
         .as_ref()
@@ -198,6 +214,12 @@ pub async fn show(
             @if let Some(e) = &job.last_error { p.error { (e.code.as_str()) ": " (e.message) } }
             @if let Some(parent) = &job.parent_job_id {
                 p { "Follows " a.mono href={"/ui/jobs/" (parent)} { (parent) } " (chain depth " (job.chain_depth) ")" }
+            }
+            @if !children.is_empty() {
+                p { "Then " @for (i, c) in children.iter().enumerate() {
+                    @if i > 0 { ", " }
+                    a.mono href={"/ui/jobs/" (c.id)} { (c.id) } " (" (c.rule) ", " (c.state.as_str()) ")"
+                } }
             }
             @if viewer.can_operate() { (actions(&viewer, &job)) }
             @if let Some(gate) = &job.gate {

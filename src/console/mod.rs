@@ -53,7 +53,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/freezes", web::post().to(records::start))
             .route("/freezes/{name}/end", web::post().to(records::end))
             .route("/audit", web::get().to(records::audit))
-            .route("/rules", web::get().to(pages::rules)),
+            .route("/rules", web::get().to(pages::rules))
+            .route("/rules", web::post().to(pages::try_rules)),
     );
 }
 
@@ -76,6 +77,18 @@ fn asset(kind: &'static str, body: &'static str) -> HttpResponse {
         .insert_header((header::CONTENT_TYPE, kind))
         .insert_header((header::CACHE_CONTROL, "public, max-age=3600"))
         .body(body)
+}
+
+/// `path` with the given query pairs that have a value: a filtered page's address
+/// for its next page.
+fn address(path: &str, pairs: &[(&str, Option<String>)]) -> String {
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    for (name, value) in pairs {
+        if let Some(v) = value {
+            query.append_pair(name, v);
+        }
+    }
+    format!("{path}?{}", query.finish())
 }
 
 /// A page of the console as an answer: never cached (it shows state and may hold a

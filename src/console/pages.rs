@@ -1,15 +1,22 @@
 //! The console's pages: each reads the store (the same reads the admin API makes)
 //! and renders; every value from events and upstreams is escaped by maud.
 
+use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
-use maud::html;
+use maud::{Markup, html};
+use serde::Deserialize;
 
-use super::session::viewer;
+use super::session::{Viewer, poster, viewer};
 use super::{layout, page};
 use crate::api::{ApiError, AppState};
-use crate::audit::AuditKind;
-use crate::domain::{JobState, now_millis, rfc3339};
+use crate::audit::{AuditKind, Verdict};
+use crate::domain::{JobState, Millis, now_millis, rfc3339};
+use crate::ingest::{IngestError, Simulation, simulate};
 use crate::store::AuditFilter;
+
+/// How old a verdict on the audit chain the Overview shows before verifying again:
+/// the page refreshes every few seconds, and a verification reads the whole trail.
+const CHAIN_STATUS_MAX_AGE_MS: Millis = 5 * 60 * 1000;
 
 /// Overview: jobs by state, the queue and its oldest job, approvals waiting, open
 /// circuits and active freezes. Its figures refresh without a reload.
@@ -47,6 +54,10 @@ pub async fn overview(
         .await?
         .items
         .len();
+    let chain = match state.last_verdict.fresh(CHAIN_STATUS_MAX_AGE_MS) {
+        Some(last) => last,
+        None => (now_millis(), state.verify_chain().await?),
+    };
     let body = html! {
         div data-live {
             div.cards {
@@ -68,6 +79,8 @@ pub async fn overview(
             h2 { "Open circuits" }
             @if open.is_empty() { p.muted { "none" } }
             @else { ul { @for name in &open { li { (name) } } } }
+            h2 { "Audit chain" }
+            (chain_status(&chain))
             h2 { "Run-time freezes in force" }
             @if freezes.is_empty() { p.muted { "none" } }
             @else {
@@ -80,13 +93,97 @@ pub async fn overview(
     Ok(page(layout(&viewer, "Overview", body)))
 }
 
-/// The rules as loaded, each as the admin API lists it.
+fn chain_status((at, verdict): &(Millis, Verdict)) -> Markup {
+    html! {
+        p #chain {
+            @if verdict.ok { span.state-succeeded { "verifies" } ": " (verdict.records) " records" }
+            @else {
+                span.state-failed { "broken" } " at record " (verdict.first_broken.unwrap_or_default())
+                @if let Some(r) = &verdict.reason { ": " (r) }
+            }
+            " (checked " (rfc3339(*at)) ") · " a href="/ui/audit?verify=1" { "verify now" }
+        }
+    }
+}
+
+/// The rules as loaded, each as the admin API lists it, and a form that tries a
+/// body against them.
 pub async fn rules(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let viewer = match viewer(&req, &state).await? {
         Ok(v) => v,
         Err(answer) => return Ok(answer),
     };
+    Ok(rules_page(&viewer, &state, &SimulateForm::default(), None))
+}
+
+/// The simulate form as posted: a source, the request headers its format reads
+/// (`Name: value` lines) and the body.
+#[derive(Debug, Default, Deserialize)]
+pub struct SimulateForm {
+    csrf: Option<String>,
+    source: String,
+    headers: String,
+    body: String,
+}
+
+/// `POST /ui/rules`: which promotions the body would queue, nothing verified,
+/// stored or sent (the dry run `POST /api/v1/simulate` makes). Any session may.
+pub async fn try_rules(
+    req: HttpRequest,
+    form: web::Form<SimulateForm>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let viewer = match poster(&req, &state, form.csrf.as_deref(), false).await? {
+        Ok(v) => v,
+        Err(answer) => return Ok(answer),
+    };
+    let headers: Vec<(String, String)> = form
+        .headers
+        .lines()
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_string(), value.trim().to_string()))
+        .collect();
+    let outcome = simulate(
+        &state.ingest.sources,
+        &state.ingest.rules,
+        &state.freezes,
+        &form.source,
+        form.body.as_bytes(),
+        &headers,
+    );
+    let mut answer = rules_page(&viewer, &state, &form, Some(&outcome));
+    if outcome.is_err() {
+        *answer.status_mut() = StatusCode::BAD_REQUEST;
+    }
+    Ok(answer)
+}
+
+fn rules_page(
+    viewer: &Viewer,
+    state: &AppState,
+    form: &SimulateForm,
+    outcome: Option<&Result<Vec<Simulation>, IngestError>>,
+) -> HttpResponse {
     let body = html! {
+        h2 { "Simulate" }
+        form method="post" action="/ui/rules" {
+            input type="hidden" name="csrf" value=(viewer.csrf);
+            p { label { "Source " select name="source" {
+                @for name in state.ingest.sources.names() {
+                    option value=(name) selected[name == form.source] { (name) }
+                }
+            } } }
+            p { label { "Headers (one `Name: value` per line) " br;
+                textarea name="headers" rows="2" cols="60" { (form.headers) } } }
+            p { label { "Body " br; textarea name="body" rows="8" cols="60" required { (form.body) } } }
+            button type="submit" { "Simulate" }
+        }
+        @match outcome {
+            Some(Ok(events)) => (simulation(events)),
+            Some(Err(e)) => p.error #simulation { (e) },
+            None => {},
+        }
+        h2 { "As loaded" }
         @for r in state.ingest.rules.rules() {
             div.card {
                 h2 { (r.name) }
@@ -94,5 +191,39 @@ pub async fn rules(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpR
             }
         }
     };
-    Ok(page(layout(&viewer, "Rules", body)))
+    page(layout(viewer, "Rules", body))
+}
+
+/// What a simulated body would do: per event, the promotions it would queue and the
+/// gate conditions it would meet.
+fn simulation(events: &[Simulation]) -> Markup {
+    html! {
+        div #simulation {
+            @if events.is_empty() { p.muted { "The body makes no event." } }
+            @for s in events {
+                p { "Event " b { (s.event.kind) } " from " (s.event.source) }
+                @if s.promotions.is_empty() && s.evidence.is_empty() { p.muted { "No rule matches it." } }
+                ul {
+                    @for p in &s.promotions {
+                        li {
+                            "rule " (p.rule) " → target " (p.target) ": "
+                            @if let Some(a) = &p.action {
+                                @let (from, to) = a.describe();
+                                span.mono { (from) " → " (to) }
+                            }
+                            @if let Some(e) = &p.error { span.error { (e.code.as_str()) ": " (e.message) } }
+                            @if let Some(g) = &p.gate { "; waits for " (g.conditions.len()) " gate condition(s)" }
+                            @if p.approval.is_some() { "; awaits approval" }
+                            @if let Some(until) = &p.soak_until { "; soaks until " (until) }
+                            @if !p.freezes.is_empty() { "; freezes covering it: " (p.freezes.join(", ")) }
+                        }
+                    }
+                    @for e in &s.evidence {
+                        li { "meets condition " (e.condition) " of rule " (e.rule)
+                            @if e.block { " (blocks)" } " for " span.mono { (e.key) } }
+                    }
+                }
+            }
+        }
+    }
 }

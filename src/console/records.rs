@@ -7,7 +7,7 @@ use maud::html;
 use serde::Deserialize;
 
 use super::session::{poster, viewer};
-use super::{layout, page};
+use super::{address, layout, page};
 use crate::api::{ApiError, AppState, StartFreeze, requested_freeze};
 use crate::audit::AuditKind;
 use crate::domain::{freeze, now_millis, rfc3339};
@@ -145,10 +145,17 @@ pub struct AuditQuery {
     image: Option<String>,
     rule: Option<String>,
     kind: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    after: Option<i64>,
     verify: Option<String>,
 }
 
-/// The trail, newest records last, filtered; `Verify` re-computes the hash chain.
+const AUDIT_PAGE: usize = 200;
+
+/// The trail, oldest records first and paged forward, filtered by image, rule, kind
+/// and time (as the API reads `since` and `until`: RFC 3339 or `24h` ago);
+/// `Verify` re-computes the hash chain.
 pub async fn audit(
     req: HttpRequest,
     query: web::Query<AuditQuery>,
@@ -159,26 +166,66 @@ pub async fn audit(
         Err(answer) => return Ok(answer),
     };
     let q = query.into_inner();
-    let nonempty = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
+    let nonempty = |v: &Option<String>| v.clone().filter(|s| !s.trim().is_empty());
+    let (image, rule) = (nonempty(&q.image), nonempty(&q.rule));
+    let (since, until) = (nonempty(&q.since), nonempty(&q.until));
+    let kind = nonempty(&q.kind).and_then(|k| AuditKind::parse(&k));
+    let when = |name: &str, v: &Option<String>| {
+        v.as_deref()
+            .map(|v| crate::api::instant(name, v.trim()))
+            .transpose()
+    };
+    let (from, to) = match (when("since", &since), when("until", &until)) {
+        (Ok(from), Ok(to)) => (from, to),
+        (Err(e), _) | (_, Err(e)) => {
+            let mut answer = page(layout(&viewer, "Audit", html! { p.error { (e.message) } }));
+            *answer.status_mut() = StatusCode::BAD_REQUEST;
+            return Ok(answer);
+        }
+    };
     let records = state
         .store
         .audit(AuditFilter {
-            image: nonempty(&q.image),
-            rule: nonempty(&q.rule),
-            kind: q.kind.as_deref().and_then(AuditKind::parse),
-            limit: 500,
+            image: image.clone(),
+            rule: rule.clone(),
+            kind,
+            since: from,
+            until: to,
+            after: q.after,
+            limit: AUDIT_PAGE,
             ..AuditFilter::default()
         })
         .await?;
+    let newer = records.next.as_ref().map(|after| {
+        address(
+            "/ui/audit",
+            &[
+                ("image", image.clone()),
+                ("rule", rule.clone()),
+                ("kind", kind.map(|k| k.as_str().to_string())),
+                ("since", since.clone()),
+                ("until", until.clone()),
+                ("after", Some(after.clone())),
+            ],
+        )
+    });
     let verdict = match q.verify {
-        Some(_) => Some(state.store.verify_audit().await?),
+        Some(_) => Some(state.verify_chain().await?),
         None => None,
     };
+    let text = |v: &Option<String>| v.clone().unwrap_or_default();
     let body = html! {
         form method="get" action="/ui/audit" {
-            label { "Image " input type="text" name="image" value=(q.image.as_deref().unwrap_or("")); } " "
-            label { "Rule " input type="text" name="rule" value=(q.rule.as_deref().unwrap_or("")); } " "
-            label { "Kind " input type="text" name="kind" value=(q.kind.as_deref().unwrap_or("")); } " "
+            label { "Image " input type="text" name="image" value=(text(&image)); } " "
+            label { "Rule " input type="text" name="rule" value=(text(&rule)); } " "
+            label { "Kind " select name="kind" {
+                option value="" { "any" }
+                @for k in AuditKind::ALL {
+                    option value=(k.as_str()) selected[kind == Some(k)] { (k.as_str()) }
+                }
+            } } " "
+            label { "Since " input type="text" name="since" placeholder="24h or 2026-11-30T08:00:00Z" value=(text(&since)); } " "
+            label { "Until " input type="text" name="until" placeholder="RFC 3339" value=(text(&until)); } " "
             button type="submit" { "Filter" }
         }
         form method="get" action="/ui/audit" {
@@ -200,6 +247,7 @@ pub async fn audit(
                 }
             } } }
         } }
+        @if let Some(newer) = newer { p { a href=(newer) { "Newer →" } } }
     };
     Ok(page(layout(&viewer, "Audit", body)))
 }

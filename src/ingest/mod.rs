@@ -84,6 +84,13 @@ impl Sources {
     pub fn get(&self, name: &str) -> Option<&Arc<Source>> {
         self.0.get(name)
     }
+
+    /// The sources' names, sorted (a form offers them).
+    pub fn names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.0.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -274,6 +274,10 @@ pub struct EventFilter {
 pub struct JobFilter {
     pub state: Option<JobState>,
     pub rule: Option<String>,
+    /// Jobs of events about this image (repository path without the tag).
+    pub image: Option<String>,
+    /// The jobs a chain made from this job's success (SPEC §11: a job's children).
+    pub parent: Option<String>,
     /// Cursor: only jobs created before this job id (ids sort by creation).
     pub before: Option<String>,
     pub limit: usize,

@@ -47,15 +47,15 @@ use super::outbox::{
     retried_record, row_after, verdict_record,
 };
 use super::rows::{
-    APPROVAL_COLUMNS, ATTEMPT_COLUMNS, AUDIT_COLUMNS, Arg, BallotLanding, CLAIMS_MIGRATION,
-    Columns, EMITTED, EVENT_COLUMNS, EVENTS_PAGE_BYTES_COLUMN, EchoProbe, FREEZE_COLUMNS,
-    FROZEN_DUE_NOW, GATES_MIGRATION, GateLanding, JOB_COLUMN_COUNT, JOB_COLUMNS, JobInsert,
-    Landing, Listing, Opened, SEEN_COLUMNS, SYSTEM_ACTOR, attempt_values, audit_listing, chain_sql,
-    checkpoints_sql, claims_text, events_listing, events_page, expiry, freeze_scope, gate_locks,
-    gate_revival, gate_text, job_state, jobs_listing, lease_expired, leased_move, millis, narrow,
-    notifications_listing, operator_move, page, payload_text, read_approval, read_attempt,
-    read_audit, read_event, read_freeze, read_job, read_seen, revival, rule_removed, sql_limit,
-    start_freeze_sql, stored_count,
+    APPROVAL_COLUMNS, ATTEMPT_COLUMNS, AUDIT_COLUMNS, Arg, BallotLanding, CHILDREN_MIGRATION,
+    CLAIMS_MIGRATION, Columns, EMITTED, EVENT_COLUMNS, EVENTS_PAGE_BYTES_COLUMN, EchoProbe,
+    FREEZE_COLUMNS, FROZEN_DUE_NOW, GATES_MIGRATION, GateLanding, JOB_COLUMN_COUNT, JOB_COLUMNS,
+    JobInsert, Landing, Listing, Opened, SEEN_COLUMNS, SYSTEM_ACTOR, attempt_values, audit_listing,
+    chain_sql, checkpoints_sql, claims_text, events_listing, events_page, expiry, freeze_scope,
+    gate_locks, gate_revival, gate_text, job_state, jobs_listing, lease_expired, leased_move,
+    millis, narrow, notifications_listing, operator_move, page, payload_text, read_approval,
+    read_attempt, read_audit, read_event, read_freeze, read_job, read_seen, revival, rule_removed,
+    sql_limit, start_freeze_sql, stored_count,
 };
 use super::rows::{
     OverrideLanding, SET_FREEZE_OVERRIDE, SET_FROZEN, SET_PROTECTED, frozen_names, policy_text,
@@ -245,6 +245,7 @@ ALTER TABLE jobs ADD COLUMN freeze_override TEXT;
     CLAIMS_MIGRATION,
     OUTBOX_MIGRATION,
     SESSIONS_MIGRATION,
+    CHILDREN_MIGRATION,
 ];
 
 /// The store on a PostgreSQL database that several replicas share.

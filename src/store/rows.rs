@@ -742,14 +742,23 @@ impl Listing {
 
     /// Adds ` AND {condition} <param>`, e.g. `condition` = `"rule ="`.
     fn and(&mut self, condition: &str, arg: Arg) {
+        self.and_closed(condition, arg, "");
+    }
+
+    /// Adds ` AND {condition} <param>{close}`, for a condition in a sub-select.
+    fn and_closed(&mut self, condition: &str, arg: Arg, close: &str) {
         self.args.push(arg);
         let p = (self.param)(self.args.len());
-        self.sql.push_str(&format!(" AND {condition} {p}"));
+        self.sql.push_str(&format!(" AND {condition} {p}{close}"));
     }
 
     fn and_text(&mut self, condition: &str, value: Option<String>) {
+        self.and_text_closed(condition, value, "");
+    }
+
+    fn and_text_closed(&mut self, condition: &str, value: Option<String>, close: &str) {
         if let Some(v) = value {
-            self.and(condition, Arg::Text(v));
+            self.and_closed(condition, Arg::Text(v), close);
         }
     }
 
@@ -829,9 +838,21 @@ pub(super) fn jobs_listing(f: &JobFilter, param: fn(usize) -> String) -> Listing
     let mut q = Listing::new(format!("SELECT {JOB_COLUMNS} FROM jobs"), param);
     q.and_text("state =", f.state.map(|s| s.as_str().to_string()));
     q.and_text("rule =", f.rule.clone());
+    // Events have no index on the image: the newest-first scan of jobs stops at a page.
+    q.and_text_closed(
+        "event_id IN (SELECT id FROM events WHERE image =",
+        f.image.clone(),
+        ")",
+    );
+    q.and_text("parent_job_id =", f.parent.clone());
     q.and_text("id <", f.before.clone());
     q.order_limit("id DESC", f.limit)
 }
+
+/// A job's chain children are found by their parent (a job's page shows them); only
+/// chained jobs carry a parent, so only they pay for the index.
+pub(super) const CHILDREN_MIGRATION: &str =
+    "CREATE INDEX jobs_parent ON jobs(parent_job_id, id) WHERE parent_job_id IS NOT NULL;";
 
 /// Audit records, oldest first.
 pub(super) fn audit_listing(f: &AuditFilter, param: fn(usize) -> String) -> Listing {

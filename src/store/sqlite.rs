@@ -28,10 +28,10 @@ use super::outbox::{
     read_notification, retried_record, row_after, sqlite_params, verdict_record,
 };
 use super::rows::{
-    APPROVAL_COLUMNS, ATTEMPT_COLUMNS, AUDIT_COLUMNS, Arg, BallotLanding, CLAIMS_MIGRATION,
-    Columns, EMITTED, EVENT_COLUMNS, EVENTS_PAGE_BYTES_COLUMN, EchoProbe, FREEZE_COLUMNS,
-    FROZEN_DUE_NOW, GATES_MIGRATION, GateLanding, JOB_COLUMNS, JobInsert, Landing, Opened,
-    SEEN_COLUMNS, SYSTEM_ACTOR, attempt_values, audit_listing, chain_sql, checkpoints_sql,
+    APPROVAL_COLUMNS, ATTEMPT_COLUMNS, AUDIT_COLUMNS, Arg, BallotLanding, CHILDREN_MIGRATION,
+    CLAIMS_MIGRATION, Columns, EMITTED, EVENT_COLUMNS, EVENTS_PAGE_BYTES_COLUMN, EchoProbe,
+    FREEZE_COLUMNS, FROZEN_DUE_NOW, GATES_MIGRATION, GateLanding, JOB_COLUMNS, JobInsert, Landing,
+    Opened, SEEN_COLUMNS, SYSTEM_ACTOR, attempt_values, audit_listing, chain_sql, checkpoints_sql,
     claims_text, events_listing, events_page, expiry, freeze_scope, gate_revival, gate_text,
     job_state, jobs_listing, lease_expired, leased_move, millis, notifications_listing,
     operator_move, page, payload_text, read_approval, read_attempt, read_audit, read_event,
@@ -204,6 +204,7 @@ ALTER TABLE jobs ADD COLUMN freeze_override TEXT;
     CLAIMS_MIGRATION,
     OUTBOX_MIGRATION,
     SESSIONS_MIGRATION,
+    CHILDREN_MIGRATION,
 ];
 
 /// Per-batch facts the writer acts on after the commit, and the notification

@@ -119,10 +119,7 @@ action = { type = "promote", target = "jfrog", to_repo = "staging" }
         .click()
         .await
         .unwrap();
-    assert_eq!(
-        c.current_url().await.unwrap().path(),
-        format!("/ui/jobs/{id}")
-    );
+    arrives_at(&c, &format!("/ui/jobs/{id}")).await;
     let html = c.source().await.unwrap();
     assert!(
         html.contains("dev/team-a/api:1.4.2 → staging/team-a/api:1.4.2"),
@@ -184,7 +181,7 @@ action = { type = "promote", target = "jfrog", to_repo = "staging" }
         .click()
         .await
         .unwrap();
-    assert_eq!(narrow.current_url().await.unwrap().path(), "/ui/");
+    arrives_at(&narrow, "/ui/").await;
     screenshot(&narrow, "overview-390").await;
     narrow.close().await.unwrap();
     app.stop().await;
@@ -205,6 +202,30 @@ async fn sign_in(c: &Client, base: &str, token: &str) {
         .click()
         .await
         .unwrap();
+    arrives_at(c, "/ui/").await;
+}
+
+/// Waits until a submitted form's answer has loaded at `path`: a click returns
+/// when the browser has dispatched it, not when the next page is there.
+async fn arrives_at(c: &Client, path: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = c.current_url().await.unwrap();
+        if now.path() == path {
+            return;
+        }
+        assert!(Instant::now() < deadline, "still at {now}, not {path}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Waits until the page's source satisfies `done`, for `what`.
+async fn until(c: &Client, what: &str, done: impl Fn(&str) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done(&c.source().await.unwrap()) {
+        assert!(Instant::now() < deadline, "waited in vain for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
 }
 
 async fn click(c: &Client, text: &str) {
@@ -276,10 +297,7 @@ action = { type = "promote", target = "jfrog", to_repo = "staging" }
         .await
         .unwrap();
     click(&c, "Approve").await;
-    assert_eq!(
-        c.current_url().await.unwrap().path(),
-        format!("/ui/jobs/{awaiting}")
-    );
+    arrives_at(&c, &format!("/ui/jobs/{awaiting}")).await;
     let done = app.wait_final(&awaiting).await;
     assert_eq!(done["state"], "succeeded");
     assert_eq!(done["approvals"][0]["comment"], "CAB-7");
@@ -294,7 +312,11 @@ action = { type = "promote", target = "jfrog", to_repo = "staging" }
         .await
         .unwrap();
     click(&c, "Retry").await;
-    let retried = app.wait_final(&failing).await;
+    let retried = app
+        .wait_for(&failing, |j| {
+            j["attempts"].as_array().map_or(0, Vec::len) == 2 && j["state"] == "failed"
+        })
+        .await;
     assert_eq!(retried["attempts"].as_array().unwrap().len(), 2);
 
     // Start a freeze, then end it (after the page's confirmation).
@@ -312,15 +334,17 @@ action = { type = "promote", target = "jfrog", to_repo = "staging" }
         .await
         .unwrap();
     click(&c, "Start freeze").await;
-    assert!(c.source().await.unwrap().contains("hotfix-week"));
+    until(&c, "the freeze to show", |html| {
+        html.contains("hotfix-week")
+    })
+    .await;
     screenshot(&c, "freezes-operate").await;
     click(&c, "End freeze").await;
     c.accept_alert().await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while c.source().await.unwrap().contains("hotfix-week") {
-        assert!(Instant::now() < deadline, "the freeze did not end");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until(&c, "the freeze to end", |html| {
+        !html.contains("hotfix-week")
+    })
+    .await;
     let ended = app.audit("kind=freeze.ended").await;
     assert_eq!(ended[0]["actor"], "ops");
     c.close().await.unwrap();

@@ -620,3 +620,171 @@ async fn a_session_ends_when_its_token_leaves_the_config() {
     assert_eq!(at(ops).await, 200, "a configured token's session goes on");
     drop(app);
 }
+
+#[tokio::test]
+async fn a_job_page_links_its_chain_children_and_jobs_filter_by_image() {
+    let app = spawn_app(&format!(
+        r#"{RULES}
+[[rules]]
+name = "onward"
+source = "gantry"
+event = "gantry.promoted"
+match = {{ repo = "staging" }}
+action = {{ type = "promote", target = "jfrog", to_repo = "qa" }}
+"#
+    ))
+    .await;
+    app.upstream_answers(200).await;
+    let parent = job_for(
+        &app,
+        r#"{"event":"test-passed","repo":"dev","image":"team/web","tag":"1.0"}"#,
+    )
+    .await;
+    let other = job_for(
+        &app,
+        r#"{"event":"test-passed","repo":"dev","image":"team/api","tag":"1.0"}"#,
+    )
+    .await;
+    app.wait_final(&parent).await;
+    let children: serde_json::Value = app
+        .get(&format!("/api/v1/jobs?parent={parent}"), Some(VIEWER_TOKEN))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let child = children["jobs"][0]["id"].as_str().unwrap().to_string();
+    assert_eq!(children["jobs"].as_array().unwrap().len(), 1, "{children}");
+    assert_eq!(children["jobs"][0]["rule"], "onward");
+
+    let (cookie, _) = sign_in(&app, VIEWER_TOKEN, "/ui/").await;
+    let page = get(&app, &format!("/ui/jobs/{parent}"), Some(&cookie))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains(&format!(r#"href="/ui/jobs/{child}""#)),
+        "the child: {page}"
+    );
+    let page = get(&app, &format!("/ui/jobs/{child}"), Some(&cookie))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains(&format!(
+            r#"Follows <a class="mono" href="/ui/jobs/{parent}""#
+        )),
+        "the parent: {page}"
+    );
+
+    let list = get(&app, "/ui/jobs?image=team%2Fapi", Some(&cookie))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(list.contains(&other), "{list}");
+    assert!(!list.contains(&parent) && !list.contains(&child), "{list}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_audit_page_filters_by_kind_and_time_and_the_overview_shows_the_chain() {
+    let app = spawn_app(RULES).await;
+    app.upstream_answers(200).await;
+    let id = job_for(
+        &app,
+        r#"{"event":"test-passed","repo":"dev","image":"app","tag":"1.0"}"#,
+    )
+    .await;
+    app.wait_final(&id).await;
+    let (cookie, _) = sign_in(&app, VIEWER_TOKEN, "/ui/").await;
+    let audit = |query: &'static str| {
+        let (app, cookie) = (&app, cookie.clone());
+        async move { get(app, &format!("/ui/audit?{query}"), Some(&cookie)).await }
+    };
+    let page = audit("kind=job.succeeded").await.text().await.unwrap();
+    assert_eq!(page.matches("<td>job.succeeded</td>").count(), 1, "{page}");
+    assert!(!page.contains("<td>job.created</td>"), "{page}");
+    let page = audit("since=1h").await.text().await.unwrap();
+    assert!(page.contains("<td>job.created</td>"), "{page}");
+    let page = audit("until=2001-01-01T00:00:00Z")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(!page.contains("<td>job.created</td>"), "{page}");
+    assert_eq!(audit("since=yesterday-ish").await.status(), 400);
+
+    let overview = get(&app, "/ui/", Some(&cookie)).await.text().await.unwrap();
+    let records = app.audit("").await.len();
+    assert!(
+        overview.contains(&format!("verifies</span>: {records} records")),
+        "{overview}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_rules_page_simulates_a_body_without_storing_it() {
+    let app = spawn_app(RULES).await;
+    let (cookie, _) = sign_in(&app, VIEWER_TOKEN, "/ui/").await;
+    let page = get(&app, "/ui/rules", Some(&cookie))
+        .await
+        .text()
+        .await
+        .unwrap();
+    let csrf = csrf_of(&page);
+    let body = r#"{"event":"test-passed","repo":"gated","image":"app","tag":"<b>2.0</b>"}"#;
+    let r = post_form(
+        &app,
+        "/ui/rules",
+        &cookie,
+        &[
+            ("csrf", &csrf),
+            ("source", "ci"),
+            ("headers", ""),
+            ("body", body),
+        ],
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let page = r.text().await.unwrap();
+    assert!(
+        page.contains("rule approved → target jfrog")
+            && page.contains("gated/app:&lt;b&gt;2.0&lt;/b&gt; → prod/app:&lt;b&gt;2.0&lt;/b&gt;")
+            && page.contains("awaits approval"),
+        "{page}"
+    );
+    assert!(!page.contains("rule plain"), "{page}");
+    // Without the CSRF token nothing is tried; a body that is not JSON says why.
+    let r = post_form(
+        &app,
+        "/ui/rules",
+        &cookie,
+        &[("source", "ci"), ("headers", ""), ("body", body)],
+    )
+    .await;
+    assert_eq!(r.status(), 403);
+    let r = post_form(
+        &app,
+        "/ui/rules",
+        &cookie,
+        &[
+            ("csrf", &csrf),
+            ("source", "ci"),
+            ("headers", ""),
+            ("body", "not json"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status(), 400);
+    let events: serde_json::Value = app
+        .get("/api/v1/events", Some(VIEWER_TOKEN))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(events["events"].as_array().unwrap().is_empty(), "{events}");
+    app.stop().await;
+}

@@ -987,6 +987,17 @@ async fn a_rule_acts_once_per_parent_promotion(b: Backend) {
     assert_eq!(child.parent_job_id.as_deref(), Some(parent.as_str()));
     assert_eq!((child.chain_depth, child.state), (1, JobState::Queued));
     assert_eq!(child.event_id, emitted.event.id);
+    let children = b
+        .replica
+        .jobs(JobFilter {
+            parent: Some(parent.clone()),
+            limit: 10,
+            ..JobFilter::default()
+        })
+        .await
+        .unwrap();
+    let children: Vec<&str> = children.items.iter().map(|j| j.id.as_str()).collect();
+    assert_eq!(children, [child.id.as_str()]);
 
     // The upstream's echo of the same promotion: stored, but `next` acts only once.
     let mut echo = planned("echo-1", "1.0.0", &["next"]);
@@ -1009,6 +1020,9 @@ async fn listings_filter_and_page_with_cursors(b: Backend) {
         let rule = if i % 2 == 0 { "a" } else { "b" };
         let mut new = planned(&new_id(), &format!("1.0.{i}"), &[rule]);
         new.event.source = source.into();
+        if i == 4 {
+            new.event.subject.image = Some("team/web".into());
+        }
         ids.push(new.event.id.clone());
         b.store.ingest(vec![new], POLICY).await.unwrap();
     }
@@ -1062,6 +1076,15 @@ async fn listings_filter_and_page_with_cursors(b: Backend) {
         .unwrap();
     assert_eq!(rest.items.len(), 1);
     assert!(rest.items[0].id < rule_a.items[1].id);
+    let of_image = |image: &str| JobFilter {
+        image: Some(image.into()),
+        limit: 10,
+        ..JobFilter::default()
+    };
+    let web = s.jobs(of_image("team/web")).await.unwrap();
+    assert_eq!(web.items.len(), 1);
+    assert_eq!(web.items[0].event_id, ids[4]);
+    assert_eq!(s.jobs(of_image("team")).await.unwrap().items.len(), 0);
 
     let audit = |after: Option<i64>| AuditFilter {
         after,
