@@ -3,6 +3,8 @@ FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+# Cargo.toml declares the criterion benches: the manifest does not parse without them.
+COPY benches ./benches
 RUN cargo build --release --locked
 
 FROM debian:bookworm-slim

@@ -6,6 +6,7 @@
 
 mod console;
 mod notifications;
+pub mod pg_tls;
 mod raw;
 pub mod secret;
 mod store_url;

@@ -5,8 +5,9 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::config::Host;
 
+use super::pg_tls::{PgTls, SslMode, TlsFiles};
 use super::secret::Secret;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,22 +23,56 @@ pub enum StoreUrl {
 /// connects where (`postgres://gantry@db:5432/gantry`), never the password.
 #[derive(Clone)]
 pub struct PostgresUrl {
+    /// The URL as the client library reads it: libpq's TLS parameters taken out
+    /// (they live in `tls`) and `sslmode` put back as the client negotiates it.
     url: Secret,
     shown: String,
+    tls: PgTls,
 }
 
+/// The URL's query parameters gantry reads itself (the client library knows only
+/// some of libpq's `sslmode` values and none of the certificate files).
+const TLS_PARAMS: [&str; 4] = ["sslmode", "sslrootcert", "sslcert", "sslkey"];
+
 impl PostgresUrl {
-    /// Checks the URL's syntax and settings, without connecting.
+    /// Checks the URL's syntax and settings and reads its certificate files, without
+    /// connecting.
     pub fn parse(url: &str) -> Result<PostgresUrl, String> {
-        let config = tokio_postgres::Config::from_str(url)
-            .map_err(|e| format!("not a valid PostgreSQL URL: {e}"))?;
-        if config.get_ssl_mode() == SslMode::Require {
-            return Err(
-                "sslmode=require is not supported yet: gantry connects to PostgreSQL \
-                 without TLS (keep the database on a private network)"
-                    .into(),
-            );
+        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+        let mut kept: Vec<&str> = Vec::new();
+        let mut tls_params: Vec<(String, String)> = Vec::new();
+        for piece in query.split('&').filter(|p| !p.is_empty()) {
+            match form_urlencoded::parse(piece.as_bytes()).next() {
+                Some((k, v)) if TLS_PARAMS.contains(&k.as_ref()) => {
+                    tls_params.push((k.into_owned(), v.into_owned()));
+                }
+                _ => kept.push(piece),
+            }
         }
+        let param = |name: &str| {
+            tls_params
+                .iter()
+                .rev()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        let mode = param("sslmode").map_or(Ok(SslMode::Prefer), SslMode::parse)?;
+        let tls = PgTls::load(
+            mode,
+            &TlsFiles {
+                root_cert: param("sslrootcert"),
+                cert: param("sslcert"),
+                key: param("sslkey"),
+            },
+        )?;
+        kept.push(match mode.wire() {
+            tokio_postgres::config::SslMode::Disable => "sslmode=disable",
+            tokio_postgres::config::SslMode::Require => "sslmode=require",
+            _ => "sslmode=prefer",
+        });
+        let url = format!("{base}?{}", kept.join("&"));
+        let config = tokio_postgres::Config::from_str(&url)
+            .map_err(|e| format!("not a valid PostgreSQL URL: {e}"))?;
         let ports = config.get_ports();
         let hosts: Vec<String> = config
             .get_hosts()
@@ -61,14 +96,20 @@ impl PostgresUrl {
             config.get_dbname().unwrap_or("")
         );
         Ok(PostgresUrl {
-            url: Secret::new(url),
+            url: Secret::new(&url),
             shown,
+            tls,
         })
     }
 
     /// The full URL, password included: only for connecting.
     pub fn expose(&self) -> &str {
         self.url.expose()
+    }
+
+    /// How the connection speaks TLS.
+    pub fn tls(&self) -> &PgTls {
+        &self.tls
     }
 }
 
@@ -126,7 +167,16 @@ mod tests {
             "postgresql://gantry@db/gantry?options=-csearch_path%3Dgantry",
         ] {
             match parse_store_url(url) {
-                Ok(StoreUrl::Postgres(p)) => assert_eq!(p.expose(), url),
+                Ok(StoreUrl::Postgres(p)) => {
+                    assert_eq!(
+                        p.expose(),
+                        format!(
+                            "{url}{}sslmode=prefer",
+                            if url.contains('?') { "&" } else { "?" }
+                        )
+                    );
+                    assert_eq!(p.tls().mode, SslMode::Prefer);
+                }
                 other => panic!("{url}: {other:?}"),
             }
         }
@@ -153,8 +203,51 @@ mod tests {
     }
 
     #[test]
-    fn tls_required_is_refused_until_it_is_supported() {
-        let err = parse_store_url("postgres://gantry@db/gantry?sslmode=require").unwrap_err();
-        assert!(err.contains("sslmode=require"), "{err}");
+    fn libpq_tls_parameters_are_read_by_gantry_and_their_files_checked() {
+        let url = |q: &str| PostgresUrl::parse(&format!("postgres://gantry@db/gantry?{q}"));
+        for (q, mode, wire) in [
+            ("sslmode=disable", SslMode::Disable, "sslmode=disable"),
+            ("sslmode=require", SslMode::Require, "sslmode=require"),
+            (
+                "sslmode=verify-full&sslrootcert=system",
+                SslMode::VerifyFull,
+                "sslmode=require",
+            ),
+            (
+                "options=-c%20x%3Dy&sslmode=verify-ca&sslrootcert=system",
+                SslMode::VerifyCa,
+                "sslmode=require",
+            ),
+        ] {
+            match url(q) {
+                Ok(p) => {
+                    assert_eq!(p.tls().mode, mode, "{q}");
+                    assert!(p.expose().ends_with(wire), "{q}: {}", p.expose());
+                    assert!(!p.expose().contains("sslrootcert"), "{q}");
+                }
+                // A machine without system roots says so, naming no file.
+                Err(e) => assert!(e.contains("system has no root"), "{q}: {e}"),
+            }
+        }
+        assert!(
+            url("options=-c%20x%3Dy")
+                .unwrap()
+                .expose()
+                .starts_with("postgres://gantry@db/gantry?options=-c%20x%3Dy&")
+        );
+        let err = url("sslmode=allow").unwrap_err();
+        assert!(err.contains("`allow`"), "{err}");
+        let err = url("sslmode=verify-full&sslrootcert=/nonexistent/ca.pem").unwrap_err();
+        assert!(
+            err.contains("sslrootcert `/nonexistent/ca.pem` cannot be read"),
+            "{err}"
+        );
+        let err = url("sslmode=require&sslcert=/nonexistent/c.pem").unwrap_err();
+        assert!(err.contains("go together"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "not a certificate").unwrap();
+        let err = url(&format!("sslmode=verify-ca&sslrootcert={}", junk.display())).unwrap_err();
+        assert!(err.contains("holds no certificate"), "{err}");
     }
 }

@@ -3,8 +3,9 @@
 //!
 //! tokio-postgres is the maintained native async client (no C library; it pipelines
 //! queries and delivers LISTEN/NOTIFY through its connection), and deadpool-postgres
-//! a small pool over it that keeps each connection's prepared statements. Connections
-//! are plain TCP (`NoTls`): TLS is not supported yet.
+//! a small pool over it that keeps each connection's prepared statements. TLS is
+//! rustls with libpq's `sslmode` meanings (`config::pg_tls`), on the pooled and the
+//! listening connections alike.
 //!
 //! What keeps several replicas correct:
 //! - Jobs are leased with `FOR UPDATE SKIP LOCKED` and a lease expiry: two workers
@@ -37,7 +38,8 @@ use deadpool_postgres::{
 use futures_util::StreamExt;
 use tokio::sync::{Notify, oneshot};
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{AsyncMessage, NoTls, Row};
+use tokio_postgres::{AsyncMessage, Row};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::OverrideOutcome;
 use super::outbox::{
@@ -354,9 +356,10 @@ impl PostgresStore {
         if pg.get_application_name().is_none() {
             pg.application_name("gantry");
         }
+        let tls = MakeRustlsConnect::new((*url.tls().client).clone());
         let manager = Manager::from_config(
             pg.clone(),
-            NoTls,
+            tls.clone(),
             // Verified: a pooled connection is checked with an empty query before it
             // is handed out, so one the server closed (a restart, a failover, an
             // idle timeout) is replaced instead of failing the request it was given
@@ -374,12 +377,18 @@ impl PostgresStore {
             .build()
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let schema = {
-            let mut client = pool.get().await.map_err(pool_error)?;
+            let mut client = pool.get().await.map_err(|e| match &e {
+                PoolError::Backend(cause) => match url.tls().explain(cause) {
+                    Some(why) => StoreError::Unavailable(format!("{url}: {why}")),
+                    None => pool_error(e),
+                },
+                _ => pool_error(e),
+            })?;
             migrate(&mut client).await?
         };
         let signal = Arc::new(Notify::new());
         let notice = format!("{schema} {}", ulid::Ulid::generate());
-        let listener = Listener::start(pg, notice.clone(), signal.clone()).await?;
+        let listener = Listener::start(pg, tls, notice.clone(), signal.clone()).await?;
         Ok(PostgresStore {
             pool,
             signal,
@@ -2035,11 +2044,12 @@ impl Listener {
     /// Returns once listening, so nothing committed after `open` goes unheard.
     async fn start(
         pg: tokio_postgres::Config,
+        tls: MakeRustlsConnect,
         notice: String,
         signal: Arc<Notify>,
     ) -> Result<Listener, StoreError> {
         let (ready, listening) = oneshot::channel();
-        let task = tokio::spawn(listen(pg, notice, signal, ready));
+        let task = tokio::spawn(listen(pg, tls, notice, signal, ready));
         match listening.await {
             Ok(Ok(())) => Ok(Listener(task)),
             Ok(Err(e)) => Err(e),
@@ -2054,6 +2064,7 @@ impl Listener {
 /// drops; workers fall back to polling meanwhile.
 async fn listen(
     pg: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
     notice: String,
     signal: Arc<Notify>,
     ready: oneshot::Sender<Result<(), StoreError>>,
@@ -2062,7 +2073,7 @@ async fn listen(
     let mut backoff = LISTEN_RETRY_MIN;
     let mut down = false;
     loop {
-        let result = session(&pg, &notice, &signal, || {
+        let result = session(&pg, &tls, &notice, &signal, || {
             backoff = LISTEN_RETRY_MIN;
             if let Some(ready) = ready.take() {
                 let _ = ready.send(Ok(()));
@@ -2096,11 +2107,12 @@ async fn listen(
 /// One listening connection, until it ends.
 async fn session(
     pg: &tokio_postgres::Config,
+    tls: &MakeRustlsConnect,
     notice: &str,
     signal: &Notify,
     mut on_listening: impl FnMut(),
 ) -> Result<(), tokio_postgres::Error> {
-    let (client, mut connection) = pg.connect(NoTls).await?;
+    let (client, mut connection) = pg.connect(tls.clone()).await?;
     // The connection delivers notifications only while it is polled, and it must be
     // polled for the LISTEN itself to complete.
     let mut messages = pin!(futures_util::stream::poll_fn(move |cx| {
@@ -2149,7 +2161,8 @@ mod tests {
     #[tokio::test]
     async fn an_audit_trail_written_before_the_upgrade_still_verifies() {
         let base = std::env::var("GANTRY_TEST_PG").unwrap_or_else(|_| DEFAULT_PG.to_string());
-        let Ok((client, connection)) = tokio_postgres::connect(&base, NoTls).await else {
+        let Ok((client, connection)) = tokio_postgres::connect(&base, tokio_postgres::NoTls).await
+        else {
             eprintln!("\n!!!!!!!!\nSKIPPED: PostgreSQL not reachable at {base}\n!!!!!!!!\n");
             return;
         };

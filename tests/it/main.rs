@@ -28,6 +28,8 @@ mod ingest;
 mod notifications;
 mod oci;
 mod oidc;
+mod pg_cluster;
+mod pg_tls;
 mod policy_example;
 mod promote;
 mod protections;

@@ -76,20 +76,46 @@ impl Open for Backend {
     }
 
     async fn postgres() -> Option<Self> {
-        let schema = PgSchema::create().await?;
-        let url = StoreUrl::Postgres(PostgresUrl::parse(&schema.url()).unwrap());
-        // Two replicas migrating at once: one waits for the other's migration.
-        let (store, replica) = tokio::join!(gantry::store::open(&url), gantry::store::open(&url));
-        Some(Backend {
-            store: store.unwrap(),
-            replica: replica.unwrap(),
-            db: Box::new(schema),
-        })
+        Some(Backend::on(PgSchema::create().await?).await)
     }
 }
 
-on_each_store!(
-    Backend:
+impl Backend {
+    /// Two replicas of a store in `schema`.
+    async fn on(schema: PgSchema) -> Self {
+        let url = StoreUrl::Postgres(PostgresUrl::parse(&schema.url()).unwrap());
+        // Two replicas migrating at once: one waits for the other's migration.
+        let (store, replica) = tokio::join!(gantry::store::open(&url), gantry::store::open(&url));
+        Backend {
+            store: store.unwrap(),
+            replica: replica.unwrap(),
+            db: Box::new(schema),
+        }
+    }
+}
+
+/// Declares each contract check on each store, and [`on_server`] to run them all on
+/// another PostgreSQL server (the TLS tests' private cluster).
+macro_rules! contract {
+    ($($name:ident),+ $(,)?) => {
+        on_each_store!(Backend: $($name),+);
+
+        /// Every contract check in turn, each on a schema of its own on the server
+        /// at `admin` (plain, for the checks' own connections), whose stores connect
+        /// by `store_base`; how many ran.
+        pub(crate) async fn on_server(admin: &str, store_base: &str) -> usize {
+            let mut ran = 0;
+            $(
+                let schema = PgSchema::create_on(admin, store_base).await.unwrap();
+                $name(Backend::on(schema).await).await;
+                ran += 1;
+            )+
+            ran
+        }
+    };
+}
+
+contract!(
     ingest_commits_the_event_its_jobs_and_their_audit,
     a_delivery_seen_within_the_window_is_the_same_event_and_no_second_job,
     leases_renewals_attempts_and_releases_hold_only_under_the_lease,

@@ -43,13 +43,22 @@ pub trait Open: Sized {
 
 /// A PostgreSQL schema for one test; dropped with everything in it at the end.
 pub struct PgSchema {
+    /// The test's own (plain) connections.
     base: String,
+    /// The store's connections: the same server, perhaps over TLS.
+    store_base: String,
     name: String,
 }
 
 impl PgSchema {
     pub async fn create() -> Option<PgSchema> {
         let base = std::env::var("GANTRY_TEST_PG").unwrap_or_else(|_| DEFAULT_PG.to_string());
+        Self::create_on(&base, &base).await
+    }
+
+    /// A schema on the server at `base`, whose store connects by `store_base`.
+    pub async fn create_on(base: &str, store_base: &str) -> Option<PgSchema> {
+        let base = base.to_string();
         let client = match connect(&base).await {
             Ok(c) => c,
             // In CI a PostgreSQL test that did not run is a failure, not a pass:
@@ -75,16 +84,24 @@ impl PgSchema {
             .batch_execute(&format!("CREATE SCHEMA {name}"))
             .await
             .unwrap();
-        Some(PgSchema { base, name })
+        Some(PgSchema {
+            base,
+            store_base: store_base.to_string(),
+            name,
+        })
     }
 
     /// A store URL whose connections work in this schema (`search_path`) and carry
     /// its name as `application_name`, so a test can find its own sessions.
     pub fn url(&self) -> String {
-        let sep = if self.base.contains('?') { '&' } else { '?' };
+        let sep = if self.store_base.contains('?') {
+            '&'
+        } else {
+            '?'
+        };
         format!(
             "{}{sep}options=-csearch_path%3D{name}&application_name={name}",
-            self.base,
+            self.store_base,
             name = self.name
         )
     }
