@@ -10,11 +10,10 @@ use anyhow::Context as _;
 use tracing_actix_web::TracingLogger;
 
 use crate::api::{self, AppState};
-use crate::config::{Config, Problem};
-use crate::ingest::{Ingest, Rejections, Sources};
+use crate::ingest::{Ingest, Rejections};
+use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::notify;
-use crate::rules::RuleSet;
 use crate::store;
 use crate::targets::Targets;
 use crate::worker;
@@ -34,72 +33,32 @@ pub struct Running {
     pub addr: Option<SocketAddr>,
     server: Option<(ServerHandle, tokio::task::JoinHandle<std::io::Result<()>>)>,
     workers: Option<worker::Pool>,
-    deliveries: Option<notify::Deliveries>,
+    /// The config in force: SIGHUP reloads it; its notification deliverers stop
+    /// with the rest.
+    pub live: Arc<Live>,
     maintenance: Option<tokio::task::JoinHandle<()>>,
     /// Refusals counted but not yet on the record, written at stop.
     rejections: Arc<Rejections>,
     grace: Duration,
 }
 
-/// A validated configuration compiled into what runs: rules and sources. Building
-/// one is all `gantry check` does; `serve` starts it.
-pub struct Service {
-    pub config: Config,
-    pub rules: RuleSet,
-    pub sources: Sources,
-}
-
-impl Service {
-    /// Compiles every rule and source; the problems of both, each named.
-    pub fn compile(config: Config) -> Result<Service, Vec<Problem>> {
-        match (RuleSet::compile(&config), Sources::from_config(&config)) {
-            (Ok(rules), Ok(sources)) => {
-                let loops: Vec<Problem> = rules
-                    .cycles(&config.sources)
-                    .into_iter()
-                    .map(|names| {
-                        Problem::error(
-                            format!("rules[{}]", names[0]),
-                            format!(
-                                "promotions can loop: {} (each promotion's result matches the next rule)",
-                                names.join(" → ")
-                            ),
-                        )
-                    })
-                    .collect();
-                if !loops.is_empty() {
-                    return Err(loops);
-                }
-                Ok(Service {
-                    config,
-                    rules,
-                    sources,
-                })
-            }
-            (rules, sources) => Err(rules
-                .err()
-                .into_iter()
-                .chain(sources.err())
-                .flatten()
-                .collect()),
-        }
-    }
-}
+pub use crate::live::Service;
 
 pub async fn start(service: Service, mode: Mode) -> anyhow::Result<Running> {
-    let Service {
-        config,
-        rules,
-        sources,
-    } = service;
+    let config = &service.config;
     let store = store::open(&config.store)
         .await
         .with_context(|| format!("cannot open the store {:?}", config.store))?;
-    let rules = Arc::new(rules);
     let grace = config.server.shutdown_grace;
     // A waiting or awaiting job whose rule this config no longer has is cancelled
-    // (SPEC §9 `rule_removed`); nothing else could ever move it on.
-    let names: Vec<String> = rules.rules().iter().map(|r| r.name.clone()).collect();
+    // (SPEC §9 `rule_removed`); nothing else could ever move it on. (A reload does
+    // not: it leaves them visible, and a later start decides.)
+    let names: Vec<String> = service
+        .rules
+        .rules()
+        .iter()
+        .map(|r| r.name.clone())
+        .collect();
     let removed = store
         .cancel_removed(&names)
         .await
@@ -111,7 +70,7 @@ pub async fn start(service: Service, mode: Mode) -> anyhow::Result<Running> {
         );
     }
     // Every write from here on adds the notifications its records make (SPEC §10).
-    store.set_routes(Arc::new(notify::Routes::from_config(&config)));
+    store.set_routes(Arc::new(notify::Routes::from_config(config)));
     let sinks: Vec<String> = config
         .notifications
         .iter()
@@ -138,58 +97,49 @@ pub async fn start(service: Service, mode: Mode) -> anyhow::Result<Running> {
     });
     let metrics = Arc::new(Metrics::default());
     let targets = (mode != Mode::HttpOnly)
-        .then(|| Targets::from_config(&config))
+        .then(|| Targets::from_config(config))
         .transpose()
         .context("cannot build the HTTP clients")?;
-    let workers = match &targets {
-        None => None,
-        Some(targets) => Some(worker::Pool::start(Arc::new(worker::Context {
-            store: store.clone(),
-            targets: targets.clone(),
-            rules: rules.clone(),
-            config: config.worker.clone(),
-            default_retry: config.defaults.retry,
-            max_chain_depth: config.defaults.max_chain_depth,
-            metrics: metrics.clone(),
-            freezes: config.freezes.clone(),
-        }))),
-    };
-
     let deliveries = (mode != Mode::HttpOnly)
-        .then(|| notify::Deliveries::start(store.clone(), &config, metrics.clone()))
+        .then(|| notify::Deliveries::start(store.clone(), config, metrics.clone()))
         .transpose()
         .context("cannot build the notification clients")?;
-
     let rejections = Rejections::new(store.clone(), config.audit_rejections_every);
+    let (listen, console, worker_config) = (
+        config.server.listen,
+        config.console.enabled,
+        config.worker.clone(),
+    );
+    let workers_run = targets.is_some();
+    let live = Arc::new(Live::new(
+        service,
+        targets,
+        store.clone(),
+        metrics.clone(),
+        deliveries,
+    ));
+    let workers = workers_run.then(|| {
+        worker::Pool::start(Arc::new(worker::Context {
+            store: store.clone(),
+            live: live.clone(),
+            config: worker_config,
+            metrics: metrics.clone(),
+        }))
+    });
+
     let (addr, server) = if mode == Mode::WorkersOnly {
         (None, None)
     } else {
         let state = web::Data::new(AppState {
             ingest: Ingest {
-                sources,
-                rules,
                 store: store.clone(),
-                policy: store::IngestPolicy {
-                    dedupe_window: config.defaults.dedupe_window,
-                    max_chain_depth: config.defaults.max_chain_depth,
-                },
                 rejections: rejections.clone(),
             },
             store,
-            admin_tokens: config.admin_tokens.clone(),
-            max_body_bytes: config.server.max_body_bytes,
+            live: live.clone(),
             metrics,
-            targets,
-            freezes: config.freezes.clone(),
-            sinks: config
-                .notifications
-                .iter()
-                .map(|n| (n.name.clone(), n.format))
-                .collect(),
-            console: config.console.clone(),
             last_verdict: crate::audit::LastVerdict::default(),
         });
-        let console = config.console.enabled;
         let server = HttpServer::new(move || {
             App::new()
                 .wrap(TracingLogger::<api::RequestSpan>::new())
@@ -205,8 +155,8 @@ pub async fn start(service: Service, mode: Mode) -> anyhow::Result<Running> {
         // Signals are handled by `run_until_signal`, which also stops the workers.
         .disable_signals()
         .shutdown_timeout(grace.as_secs())
-        .bind(config.server.listen)
-        .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+        .bind(listen)
+        .with_context(|| format!("cannot listen on {listen}"))?;
         let addr = server.addrs().first().copied();
         let server = server.run();
         let handle = server.handle();
@@ -219,7 +169,7 @@ pub async fn start(service: Service, mode: Mode) -> anyhow::Result<Running> {
         addr,
         server,
         workers,
-        deliveries,
+        live,
         maintenance,
         rejections,
         grace,
@@ -254,13 +204,27 @@ async fn maintain(store: Arc<dyn store::Store>, retain: Option<Duration>, dedupe
 }
 
 impl Running {
-    /// Runs until SIGTERM or SIGINT, then stops gracefully.
+    /// Runs until SIGTERM or SIGINT, then stops gracefully; SIGHUP reloads the
+    /// config meanwhile.
     pub async fn run_until_signal(self) -> anyhow::Result<()> {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("cannot listen for SIGTERM")?;
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+        let mut hup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
+        loop {
+            tokio::select! {
+                _ = term.recv() => {
+                    tracing::info!("SIGTERM: shutting down");
+                    break;
+                }
+                _ = tokio::signal::ctrl_c() => {
+                    tracing::info!("SIGINT: shutting down");
+                    break;
+                }
+                _ = hup.recv() => {
+                    // Refusals are logged and audited by the reload itself.
+                    let _ = self.live.reload("sighup").await;
+                }
+            }
         }
         self.stop().await;
         Ok(())
@@ -283,11 +247,7 @@ impl Running {
                 pool.shutdown(self.grace).await;
             }
         };
-        let deliveries = async {
-            if let Some(d) = self.deliveries {
-                d.shutdown(self.grace).await;
-            }
-        };
+        let deliveries = self.live.stop_deliveries(self.grace);
         tokio::join!(server, workers, deliveries);
         self.rejections.flush_all().await;
         tracing::info!("gantry stopped");

@@ -6,7 +6,8 @@
 //! promotion) → `store` (result and `audit` record, and in every transaction the
 //! notifications its records make) → `notify` (deliver them). `console` is the web
 //! view on the same store. `config` validates everything before any of it starts;
-//! `app` wires the parts; `cli` is the command line.
+//! `live` holds the config in force, which a reload swaps whole; `app` wires the
+//! parts; `cli` is the command line.
 
 pub mod api;
 pub mod app;
@@ -16,6 +17,7 @@ pub mod config;
 pub mod console;
 pub mod domain;
 pub mod ingest;
+pub mod live;
 pub mod metrics;
 pub mod net;
 pub mod notify;

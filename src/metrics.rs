@@ -78,6 +78,8 @@ pub struct Metrics {
     circuit_open: Family<TargetLabels, Gauge>,
     notifications: Family<NotificationLabels, Counter>,
     sign_ins: Family<OutcomeLabels, Counter>,
+    config_generation: Gauge,
+    reloads: Family<OutcomeLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -150,10 +152,24 @@ impl Default for Metrics {
             "Console sign-ins by outcome (ok, failed)",
             sign_ins.clone(),
         );
+        let config_generation = Gauge::default();
+        registry.register(
+            "config_generation",
+            "The generation of the config in force: 1 at start, one more per reload",
+            config_generation.clone(),
+        );
+        let reloads = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Config reloads by outcome (ok, invalid)",
+            reloads.clone(),
+        );
         Metrics {
             registry,
             notifications,
             sign_ins,
+            config_generation,
+            reloads,
             events,
             keys_unavailable,
             attempts,
@@ -212,6 +228,21 @@ impl Metrics {
         self.notifications
             .get_or_create(&NotificationLabels {
                 name: name.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+
+    /// The config generation now in force.
+    pub fn config_generation(&self, generation: u64) {
+        self.config_generation
+            .set(i64::try_from(generation).unwrap_or(i64::MAX));
+    }
+
+    /// One reload, `ok` or `invalid`.
+    pub fn reload(&self, outcome: &str) {
+        self.reloads
+            .get_or_create(&OutcomeLabels {
                 outcome: outcome.to_string(),
             })
             .inc();

@@ -299,7 +299,7 @@ pub async fn override_freeze(
         caller.name,
         &caller.groups,
         body.into_inner().comment,
-        &state.freezes,
+        &state.live.load().config.freezes,
     );
     match state.store.override_freeze(&id, request).await? {
         OverrideOutcome::Done(job) => Ok(HttpResponse::Ok().json(job)),
@@ -499,7 +499,8 @@ pub struct RulesList {
     responses((status = 200, body = RulesList), (status = 401, body = ErrorBody)))]
 pub async fn list_rules(_caller: ReadAccess, state: web::Data<AppState>) -> HttpResponse {
     let rules = state
-        .ingest
+        .live
+        .load()
         .rules
         .rules()
         .iter()
@@ -543,10 +544,11 @@ pub async fn simulate_event(
     let request = request.into_inner();
     let body = serde_json::to_vec(&request.body).unwrap_or_default();
     let headers: Vec<(String, String)> = request.headers.into_iter().collect();
+    let live = state.live.load();
     let events = simulate(
-        &state.ingest.sources,
-        &state.ingest.rules,
-        &state.freezes,
+        &live.sources,
+        &live.rules,
+        &live.config.freezes,
         &request.source,
         &body,
         &headers,

@@ -34,7 +34,8 @@ fn authenticate(req: &HttpRequest, needed: Role) -> Result<Caller, ApiError> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(|| unauthorized("an admin token is required (Authorization: Bearer …)"))?;
-    let token = AdminToken::presented(&state.admin_tokens, presented.trim())
+    let live = state.live.load();
+    let token = AdminToken::presented(&live.config.admin_tokens, presented.trim())
         .ok_or_else(|| unauthorized("the admin token is not valid"))?;
     if token.role < needed {
         return Err(ApiError::new(

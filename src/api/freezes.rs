@@ -107,7 +107,14 @@ pub fn requested_freeze(
     if let Some(globs) = &r.to_repos {
         destinations::parse_globs(globs).map_err(|e| invalid("invalid_to_repos", e.to_string()))?;
     }
-    if state.freezes.iter().any(|f| f.name == r.name) {
+    if state
+        .live
+        .load()
+        .config
+        .freezes
+        .iter()
+        .any(|f| f.name == r.name)
+    {
         return Err(exists(&r.name));
     }
     Ok(RuntimeFreeze {
@@ -164,7 +171,8 @@ pub async fn list_freezes(
 ) -> Result<HttpResponse, ApiError> {
     let now = chrono::Utc::now();
     let runtime = state.store.freezes().await?;
-    let mut freezes: Vec<FreezeWindow> = freeze::windows(&state.freezes, now)
+    let live = state.live.load();
+    let mut freezes: Vec<FreezeWindow> = freeze::windows(&live.config.freezes, now)
         .into_iter()
         .map(|(f, w, active)| FreezeWindow {
             name: f.name.clone(),

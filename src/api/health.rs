@@ -50,7 +50,11 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     }
     HttpResponse::Ok()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
-        .body(state.metrics.render(stats, state.targets.as_ref()))
+        .body(
+            state
+                .metrics
+                .render(stats, state.live.load().targets.as_ref()),
+        )
 }
 
 /// This document.

@@ -11,6 +11,7 @@ use utoipa::ToSchema;
 
 use super::{ApiError, AppState, ErrorBody};
 use crate::ingest::{Headers, IngestError, Receipt};
+use crate::live::Generation;
 use crate::metrics::EventResult;
 use crate::store::{IngestOutcome, JobRef};
 
@@ -70,9 +71,11 @@ pub async fn receive(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let source = path.into_inner();
-    let result = accept(&req, &source, payload, &state).await;
+    // The config in force for this whole request.
+    let live = state.live.load();
+    let result = accept(&req, &source, payload, &state, &live).await;
     // Only configured names become labels: request paths cannot grow the label set.
-    let label = if state.ingest.sources.get(&source).is_some() {
+    let label = if live.sources.get(&source).is_some() {
         source.as_str()
     } else {
         "unknown"
@@ -129,17 +132,21 @@ async fn accept(
     source: &str,
     payload: web::Payload,
     state: &AppState,
+    live: &Generation,
 ) -> Result<Receipt, ApiError> {
     let result: Result<Receipt, ApiError> = async {
-        precheck(req, source, state)?;
-        let body = read_body(payload, state.max_body_bytes).await?;
-        Ok(state.ingest.receive(source, &Presented(req), &body).await?)
+        precheck(req, source, live)?;
+        let body = read_body(payload, live.config.server.max_body_bytes).await?;
+        Ok(state
+            .ingest
+            .receive(live, source, &Presented(req), &body)
+            .await?)
     }
     .await;
     if let Err(e) = &result
         && !e.status.is_server_error()
     {
-        let known = state.ingest.sources.get(source).is_some();
+        let known = live.sources.get(source).is_some();
         state
             .ingest
             .rejections
@@ -149,8 +156,8 @@ async fn accept(
     result
 }
 
-fn precheck(req: &HttpRequest, source: &str, state: &AppState) -> Result<(), ApiError> {
-    if state.ingest.sources.get(source).is_none() {
+fn precheck(req: &HttpRequest, source: &str, live: &Generation) -> Result<(), ApiError> {
+    if live.sources.get(source).is_none() {
         return Err(IngestError::unknown_source(source).into());
     }
     let declared = req
@@ -158,8 +165,9 @@ fn precheck(req: &HttpRequest, source: &str, state: &AppState) -> Result<(), Api
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > state.max_body_bytes as u64) {
-        return Err(too_large(state.max_body_bytes));
+    let limit = live.config.server.max_body_bytes;
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large(limit));
     }
     let content_type = req
         .headers()

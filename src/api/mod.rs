@@ -7,6 +7,7 @@
 
 mod admin;
 mod auth;
+mod config;
 mod error;
 mod freezes;
 mod health;
@@ -27,28 +28,18 @@ pub use error::ApiError;
 pub use freezes::{StartFreeze, requested_freeze};
 pub use span::RequestSpan;
 
-use crate::config::AdminToken;
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
 use crate::store::Store;
-use crate::targets::Targets;
 
 /// What every handler can reach.
 pub struct AppState {
     pub ingest: Ingest,
     pub store: Arc<dyn Store>,
-    pub admin_tokens: Vec<AdminToken>,
-    pub max_body_bytes: usize,
+    /// The config in force (sources, rules, tokens, freezes, sinks, targets, the
+    /// console's settings): read once per request.
+    pub live: Arc<crate::live::Live>,
     pub metrics: Arc<Metrics>,
-    /// This process's targets (absent with `--no-workers`), for circuit state.
-    pub targets: Option<Targets>,
-    /// The config's freeze windows, for listing them, keeping run-time names apart and
-    /// knowing who may override them.
-    pub freezes: Vec<crate::domain::freeze::Freeze>,
-    /// The configured notification sinks and their formats (SPEC §10).
-    pub sinks: Vec<(String, crate::config::NotificationFormat)>,
-    /// The console's settings (SPEC §11).
-    pub console: crate::config::ConsoleConfig,
     /// The chain's last verdict, which the console's Overview shows.
     pub last_verdict: crate::audit::LastVerdict,
 }
@@ -148,6 +139,8 @@ endpoints! {
     post "/api/v1/notifications/{id}/retry" => notifications::retry_notification,
     get "/api/v1/notifications/sinks" => notifications::list_sinks,
     post "/api/v1/notifications/sinks/{name}/enable" => notifications::enable_sink,
+    get "/api/v1/config" => config::current,
+    post "/api/v1/config/reload" => config::reload,
 }
 
 /// Admin routes take `Authorization: Bearer <token>`.

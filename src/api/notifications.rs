@@ -128,13 +128,16 @@ pub async fn list_sinks(
 ) -> Result<HttpResponse, ApiError> {
     let disabled = state.store.disabled_sinks().await?;
     let sinks = state
-        .sinks
+        .live
+        .load()
+        .config
+        .notifications
         .iter()
-        .map(|(name, format)| {
-            let off = disabled.iter().find(|d| &d.name == name);
+        .map(|sink| {
+            let off = disabled.iter().find(|d| d.name == sink.name);
             SinkState {
-                name: name.clone(),
-                format: *format,
+                name: sink.name.clone(),
+                format: sink.format,
                 disabled: off.is_some(),
                 disabled_at: off.map(|d| crate::domain::rfc3339(d.since)),
             }
@@ -156,16 +159,22 @@ pub async fn enable_sink(
     name: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let Some((name, format)) = state.sinks.iter().find(|(n, _)| n == name.as_str()) else {
+    let live = state.live.load();
+    let Some(sink) = live
+        .config
+        .notifications
+        .iter()
+        .find(|n| n.name == name.as_str())
+    else {
         return Err(ApiError::not_found(
             "sink_not_found",
             format!("no sink `{name}` is configured"),
         ));
     };
-    state.store.enable_sink(name, &caller.0.name).await?;
+    state.store.enable_sink(&sink.name, &caller.0.name).await?;
     Ok(HttpResponse::Ok().json(SinkState {
-        name: name.clone(),
-        format: *format,
+        name: sink.name.clone(),
+        format: sink.format,
         disabled: false,
         disabled_at: None,
     }))

@@ -111,10 +111,14 @@ pub enum AuditKind {
     NotificationRetried,
     #[serde(rename = "notification.dropped")]
     NotificationDropped,
+    #[serde(rename = "config.reloaded")]
+    ConfigReloaded,
+    #[serde(rename = "config.reload_failed")]
+    ConfigReloadFailed,
 }
 
 impl AuditKind {
-    pub const ALL: [AuditKind; 33] = [
+    pub const ALL: [AuditKind; 35] = [
         AuditKind::EventReceived,
         AuditKind::EventDuplicate,
         AuditKind::EventRejected,
@@ -148,6 +152,8 @@ impl AuditKind {
         AuditKind::NotificationSinkEnabled,
         AuditKind::NotificationRetried,
         AuditKind::NotificationDropped,
+        AuditKind::ConfigReloaded,
+        AuditKind::ConfigReloadFailed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -185,6 +191,8 @@ impl AuditKind {
             AuditKind::NotificationSinkEnabled => "notification.sink_enabled",
             AuditKind::NotificationRetried => "notification.retried",
             AuditKind::NotificationDropped => "notification.dropped",
+            AuditKind::ConfigReloaded => "config.reloaded",
+            AuditKind::ConfigReloadFailed => "config.reload_failed",
         }
     }
 
@@ -506,6 +514,12 @@ impl AuditEntry {
         let mut e = AuditEntry::new(kind, "worker").saying(message);
         e.target = Some(target.to_string());
         e
+    }
+
+    /// A reload of the config (SPEC §12): `kind` says whether it took effect; the
+    /// message says which generation and hash, or every problem.
+    pub fn config(kind: AuditKind, actor: &str, message: &str) -> Self {
+        AuditEntry::new(kind, actor).saying(message)
     }
 
     /// An attempt cut short by a shutdown; the job is queued again.

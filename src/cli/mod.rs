@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::json;
 
 use crate::app::{self, Mode, Service};
-use crate::config::{self, ConfigError, ConfigPath, Problem};
+use crate::config::{self, ConfigPath, Problem};
 use crate::ingest::simulate;
 use crate::rules::Coverage;
 
@@ -176,15 +176,8 @@ pub fn main() -> ExitCode {
 /// caller to show.
 fn load(path: &ConfigPath) -> Result<(Service, Vec<Problem>), Failure> {
     let env: HashMap<String, String> = std::env::vars().collect();
-    let loaded = config::load(path, &env).map_err(|e| match e {
-        ConfigError::Missing(_) => Failure::Config(format!("error: {e}")),
-        ConfigError::Invalid(problems) => Failure::Config(problems.to_string()),
-    })?;
-    let service = Service::compile(loaded.config).map_err(|problems| {
-        let all = config::Problems(loaded.warnings.iter().cloned().chain(problems).collect());
-        Failure::Config(all.to_string())
-    })?;
-    Ok((service, loaded.warnings))
+    Service::load(path, &env)
+        .map_err(|problems| Failure::Config(config::Problems(problems).to_string()))
 }
 
 fn init_logging() {

@@ -377,8 +377,12 @@ pub async fn act(
             }
         }
         "override-freeze" => {
-            let request =
-                OverrideRequest::new(viewer.who.clone(), &viewer.groups, comment, &state.freezes);
+            let request = OverrideRequest::new(
+                viewer.who.clone(),
+                &viewer.groups,
+                comment,
+                &state.live.load().config.freezes,
+            );
             match state.store.override_freeze(&id, request).await? {
                 OverrideOutcome::Done(_) => None,
                 OverrideOutcome::NotFound => Some((

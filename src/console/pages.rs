@@ -35,6 +35,8 @@ pub async fn overview(
         .oldest_waiting_since
         .map(|t| format!("{} s", (now_millis() - t).max(0) / 1000));
     let open: Vec<String> = state
+        .live
+        .load()
         .targets
         .iter()
         .flat_map(|t| t.iter())
@@ -143,10 +145,11 @@ pub async fn try_rules(
         .filter_map(|line| line.split_once(':'))
         .map(|(name, value)| (name.trim().to_string(), value.trim().to_string()))
         .collect();
+    let live = state.live.load();
     let outcome = simulate(
-        &state.ingest.sources,
-        &state.ingest.rules,
-        &state.freezes,
+        &live.sources,
+        &live.rules,
+        &live.config.freezes,
         &form.source,
         form.body.as_bytes(),
         &headers,
@@ -164,12 +167,13 @@ fn rules_page(
     form: &SimulateForm,
     outcome: Option<&Result<Vec<Simulation>, IngestError>>,
 ) -> HttpResponse {
+    let live = state.live.load();
     let body = html! {
         h2 { "Simulate" }
         form method="post" action="/ui/rules" {
             input type="hidden" name="csrf" value=(viewer.csrf);
             p { label { "Source " select name="source" {
-                @for name in state.ingest.sources.names() {
+                @for name in live.sources.names() {
                     option value=(name) selected[name == form.source] { (name) }
                 }
             } } }
@@ -184,7 +188,7 @@ fn rules_page(
             None => {},
         }
         h2 { "As loaded" }
-        @for r in state.ingest.rules.rules() {
+        @for r in live.rules.rules() {
             div.card {
                 h2 { (r.name) }
                 pre.mono { (serde_json::to_string_pretty(&r.spec).unwrap_or_default()) }

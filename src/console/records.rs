@@ -21,7 +21,8 @@ pub async fn freezes(
         Ok(v) => v,
         Err(answer) => return Ok(answer),
     };
-    let configured = freeze::windows(&state.freezes, chrono::Utc::now());
+    let live = state.live.load();
+    let configured = freeze::windows(&live.config.freezes, chrono::Utc::now());
     let runtime = state.store.freezes().await?;
     let body = html! {
         h2 { "From the config" }

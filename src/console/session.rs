@@ -80,13 +80,14 @@ pub async fn viewer(
         }
         None => None,
     };
-    let Some((person, groups)) = proxied(req, &state.console) else {
+    let live = state.live.load();
+    let Some((person, groups)) = proxied(req, &live.config.console) else {
         return Ok(session.ok_or_else(|| to_sign_in(req)));
     };
     if let Some(v) = session.filter(|v| v.who == person) {
         return Ok(Ok(v));
     }
-    let Some(role) = state.console.role_of(&groups) else {
+    let Some(role) = live.config.console.role_of(&groups) else {
         return Ok(Err(HttpResponse::Forbidden()
             .content_type("text/plain; charset=utf-8")
             .body("None of your groups has a role in gantry's console.")));
@@ -110,7 +111,8 @@ fn current(s: ConsoleSession, id_hash: String, state: &AppState) -> Option<Viewe
     let (role, groups) = if s.person {
         (s.role, s.groups)
     } else {
-        let token = state.admin_tokens.iter().find(|t| t.name == s.who)?;
+        let live = state.live.load();
+        let token = live.config.admin_tokens.iter().find(|t| t.name == s.who)?;
         (token.role, token.groups.clone())
     };
     Some(Viewer {
@@ -159,7 +161,8 @@ async fn start(
     groups: Vec<String>,
 ) -> Result<Cookie<'static>, ApiError> {
     let id = random();
-    let ttl = state.console.session_ttl;
+    let live = state.live.load();
+    let ttl = live.config.console.session_ttl;
     state
         .store
         .start_session(ConsoleSession {
@@ -177,7 +180,7 @@ async fn start(
         .path("/ui")
         .http_only(true)
         .same_site(SameSite::Lax)
-        .secure(state.console.secure_cookies)
+        .secure(live.config.console.secure_cookies)
         .max_age(actix_web::cookie::time::Duration::seconds(
             i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX),
         ))
@@ -252,7 +255,8 @@ pub async fn sign_in(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let next = safe_next(form.next.as_deref());
-    let Some(token) = AdminToken::presented(&state.admin_tokens, form.token.trim()) else {
+    let live = state.live.load();
+    let Some(token) = AdminToken::presented(&live.config.admin_tokens, form.token.trim()) else {
         state.metrics.sign_in("failed");
         tokio::time::sleep(FAILED_SIGN_IN_DELAY).await;
         let mut answer = super::page(sign_in_page(&next, true));

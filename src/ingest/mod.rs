@@ -284,10 +284,7 @@ pub fn simulate(
 
 /// The ingest pipeline shared by the HTTP route and tests.
 pub struct Ingest {
-    pub sources: Sources,
-    pub rules: Arc<RuleSet>,
     pub store: Arc<dyn Store>,
-    pub policy: IngestPolicy,
     /// Refused requests, summarised on the record.
     pub rejections: Arc<Rejections>,
 }
@@ -295,13 +292,16 @@ pub struct Ingest {
 impl Ingest {
     /// Verifies, normalizes, plans and commits one request body. A refusal is put
     /// on the record by the caller, which knows what the sender was answered.
+    /// `live` is the config in force for this request: its sources, rules and
+    /// dedupe window.
     pub async fn receive(
         &self,
+        live: &crate::live::Generation,
         source_name: &str,
         headers: &dyn Headers,
         body: &[u8],
     ) -> Result<Receipt, IngestError> {
-        let source = self
+        let source = live
             .sources
             .get(source_name)
             .ok_or_else(|| IngestError::unknown_source(source_name))?;
@@ -311,11 +311,15 @@ impl Ingest {
             .normalize(&source.name, verified, headers, now_millis())?;
         // Planned here, in parallel with other requests; the store links echoes to
         // their chains in its transaction and applies the depth limit then.
+        let policy = IngestPolicy {
+            dedupe_window: live.config.defaults.dedupe_window,
+            max_chain_depth: live.config.defaults.max_chain_depth,
+        };
         let batch = events
             .into_iter()
-            .map(|event| plan(&self.rules, event, self.policy.max_chain_depth))
+            .map(|event| plan(&live.rules, event, policy.max_chain_depth))
             .collect();
-        let events = self.store.ingest(batch, self.policy).await?;
+        let events = self.store.ingest(batch, policy).await?;
         Ok(Receipt { events })
     }
 }

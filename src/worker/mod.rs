@@ -34,21 +34,17 @@ use crate::domain::{
 };
 use crate::rules::RuleSet;
 use crate::store::{AttemptReport, LeasedJob, Release, Store, StoreError, Transition};
-use crate::targets::{Admission, Change, Effect, Fence, Handle, TargetError, Targets};
+use crate::targets::{Admission, Change, Effect, Fence, Handle, TargetError};
 
 /// Everything a worker needs, shared by all of them.
 pub struct Context {
     pub store: Arc<dyn Store>,
-    pub targets: Targets,
-    pub rules: Arc<RuleSet>,
+    /// The config in force (targets, rules, freezes, retry defaults, chain depth):
+    /// read once per attempt, so an attempt runs wholly under one generation.
+    pub live: Arc<crate::live::Live>,
+    /// Worker settings, fixed until a restart.
     pub config: WorkerConfig,
-    /// For jobs whose rule is no longer configured.
-    pub default_retry: RetryPolicy,
-    /// Chains of promotions deeper than this are refused.
-    pub max_chain_depth: u32,
     pub metrics: Arc<crate::metrics::Metrics>,
-    /// The config's freeze windows (SPEC §9).
-    pub freezes: Vec<Freeze>,
 }
 
 /// An attempt on its way to or at the upstream, for shutdown to account for.
@@ -246,16 +242,24 @@ impl Worker {
             target = %job.target, n = leased.attempt);
         async {
             let started = Instant::now();
-            let handle = self.ctx.targets.get(&job.target).cloned();
+            let live = self.ctx.live.load();
+            let handle = live
+                .targets
+                .as_ref()
+                .and_then(|t| t.get(&job.target))
+                .cloned();
             // Decided before the target is involved: a protected or frozen job takes no
             // permit and sends nothing upstream.
             let hold = match &job.action {
-                Some(a) => match self.protected(job, a) {
+                Some(a) => match self.protected(&live.rules, job, a) {
                     Some(step) => Some(step),
-                    None => self.frozen(job, a).await.map(|h| Step::Held {
-                        until: h.until.timestamp_millis(),
-                        frozen_by: h.names,
-                    }),
+                    None => self
+                        .frozen(&live.config.freezes, job, a)
+                        .await
+                        .map(|h| Step::Held {
+                            until: h.until.timestamp_millis(),
+                            frozen_by: h.names,
+                        }),
                 },
                 None => None,
             };
@@ -288,7 +292,7 @@ impl Worker {
                 Step::Done(result) => {
                     let duration_ms =
                         u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-                    self.finish(&leased, handle.as_deref(), duration_ms, result)
+                    self.finish(&live, &leased, handle.as_deref(), duration_ms, result)
                         .await;
                 }
             }
@@ -301,8 +305,8 @@ impl Worker {
     /// What the protections in force say of `job` (with its `action`) about to run:
     /// await an approval first, when one covering it now was not in force when it
     /// was planned (a reload added it); or wait out a soak not over yet.
-    fn protected(&self, job: &Job, action: &Action) -> Option<Step> {
-        let protections = self.ctx.rules.protections();
+    fn protected(&self, rules: &RuleSet, job: &Job, action: &Action) -> Option<Step> {
+        let protections = rules.protections();
         let repo = action.output_subject().repo;
         let repo = repo.as_deref();
         if let Some(policy) =
@@ -319,7 +323,12 @@ impl Worker {
     /// run-time ones in the store, except those an operator overrode for this job.
     /// Run-time freezes that cannot be read (store down) leave the config's to decide;
     /// the attempt would find the store down anyway.
-    async fn frozen(&self, job: &Job, action: &Action) -> Option<freeze::Hold> {
+    async fn frozen(
+        &self,
+        configured: &[Freeze],
+        job: &Job,
+        action: &Action,
+    ) -> Option<freeze::Hold> {
         // The config's freezes are only borrowed: this runs before every attempt.
         let mut runtime = Vec::new();
         match self.ctx.store.freezes().await {
@@ -336,7 +345,7 @@ impl Worker {
             Err(e) => tracing::warn!(error = %e, "cannot read run-time freezes"),
         }
         let repo = action.output_subject().repo;
-        let all = self.ctx.freezes.iter().chain(&runtime);
+        let all = configured.iter().chain(&runtime);
         let overridden = job.freeze_override.as_ref().map_or(&[][..], |o| &o.freezes);
         freeze::hold(
             all,
@@ -439,6 +448,7 @@ impl Worker {
 
     async fn finish(
         &self,
+        live: &crate::live::Generation,
         leased: &LeasedJob,
         handle: Option<&Handle>,
         duration_ms: u64,
@@ -469,20 +479,19 @@ impl Worker {
                 }
             }
         }
-        let policy = self
-            .ctx
+        let policy = live
             .rules
             .get(&job.rule)
-            .map_or(self.ctx.default_retry, |r| r.retry);
+            .map_or(live.config.defaults.retry, |r| r.retry);
         let min_delay = handle.map_or(Duration::ZERO, |h| h.timeout);
         let mut report = decide(&self.id, leased, duration_ms, &policy, min_delay, result);
         if let (Transition::Succeeded(outcome), Some(action)) = (&report.transition, &job.action)
             && *outcome != Outcome::DryRun
         {
             report.emit = Some(crate::ingest::plan(
-                &self.ctx.rules,
+                &live.rules,
                 promoted_event(job, action, *outcome),
-                self.ctx.max_chain_depth,
+                live.config.defaults.max_chain_depth,
             ));
         }
         match &report.transition {

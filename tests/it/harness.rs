@@ -449,6 +449,18 @@ impl ChildApp {
         panic!("gantry did not become ready");
     }
 
+    /// SIGHUP: reload the config.
+    pub fn hangup(&self) {
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-HUP", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+
     /// SIGTERM, then waits (up to `within`) for the process to exit on its own.
     pub async fn terminate(mut self, within: Duration) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();

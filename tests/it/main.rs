@@ -34,6 +34,7 @@ mod policy_example;
 mod promote;
 mod protections;
 mod registry;
+mod reload;
 mod replicas;
 mod secrets;
 mod sources;
