@@ -25,4 +25,5 @@ pub mod rules;
 pub mod signing;
 pub mod store;
 pub mod targets;
+pub mod telemetry;
 pub mod worker;

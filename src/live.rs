@@ -355,6 +355,7 @@ fn keep_running_values(running: &Config, next: &mut Config) -> Vec<&'static str>
         "audit.rejections_every",
         running.audit_rejections_every != next.audit_rejections_every,
     );
+    keep("tracing", running.tracing != next.tracing);
     next.server.listen = running.server.listen;
     next.server.shutdown_grace = running.server.shutdown_grace;
     next.console.enabled = running.console.enabled;
@@ -362,5 +363,6 @@ fn keep_running_values(running: &Config, next: &mut Config) -> Vec<&'static str>
     next.worker = running.worker.clone();
     next.audit_retain = running.audit_retain;
     next.audit_rejections_every = running.audit_rejections_every;
+    next.tracing = running.tracing.clone();
     ignored
 }

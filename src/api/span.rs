@@ -20,15 +20,47 @@ pub struct RequestSpan;
 impl RootSpanBuilder for RequestSpan {
     fn on_request_start(request: &ServiceRequest) -> Span {
         let id = request.extensions().get::<RequestId>().copied();
-        tracing::info_span!(
+        let span = tracing::info_span!(
             "request",
             method = %request.method(),
             path = prefix(request.path(), MAX_LOGGED_PATH),
             request_id = id.map(tracing::field::display),
-        )
+            otel.name = tracing::field::Empty,
+            otel.kind = tracing::field::Empty,
+            http.request.method = tracing::field::Empty,
+            http.route = tracing::field::Empty,
+            http.response.status_code = tracing::field::Empty,
+        );
+        // Only with traces on: the span's name is the route's template (never the
+        // raw path), with OpenTelemetry's HTTP server attributes.
+        if crate::telemetry::enabled() {
+            let route = request
+                .match_pattern()
+                .unwrap_or_else(|| "unmatched".to_string());
+            span.record(
+                "otel.name",
+                tracing::field::display(format_args!("{} {route}", request.method())),
+            );
+            span.record("otel.kind", "server");
+            span.record(
+                "http.request.method",
+                tracing::field::display(request.method()),
+            );
+            span.record("http.route", route.as_str());
+        }
+        span
     }
 
-    fn on_request_end<B: MessageBody>(_: Span, _: &Result<ServiceResponse<B>, Error>) {}
+    fn on_request_end<B: MessageBody>(span: Span, outcome: &Result<ServiceResponse<B>, Error>) {
+        if crate::telemetry::enabled()
+            && let Ok(response) = outcome
+        {
+            span.record(
+                "http.response.status_code",
+                response.response().status().as_u16(),
+            );
+        }
+    }
 }
 
 /// The longest prefix of `s` within `max` bytes, cut on a char boundary (no

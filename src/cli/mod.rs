@@ -14,9 +14,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::json;
 
 use crate::app::{self, Mode, Service};
+use crate::config::TracingConfig;
 use crate::config::{self, ConfigPath, Problem};
 use crate::ingest::simulate;
 use crate::rules::Coverage;
+use crate::telemetry;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -180,37 +182,46 @@ fn load(path: &ConfigPath) -> Result<(Service, Vec<Problem>), Failure> {
         .map_err(|problems| Failure::Config(config::Problems(problems).to_string()))
 }
 
-fn init_logging() {
+/// Logs to stderr (JSON for log collectors, plain lines for a person at a
+/// terminal) and, when `traces` names an endpoint, spans to OpenTelemetry.
+fn init_logging(traces: &TracingConfig) -> anyhow::Result<()> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    // JSON for log collectors; plain lines for a person at a terminal.
+    let otel = telemetry::layer(traces).context("cannot set up the trace exporter")?;
+    let registry = tracing_subscriber::registry().with(filter).with(otel);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     if std::io::stderr().is_terminal() {
-        builder.init();
+        registry.with(fmt).init();
     } else {
-        builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            // The request span is the only one; listing it again adds nothing.
-            .with_span_list(false)
+        registry
+            .with(
+                fmt.json()
+                    .flatten_event(true)
+                    .with_current_span(true)
+                    // The request span is the only one; listing it again adds nothing.
+                    .with_span_list(false),
+            )
             .init();
     }
+    Ok(())
 }
 
 fn serve(path: &ConfigPath, mode: Mode) -> Result<(), Failure> {
-    init_logging();
     let (service, warnings) = load(path)?;
+    init_logging(&service.config.tracing)?;
     for w in &warnings {
         tracing::warn!(location = %w.location, "{}", w.message);
     }
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    runtime.block_on(async {
+    let served = runtime.block_on(async {
         let running = app::start(service, mode).await?;
         running.run_until_signal().await
-    })?;
+    });
+    // The last spans go out whether or not the service stopped cleanly.
+    telemetry::shutdown();
+    served?;
     Ok(())
 }
 

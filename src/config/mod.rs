@@ -10,6 +10,7 @@ pub mod pg_tls;
 mod raw;
 pub mod secret;
 mod store_url;
+mod traces;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -29,6 +30,7 @@ pub use notifications::{NotificationConfig, NotificationFormat, SigningKey, Sink
 pub use raw::{OneOrMany, RawAction, RawCondition, RawMatch, RawRule};
 pub use secret::Secret;
 pub use store_url::{PostgresUrl, StoreUrl};
+pub use traces::TracingConfig;
 
 const EMBEDDED_DEFAULTS: &str = include_str!("defaults.toml");
 
@@ -199,6 +201,8 @@ pub struct Config {
     pub notifications: Vec<NotificationConfig>,
     /// `server.console`, `server.session_ttl`, `[auth]` (SPEC §11).
     pub console: ConsoleConfig,
+    /// `[tracing]` (SPEC §12).
+    pub tracing: TracingConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -721,6 +725,8 @@ fn validate(
         problems,
     );
 
+    let tracing = traces::check_tracing(&raw.tracing, env, problems);
+
     Some(Config {
         server: ServerConfig {
             listen: listen?,
@@ -749,6 +755,7 @@ fn validate(
         protections,
         notifications,
         console,
+        tracing,
     })
 }
 

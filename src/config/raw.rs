@@ -33,6 +33,8 @@ pub struct RawConfig {
     pub notifications: Vec<super::notifications::RawNotification>,
     #[serde(default)]
     pub auth: super::console::RawAuth,
+    #[serde(default)]
+    pub tracing: super::traces::RawTracing,
 }
 
 /// `[[protections]]` (SPEC §9): approval and soak every job promoting to the

@@ -222,6 +222,10 @@ pub struct Job {
     /// lets it through (§9).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub freeze_override: Option<FreezeOverride>,
+    /// The W3C `traceparent` of the request that made the job, when traces are on:
+    /// its attempts join that trace (SPEC §12).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_parent: Option<String>,
     #[serde(serialize_with = "as_rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     pub created_at: Millis,
@@ -254,6 +258,8 @@ pub struct NewJob {
     pub gate: Option<GateStart>,
     /// The end of its soak: the trigger's time plus the longest `soak` that applies.
     pub soak_until: Option<Millis>,
+    /// The `traceparent` of the request that made it, when traces are on (SPEC §12).
+    pub trace_parent: Option<String>,
 }
 
 impl NewJob {

@@ -145,6 +145,8 @@ pub fn plan(rules: &RuleSet, event: Event, max_chain_depth: u32) -> NewEvent {
 /// Plans the jobs the rules ask for an event: a template that cannot be rendered
 /// still makes a job, recorded as failed, so the decision is on the record.
 pub fn plan_jobs(rules: &RuleSet, event: &Event) -> Vec<NewJob> {
+    // The trace the jobs' attempts join: the request's, or for a chain the attempt's.
+    let trace_parent = crate::telemetry::traceparent();
     rules
         .plan(event)
         .into_iter()
@@ -167,6 +169,7 @@ pub fn plan_jobs(rules: &RuleSet, event: &Event) -> Vec<NewJob> {
                 soak_until: guarded
                     .soak_ms
                     .map(|soak| event.received_at.saturating_add(soak)),
+                trace_parent: trace_parent.clone(),
             }
         })
         .collect()
@@ -306,6 +309,8 @@ impl Ingest {
             .get(source_name)
             .ok_or_else(|| IngestError::unknown_source(source_name))?;
         let verified = source.verifier.verify(headers, body).await?;
+        // Signed: the sender's trace may be continued now, and not before.
+        crate::telemetry::continue_trace(headers);
         let events = source
             .normalizer
             .normalize(&source.name, verified, headers, now_millis())?;

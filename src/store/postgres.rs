@@ -52,12 +52,12 @@ use super::rows::{
     APPROVAL_COLUMNS, ATTEMPT_COLUMNS, AUDIT_COLUMNS, Arg, BallotLanding, CHILDREN_MIGRATION,
     CLAIMS_MIGRATION, Columns, EMITTED, EVENT_COLUMNS, EVENTS_PAGE_BYTES_COLUMN, EchoProbe,
     FREEZE_COLUMNS, FROZEN_DUE_NOW, GATES_MIGRATION, GateLanding, JOB_COLUMN_COUNT, JOB_COLUMNS,
-    JobInsert, Landing, Listing, Opened, SEEN_COLUMNS, SYSTEM_ACTOR, attempt_values, audit_listing,
-    chain_sql, checkpoints_sql, claims_text, events_listing, events_page, expiry, freeze_scope,
-    gate_locks, gate_revival, gate_text, job_state, jobs_listing, lease_expired, leased_move,
-    millis, narrow, notifications_listing, operator_move, page, payload_text, read_approval,
-    read_attempt, read_audit, read_event, read_freeze, read_job, read_seen, revival, rule_removed,
-    sql_limit, start_freeze_sql, stored_count,
+    JobInsert, Landing, Listing, Opened, SEEN_COLUMNS, SYSTEM_ACTOR, TRACE_MIGRATION,
+    attempt_values, audit_listing, chain_sql, checkpoints_sql, claims_text, events_listing,
+    events_page, expiry, freeze_scope, gate_locks, gate_revival, gate_text, job_state,
+    jobs_listing, lease_expired, leased_move, millis, narrow, notifications_listing, operator_move,
+    page, payload_text, read_approval, read_attempt, read_audit, read_event, read_freeze, read_job,
+    read_seen, revival, rule_removed, sql_limit, start_freeze_sql, stored_count,
 };
 use super::rows::{
     OverrideLanding, SET_FREEZE_OVERRIDE, SET_FROZEN, SET_PROTECTED, frozen_names, policy_text,
@@ -248,6 +248,7 @@ ALTER TABLE jobs ADD COLUMN freeze_override TEXT;
     OUTBOX_MIGRATION,
     SESSIONS_MIGRATION,
     CHILDREN_MIGRATION,
+    TRACE_MIGRATION,
 ];
 
 /// The store on a PostgreSQL database that several replicas share.
@@ -772,21 +773,25 @@ async fn ingest_one(
     let gate_keys: Vec<Option<&str>> = planned.iter().map(|p| p.gate_key).collect();
     let gate_deadlines: Vec<Option<Millis>> = planned.iter().map(|p| p.gate_expires_at).collect();
     let soaks: Vec<Option<Millis>> = gated.iter().map(|(j, _)| j.soak_until).collect();
+    let traces: Vec<Option<&str>> = gated
+        .iter()
+        .map(|(j, _)| j.trace_parent.as_deref())
+        .collect();
     let due: Vec<Millis> = planned.iter().map(|p| p.next_attempt_at).collect();
     // A rule acts once per parent promotion: a second job for the same parent is
     // skipped by the unique index, even when another replica inserted the first.
     let insert_jobs = "INSERT INTO jobs (id, event_id, rule, target, action, state,
             next_attempt_at, last_error_code, last_error_message, parent_job_id, chain_depth,
             created_at, updated_at, target_ref, target_digest, approval, approval_expires_at,
-            initiator, gate, gate_key, gate_expires_at, soak_until)
+            initiator, gate, gate_key, gate_expires_at, soak_until, trace_parent)
          SELECT j.id, $1, j.rule, j.target, j.action, j.state, j.due, j.code, j.message, $3, $4,
             $2, $2, j.target_ref, j.target_digest, j.approval, j.deadline, j.initiator, j.gate,
-            j.gate_key, j.gate_deadline, j.soak
+            j.gate_key, j.gate_deadline, j.soak, j.trace
          FROM unnest($5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
             $11::text[], $12::text[], $13::text[], $14::text[], $15::bigint[], $16::text[],
-            $17::text[], $18::text[], $19::bigint[], $20::bigint[], $21::bigint[])
+            $17::text[], $18::text[], $19::bigint[], $20::bigint[], $21::bigint[], $22::text[])
             AS j(id, rule, target, action, state, code, message, target_ref, target_digest,
-                approval, deadline, initiator, gate, gate_key, gate_deadline, soak, due)
+                approval, deadline, initiator, gate, gate_key, gate_deadline, soak, due, trace)
          ON CONFLICT (rule, parent_job_id) WHERE parent_job_id IS NOT NULL DO NOTHING
          RETURNING id";
     // Both prepared first, so that the two inserts go out in order in one round trip.
@@ -813,7 +818,7 @@ async fn ingest_one(
         &depth,
         &claims,
     ];
-    let job_params: [&(dyn ToSql + Sync); 21] = [
+    let job_params: [&(dyn ToSql + Sync); 22] = [
         &ev.id,
         &ev.received_at,
         &ev.parent_job_id,
@@ -835,6 +840,7 @@ async fn ingest_one(
         &gate_deadlines,
         &soaks,
         &due,
+        &traces,
     ];
     let jobs = async {
         if gated.is_empty() {

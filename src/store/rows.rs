@@ -32,10 +32,14 @@ pub(super) const EVENT_COLUMNS: &str = "id, source, type, delivery_id, received_
 pub(super) const JOB_COLUMNS: &str = "id, rule, state, outcome, event_id, target, action,
     last_error_code, last_error_message, parent_job_id, chain_depth, created_at, updated_at,
     approval, approval_expires_at, initiator, gate, soak_until, frozen_by, frozen_until,
-    freeze_override";
+    freeze_override, trace_parent";
 
 /// How many columns [`JOB_COLUMNS`] selects: what a query selecting more reads after.
-pub(super) const JOB_COLUMN_COUNT: usize = 21;
+pub(super) const JOB_COLUMN_COUNT: usize = 22;
+
+/// SPEC §12: the W3C `traceparent` of the request that made a job (null when traces
+/// are off), so its attempts join that trace on any replica.
+pub(super) const TRACE_MIGRATION: &str = "ALTER TABLE jobs ADD COLUMN trace_parent TEXT;";
 
 /// SPEC §16: the claims an `oidc` source verified, kept with their event (JSON,
 /// null for every other scheme). The same statement serves both stores.
@@ -242,6 +246,7 @@ pub(super) fn read_job(r: &impl Columns) -> Result<Job, StoreError> {
         soak_until: r.int_opt(17)?,
         frozen: read_frozen(state, r.text_opt(18)?, r.int_opt(19)?)?,
         freeze_override: r.text_opt(20)?.as_deref().map(read_override).transpose()?,
+        trace_parent: r.text_opt(21)?,
         created_at: r.int(11)?,
         updated_at: r.int(12)?,
     })

@@ -31,9 +31,9 @@ use super::rows::{
     APPROVAL_COLUMNS, ATTEMPT_COLUMNS, AUDIT_COLUMNS, Arg, BallotLanding, CHILDREN_MIGRATION,
     CLAIMS_MIGRATION, Columns, EMITTED, EVENT_COLUMNS, EVENTS_PAGE_BYTES_COLUMN, EchoProbe,
     FREEZE_COLUMNS, FROZEN_DUE_NOW, GATES_MIGRATION, GateLanding, JOB_COLUMNS, JobInsert, Landing,
-    Opened, SEEN_COLUMNS, SYSTEM_ACTOR, attempt_values, audit_listing, chain_sql, checkpoints_sql,
-    claims_text, events_listing, events_page, expiry, freeze_scope, gate_revival, gate_text,
-    job_state, jobs_listing, lease_expired, leased_move, millis, notifications_listing,
+    Opened, SEEN_COLUMNS, SYSTEM_ACTOR, TRACE_MIGRATION, attempt_values, audit_listing, chain_sql,
+    checkpoints_sql, claims_text, events_listing, events_page, expiry, freeze_scope, gate_revival,
+    gate_text, job_state, jobs_listing, lease_expired, leased_move, millis, notifications_listing,
     operator_move, page, payload_text, read_approval, read_attempt, read_audit, read_event,
     read_freeze, read_job, read_seen, revival, rule_removed, sql_limit, start_freeze_sql,
     stored_count,
@@ -205,6 +205,7 @@ ALTER TABLE jobs ADD COLUMN freeze_override TEXT;
     OUTBOX_MIGRATION,
     SESSIONS_MIGRATION,
     CHILDREN_MIGRATION,
+    TRACE_MIGRATION,
 ];
 
 /// Per-batch facts the writer acts on after the commit, and the notification
@@ -799,9 +800,9 @@ fn ingest_one(
             "INSERT INTO jobs (id, event_id, rule, target, action, state, next_attempt_at,
                 last_error_code, last_error_message, parent_job_id, chain_depth, created_at,
                 updated_at, target_ref, target_digest, approval, approval_expires_at, initiator,
-                gate, gate_key, gate_expires_at, soak_until)
+                gate, gate_key, gate_expires_at, soak_until, trace_parent)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?17, ?8, ?9, ?10, ?11, ?7, ?7, ?12, ?13, ?14, ?15,
-                ?16, ?18, ?19, ?20, ?21)",
+                ?16, ?18, ?19, ?20, ?21, ?22)",
         )
         .and_then(|mut st| {
             st.execute(params![
@@ -826,6 +827,7 @@ fn ingest_one(
                 row.gate_key,
                 row.gate_expires_at,
                 job.soak_until,
+                job.trace_parent,
             ])
         })
         .map_err(unavailable)?;

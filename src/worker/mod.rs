@@ -238,8 +238,13 @@ impl Worker {
 
     async fn attempt(&self, leased: LeasedJob) {
         let job = &leased.job;
-        let span = tracing::info_span!("attempt", job_id = %job.id, rule = %job.rule,
-            target = %job.target, n = leased.attempt);
+        let span = crate::telemetry::attempt_span(
+            &job.id,
+            &job.rule,
+            &job.target,
+            leased.attempt,
+            job.trace_parent.as_deref(),
+        );
         async {
             let started = Instant::now();
             let live = self.ctx.live.load();
@@ -670,6 +675,7 @@ mod tests {
                 approvals: Vec::new(),
                 frozen: None,
                 freeze_override: None,
+                trace_parent: None,
                 created_at: 0,
                 updated_at: 0,
             },

@@ -40,4 +40,5 @@ mod secrets;
 mod sources;
 mod store_contract;
 mod surface;
+mod traces;
 mod url_token;

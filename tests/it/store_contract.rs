@@ -180,6 +180,9 @@ fn event(source: &str, delivery: &str, tag: &str) -> Event {
     }
 }
 
+/// The request trace a planned job keeps (SPEC §12).
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
 fn job(rule: &str, tag: &str) -> NewJob {
     NewJob {
         id: new_id(),
@@ -190,6 +193,7 @@ fn job(rule: &str, tag: &str) -> NewJob {
         initiator: None,
         gate: None,
         soak_until: None,
+        trace_parent: Some(TRACEPARENT.into()),
     }
 }
 
@@ -289,6 +293,7 @@ async fn ingest_commits_the_event_its_jobs_and_their_audit(b: Backend) {
         initiator: None,
         gate: None,
         soak_until: None,
+        trace_parent: None,
     });
     new.notes
         .push(AuditEntry::chain_refused(&new.event, &["deep".into()], 5));
@@ -320,6 +325,7 @@ async fn ingest_commits_the_event_its_jobs_and_their_audit(b: Backend) {
         (event_id.as_str(), 0)
     );
     assert!(queued.attempts.is_empty() && queued.last_error.is_none());
+    assert_eq!(queued.trace_parent.as_deref(), Some(TRACEPARENT));
     let failed = b.replica.job(&out[0].jobs[1].id).await.unwrap().unwrap();
     assert_eq!(failed.action, None);
     assert_eq!(
@@ -906,6 +912,7 @@ async fn operator_actions_move_only_the_states_that_allow_them(b: Backend) {
         initiator: None,
         gate: None,
         soak_until: None,
+        trace_parent: None,
     });
     let out = store.ingest(vec![broken], POLICY).await.unwrap();
     let broken_id = &out[0].jobs[0].id;

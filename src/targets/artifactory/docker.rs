@@ -30,12 +30,12 @@ fn manifest_url(a: &Artifactory, image: &ImageRef) -> Result<Url, InvalidReferen
 
 /// The digest a tag points at, or `None` when there is no such tag.
 async fn digest_of(a: &Artifactory, url: &Url) -> Result<Option<String>, TargetError> {
-    let response = a
-        .request(Method::HEAD, url.clone())
-        .header(reqwest::header::ACCEPT, MANIFEST_TYPES)
-        .send()
-        .await
-        .map_err(|e| transport_error(e, false))?;
+    let response = crate::telemetry::send(
+        a.request(Method::HEAD, url.clone())
+            .header(reqwest::header::ACCEPT, MANIFEST_TYPES),
+    )
+    .await
+    .map_err(|e| transport_error(e, false))?;
     match response.status() {
         StatusCode::NOT_FOUND => Ok(None),
         s if s.is_success() => Ok(response

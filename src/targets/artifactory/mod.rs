@@ -109,9 +109,7 @@ impl Artifactory {
     /// A read: the JSON answer, or `None` for a 404. Reads change nothing, so their
     /// failures are never ambiguous. `what` names the answer if it is too large.
     async fn read_json(&self, url: Url, what: &str) -> Result<Option<Value>, TargetError> {
-        let response = self
-            .request(Method::GET, url)
-            .send()
+        let response = crate::telemetry::send(self.request(Method::GET, url))
             .await
             .map_err(|e| transport_error(e, false))?;
         let status = response.status();
@@ -136,7 +134,9 @@ impl Artifactory {
         req: reqwest::RequestBuilder,
     ) -> Result<(StatusCode, Value), TargetError> {
         fence.check().await?;
-        let response = req.send().await.map_err(|e| transport_error(e, true))?;
+        let response = crate::telemetry::send(req)
+            .await
+            .map_err(|e| transport_error(e, true))?;
         let status = response.status();
         if !status.is_success() {
             return Err(body::refusal(response).await.0);

@@ -225,7 +225,9 @@ impl Registry {
             ),
             _ => {}
         }
-        let response = req.send().await.map_err(|e| transport_error(e, false))?;
+        let response = crate::telemetry::send(req)
+            .await
+            .map_err(|e| transport_error(e, false))?;
         let response = Registry::check(response).await?;
         let bytes = body::read_within(response, JSON_LIMIT, "the token server's answer")
             .await
@@ -269,9 +271,7 @@ impl Registry {
         url: &Url,
         build: &(dyn Fn(Url) -> RequestBuilder + Sync),
     ) -> Result<Response, TargetError> {
-        let response = self
-            .authorize(build(url.clone()), url, scope)
-            .send()
+        let response = crate::telemetry::send(self.authorize(build(url.clone()), url, scope))
             .await
             .map_err(|e| transport_error(e, changes))?;
         if response.status() != StatusCode::UNAUTHORIZED {
@@ -286,8 +286,7 @@ impl Registry {
             return Ok(response);
         };
         self.fetch_token(&challenge, scope).await?;
-        self.authorize(build(url.clone()), url, scope)
-            .send()
+        crate::telemetry::send(self.authorize(build(url.clone()), url, scope))
             .await
             .map_err(|e| transport_error(e, changes))
     }
@@ -519,11 +518,10 @@ impl Registry {
         if let Some(n) = length {
             req = req.header(CONTENT_LENGTH, n);
         }
-        let response = self
-            .authorize(req, &location, &scope_for(repository, true))
-            .send()
-            .await
-            .map_err(|e| transport_error(e, true))?;
+        let response =
+            crate::telemetry::send(self.authorize(req, &location, &scope_for(repository, true)))
+                .await
+                .map_err(|e| transport_error(e, true))?;
         Registry::check(response).await.map(|_| ())
     }
 
