@@ -371,6 +371,6 @@ pub struct RawFreeze {
     pub from: Option<String>,
     pub until: Option<String>,
     /// The token groups that may override the freeze for a job; any `operate` token
-    /// when absent (README, "Freeze windows").
+    /// when absent (docs/policy.md, "Freeze windows").
     pub override_groups: Option<Vec<String>>,
 }

@@ -13,7 +13,6 @@ use super::{address, layout, page};
 use crate::api::{ApiError, AppState};
 use crate::domain::approval::{Ballot, Verdict};
 use crate::domain::freeze::OverrideRequest;
-use crate::domain::lifecycle::{self, Requires};
 use crate::domain::{Job, JobState, rfc3339};
 use crate::store::{
     ApprovalOutcome, AuditFilter, JobFilter, OperatorAction, OperatorOutcome, OverrideOutcome,
@@ -267,13 +266,10 @@ pub async fn show(
 
 /// The buttons the job's state allows.
 fn actions(viewer: &Viewer, job: &Job) -> Markup {
-    // Which buttons apply is the life cycle's table, as for the API's actions.
-    let allows = |action: OperatorAction| {
-        lifecycle::next(job.state, action.event(Requires::of(None, false))).is_ok()
-    };
+    // Which buttons apply is what the store would decide, as for the API's actions.
     let (retry, cancel) = (
-        allows(OperatorAction::Retry),
-        allows(OperatorAction::Cancel),
+        OperatorAction::Retry.allowed_on(job),
+        OperatorAction::Cancel.allowed_on(job),
     );
     html! {
         p {

@@ -149,6 +149,12 @@ impl OperatorAction {
             OperatorAction::Cancel => JobEvent::OperatorCancel,
         }
     }
+
+    /// Whether `job` as it stands allows this action: the decision the stores make
+    /// when it is asked, for a page to offer only the buttons that apply.
+    pub fn allowed_on(self, job: &Job) -> bool {
+        rows::operator_move(job, self).is_ok()
+    }
 }
 
 /// What became of an operator's action.
