@@ -274,3 +274,62 @@ verify = {{ scheme = "hmac-sha256", header = "X-Signature", prefix = "sha256=", 
     assert_eq!(post("second-secret", 3).await, 202);
     assert_eq!(post("first-secret", 4).await, 401);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_removed_by_a_reload_leaves_its_awaiting_job_visible_and_approvable() {
+    let upstream = MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(wiremock::ResponseTemplate::new(200))
+        .mount(&upstream)
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let gated = format!("{TO_PROD}approval = {{ count = 1 }}\n");
+    let path = write_config(dir.path(), &upstream.uri(), &gated, "30s");
+    let app = ChildApp::start(&path, free_port()).await;
+    let r: Value = app
+        .client
+        .send("ci", &event("qa", 1))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = r["jobs"][0]["id"].as_str().unwrap().to_string();
+    assert_eq!(app.client.job(&id).await["state"], "awaiting_approval");
+
+    write_config(dir.path(), &upstream.uri(), TO_STAGING, "30s");
+    let r = app
+        .client
+        .post("/api/v1/config/reload", Some(OPS_TOKEN))
+        .await;
+    assert_eq!(r.status(), 200);
+    // Still there, still awaiting: a reload cancels nothing.
+    assert_eq!(app.client.job(&id).await["state"], "awaiting_approval");
+    let r = app
+        .client
+        .post_json(
+            &format!("/api/v1/jobs/{id}/approve"),
+            OPS_TOKEN,
+            &serde_json::json!({"comment": "after the reload"}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let done = app.client.wait_final(&id).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["action"]["to"]["repo"], "prod");
+    let promotes: Vec<_> = upstream
+        .received_requests()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.method.as_str() == "POST")
+        .collect();
+    assert_eq!(promotes.len(), 1, "promoted once");
+    assert!(
+        promotes[0]
+            .url
+            .path()
+            .ends_with("/api/docker/qa/v2/promote"),
+        "with the action it was planned with: {}",
+        promotes[0].url
+    );
+}
