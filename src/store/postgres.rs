@@ -271,14 +271,25 @@ struct Writes {
 }
 
 fn unavailable(e: tokio_postgres::Error) -> StoreError {
-    StoreError::Unavailable(match e.as_db_error() {
+    StoreError::Unavailable(described(&e))
+}
+
+/// The server's own words when it answered with an error (its `Display` says only
+/// "db error"), else the client's.
+fn described(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
         Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
         None => e.to_string(),
-    })
+    }
 }
 
 fn pool_error(e: PoolError) -> StoreError {
-    StoreError::Unavailable(format!("no database connection: {e}"))
+    StoreError::Unavailable(match &e {
+        // A refused connection (authentication, a missing certificate) in the
+        // server's words.
+        PoolError::Backend(cause) => format!("no database connection: {}", described(cause)),
+        _ => format!("no database connection: {e}"),
+    })
 }
 
 impl Columns for Row {

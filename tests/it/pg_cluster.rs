@@ -13,6 +13,10 @@ use crate::harness::free_port;
 pub struct ServerTls {
     pub cert_pem: String,
     pub key_pem: String,
+    /// When set, TLS connections must present a client certificate this CA signed,
+    /// whose common name is the user (`cert` authentication); plain ones stay
+    /// trusted, for the test's own connections.
+    pub client_ca_pem: Option<String>,
 }
 
 pub struct Cluster {
@@ -112,6 +116,15 @@ impl Cluster {
             write_server_file(&cert, &tls.cert_pem);
             write_server_file(&key, &tls.key_pem);
             conf.push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+            if let Some(ca) = &tls.client_ca_pem {
+                write_server_file(&data.join("client-ca.crt"), ca);
+                conf.push_str("ssl_ca_file = 'client-ca.crt'\n");
+                write_server_file(
+                    &data.join("pg_hba.conf"),
+                    "local all all trust\nhostnossl all all 127.0.0.1/32 trust\n\
+                     hostssl all all 127.0.0.1/32 cert\n",
+                );
+            }
         } else {
             conf.push_str("ssl = off\n");
         }

@@ -28,19 +28,23 @@ impl Pki {
         }
     }
 
-    fn leaf(&self, names: &[&str]) -> (String, String) {
+    /// A certificate for `names` (subject alternative names) and common name `cn`.
+    fn leaf(&self, names: &[&str], cn: &str) -> (String, String) {
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(names)
-            .unwrap()
-            .signed_by(&key, &self.issuer)
-            .unwrap();
+        let mut params = CertificateParams::new(names).unwrap();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
         (cert.pem(), key.serialize_pem())
     }
 
     fn server(&self) -> ServerTls {
-        let (cert_pem, key_pem) = self.leaf(&["localhost"]);
-        ServerTls { cert_pem, key_pem }
+        let (cert_pem, key_pem) = self.leaf(&["localhost"], "localhost");
+        ServerTls {
+            cert_pem,
+            key_pem,
+            client_ca_pem: None,
+        }
     }
 }
 
@@ -174,6 +178,42 @@ async fn require_against_a_server_without_tls_is_refused_and_disable_works() {
     assert!(err.contains("sslmode=require requires TLS"), "{err}");
     open(&url("disable")).await.unwrap();
     open(&url("prefer")).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_asks_for_a_client_certificate_gets_the_configured_one() {
+    let pki = Pki::new("gantry test CA");
+    let clients = Pki::new("client CA");
+    let mut server = pki.server();
+    server.client_ca_pem = Some(clients.ca_pem.clone());
+    let Some(cluster) = Cluster::start(Some(&server)) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ca = file(dir.path(), "ca.pem", &pki.ca_pem);
+    let (cert, key) = clients.leaf(&[], "postgres");
+    let cert = file(dir.path(), "client.pem", &cert);
+    let key = file(dir.path(), "client.key", &key);
+    let url = format!(
+        "postgres://postgres@localhost:{}/postgres?sslmode=verify-full&sslrootcert={ca}",
+        cluster.port
+    );
+    // Without a certificate the server refuses (`cert` authentication).
+    let err = open(&url).await.unwrap_err();
+    assert!(err.contains("certificate"), "{err}");
+    // With the one its CA signed, for the user, it connects.
+    open(&format!("{url}&sslcert={cert}&sslkey={key}"))
+        .await
+        .unwrap();
+    // One signed by another CA is refused.
+    let (other_cert, other_key) = pki.leaf(&[], "postgres");
+    let other_cert = file(dir.path(), "other.pem", &other_cert);
+    let other_key = file(dir.path(), "other.key", &other_key);
+    assert!(
+        open(&format!("{url}&sslcert={other_cert}&sslkey={other_key}"))
+            .await
+            .is_err()
+    );
 }
 
 #[test]
