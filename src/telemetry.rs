@@ -5,8 +5,8 @@
 //!   signature verified ([`continue_trace`]): an unsigned request cannot join a trace;
 //! - a job keeps the `traceparent` of the request that made it ([`traceparent`]), so
 //!   its attempts (`job.attempt`, [`attempt_span`]) join that trace on any replica;
-//! - every upstream request gets a client span and carries that span's
-//!   `traceparent`, never a `tracestate` ([`send`]).
+//! - every upstream request gets a client span named by its URL template and
+//!   carries that span's `traceparent`, never a `tracestate` ([`send`]).
 //!
 //! Off, every helper returns at its first line: no context is made, stored or sent,
 //! and the spans' `otel.*` fields stay empty (unprinted by the log formatter).
@@ -151,10 +151,14 @@ pub fn attempt_span(
 }
 
 /// Sends an upstream request in a client span of its own, carrying that span's
-/// `traceparent`. The span is named by the method alone — OpenTelemetry's name for
-/// a client span without a URL template — and has the HTTP client attributes but no
-/// URL, so no path or query (which may hold a credential) leaves gantry.
-pub async fn send(request: reqwest::RequestBuilder) -> reqwest::Result<reqwest::Response> {
+/// `traceparent`. The span is named `{method} {template}` — the URL template, with a
+/// place name for every value, never the raw path — and has OpenTelemetry's HTTP
+/// client attributes but no URL, so no value (which may be a credential in a query)
+/// leaves gantry in a span.
+pub async fn send(
+    request: reqwest::RequestBuilder,
+    template: &str,
+) -> reqwest::Result<reqwest::Response> {
     if !enabled() {
         return request.send().await;
     }
@@ -162,9 +166,10 @@ pub async fn send(request: reqwest::RequestBuilder) -> reqwest::Result<reqwest::
     let mut request = request?;
     let url = request.url();
     let span = tracing::info_span!("upstream",
-        otel.name = %request.method(),
+        otel.name = %format_args!("{} {template}", request.method()),
         otel.kind = "client",
         http.request.method = %request.method(),
+        url.template = template,
         server.address = url.host_str().unwrap_or(""),
         server.port = url.port_or_known_default().unwrap_or(0),
         http.response.status_code = tracing::field::Empty,

@@ -122,7 +122,8 @@ action = { type = "promote", target = "jfrog", to_repo = "staging" }
                 && attribute(s, "http.response.status_code").as_deref() == Some("202")
         });
         let attempt = find(&|s| s.name == "job.attempt");
-        let client = find(&|s| s.name == "POST" && attribute(s, "http.request.method").is_some());
+        let client =
+            find(&|s| attribute(s, "url.template").is_some() && s.name.starts_with("POST "));
         let refused = find(&|s| {
             s.name == "POST /hooks/{source}"
                 && attribute(s, "http.response.status_code").as_deref() == Some("401")
@@ -148,9 +149,14 @@ action = { type = "promote", target = "jfrog", to_repo = "staging" }
     // The attempt, run by a worker later, is in the same trace, under the webhook.
     assert_eq!(attempt.trace_id, trace);
     assert_eq!(attempt.parent_span_id, hook.span_id);
-    // The promote call's client span is the attempt's child, and names no path.
+    // The promote call's client span is the attempt's child, named by its URL
+    // template: the repo key's place, not the repo key.
     assert_eq!(client.trace_id, trace);
     assert_eq!(client.parent_span_id, attempt.span_id);
+    assert_eq!(
+        client.name,
+        "POST /artifactory/api/docker/{repoKey}/v2/promote"
+    );
     assert!(client.attributes.iter().all(|a| a.key != "url.full"));
     // The unsigned request's forged trace was not continued.
     assert_ne!(refused.trace_id, hex::decode(FORGED_TRACE).unwrap());

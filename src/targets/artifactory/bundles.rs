@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
-use reqwest::{Method, StatusCode, Url};
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use super::{Artifactory, Part, done};
+use super::{Artifactory, Endpoint, Part, done};
 use crate::domain::{BundleRef, Environment, JobErrorCode, Outcome, bounded};
 use crate::targets::{Effect, Fence, InvalidReference, MAX_UPSTREAM_MESSAGE, TargetError};
 
@@ -25,7 +25,7 @@ enum Record {
 
 /// The promotion records of a bundle version: read to find earlier promotions,
 /// posted to to start one. Checked (SPEC §13) before the first request.
-fn records_url(a: &Artifactory, from: &BundleRef) -> Result<reqwest::Url, InvalidReference> {
+fn records_url(a: &Artifactory, from: &BundleRef) -> Result<Endpoint, InvalidReference> {
     a.url(&[
         Part::Fixed("lifecycle"),
         Part::Fixed("api"),
@@ -38,7 +38,7 @@ fn records_url(a: &Artifactory, from: &BundleRef) -> Result<reqwest::Url, Invali
 }
 
 /// The latest promotion of this version to this environment.
-async fn existing(a: &Artifactory, url: Url, env: &str) -> Result<Record, TargetError> {
+async fn existing(a: &Artifactory, url: Endpoint, env: &str) -> Result<Record, TargetError> {
     let Some(records) = a.read_json(url, "the promotion records").await? else {
         return Ok(Record::None);
     };

@@ -1,10 +1,10 @@
 //! Docker tag promotion (`POST /artifactory/api/docker/{repo}/v2/promote`), made
 //! idempotent by reading both tags through Artifactory's Docker v2 API first.
 
-use reqwest::{Method, StatusCode, Url};
+use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use super::{Artifactory, Part, done};
+use super::{Artifactory, Endpoint, Part, done};
 use crate::domain::{ImageRef, Outcome};
 use crate::targets::{Effect, Fence, InvalidReference, TargetError, status_error, transport_error};
 
@@ -15,7 +15,7 @@ const MANIFEST_TYPES: &str = "application/vnd.oci.image.index.v1+json, \
     application/vnd.docker.distribution.manifest.v2+json";
 
 /// The Docker v2 manifest URL of an image's tag (every part checked, SPEC §13).
-fn manifest_url(a: &Artifactory, image: &ImageRef) -> Result<Url, InvalidReference> {
+fn manifest_url(a: &Artifactory, image: &ImageRef) -> Result<Endpoint, InvalidReference> {
     a.url(&[
         Part::Fixed("artifactory"),
         Part::Fixed("api"),
@@ -29,13 +29,13 @@ fn manifest_url(a: &Artifactory, image: &ImageRef) -> Result<Url, InvalidReferen
 }
 
 /// The digest a tag points at, or `None` when there is no such tag.
-async fn digest_of(a: &Artifactory, url: &Url) -> Result<Option<String>, TargetError> {
-    let response = crate::telemetry::send(
-        a.request(Method::HEAD, url.clone())
-            .header(reqwest::header::ACCEPT, MANIFEST_TYPES),
-    )
-    .await
-    .map_err(|e| transport_error(e, false))?;
+async fn digest_of(a: &Artifactory, url: &Endpoint) -> Result<Option<String>, TargetError> {
+    let response = a
+        .request(Method::HEAD, url.clone())
+        .header("Accept", MANIFEST_TYPES)
+        .send()
+        .await
+        .map_err(|e| transport_error(e, false))?;
     match response.status() {
         StatusCode::NOT_FOUND => Ok(None),
         s if s.is_success() => Ok(response

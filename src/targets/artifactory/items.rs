@@ -1,10 +1,10 @@
 //! Item copy and move (`POST /artifactory/api/copy|move/{repo}/{path}?to=/{repo}/{path}`)
 //! for npm, Maven and generic artifacts; `dry=1` for a rehearsal.
 
-use reqwest::{Method, Url};
+use reqwest::Method;
 use serde_json::Value;
 
-use super::{Artifactory, Part, done, path_segments, segment};
+use super::{Artifactory, Endpoint, Part, done, path_segments, segment};
 use crate::domain::{ItemRef, Outcome};
 use crate::targets::{Effect, Fence, InvalidReference, TargetError};
 
@@ -15,7 +15,7 @@ pub enum Mode {
 }
 
 /// The storage info URL of an item (checked, SPEC §13).
-fn storage_url(a: &Artifactory, item: &ItemRef) -> Result<Url, InvalidReference> {
+fn storage_url(a: &Artifactory, item: &ItemRef) -> Result<Endpoint, InvalidReference> {
     a.url(&[
         Part::Fixed("artifactory"),
         Part::Fixed("api"),
@@ -26,7 +26,7 @@ fn storage_url(a: &Artifactory, item: &ItemRef) -> Result<Url, InvalidReference>
 }
 
 /// The SHA-256 of a file, or `None` when there is no such item (folders have none).
-async fn sha256_of(a: &Artifactory, url: Url) -> Result<Option<String>, TargetError> {
+async fn sha256_of(a: &Artifactory, url: Endpoint) -> Result<Option<String>, TargetError> {
     Ok(a.read_json(url, "the storage info")
         .await?
         .and_then(|info| {

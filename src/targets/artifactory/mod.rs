@@ -56,6 +56,70 @@ fn path_segments<'a>(what: &'static str, path: &'a str) -> Result<Vec<&'a str>, 
     trimmed.split('/').map(|s| segment(what, s, path)).collect()
 }
 
+/// A checked Artifactory URL and its template: its path with each value replaced by
+/// the name of its place (`/artifactory/api/storage/{repoKey}/{path}`), which names
+/// the request's span (SPEC §12) with no value in it.
+#[derive(Debug, Clone)]
+pub(super) struct Endpoint {
+    url: Url,
+    template: String,
+}
+
+impl std::ops::Deref for Endpoint {
+    type Target = Url;
+    fn deref(&self) -> &Url {
+        &self.url
+    }
+}
+
+impl std::ops::DerefMut for Endpoint {
+    fn deref_mut(&mut self) -> &mut Url {
+        &mut self.url
+    }
+}
+
+/// A request on its way, with the template of its URL.
+pub(super) struct Call {
+    builder: reqwest::RequestBuilder,
+    template: String,
+}
+
+impl Call {
+    fn json(self, body: &impl serde::Serialize) -> Call {
+        Call {
+            builder: self.builder.json(body),
+            ..self
+        }
+    }
+
+    fn header(self, name: &'static str, value: &str) -> Call {
+        Call {
+            builder: self.builder.header(name, value),
+            ..self
+        }
+    }
+
+    async fn send(self) -> reqwest::Result<reqwest::Response> {
+        crate::telemetry::send(self.builder, &self.template).await
+    }
+}
+
+/// The name a value's place has in a URL template.
+fn placeholder(what: &str) -> &'static str {
+    match what {
+        "the repo key" => "{repoKey}",
+        "the build name" => "{buildName}",
+        "the build number" => "{buildNumber}",
+        "the release bundle name" => "{bundleName}",
+        "the release bundle version" => "{bundleVersion}",
+        "the promotion's created_millis" => "{createdMillis}",
+        "the image" => "{image}",
+        "the tag" => "{tag}",
+        "the path" => "{path}",
+        _ => "{value}",
+    }
+}
+
 pub struct Artifactory {
     client: Client,
     base: Url,
@@ -78,38 +142,56 @@ impl Artifactory {
     /// `{base}/{parts...}`, every value checked and escaped segment by segment, so a
     /// value can neither climb out of its place (`..`) nor change the path (`/`, `%`).
     /// The only way to a URL here: nothing unchecked reaches one.
-    fn url(&self, parts: &[Part<'_>]) -> Result<Url, InvalidReference> {
+    fn url(&self, parts: &[Part<'_>]) -> Result<Endpoint, InvalidReference> {
         let mut segments = Vec::new();
+        let mut template = self.base.path().trim_end_matches('/').to_string();
         for part in parts {
-            match *part {
-                Part::Fixed(s) => segments.push(s),
-                Part::Name(what, value) => segments.push(segment(what, value, value)?),
-                Part::Path(what, value) => segments.extend(path_segments(what, value)?),
-            }
+            let place = match *part {
+                Part::Fixed(s) => {
+                    segments.push(s);
+                    s
+                }
+                Part::Name(what, value) => {
+                    segments.push(segment(what, value, value)?);
+                    placeholder(what)
+                }
+                Part::Path(what, value) => {
+                    segments.extend(path_segments(what, value)?);
+                    placeholder(what)
+                }
+            };
+            template.push('/');
+            template.push_str(place);
         }
         let mut url = self.base.clone();
         if let Ok(mut path) = url.path_segments_mut() {
             path.pop_if_empty().extend(segments);
         }
-        Ok(url)
+        Ok(Endpoint { url, template })
     }
 
-    fn request(&self, method: Method, url: Url) -> reqwest::RequestBuilder {
-        let req = self.client.request(method, url);
-        match &self.auth {
+    fn request(&self, method: Method, at: Endpoint) -> Call {
+        let req = self.client.request(method, at.url);
+        let builder = match &self.auth {
             TargetAuth::Anonymous => req,
             TargetAuth::Bearer(t) => req.bearer_auth(t.expose()),
             TargetAuth::ApiKey(k) => req.header("X-JFrog-Art-Api", k.expose()),
             TargetAuth::Basic { username, password } => {
                 req.basic_auth(username, Some(password.expose()))
             }
+        };
+        Call {
+            builder,
+            template: at.template,
         }
     }
 
     /// A read: the JSON answer, or `None` for a 404. Reads change nothing, so their
     /// failures are never ambiguous. `what` names the answer if it is too large.
-    async fn read_json(&self, url: Url, what: &str) -> Result<Option<Value>, TargetError> {
-        let response = crate::telemetry::send(self.request(Method::GET, url))
+    async fn read_json(&self, url: Endpoint, what: &str) -> Result<Option<Value>, TargetError> {
+        let response = self
+            .request(Method::GET, url)
+            .send()
             .await
             .map_err(|e| transport_error(e, false))?;
         let status = response.status();
@@ -131,12 +213,10 @@ impl Artifactory {
     async fn write(
         &self,
         fence: &dyn Fence,
-        req: reqwest::RequestBuilder,
+        req: Call,
     ) -> Result<(StatusCode, Value), TargetError> {
         fence.check().await?;
-        let response = crate::telemetry::send(req)
-            .await
-            .map_err(|e| transport_error(e, true))?;
+        let response = req.send().await.map_err(|e| transport_error(e, true))?;
         let status = response.status();
         if !status.is_success() {
             return Err(body::refusal(response).await.0);
@@ -220,10 +300,13 @@ mod tests {
             Part::Name("the build name", "team/app ci"),
             Part::Path("the path", "/a/%2e%2e/b.tgz"),
         ]);
+        let url = url.expect("a valid URL");
         assert_eq!(
-            url.map(String::from).as_deref(),
-            Ok("https://jfrog.example/base/api/team%2Fapp%20ci/a/%252e%252e/b.tgz")
+            url.as_str(),
+            "https://jfrog.example/base/api/team%2Fapp%20ci/a/%252e%252e/b.tgz"
         );
+        // Its template names the places, never the values.
+        assert_eq!(url.template, "/base/api/{buildName}/{path}");
         for (part, reason) in [
             (Part::Name("the repo key", ".."), "`..`"),
             (Part::Name("the repo key", "."), "`..`"),

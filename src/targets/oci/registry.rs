@@ -225,7 +225,7 @@ impl Registry {
             ),
             _ => {}
         }
-        let response = crate::telemetry::send(req)
+        let response = crate::telemetry::send(req, "{realm}")
             .await
             .map_err(|e| transport_error(e, false))?;
         let response = Registry::check(response).await?;
@@ -271,7 +271,8 @@ impl Registry {
         url: &Url,
         build: &(dyn Fn(Url) -> RequestBuilder + Sync),
     ) -> Result<Response, TargetError> {
-        let response = crate::telemetry::send(self.authorize(build(url.clone()), url, scope))
+        let call = self.authorize(build(url.clone()), url, scope);
+        let response = crate::telemetry::send(call, template(url))
             .await
             .map_err(|e| transport_error(e, changes))?;
         if response.status() != StatusCode::UNAUTHORIZED {
@@ -286,9 +287,12 @@ impl Registry {
             return Ok(response);
         };
         self.fetch_token(&challenge, scope).await?;
-        crate::telemetry::send(self.authorize(build(url.clone()), url, scope))
-            .await
-            .map_err(|e| transport_error(e, changes))
+        crate::telemetry::send(
+            self.authorize(build(url.clone()), url, scope),
+            template(url),
+        )
+        .await
+        .map_err(|e| transport_error(e, changes))
     }
 
     async fn check(response: Response) -> Result<Response, TargetError> {
@@ -518,10 +522,12 @@ impl Registry {
         if let Some(n) = length {
             req = req.header(CONTENT_LENGTH, n);
         }
-        let response =
-            crate::telemetry::send(self.authorize(req, &location, &scope_for(repository, true)))
-                .await
-                .map_err(|e| transport_error(e, true))?;
+        let response = crate::telemetry::send(
+            self.authorize(req, &location, &scope_for(repository, true)),
+            template(&location),
+        )
+        .await
+        .map_err(|e| transport_error(e, true))?;
         Registry::check(response).await.map(|_| ())
     }
 
@@ -598,6 +604,22 @@ fn error_codes(body: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The distribution spec's template of the endpoint `url` calls (what a span is
+/// named by, SPEC §12): the repository, references and upload ids never appear.
+fn template(url: &Url) -> &'static str {
+    let segments: Vec<&str> = url.path().split('/').collect();
+    match segments.as_slice() {
+        [.., "v2", ""] | [.., "v2"] => "/v2/",
+        [.., "tags", "list"] => "/v2/{name}/tags/list",
+        [.., "blobs", "uploads", ""] => "/v2/{name}/blobs/uploads/",
+        [.., "blobs", "uploads", _] => "/v2/{name}/blobs/uploads/{reference}",
+        [.., "manifests", _] => "/v2/{name}/manifests/{reference}",
+        [.., "blobs", _] => "/v2/{name}/blobs/{digest}",
+        [.., "referrers", _] => "/v2/{name}/referrers/{digest}",
+        _ => "/v2/{path}",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -667,6 +689,30 @@ mod tests {
         );
         assert_eq!(next_link(r#"<https://x/prev>; rel="prev""#), None);
         assert_eq!(next_link("garbage"), None);
+    }
+
+    #[test]
+    fn templates_name_the_endpoint_and_no_value() {
+        let at = |p: &str| template(&Url::parse(&format!("https://r.example{p}")).expect("a URL"));
+        assert_eq!(at("/v2/"), "/v2/");
+        assert_eq!(
+            at("/p/v2/team/app/manifests/1.0"),
+            "/v2/{name}/manifests/{reference}"
+        );
+        assert_eq!(
+            at("/v2/blobs/app/blobs/sha256:ab"),
+            "/v2/{name}/blobs/{digest}"
+        );
+        assert_eq!(at("/v2/app/blobs/uploads/"), "/v2/{name}/blobs/uploads/");
+        assert_eq!(
+            at("/v2/app/blobs/uploads/u-1?_state=x"),
+            "/v2/{name}/blobs/uploads/{reference}"
+        );
+        assert_eq!(at("/v2/app/tags/list"), "/v2/{name}/tags/list");
+        assert_eq!(
+            at("/v2/app/referrers/sha256:ab"),
+            "/v2/{name}/referrers/{digest}"
+        );
     }
 
     #[test]
