@@ -11,12 +11,7 @@ need wrk openssl curl python3 sqlite3
 [ $# = 2 ] || { echo "usage: $0 BEFORE_BINARY AFTER_BINARY" >&2; exit 2; }
 BEFORE="$1"; AFTER="$2"
 
-DURATION="${DURATION:-3s}"; ROUNDS="${ROUNDS:-6}"; CONNECTIONS="${CONNECTIONS:-50}"; THREADS="${THREADS:-2}"
-[ "$SMOKE" = 1 ] && { DURATION=2s; ROUNDS=1; }
-export CI_SECRET="bench-ingest-secret-0123456789"
-export BODY='{"event":"test-passed","repo":"docker-dev","image":"team-a/api","tag":"1.4.2","digest":"sha256:5b0bcabd1ed22e9fb1310cf6c2dec7cdef19f0ad69efa1f392e94a4333501270"}'
-export SIG="$(hmac_hex "$CI_SECRET" "$BODY")"
-WRK_SCRIPT="$ROOT/bench/ingest.lua"
+ingest_load 6
 
 config() { ingest_config "$1" "$2"; }
 

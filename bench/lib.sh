@@ -38,6 +38,18 @@ rss_kb() { awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status"; }
 
 hmac_hex() { printf '%s' "$2" | openssl dgst -sha256 -hmac "$1" -r | cut -d' ' -f1; }
 
+# ingest_load: the signed body the turn-based ingest benchmarks post (CI_SECRET, BODY,
+# SIG for ingest.lua), and their rounds (DURATION, ROUNDS, CONNECTIONS, THREADS;
+# SMOKE=1: one round of 2 s).
+ingest_load() {
+  DURATION="${DURATION:-3s}"; ROUNDS="${ROUNDS:-${1:-5}}"; CONNECTIONS="${CONNECTIONS:-50}"; THREADS="${THREADS:-2}"
+  [ "$SMOKE" = 1 ] && { DURATION=2s; ROUNDS=1; }
+  export CI_SECRET="bench-ingest-secret-0123456789"
+  export BODY='{"event":"test-passed","repo":"docker-dev","image":"team-a/api","tag":"1.4.2","digest":"sha256:5b0bcabd1ed22e9fb1310cf6c2dec7cdef19f0ad69efa1f392e94a4333501270"}'
+  SIG="$(hmac_hex "$CI_SECRET" "$BODY")"; export SIG
+  WRK_SCRIPT="$ROOT/bench/ingest.lua"
+}
+
 # ratio A B: A/B to one decimal.
 ratio() { python3 -c "print(f'{$1/$2:.1f}')"; }
 

@@ -14,12 +14,7 @@ source "$(dirname "$0")/lib.sh"
 need wrk openssl curl python3 sqlite3
 build
 
-DURATION="${DURATION:-3s}"; ROUNDS="${ROUNDS:-5}"; CONNECTIONS="${CONNECTIONS:-50}"; THREADS="${THREADS:-2}"
-[ "$SMOKE" = 1 ] && { DURATION=2s; ROUNDS=1; }
-export CI_SECRET="bench-ingest-secret-0123456789"
-export BODY='{"event":"test-passed","repo":"docker-dev","image":"team-a/api","tag":"1.4.2","digest":"sha256:5b0bcabd1ed22e9fb1310cf6c2dec7cdef19f0ad69efa1f392e94a4333501270"}'
-export SIG="$(hmac_hex "$CI_SECRET" "$BODY")"
-WRK_SCRIPT="$ROOT/bench/ingest.lua"
+ingest_load
 
 # config PORT DIR [NOTIFIED]
 config() {
