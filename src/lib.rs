@@ -24,6 +24,7 @@ pub mod notify;
 pub mod rules;
 pub mod signing;
 pub mod store;
+pub mod supply;
 pub mod targets;
 pub mod telemetry;
 pub mod worker;

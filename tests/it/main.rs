@@ -39,6 +39,7 @@ mod replicas;
 mod secrets;
 mod sources;
 mod store_contract;
+mod supply;
 mod surface;
 mod traces;
 mod url_token;
