@@ -70,23 +70,9 @@ pub async fn start(service: Service, mode: Mode) -> anyhow::Result<Running> {
         );
     }
     // Every write from here on adds the notifications its records make (SPEC §10).
-    store.set_routes(Arc::new(notify::Routes::from_config(config)));
-    let sinks: Vec<String> = config
-        .notifications
-        .iter()
-        .map(|n| n.name.clone())
-        .collect();
-    let settled = store
-        .settle_sinks(&sinks)
+    notify::install(&*store, config)
         .await
         .context("cannot settle the notification sinks")?;
-    if settled.dropped > 0 || settled.enabled > 0 {
-        tracing::warn!(
-            dropped = settled.dropped,
-            enabled = settled.enabled,
-            "notifications of removed sinks dropped, disabled sinks enabled"
-        );
-    }
 
     let maintenance = (mode != Mode::HttpOnly).then(|| {
         tokio::spawn(maintain(

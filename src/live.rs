@@ -199,8 +199,20 @@ impl Live {
                 "this gantry was not started from a config file; nothing to re-read",
             )]);
         };
-        let env: HashMap<String, String> = std::env::vars().collect();
-        let mut service = match Service::load(path, &env) {
+        // Files are read (the config, `file:` secrets, certificates): off the runtime.
+        let path = path.clone();
+        let loaded = tokio::task::spawn_blocking(move || {
+            let env: HashMap<String, String> = std::env::vars().collect();
+            Service::load(&path, &env)
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(vec![Problem::error(
+                "config",
+                format!("the reload stopped: {e}"),
+            )])
+        });
+        let mut service = match loaded {
             Ok((service, warnings)) => {
                 for w in &warnings {
                     tracing::warn!(location = %w.location, "{}", w.message);
@@ -226,21 +238,21 @@ impl Live {
                 return Err(problems);
             }
         };
-        let next = Generation::new(old.number + 1, service, targets, ignored);
-        let config = next.config.clone();
+        let next = Arc::new(Generation::new(old.number + 1, service, targets, ignored));
         let reloaded = Reloaded {
             generation: next.number,
             hash: next.hash.clone(),
             ignored_until_restart: next.ignored.clone(),
         };
-        // Notification routes first, so every write from the swap on routes by the
-        // new sinks; then the generation everything else reads.
-        self.store
-            .set_routes(Arc::new(notify::Routes::from_config(&config)));
-        self.current.store(Arc::new(next));
+        // The sinks first, so every write from the swap on routes by the new ones;
+        // then the generation everything else reads; then the deliverers.
+        if let Err(e) = notify::install(&*self.store, &next.config).await {
+            tracing::error!(error = %e, "cannot settle the notification sinks after the reload");
+        }
+        self.current.store(next.clone());
         self.metrics.config_generation(reloaded.generation);
         self.metrics.reload("ok");
-        self.settle_notifications(&config, &mut deliveries).await;
+        self.restart_deliveries(&next.config, &mut deliveries).await;
         let message = format!(
             "generation {} ({}){}",
             reloaded.generation,
@@ -260,23 +272,13 @@ impl Live {
         Ok(reloaded)
     }
 
-    /// The new sinks: pending notifications of removed sinks dropped, disabled ones
-    /// enabled (a reload is an operator's answer to a 410), and the deliverers
-    /// restarted on the new set (leases keep a notification with one sender while
-    /// the old ones finish).
-    async fn settle_notifications(
+    /// The deliverers restarted on the new sinks (leases keep a notification with one
+    /// sender while the old ones finish).
+    async fn restart_deliveries(
         &self,
         config: &Config,
         deliveries: &mut Option<notify::Deliveries>,
     ) {
-        let sinks: Vec<String> = config
-            .notifications
-            .iter()
-            .map(|n| n.name.clone())
-            .collect();
-        if let Err(e) = self.store.settle_sinks(&sinks).await {
-            tracing::error!(error = %e, "cannot settle the notification sinks after the reload");
-        }
         if !self.workers {
             return;
         }

@@ -48,6 +48,31 @@ impl Route {
     }
 }
 
+/// Makes `config`'s sinks the store's (at start and on every reload): every write
+/// from now on adds the notifications its records make for them, the pending
+/// notifications of sinks no longer configured are dropped, and sinks a 410 disabled
+/// are enabled again.
+pub async fn install(
+    store: &dyn crate::store::Store,
+    config: &Config,
+) -> Result<crate::store::SinksSettled, crate::store::StoreError> {
+    store.set_routes(std::sync::Arc::new(Routes::from_config(config)));
+    let sinks: Vec<String> = config
+        .notifications
+        .iter()
+        .map(|n| n.name.clone())
+        .collect();
+    let settled = store.settle_sinks(&sinks).await?;
+    if settled.dropped > 0 || settled.enabled > 0 {
+        tracing::warn!(
+            dropped = settled.dropped,
+            enabled = settled.enabled,
+            "notifications of removed sinks dropped, disabled sinks enabled"
+        );
+    }
+    Ok(settled)
+}
+
 impl Routes {
     pub fn from_config(config: &Config) -> Routes {
         config
