@@ -8,7 +8,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use super::session::{Viewer, poster, viewer};
+use super::session::{Viewer, poster};
 use super::{address, layout, page};
 use crate::api::{ApiError, AppState};
 use crate::domain::approval::{Ballot, Verdict};
@@ -60,14 +60,10 @@ fn jobs_table(jobs: &[Job]) -> Markup {
 
 /// Jobs, newest first, filtered by state, rule and image, paged; live.
 pub async fn list(
-    req: HttpRequest,
+    viewer: Viewer,
     query: web::Query<JobsQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let viewer = match viewer(&req, &state).await? {
-        Ok(v) => v,
-        Err(answer) => return Ok(answer),
-    };
     let q = query.into_inner();
     let wanted = q.state.as_deref().and_then(JobState::parse);
     let given = |v: &Option<String>| v.clone().filter(|v| !v.is_empty());
@@ -117,13 +113,9 @@ pub async fn list(
 /// The jobs awaiting approval, each with `Approve` and `Reject` for an `operate`
 /// viewer.
 pub async fn approvals(
-    req: HttpRequest,
+    viewer: Viewer,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let viewer = match viewer(&req, &state).await? {
-        Ok(v) => v,
-        Err(answer) => return Ok(answer),
-    };
     let jobs = state
         .store
         .jobs(JobFilter {
@@ -165,14 +157,10 @@ fn verdict_forms(viewer: &Viewer, job: &Job) -> Markup {
 /// One job: what moved from where to where, which digest, why (its event, rule,
 /// gate, approvals), every attempt, and its record; the actions its state allows.
 pub async fn show(
-    req: HttpRequest,
+    viewer: Viewer,
     id: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let viewer = match viewer(&req, &state).await? {
-        Ok(v) => v,
-        Err(answer) => return Ok(answer),
-    };
     let Some(job) = state.store.job(&id).await? else {
         return Ok(message(
             &viewer,

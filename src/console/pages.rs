@@ -6,7 +6,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use super::session::{Viewer, poster, viewer};
+use super::session::{Viewer, poster};
 use super::{layout, page};
 use crate::api::{ApiError, AppState};
 use crate::audit::{AuditKind, Verdict};
@@ -21,13 +21,9 @@ const CHAIN_STATUS_MAX_AGE_MS: Millis = 5 * 60 * 1000;
 /// Overview: jobs by state, the queue and its oldest job, approvals waiting, open
 /// circuits and active freezes. Its figures refresh without a reload.
 pub async fn overview(
-    req: HttpRequest,
+    viewer: Viewer,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let viewer = match viewer(&req, &state).await? {
-        Ok(v) => v,
-        Err(answer) => return Ok(answer),
-    };
     let stats = state.store.queue_stats().await?;
     let count = |s: JobState| stats.by_state.get(&s).copied().unwrap_or(0);
     let waiting = count(JobState::Queued) + count(JobState::Retrying);
@@ -110,11 +106,7 @@ fn chain_status((at, verdict): &(Millis, Verdict)) -> Markup {
 
 /// The rules as loaded, each as the admin API lists it, and a form that tries a
 /// body against them.
-pub async fn rules(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let viewer = match viewer(&req, &state).await? {
-        Ok(v) => v,
-        Err(answer) => return Ok(answer),
-    };
+pub async fn rules(viewer: Viewer, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     Ok(rules_page(&viewer, &state, &SimulateForm::default(), None))
 }
 

@@ -6,21 +6,14 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use maud::html;
 use serde::Deserialize;
 
-use super::session::{poster, viewer};
+use super::session::{Viewer, poster};
 use super::{address, layout, page};
 use crate::api::{ApiError, AppState, StartFreeze, requested_freeze};
 use crate::audit::AuditKind;
 use crate::domain::{freeze, now_millis, rfc3339};
 use crate::store::AuditFilter;
 
-pub async fn freezes(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    let viewer = match viewer(&req, &state).await? {
-        Ok(v) => v,
-        Err(answer) => return Ok(answer),
-    };
+pub async fn freezes(viewer: Viewer, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let live = state.live.load();
     let configured = freeze::windows(&live.config.freezes, chrono::Utc::now());
     let runtime = state.store.freezes().await?;
@@ -158,14 +151,10 @@ const AUDIT_PAGE: usize = 200;
 /// and time (as the API reads `since` and `until`: RFC 3339 or `24h` ago);
 /// `Verify` re-computes the hash chain.
 pub async fn audit(
-    req: HttpRequest,
+    viewer: Viewer,
     query: web::Query<AuditQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let viewer = match viewer(&req, &state).await? {
-        Ok(v) => v,
-        Err(answer) => return Ok(answer),
-    };
     let q = query.into_inner();
     let nonempty = |v: &Option<String>| v.clone().filter(|s| !s.trim().is_empty());
     let (image, rule) = (nonempty(&q.image), nonempty(&q.rule));

@@ -61,6 +61,35 @@ fn hash(id: &str) -> String {
     hex::encode(Sha256::digest(id.as_bytes()))
 }
 
+/// A read page's viewer, as a handler argument: when there is none, the request is
+/// answered with what [`viewer`] says instead (the sign-in page, or the proxy's first
+/// redirect with its cookie), unchanged.
+impl actix_web::FromRequest for Viewer {
+    type Error = actix_web::Error;
+    type Future = futures_util::future::LocalBoxFuture<'static, Result<Viewer, actix_web::Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let req = req.clone();
+        Box::pin(async move {
+            let Some(state) = req.app_data::<web::Data<AppState>>().cloned() else {
+                tracing::error!("the console is mounted without the application state");
+                return Err(ApiError::new(
+                    actix_web::http::StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error",
+                )
+                .into());
+            };
+            match viewer(&req, &state).await? {
+                Ok(v) => Ok(v),
+                Err(answer) => {
+                    Err(actix_web::error::InternalError::from_response("no viewer", answer).into())
+                }
+            }
+        })
+    }
+}
+
 /// The viewer of `req`: its session's, or the person a trusted SSO proxy names.
 /// Otherwise the answer to give instead: the sign-in page, or, the first time the
 /// proxy names someone, the same address again with the session cookie that now
