@@ -118,21 +118,22 @@ impl PgTls {
             (SslMode::VerifyCa, _) | (SslMode::Require, Some(_)) => Checks::Chain,
             _ => Checks::None,
         };
-        let verifier: Arc<dyn ServerCertVerifier> = match checks {
-            Checks::None => Arc::new(Unchecked(provider.clone())),
-            Checks::Chain | Checks::Full => {
-                let roots = roots(files.root_cert)?;
-                let webpki =
-                    WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                        .build()
-                        .map_err(|e| format!("sslrootcert: {e}"))?;
-                if checks == Checks::Full {
-                    webpki
-                } else {
-                    Arc::new(ChainOnly(webpki))
-                }
-            }
+        let chain = match checks {
+            Checks::None => None,
+            Checks::Chain | Checks::Full => Some(
+                WebPkiServerVerifier::builder_with_provider(
+                    Arc::new(roots(files.root_cert)?),
+                    provider.clone(),
+                )
+                .build()
+                .map_err(|e| format!("sslrootcert: {e}"))?,
+            ),
         };
+        let verifier = Arc::new(ModeVerifier {
+            chain,
+            name: checks == Checks::Full,
+            provider: provider.clone(),
+        });
         let builder = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| format!("TLS settings: {e}"))?
@@ -229,22 +230,38 @@ fn certificates(param: &str, path: &str) -> Result<Vec<CertificateDer<'static>>,
     Ok(certs)
 }
 
-/// `prefer` and `require` without a root: encrypted, the certificate not checked
-/// (libpq's meaning). The handshake's signatures are still verified, so the session
-/// is with whoever holds the certificate's key.
+/// The server's certificate checked as the mode says. `prefer` and `require` without
+/// a root (`chain` none): encrypted, the certificate not checked (libpq's meaning).
+/// `verify-ca`: the chain must lead to a trusted root, the name need not be the
+/// host's — the WebPKI verifier checks the name last, after the chain, so a name
+/// error alone means the chain verified. `verify-full`: both. In every mode the
+/// handshake's signatures are verified, so the session is with whoever holds the
+/// certificate's key.
 #[derive(Debug)]
-struct Unchecked(Arc<CryptoProvider>);
+struct ModeVerifier {
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    name: bool,
+    provider: Arc<CryptoProvider>,
+}
 
-impl ServerCertVerifier for Unchecked {
+impl ServerCertVerifier for ModeVerifier {
     fn verify_server_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) if !self.name => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
     }
 
     fn verify_tls12_signature(
@@ -257,7 +274,7 @@ impl ServerCertVerifier for Unchecked {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
@@ -271,60 +288,13 @@ impl ServerCertVerifier for Unchecked {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// `verify-ca`: the chain must lead to a trusted root; the name in the certificate
-/// need not be the host's. The WebPKI verifier checks the name last, after the chain,
-/// so a name error alone means the chain verified.
-#[derive(Debug)]
-struct ChainOnly(Arc<WebPkiServerVerifier>);
-
-impl ServerCertVerifier for ChainOnly {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
-            other => other,
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
