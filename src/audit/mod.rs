@@ -115,10 +115,18 @@ pub enum AuditKind {
     ConfigReloaded,
     #[serde(rename = "config.reload_failed")]
     ConfigReloadFailed,
+    #[serde(rename = "signature.verified")]
+    SignatureVerified,
+    #[serde(rename = "signature.invalid")]
+    SignatureInvalid,
+    #[serde(rename = "evidence.copied")]
+    EvidenceCopied,
+    #[serde(rename = "promotion.attested")]
+    PromotionAttested,
 }
 
 impl AuditKind {
-    pub const ALL: [AuditKind; 35] = [
+    pub const ALL: [AuditKind; 39] = [
         AuditKind::EventReceived,
         AuditKind::EventDuplicate,
         AuditKind::EventRejected,
@@ -154,6 +162,10 @@ impl AuditKind {
         AuditKind::NotificationDropped,
         AuditKind::ConfigReloaded,
         AuditKind::ConfigReloadFailed,
+        AuditKind::SignatureVerified,
+        AuditKind::SignatureInvalid,
+        AuditKind::EvidenceCopied,
+        AuditKind::PromotionAttested,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -193,6 +205,10 @@ impl AuditKind {
             AuditKind::NotificationDropped => "notification.dropped",
             AuditKind::ConfigReloaded => "config.reloaded",
             AuditKind::ConfigReloadFailed => "config.reload_failed",
+            AuditKind::SignatureVerified => "signature.verified",
+            AuditKind::SignatureInvalid => "signature.invalid",
+            AuditKind::EvidenceCopied => "evidence.copied",
+            AuditKind::PromotionAttested => "promotion.attested",
         }
     }
 
@@ -599,6 +615,14 @@ impl AuditEntry {
     /// An operator's action, by the name of the token that made it.
     pub fn operator(kind: AuditKind, token_name: &str, job: &Job) -> Self {
         AuditEntry::for_job(kind, token_name, job)
+    }
+
+    /// A supply-chain record about `job` (SPEC §15), for the `digest` it concerns
+    /// (the promoted one, which the event may not have named).
+    pub fn supply(kind: AuditKind, job: &Job, digest: &str, message: &str) -> Self {
+        let mut e = AuditEntry::for_job(kind, "worker", job);
+        e.digest = Some(digest.to_string());
+        e.saying(message)
     }
 
     fn for_job(kind: AuditKind, actor: &str, job: &Job) -> Self {

@@ -3,6 +3,7 @@
 //! 2 usage or config error.
 
 mod admin;
+mod verify;
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -98,6 +99,20 @@ enum Command {
     /// List and retry notifications, and enable sinks, on a running server.
     #[command(subcommand)]
     Notifications(admin::NotificationsCommand),
+    /// Check that gantry attested the promotion of an image digest: read its
+    /// attestations from the registry, print the predicate of the one a key
+    /// verifies (exit 1 when none does).
+    VerifyPromotion {
+        /// `host[:port]/repository@sha256:<hex>` (https unless written `http://…`),
+        /// or with `--target`, the repository in that target.
+        reference: String,
+        /// A PEM public key file (or `env:NAME`); repeatable, any one may verify.
+        #[arg(long = "key", required = true)]
+        keys: Vec<String>,
+        /// Read through this configured target (its URL and credentials).
+        #[arg(long)]
+        target: Option<String>,
+    },
     /// Print the headers a source's scheme expects for a body, one `Name: value` per
     /// line, signed with the source's first secret (for curl and for testing senders);
     /// for a `url-token` source, the `URL:` to post to, under `--url`.
@@ -150,6 +165,11 @@ pub fn main() -> ExitCode {
             output,
         } => simulate_command(&path, &source, &event, &headers, output),
         Command::Sign { source, event } => sign(&path, &source, &event, &cli.url),
+        Command::VerifyPromotion {
+            reference,
+            keys,
+            target,
+        } => verify::verify_promotion(&path, &reference, &keys, target.as_deref()),
         Command::Jobs(command) => admin::Client::new(&cli.url, cli.token.as_deref(), cli.timeout)
             .and_then(|c| c.jobs(command)),
         Command::Audit(command) => admin::Client::new(&cli.url, cli.token.as_deref(), cli.timeout)

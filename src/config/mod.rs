@@ -10,12 +10,14 @@ pub mod pg_tls;
 mod raw;
 pub mod secret;
 mod store_url;
+mod supply;
 mod traces;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -320,6 +322,26 @@ pub struct TargetConfig {
     pub dry_run: bool,
 }
 
+impl TargetConfig {
+    /// A target reached without credentials, with default limits: for reading what
+    /// is public on a registry no config names (`gantry verify-promotion`).
+    pub fn anonymous(kind: TargetKind, url: reqwest::Url) -> TargetConfig {
+        TargetConfig {
+            name: url.host_str().unwrap_or("registry").to_string(),
+            kind,
+            url,
+            auth: TargetAuth::Anonymous,
+            timeout: Duration::from_secs(30),
+            max_concurrency: 1,
+            breaker: BreakerConfig {
+                failures: 0,
+                cool_down: Duration::ZERO,
+            },
+            dry_run: false,
+        }
+    }
+}
+
 /// When a target's circuit opens (after `failures` consecutive retryable failures)
 /// and how long its jobs are then held before one probe is let through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -347,6 +369,10 @@ pub struct RuleConfig {
     pub approval: Option<ApprovalPolicy>,
     /// The rule's gate, checked; its conditions' patterns are compiled with the rules.
     pub gate: Option<GateConfig>,
+    /// The gate's signature conditions (SPEC §15), their keys read.
+    pub signatures: Vec<crate::supply::SignatureCondition>,
+    /// The key each promotion of the rule is attested with (SPEC §15).
+    pub attest: Option<Arc<crate::supply::SigningKey>>,
 }
 
 /// A rule's gate (SPEC §9), its values checked.
@@ -688,10 +714,10 @@ fn validate(
     check_sources(&raw.sources, listen, problems);
     check_targets(&raw.targets, problems);
 
-    let rules = check_rules(&raw.rules, &raw.sources, &raw.targets, &retry, problems);
+    let rules = check_rules(&raw, &retry, env, problems);
     check_approvers(&raw.rules, &raw.admin.tokens, problems);
     let freezes = check_freezes(&raw.freezes, &raw.targets, problems);
-    let protections = check_protections(&raw.protections, &raw.targets, problems);
+    let protections = check_protections(&raw.protections, &raw.targets, env, problems);
     check_names(
         "notifications",
         raw.notifications.iter().map(|n| n.name.as_str()),
@@ -885,7 +911,7 @@ fn check_gate(
         g.require.iter().map(|c| c.name.as_str()),
         problems,
     );
-    for c in &g.require {
+    for c in g.require.iter().filter(|c| c.signature.is_none()) {
         let at = format!("{loc}.require[{}]", c.name);
         for name in c.source.iter().flat_map(|s| s.patterns()) {
             if name != INTERNAL_SOURCE && !sources.iter().any(|s| &s.name == name) {
@@ -1286,12 +1312,12 @@ fn check_targets(targets: &[raw::RawTarget], problems: &mut Vec<Problem>) {
 }
 
 fn check_rules(
-    rules: &[RawRule],
-    sources: &[raw::RawSource],
-    targets: &[raw::RawTarget],
+    raw: &raw::RawConfig,
     defaults: &RetryPolicy,
+    env: supply::Env<'_>,
     problems: &mut Vec<Problem>,
 ) -> Vec<RuleConfig> {
+    let (rules, sources, targets) = (&raw.rules, &raw.sources, &raw.targets);
     check_names("rules", rules.iter().map(|r| r.name.as_str()), problems);
     rules
         .iter()
@@ -1357,11 +1383,23 @@ fn check_rules(
                 check_claims_reachable(&at, c.source.as_ref(), &c.claims, sources, problems);
             }
             let gate = r.gate.as_ref().map(|g| check_gate(&loc, r, g, sources, problems));
+            let signatures = supply::signature_conditions(&loc, r, env, problems);
+            let attest = r.attest.as_ref().and_then(|a| {
+                if r.action.kind != ActionKind::Promote {
+                    problems.push(Problem::error(
+                        format!("{loc}.attest"),
+                        "only promoted images are attested: the rule's action must be `promote`",
+                    ));
+                }
+                supply::attest_key(&loc, a, env, problems)
+            });
             RuleConfig {
                 raw: r.clone(),
                 retry,
                 approval,
                 gate,
+                signatures,
+                attest,
             }
         })
         .collect()
@@ -1395,6 +1433,7 @@ fn destinations(
 fn check_protections(
     protections: &[raw::RawProtection],
     targets: &[raw::RawTarget],
+    env: supply::Env<'_>,
     problems: &mut Vec<Problem>,
 ) -> Vec<Protection> {
     check_names(
@@ -1419,11 +1458,15 @@ fn check_protections(
                 .as_ref()
                 .map(|a| approval_policy(&loc, a, problems));
             let soak_ms = p.soak.filter(|d| !d.is_zero()).map(millis);
+            let attest = p
+                .attest
+                .as_ref()
+                .and_then(|a| supply::attest_key(&loc, a, env, problems));
             let checked = problems.len() == before;
-            if approval.is_none() && soak_ms.is_none() {
+            if approval.is_none() && soak_ms.is_none() && attest.is_none() {
                 problems.push(Problem::warning(
                     loc,
-                    "has neither `approval` nor `soak`: it protects nothing",
+                    "has neither `approval`, `soak` nor `attest`: it protects nothing",
                 ));
             }
             checked.then(|| Protection {
@@ -1431,6 +1474,7 @@ fn check_protections(
                 scope,
                 approval,
                 soak_ms,
+                attest,
             })
         })
         .collect()

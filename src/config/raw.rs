@@ -48,6 +48,8 @@ pub struct RawProtection {
     pub approval: Option<RawApproval>,
     #[serde(default, with = "humantime_serde")]
     pub soak: Option<Duration>,
+    /// Sign an attestation of each promotion it covers (SPEC §15).
+    pub attest: Option<RawAttest>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -257,6 +259,8 @@ pub struct RawRule {
     pub initiator: Option<String>,
     /// More evidence about the same artifact, from other events (SPEC §9).
     pub gate: Option<RawGate>,
+    /// Sign an attestation of each promotion (SPEC §15).
+    pub attest: Option<RawAttest>,
 }
 
 /// `gate = { correlate, within, require = [...], soak }` on a rule.
@@ -292,6 +296,25 @@ pub struct RawCondition {
     /// Negative evidence: a matching event fails the waiting job.
     #[serde(default)]
     pub block: bool,
+    /// A signature condition (SPEC §15): met by a signature of the promoted digest,
+    /// read from the source registry, instead of by an event.
+    pub signature: Option<RawSignature>,
+}
+
+/// `signature = { keys = [...] }`: public keys (secret references to PEM).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSignature {
+    pub keys: Vec<String>,
+}
+
+/// `attest = { key }` on a rule or protection: the private key (a secret reference
+/// to PEM) gantry signs its promotion attestations with (SPEC §15).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAttest {
+    #[serde(serialize_with = "super::supply::shown_reference")]
+    pub key: String,
 }
 
 /// `approval = { count, groups, timeout, allow_self }` on a rule, or with per-group

@@ -144,6 +144,12 @@ pub enum JobErrorCode {
     GateUncorrelated,
     /// The job waited on a gate or for approval when a reload removed its rule.
     RuleRemoved,
+    /// No signature by a listed key for the promoted digest came within the gate's
+    /// window (SPEC §15); the signatures seen that did not count are on the record.
+    SignatureInvalid,
+    /// The promotion was made but its attestation could not be signed or pushed;
+    /// the next attempt finds the promotion done and attests again.
+    AttestationFailed,
 }
 
 impl JobErrorCode {
@@ -164,6 +170,8 @@ impl JobErrorCode {
             JobErrorCode::GateBlocked => "gate_blocked",
             JobErrorCode::GateUncorrelated => "gate_uncorrelated",
             JobErrorCode::RuleRemoved => "rule_removed",
+            JobErrorCode::SignatureInvalid => "signature_invalid",
+            JobErrorCode::AttestationFailed => "attestation_failed",
         }
     }
 

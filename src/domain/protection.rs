@@ -18,6 +18,8 @@ pub struct Protection {
     pub scope: Destinations,
     pub approval: Option<ApprovalPolicy>,
     pub soak_ms: Option<Millis>,
+    /// The key promotions it covers are attested with (SPEC §15).
+    pub attest: Option<std::sync::Arc<crate::supply::SigningKey>>,
 }
 
 /// A job's policy with the protections covering its destination folded in.
@@ -62,6 +64,19 @@ pub fn guard<'a>(
     guarded
 }
 
+/// The keys a promotion to `target`'s `repo` is attested with by the protections
+/// covering it (SPEC §15), besides its rule's own.
+pub fn attestors<'a>(
+    protections: impl IntoIterator<Item = &'a Protection>,
+    target: &'a str,
+    repo: Option<&'a str>,
+) -> impl Iterator<Item = &'a std::sync::Arc<crate::supply::SigningKey>> {
+    protections
+        .into_iter()
+        .filter(move |p| p.scope.covers(target, repo))
+        .filter_map(|p| p.attest.as_ref())
+}
+
 /// The approval a job about to run must await first because a protection covering
 /// it now was not in force when its policy was made; `None` when its policy already
 /// includes every covering protection's approval.
@@ -97,6 +112,7 @@ mod tests {
             scope: Destinations::new(Some(&["docker-prod".into()]), None).unwrap(),
             approval,
             soak_ms,
+            attest: None,
         }
     }
 

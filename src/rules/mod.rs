@@ -16,6 +16,7 @@ use crate::domain::destinations::Destinations;
 use crate::domain::gate::{self, Evidence, GateStart};
 use crate::domain::protection::{self, Guarded, Protection};
 use crate::domain::{Action, Event, JobError, JobErrorCode, Millis};
+use crate::supply::{SignatureCondition, SigningKey};
 use action::{ActionTemplate, Output};
 use index::{Key, Literals, RuleIndex};
 pub use matcher::{Captures, Matcher};
@@ -91,6 +92,11 @@ pub struct Rule {
     trigger: EventMatch,
     action: ActionTemplate,
     gate: Option<Gate>,
+    /// The gate's signature conditions, checked by the worker before each attempt's
+    /// effect (SPEC §15).
+    pub signatures: Vec<SignatureCondition>,
+    /// The rule's own attestation key (protections may add theirs).
+    pub attest: Option<Arc<SigningKey>>,
     dry_run: bool,
     /// The rule as loaded, for `GET /api/v1/rules`.
     pub spec: serde_json::Value,
@@ -288,6 +294,8 @@ impl RuleSet {
                 trigger,
                 action,
                 gate,
+                signatures: rc.signatures.clone(),
+                attest: rc.attest.clone(),
                 dry_run,
             });
         }
@@ -310,6 +318,27 @@ impl RuleSet {
     /// The config's protections, for the worker's check before each attempt.
     pub fn protections(&self) -> &[Protection] {
         &self.protections
+    }
+
+    /// Every key a promotion by `rule` to `target`'s `repo` is attested with: the
+    /// rule's, then the covering protections' (each key once).
+    pub fn attestors<'a>(
+        &'a self,
+        rule: &str,
+        target: &'a str,
+        repo: Option<&'a str>,
+    ) -> Vec<&'a Arc<SigningKey>> {
+        let own = self.get(rule).and_then(|r| r.attest.as_ref());
+        let mut keys: Vec<&Arc<SigningKey>> = Vec::new();
+        for k in own
+            .into_iter()
+            .chain(protection::attestors(&self.protections, target, repo))
+        {
+            if !keys.iter().any(|have| Arc::ptr_eq(have, k)) {
+                keys.push(k);
+            }
+        }
+        keys
     }
 
     pub fn rules(&self) -> &[Rule] {
@@ -494,6 +523,8 @@ fn compile_conditions(
 ) -> Vec<Condition> {
     require
         .iter()
+        // Signature conditions are met by signatures the worker reads (SPEC §15).
+        .filter(|c| c.signature.is_none())
         .filter_map(|c| {
             let at = format!("{loc}.gate.require[{}]", c.name);
             let mut matcher = EventMatch::compile(

@@ -16,7 +16,8 @@ use tokio::sync::Semaphore;
 pub use breaker::{Admission, Breaker, Change};
 
 use crate::config::{Config, TargetKind};
-use crate::domain::{Action, JobError, JobErrorCode, Outcome, bounded};
+use crate::domain::{Action, ImageRef, JobError, JobErrorCode, Outcome, bounded};
+use crate::supply::Signed;
 
 /// Upstream bodies kept in errors are cut to this many bytes.
 pub const MAX_UPSTREAM_MESSAGE: usize = 512;
@@ -26,6 +27,19 @@ pub const MAX_UPSTREAM_MESSAGE: usize = 512;
 pub struct Effect {
     pub outcome: Outcome,
     pub upstream_status: Option<u16>,
+    /// The evidence tags (signatures, attestations, SBOMs) the promotion carried to
+    /// the destination (SPEC §15); empty when they were there already.
+    pub evidence: Vec<String>,
+}
+
+impl Effect {
+    pub fn new(outcome: Outcome, upstream_status: Option<u16>) -> Effect {
+        Effect {
+            outcome,
+            upstream_status,
+            evidence: Vec::new(),
+        }
+    }
 }
 
 /// Why an attempt failed, and whether trying again may help.
@@ -108,6 +122,24 @@ pub trait Target: Send + Sync {
     /// the event named. `fence` is asked just before each request that changes the
     /// upstream.
     async fn perform(&self, action: &Action, fence: &dyn Fence) -> Result<Effect, TargetError>;
+
+    /// The digest `image` names (its tag's, when it names none) and the signatures
+    /// stored for that digest in cosign's layout beside it (SPEC §15).
+    async fn signatures(&self, image: &ImageRef) -> Result<(String, Vec<Signed>), TargetError>;
+
+    /// Attaches a signed attestation (a DSSE `envelope`) of job `job_id` to `image`
+    /// (its digest set) in the target, or in `to_target` when the promotion went
+    /// there; false when the job's attestation is there already.
+    async fn attach(
+        &self,
+        image: &ImageRef,
+        to_target: Option<&str>,
+        envelope: Vec<u8>,
+        job_id: &str,
+    ) -> Result<bool, TargetError>;
+
+    /// The DSSE envelopes attached to `image`'s digest (its `.att` layers).
+    async fn attestations(&self, image: &ImageRef) -> Result<Vec<Vec<u8>>, TargetError>;
 }
 
 /// Whether the attempt may still change the upstream: the worker answers from the
@@ -174,6 +206,14 @@ impl Targets {
             map.insert(t.name.clone(), Arc::new(handle));
         }
         Ok(Targets(map))
+    }
+
+    /// An anonymous OCI registry at `url` that is not configured as a target, for
+    /// reading what is public there (`gantry verify-promotion` without `--target`).
+    pub fn anonymous_registry(url: reqwest::Url) -> Result<Arc<dyn Target>, reqwest::Error> {
+        let config = crate::config::TargetConfig::anonymous(TargetKind::Oci, url);
+        let registry = Arc::new(oci::Registry::new(&config)?);
+        Ok(Arc::new(oci::OciTarget::new(registry, Arc::default())))
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Arc<Handle>)> {

@@ -12,6 +12,7 @@
 //! that do not are recorded as interrupted and released for the next process.
 
 mod retry;
+mod supply;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -279,7 +280,7 @@ impl Worker {
                     format!("target `{}` is not configured", job.target),
                 ))),
                 (None, Some(action), Some(handle)) => {
-                    let work = self.guarded(&leased, handle, action);
+                    let work = self.guarded(&live, &leased, handle, action);
                     self.renewing(&job.id, work).await.unwrap_or(Step::Lost)
                 }
             };
@@ -364,6 +365,7 @@ impl Worker {
     /// Passes the target's concurrency limit and circuit breaker, then performs.
     async fn guarded(
         &self,
+        live: &crate::live::Generation,
         leased: &LeasedJob,
         handle: &Handle,
         action: &crate::domain::Action,
@@ -392,7 +394,18 @@ impl Worker {
             worker: &self.id,
             lease: self.ctx.config.lease,
         };
-        Step::Done(handle.target.perform(action, &fence).await)
+        let store = self.ctx.store.as_ref();
+        let job = &leased.job;
+        let action = match supply::before(store, live, handle, job, action).await {
+            supply::Before::Proceed(pinned) => pinned,
+            supply::Before::RecheckAt(at) => return Step::held(at),
+            supply::Before::Fail(e) => return Step::Done(Err(e)),
+        };
+        let result = match handle.target.perform(&action, &fence).await {
+            Ok(effect) => supply::after(store, live, handle, &fence, job, &action, effect).await,
+            Err(e) => Err(e),
+        };
+        Step::Done(result)
     }
 
     /// Runs `work` while renewing the job's lease every third of its length; `None`
@@ -732,10 +745,7 @@ mod tests {
             max_backoff: Duration::from_millis(1),
         };
         let rejected = TargetError::permanent(JobErrorCode::UpstreamRejected, "403");
-        let promoted = Effect {
-            outcome: Outcome::Promoted,
-            upstream_status: Some(200),
-        };
+        let promoted = Effect::new(Outcome::Promoted, Some(200));
         let ends = [Ok(promoted), Err(unavailable()), Err(rejected)];
         for result in ends {
             let report = decide("w", &leased(1, 1), 5, &policy, Duration::ZERO, result);

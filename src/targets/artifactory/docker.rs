@@ -6,7 +6,20 @@ use serde_json::json;
 
 use super::{Artifactory, Endpoint, Part, done};
 use crate::domain::{ImageRef, Outcome};
+use crate::targets::oci::{self, Registry};
 use crate::targets::{Effect, Fence, InvalidReference, TargetError, status_error, transport_error};
+
+/// The Docker v2 API of the repository `repo_key`, as a registry: signatures are
+/// read and attestations written through it (SPEC §15).
+pub fn registry(a: &Artifactory, repo_key: &str) -> Result<Registry, TargetError> {
+    let base = a.url(&[
+        Part::Fixed("artifactory"),
+        Part::Fixed("api"),
+        Part::Fixed("docker"),
+        Part::Name("the repo key", repo_key),
+    ])?;
+    Registry::at(&a.config, base.url.clone()).map_err(|e| transport_error(e, false))
+}
 
 /// Every manifest type a tag can point at, so the digest read is the one stored.
 const MANIFEST_TYPES: &str = "application/vnd.oci.image.index.v1+json, \
@@ -85,26 +98,38 @@ pub async fn promote(
     TargetError::unless_pinned(from, from.digest.as_deref(), source.as_deref(), "points at")?;
     let expected = from.digest.as_deref().or(source.as_deref());
     let target = digest_of(a, &to_url).await?;
-    if already_done(expected, source.as_deref(), target.as_deref(), copy) {
-        return Ok(done(Outcome::Noop, None));
-    }
+    let done_already = already_done(expected, source.as_deref(), target.as_deref(), copy);
     // The docker promote API has no dry-run switch: a rehearsal stops here.
     if dry_run {
-        return Ok(done(Outcome::DryRun, None));
+        let outcome = if done_already {
+            Outcome::Noop
+        } else {
+            Outcome::DryRun
+        };
+        return Ok(done(outcome, None));
     }
-    let body = json!({
-        "targetRepo": to.repo,
-        "dockerRepository": from.image,
-        "targetDockerRepository": to.image,
-        "tag": from.tag,
-        "targetTag": to.tag,
-        "copy": copy,
-    });
+    if done_already {
+        let evidence = carry(a, fence, &promote_url, from, to, expected).await?;
+        return Ok(Effect {
+            evidence,
+            ..done(Outcome::Noop, None)
+        });
+    }
+    let body = promote_body(from, to, &from.tag, &to.tag, copy);
     match a
-        .write(fence, a.request(Method::POST, promote_url).json(&body))
+        .write(
+            fence,
+            a.request(Method::POST, promote_url.clone()).json(&body),
+        )
         .await
     {
-        Ok((status, _)) => Ok(done(Outcome::Promoted, Some(status))),
+        Ok((status, _)) => {
+            let evidence = carry(a, fence, &promote_url, from, to, expected).await?;
+            Ok(Effect {
+                evidence,
+                ..done(Outcome::Promoted, Some(status))
+            })
+        }
         // A retried move whose source is gone: an earlier attempt may have moved it
         // after all. Look before calling it a failure.
         Err(e) if !copy && e.upstream_status == Some(404) => {
@@ -118,6 +143,60 @@ pub async fn promote(
         }
         Err(e) => Err(e),
     }
+}
+
+fn promote_body(
+    from: &ImageRef,
+    to: &ImageRef,
+    tag: &str,
+    target_tag: &str,
+    copy: bool,
+) -> serde_json::Value {
+    json!({
+        "targetRepo": to.repo,
+        "dockerRepository": from.image,
+        "targetDockerRepository": to.image,
+        "tag": tag,
+        "targetTag": target_tag,
+        "copy": copy,
+    })
+}
+
+/// Promotes (copies) the evidence tags of the promoted `digest` that the source
+/// has and the destination lacks (SPEC §15); a tag the destination has already is
+/// left as it is. The tags promoted.
+async fn carry(
+    a: &Artifactory,
+    fence: &dyn Fence,
+    promote_url: &Endpoint,
+    from: &ImageRef,
+    to: &ImageRef,
+    digest: Option<&str>,
+) -> Result<Vec<String>, TargetError> {
+    let Some(digest) = digest else {
+        return Ok(Vec::new());
+    };
+    let mut carried = Vec::new();
+    for suffix in oci::SUFFIXES {
+        let tag = oci::tag_for(digest, suffix);
+        let at = |image: &ImageRef| ImageRef {
+            tag: tag.clone(),
+            digest: None,
+            ..image.clone()
+        };
+        let source = digest_of(a, &manifest_url(a, &at(from))?).await?;
+        if source.is_none() || digest_of(a, &manifest_url(a, &at(to))?).await?.is_some() {
+            continue;
+        }
+        let body = promote_body(from, to, &tag, &tag, true);
+        a.write(
+            fence,
+            a.request(Method::POST, promote_url.clone()).json(&body),
+        )
+        .await?;
+        carried.push(tag);
+    }
+    Ok(carried)
 }
 
 #[cfg(test)]

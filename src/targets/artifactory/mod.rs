@@ -13,10 +13,12 @@ use serde_json::Value;
 
 use super::body::{self, JSON_LIMIT};
 use super::{
-    Effect, Fence, InvalidReference, MAX_UPSTREAM_MESSAGE, Target, TargetError, transport_error,
+    Effect, Fence, InvalidReference, MAX_UPSTREAM_MESSAGE, Target, TargetError, oci,
+    transport_error,
 };
 use crate::config::{TargetAuth, TargetConfig};
-use crate::domain::{Action, JobErrorCode, Op, Outcome, bounded};
+use crate::domain::{Action, ImageRef, JobErrorCode, Op, Outcome, bounded};
+use crate::supply::Signed;
 
 /// One piece of an Artifactory URL path.
 #[derive(Debug, Clone, Copy)]
@@ -122,8 +124,9 @@ fn placeholder(what: &str) -> &'static str {
 
 pub struct Artifactory {
     client: Client,
-    base: Url,
-    auth: TargetAuth,
+    /// The target as configured: its URL and credentials (a Docker repository's v2
+    /// API is reached with them too).
+    config: TargetConfig,
 }
 
 impl Artifactory {
@@ -134,8 +137,7 @@ impl Artifactory {
             .build()?;
         Ok(Artifactory {
             client,
-            base: config.url.clone(),
-            auth: config.auth.clone(),
+            config: config.clone(),
         })
     }
 
@@ -144,7 +146,7 @@ impl Artifactory {
     /// The only way to a URL here: nothing unchecked reaches one.
     fn url(&self, parts: &[Part<'_>]) -> Result<Endpoint, InvalidReference> {
         let mut segments = Vec::new();
-        let mut template = self.base.path().trim_end_matches('/').to_string();
+        let mut template = self.config.url.path().trim_end_matches('/').to_string();
         for part in parts {
             let place = match *part {
                 Part::Fixed(s) => {
@@ -163,7 +165,7 @@ impl Artifactory {
             template.push('/');
             template.push_str(place);
         }
-        let mut url = self.base.clone();
+        let mut url = self.config.url.clone();
         if let Ok(mut path) = url.path_segments_mut() {
             path.pop_if_empty().extend(segments);
         }
@@ -172,7 +174,7 @@ impl Artifactory {
 
     fn request(&self, method: Method, at: Endpoint) -> Call {
         let req = self.client.request(method, at.url);
-        let builder = match &self.auth {
+        let builder = match &self.config.auth {
             TargetAuth::Anonymous => req,
             TargetAuth::Bearer(t) => req.bearer_auth(t.expose()),
             TargetAuth::ApiKey(k) => req.header("X-JFrog-Art-Api", k.expose()),
@@ -254,10 +256,7 @@ fn reported_errors(body: &Value) -> Option<String> {
 }
 
 fn done(outcome: Outcome, status: Option<StatusCode>) -> Effect {
-    Effect {
-        outcome,
-        upstream_status: status.map(|s| s.as_u16()),
-    }
+    Effect::new(outcome, status.map(|s| s.as_u16()))
 }
 
 #[async_trait]
@@ -277,6 +276,25 @@ impl Target for Artifactory {
             } => bundles::promote(a, f, from, to, signing_key.as_deref(), dry).await,
         }
     }
+
+    async fn signatures(&self, image: &ImageRef) -> Result<(String, Vec<Signed>), TargetError> {
+        oci::signatures_in(&docker::registry(self, &image.repo)?, &image.image, image).await
+    }
+
+    async fn attach(
+        &self,
+        image: &ImageRef,
+        _to_target: Option<&str>,
+        envelope: Vec<u8>,
+        job_id: &str,
+    ) -> Result<bool, TargetError> {
+        let registry = docker::registry(self, &image.repo)?;
+        oci::attach_in(&registry, &image.image, image, envelope, job_id).await
+    }
+
+    async fn attestations(&self, image: &ImageRef) -> Result<Vec<Vec<u8>>, TargetError> {
+        oci::attestations_in(&docker::registry(self, &image.repo)?, &image.image, image).await
+    }
 }
 
 #[cfg(test)]
@@ -285,10 +303,10 @@ mod tests {
     use serde_json::json;
 
     fn artifactory() -> Artifactory {
+        let url = Url::parse("https://jfrog.example/base/").expect("a URL");
         Artifactory {
             client: Client::new(),
-            base: Url::parse("https://jfrog.example/base/").expect("a URL"),
-            auth: TargetAuth::Anonymous,
+            config: TargetConfig::anonymous(crate::config::TargetKind::Artifactory, url),
         }
     }
 
@@ -361,10 +379,10 @@ mod tests {
             .respond_with(ResponseTemplate::new(200).set_body_json(json!({})))
             .mount(&upstream)
             .await;
+        let url = Url::parse(&upstream.uri()).expect("a URL");
         let a = Artifactory {
             client: Client::new(),
-            base: Url::parse(&upstream.uri()).expect("a URL"),
-            auth: TargetAuth::Anonymous,
+            config: TargetConfig::anonymous(crate::config::TargetKind::Artifactory, url),
         };
         let image = |repo: &str| ImageRef {
             repo: repo.into(),

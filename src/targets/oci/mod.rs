@@ -3,6 +3,7 @@
 //! or to another registry by streaming them, keeping every manifest byte for byte
 //! so the digest does not change.
 
+mod evidence;
 mod reference;
 mod registry;
 
@@ -17,8 +18,12 @@ use reference::{Digest, Reference, RepositoryName, Tag};
 use registry::Manifest;
 pub use registry::Registry;
 
+/// Evidence tags a promotion carries (cosign's layout, SPEC §15), by suffix.
+pub(super) use evidence::{SUFFIXES, tag_for};
+
 use super::{Effect, Fence, Target, TargetError};
 use crate::domain::{Action, ImageRef, JobError, JobErrorCode, Op, Outcome};
+use crate::supply::Signed;
 
 const INDEX_TYPES: [&str; 2] = [
     "application/vnd.oci.image.index.v1+json",
@@ -205,15 +210,7 @@ impl OciTarget {
         let from_tag = Tag::parse(&from.tag)?;
         let to_tag = Reference::Tag(Tag::parse(&to.tag)?);
         let named = from.digest.as_deref().map(Digest::parse).transpose()?;
-        let dst = match to_target {
-            None => self.registry.clone(),
-            Some(name) => self.peers.get(name).cloned().ok_or_else(|| {
-                TargetError::permanent(
-                    JobErrorCode::UnknownTarget,
-                    format!("`{name}` is not an oci target"),
-                )
-            })?,
-        };
+        let dst = self.destination(to_target)?;
         let op = Copy {
             src: &self.registry,
             src_repo,
@@ -238,11 +235,22 @@ impl OciTarget {
         };
         TargetError::unless_pinned(from, named, Some(source.digest.as_str()), "points at")?;
         let copied = target.as_deref() == Some(source.digest.as_str());
-        if copied && copy {
-            return Ok(done(Outcome::Noop));
-        }
         if dry_run {
-            return Ok(done(Outcome::DryRun));
+            return Ok(done(if copied && copy {
+                Outcome::Noop
+            } else {
+                Outcome::DryRun
+            }));
+        }
+        if copied && copy {
+            // The image is there; its evidence may not be, when the attempt that
+            // copied it ended before carrying it.
+            fence.check().await?;
+            let evidence = evidence::carry(&op, &source.digest).await?;
+            return Ok(Effect {
+                evidence,
+                ..done(Outcome::Noop)
+            });
         }
         if !copied {
             // The registry's answer to the PUT names what it stored; asked again only
@@ -263,12 +271,30 @@ impl OciTarget {
                 });
             }
         }
+        fence.check().await?;
+        let evidence = evidence::carry(&op, &source.digest).await?;
         if !copy {
             fence.check().await?;
             self.delete_source(&op.src_repo, &from_tag, &source.digest, from, to)
                 .await?;
         }
-        Ok(done(Outcome::Promoted))
+        Ok(Effect {
+            evidence,
+            ..done(Outcome::Promoted)
+        })
+    }
+
+    /// The registry a promotion writes to: this target's, or `to_target`'s.
+    fn destination(&self, to_target: Option<&str>) -> Result<Arc<Registry>, TargetError> {
+        match to_target {
+            None => Ok(self.registry.clone()),
+            Some(name) => self.peers.get(name).cloned().ok_or_else(|| {
+                TargetError::permanent(
+                    JobErrorCode::UnknownTarget,
+                    format!("`{name}` is not an oci target"),
+                )
+            }),
+        }
     }
 
     /// Removes the source tag of a move, once the copy is verified, and nothing
@@ -359,10 +385,7 @@ impl OciTarget {
 }
 
 fn done(outcome: Outcome) -> Effect {
-    Effect {
-        outcome,
-        upstream_status: None,
-    }
+    Effect::new(outcome, None)
 }
 
 #[async_trait]
@@ -385,6 +408,82 @@ impl Target for OciTarget {
             )),
         }
     }
+
+    async fn signatures(&self, image: &ImageRef) -> Result<(String, Vec<Signed>), TargetError> {
+        signatures_in(&self.registry, &repository(image), image).await
+    }
+
+    async fn attach(
+        &self,
+        image: &ImageRef,
+        to_target: Option<&str>,
+        envelope: Vec<u8>,
+        job_id: &str,
+    ) -> Result<bool, TargetError> {
+        let registry = self.destination(to_target)?;
+        attach_in(&registry, &repository(image), image, envelope, job_id).await
+    }
+
+    async fn attestations(&self, image: &ImageRef) -> Result<Vec<Vec<u8>>, TargetError> {
+        attestations_in(&self.registry, &repository(image), image).await
+    }
+}
+
+// The evidence of an image in `repository` of `registry`, for any target that
+// speaks the registry API (an `oci` target, Artifactory's Docker v2 API).
+
+/// The digest `image` names (else its tag's now) and its signatures.
+pub(super) async fn signatures_in(
+    registry: &Registry,
+    repository: &str,
+    image: &ImageRef,
+) -> Result<(String, Vec<Signed>), TargetError> {
+    let repo = RepositoryName::parse(repository)?;
+    let digest = match &image.digest {
+        Some(d) => Digest::parse(d)?,
+        None => {
+            let tag = Reference::Tag(Tag::parse(&image.tag)?);
+            let current = registry
+                .digest(&repo, &tag)
+                .await?
+                .ok_or_else(|| rejected(format!("{image} does not exist in {}", registry.name)))?;
+            Digest::parse(&current)?
+        }
+    };
+    let found = evidence::signatures(registry, &repo, &digest).await?;
+    Ok((digest.to_string(), found))
+}
+
+/// Attaches job `job_id`'s attestation to `image`'s digest.
+pub(super) async fn attach_in(
+    registry: &Registry,
+    repository: &str,
+    image: &ImageRef,
+    envelope: Vec<u8>,
+    job_id: &str,
+) -> Result<bool, TargetError> {
+    let (repo, digest) = pinned(repository, image)?;
+    evidence::attach(registry, &repo, &digest, envelope, job_id).await
+}
+
+/// The attestation envelopes of `image`'s digest.
+pub(super) async fn attestations_in(
+    registry: &Registry,
+    repository: &str,
+    image: &ImageRef,
+) -> Result<Vec<Vec<u8>>, TargetError> {
+    let (repo, digest) = pinned(repository, image)?;
+    evidence::envelopes(registry, &repo, &digest).await
+}
+
+/// The repository and digest of an image that must name its digest.
+fn pinned(repository: &str, image: &ImageRef) -> Result<(RepositoryName, Digest), TargetError> {
+    let repo = RepositoryName::parse(repository)?;
+    let digest = image
+        .digest
+        .as_deref()
+        .ok_or_else(|| rejected(format!("{image} names no digest")))?;
+    Ok((repo, Digest::parse(digest)?))
 }
 
 #[cfg(test)]

@@ -16,9 +16,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use reqwest::header::{
-    ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LINK, LOCATION, WWW_AUTHENTICATE,
-};
+use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, LINK, LOCATION, WWW_AUTHENTICATE};
 use reqwest::{Client, RequestBuilder, Response, StatusCode, Url};
 
 use super::reference::{Digest, Reference, RepositoryName, Tag};
@@ -122,9 +120,15 @@ fn scope_for(repository: &RepositoryName, write: bool) -> String {
 
 impl Registry {
     pub fn new(config: &TargetConfig) -> Result<Self, reqwest::Error> {
+        Registry::at(config, config.url.clone())
+    }
+
+    /// The registry API under `base`, with `config`'s name, credentials and timeout:
+    /// Artifactory serves each Docker repository's v2 API under its own path.
+    pub fn at(config: &TargetConfig, base: Url) -> Result<Self, reqwest::Error> {
         Ok(Registry {
             name: config.name.clone(),
-            base: config.url.clone(),
+            base,
             client: Client::builder()
                 .timeout(config.timeout)
                 .user_agent(concat!("gantry/", env!("CARGO_PKG_VERSION")))
@@ -179,8 +183,9 @@ impl Registry {
         match &self.auth {
             TargetAuth::Anonymous => req,
             TargetAuth::Bearer(t) => req.bearer_auth(t.expose()),
-            // `check` refuses api_key on oci targets; a token is the same thing here.
-            TargetAuth::ApiKey(k) => req.header(AUTHORIZATION, format!("Bearer {}", k.expose())),
+            // `check` refuses api_key on oci targets: only Artifactory's Docker v2 API
+            // is reached with one, in its own header.
+            TargetAuth::ApiKey(k) => req.header("X-JFrog-Art-Api", k.expose()),
             TargetAuth::Basic { username, password } => {
                 req.basic_auth(username, Some(password.expose()))
             }
@@ -499,6 +504,55 @@ impl Registry {
         Ok((response, length))
     }
 
+    /// A small blob's bytes, read only when the registry says it is at most `limit`
+    /// bytes and refused past it either way (`response_too_large`): signatures and
+    /// attestations are kilobytes, and a registry that says otherwise is refused
+    /// before it is read.
+    pub async fn blob(
+        &self,
+        repository: &RepositoryName,
+        digest: &Digest,
+        limit: usize,
+        what: &str,
+    ) -> Result<Vec<u8>, TargetError> {
+        let (response, length) = self.blob_stream(repository, digest).await?;
+        if length.is_some_and(|n| n > limit as u64) {
+            return Err(body::BodyError::TooLarge {
+                what: what.to_string(),
+                limit,
+            }
+            .into_target_error(false));
+        }
+        let bytes = body::read_within(response, limit, what)
+            .await
+            .map_err(|e| e.into_target_error(false))?;
+        if Digest::sha256_of(&bytes) != *digest {
+            return Err(TargetError::permanent(
+                JobErrorCode::UpstreamRejected,
+                format!("{what} does not hash to {digest}"),
+            ));
+        }
+        Ok(bytes)
+    }
+
+    /// Puts `bytes` as a blob unless the repository has it; its digest.
+    pub async fn push_blob(
+        &self,
+        repository: &RepositoryName,
+        bytes: Vec<u8>,
+    ) -> Result<Digest, TargetError> {
+        let digest = Digest::sha256_of(&bytes);
+        if self.has_blob(repository, &digest).await? {
+            return Ok(digest);
+        }
+        if let Some(location) = self.start_upload(repository, None).await? {
+            let length = bytes.len() as u64;
+            self.finish_upload(repository, location, &digest, bytes.into(), Some(length))
+                .await?;
+        }
+        Ok(digest)
+    }
+
     /// Finishes an upload with the bytes of `source`, streamed through without
     /// being held: memory stays bounded whatever the layer's size. The upload's
     /// token was cached by `start_upload`, so the streamed request is sent once;
@@ -506,9 +560,23 @@ impl Registry {
     pub async fn upload_stream(
         &self,
         repository: &RepositoryName,
-        mut location: Url,
+        location: Url,
         digest: &Digest,
         source: Response,
+        length: Option<u64>,
+    ) -> Result<(), TargetError> {
+        let body = reqwest::Body::wrap_stream(source.bytes_stream());
+        self.finish_upload(repository, location, digest, body, length)
+            .await
+    }
+
+    /// The monolithic PUT that ends an upload, with `body` as the blob.
+    async fn finish_upload(
+        &self,
+        repository: &RepositoryName,
+        mut location: Url,
+        digest: &Digest,
+        body: reqwest::Body,
         length: Option<u64>,
     ) -> Result<(), TargetError> {
         location
@@ -518,7 +586,7 @@ impl Registry {
             .client
             .put(location.clone())
             .header(CONTENT_TYPE, "application/octet-stream")
-            .body(reqwest::Body::wrap_stream(source.bytes_stream()));
+            .body(body);
         if let Some(n) = length {
             req = req.header(CONTENT_LENGTH, n);
         }

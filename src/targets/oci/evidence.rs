@@ -1,0 +1,327 @@
+//! Evidence about an image as cosign stores it beside the image (SPEC §15): for the
+//! digest `sha256:<hex>`, the tags `sha256-<hex>.sig` (signatures: each layer a
+//! simple-signing payload, its annotation the signature), `.att` (attestations: each
+//! layer a DSSE envelope) and `.sbom`, in the image's repository. Read within
+//! bounds (a registry decides what it serves), carried along with a promotion, and
+//! appended to for gantry's own attestations.
+
+use serde_json::{Value, json};
+
+use super::Copy;
+use super::reference::{Digest, Reference, RepositoryName, Tag};
+use super::registry::{Manifest, Registry};
+use crate::domain::JobErrorCode;
+use crate::supply::{DSSE_MEDIA_TYPE, PREDICATE_TYPE, Signed};
+use crate::targets::TargetError;
+
+/// The kinds of evidence carried with a promotion, by tag suffix.
+pub const SUFFIXES: [&str; 3] = ["sig", "att", "sbom"];
+/// Signature or attestation layers read for one digest at most: an image has a few;
+/// a manifest listing thousands is refused rather than read.
+pub const MAX_LAYERS: usize = 64;
+/// The largest signature payload read: cosign's are under 1 KiB.
+pub const MAX_SIGNATURE_BYTES: usize = 64 << 10;
+/// The largest attestation envelope read (gantry's are a few KiB; a provenance
+/// attestation can be larger).
+pub const MAX_ENVELOPE_BYTES: usize = 1 << 20;
+const SIGNATURE_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
+/// Names the job whose attestation a layer is, so a retried attestation is found.
+const JOB_ANNOTATION: &str = "dev.gantry.job";
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+
+/// `sha256-<hex>.<suffix>`, the tag cosign files evidence of `digest` under.
+fn tag(digest: &Digest, suffix: &str) -> Result<Tag, TargetError> {
+    Ok(Tag::parse(&tag_for(digest.as_str(), suffix))?)
+}
+
+/// The evidence tag of a digest (`sha256:<hex>`) as text, for targets that check
+/// names their own way.
+pub fn tag_for(digest: &str, suffix: &str) -> String {
+    format!("{}.{suffix}", digest.replacen(':', "-", 1))
+}
+
+fn too_large(message: String) -> TargetError {
+    TargetError::permanent(JobErrorCode::ResponseTooLarge, message)
+}
+
+fn rejected(message: String) -> TargetError {
+    TargetError::permanent(JobErrorCode::UpstreamRejected, message)
+}
+
+/// The layers of the evidence manifest tagged `tag`, at most [`MAX_LAYERS`]; `None`
+/// when there is no such tag.
+async fn layers(
+    registry: &Registry,
+    repo: &RepositoryName,
+    tag: &Tag,
+) -> Result<Option<(Manifest, Value)>, TargetError> {
+    let Some(manifest) = registry
+        .manifest(repo, &Reference::Tag(tag.clone()))
+        .await?
+    else {
+        return Ok(None);
+    };
+    let parsed: Value = serde_json::from_slice(&manifest.bytes)
+        .map_err(|e| rejected(format!("the manifest {repo}:{tag} is not JSON: {e}")))?;
+    let count = parsed
+        .get("layers")
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len);
+    if count > MAX_LAYERS {
+        return Err(too_large(format!(
+            "{repo}:{tag} lists {count} layers; gantry reads at most {MAX_LAYERS}"
+        )));
+    }
+    Ok(Some((manifest, parsed)))
+}
+
+/// Each layer of `parsed` as (digest, declared size, the whole descriptor).
+fn descriptors(parsed: &Value) -> Result<Vec<(Digest, u64, &Value)>, TargetError> {
+    parsed
+        .get("layers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|l| {
+            let digest = l
+                .get("digest")
+                .and_then(Value::as_str)
+                .ok_or_else(|| rejected("a layer without a digest".into()))?;
+            let size = l.get("size").and_then(Value::as_u64).unwrap_or(0);
+            Ok((Digest::parse(digest)?, size, l))
+        })
+        .collect()
+}
+
+/// Reads a layer no larger than `limit`, refusing by its declared size first.
+async fn small_blob(
+    registry: &Registry,
+    repo: &RepositoryName,
+    digest: &Digest,
+    size: u64,
+    limit: usize,
+    what: &str,
+) -> Result<Vec<u8>, TargetError> {
+    if size > limit as u64 {
+        return Err(too_large(format!(
+            "{what} {digest} in {repo} is {size} bytes; gantry reads at most {limit}"
+        )));
+    }
+    registry
+        .blob(repo, digest, limit, &format!("{what} {digest}"))
+        .await
+}
+
+/// The signatures stored for `digest` in `repo`, in cosign's tag layout; empty when
+/// it has none. Layers without a signature annotation are not signatures and are
+/// skipped.
+pub async fn signatures(
+    registry: &Registry,
+    repo: &RepositoryName,
+    digest: &Digest,
+) -> Result<Vec<Signed>, TargetError> {
+    let Some((_, parsed)) = layers(registry, repo, &tag(digest, "sig")?).await? else {
+        return Ok(Vec::new());
+    };
+    let mut found = Vec::new();
+    for (layer, size, descriptor) in descriptors(&parsed)? {
+        let Some(signature) = descriptor
+            .pointer(&format!(
+                "/annotations/{}",
+                SIGNATURE_ANNOTATION.replace('/', "~1")
+            ))
+            .and_then(Value::as_str)
+        else {
+            continue;
+        };
+        let payload = small_blob(
+            registry,
+            repo,
+            &layer,
+            size,
+            MAX_SIGNATURE_BYTES,
+            "signature layer",
+        )
+        .await?;
+        found.push(Signed {
+            payload,
+            signature: signature.to_string(),
+            layer: layer.to_string(),
+        });
+    }
+    Ok(found)
+}
+
+/// The DSSE envelopes attached to `digest` in `repo` (its `.att` layers), bounded.
+pub async fn envelopes(
+    registry: &Registry,
+    repo: &RepositoryName,
+    digest: &Digest,
+) -> Result<Vec<Vec<u8>>, TargetError> {
+    let Some((_, parsed)) = layers(registry, repo, &tag(digest, "att")?).await? else {
+        return Ok(Vec::new());
+    };
+    let mut found = Vec::new();
+    for (layer, size, descriptor) in descriptors(&parsed)? {
+        if descriptor.get("mediaType").and_then(Value::as_str) != Some(DSSE_MEDIA_TYPE) {
+            continue;
+        }
+        found.push(
+            small_blob(
+                registry,
+                repo,
+                &layer,
+                size,
+                MAX_ENVELOPE_BYTES,
+                "attestation layer",
+            )
+            .await?,
+        );
+    }
+    Ok(found)
+}
+
+/// Carries the evidence of `digest` from the copy's source to its destination: each
+/// `.sig`, `.att` and `.sbom` the source has and the destination lacks. Where the
+/// destination has evidence of its own under the tag, the source's layers it lacks
+/// are appended (cosign's own way of adding a signature), so nothing there is lost.
+/// The tags changed; none when everything was there already (a retry).
+pub(super) async fn carry(op: &Copy<'_>, digest: &Digest) -> Result<Vec<String>, TargetError> {
+    let mut carried = Vec::new();
+    for suffix in SUFFIXES {
+        let tag = tag(digest, suffix)?;
+        let Some((source, parsed)) = layers(op.src, &op.src_repo, &tag).await? else {
+            continue;
+        };
+        let reference = Reference::Tag(tag.clone());
+        match layers(op.dst, &op.dst_repo, &tag).await? {
+            None => {
+                op.tree(&source, &reference).await?;
+            }
+            Some((there, _)) if there.digest == source.digest => continue,
+            Some((_, there)) => {
+                let have: Vec<Digest> = descriptors(&there)?.into_iter().map(|d| d.0).collect();
+                let mut missing = Vec::new();
+                for (layer, size, descriptor) in descriptors(&parsed)? {
+                    if !have.contains(&layer) {
+                        op.blob(&layer, Some(size)).await?;
+                        missing.push(descriptor.clone());
+                    }
+                }
+                if missing.is_empty() {
+                    continue;
+                }
+                put_with_layers(op.dst, &op.dst_repo, &tag, Some(there), missing).await?;
+            }
+        }
+        carried.push(tag.to_string());
+    }
+    Ok(carried)
+}
+
+/// Attaches gantry's attestation `envelope` for job `job_id` to `digest` in `repo`
+/// (a layer of `sha256-<hex>.att`, beside any attestations there); false when the
+/// job's attestation is there already (a retry).
+pub async fn attach(
+    registry: &Registry,
+    repo: &RepositoryName,
+    digest: &Digest,
+    envelope: Vec<u8>,
+    job_id: &str,
+) -> Result<bool, TargetError> {
+    let tag = tag(digest, "att")?;
+    let there = layers(registry, repo, &tag)
+        .await?
+        .map(|(_, parsed)| parsed);
+    let ours = |l: &Value| {
+        l.pointer(&format!("/annotations/{JOB_ANNOTATION}"))
+            .and_then(Value::as_str)
+            == Some(job_id)
+    };
+    if there
+        .as_ref()
+        .and_then(|p| p.get("layers"))
+        .and_then(Value::as_array)
+        .is_some_and(|l| l.iter().any(ours))
+    {
+        return Ok(false);
+    }
+    let size = envelope.len();
+    let layer = registry.push_blob(repo, envelope).await?;
+    let descriptor = json!({
+        "mediaType": DSSE_MEDIA_TYPE,
+        "size": size,
+        "digest": layer.as_str(),
+        "annotations": {"predicateType": PREDICATE_TYPE, JOB_ANNOTATION: job_id},
+    });
+    put_with_layers(registry, repo, &tag, there, vec![descriptor]).await?;
+    Ok(true)
+}
+
+/// Puts under `tag` the manifest `there` (or a new OCI image manifest with an empty
+/// config, as cosign writes) with `extra` layers appended. The layers' blobs must be
+/// in the repository already.
+async fn put_with_layers(
+    registry: &Registry,
+    repo: &RepositoryName,
+    tag: &Tag,
+    there: Option<Value>,
+    extra: Vec<Value>,
+) -> Result<(), TargetError> {
+    let mut manifest = match there {
+        Some(m) => m,
+        None => {
+            let config = br#"{"architecture":"","config":{},"os":"","rootfs":{"type":"layers","diff_ids":[]}}"#;
+            let digest = registry.push_blob(repo, config.to_vec()).await?;
+            json!({
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "config": {
+                    "mediaType": "application/vnd.oci.image.config.v1+json",
+                    "size": config.len(),
+                    "digest": digest.as_str(),
+                },
+                "layers": [],
+            })
+        }
+    };
+    let media_type = manifest
+        .get("mediaType")
+        .and_then(Value::as_str)
+        .unwrap_or(OCI_MANIFEST)
+        .to_string();
+    match manifest.get_mut("layers").and_then(Value::as_array_mut) {
+        Some(layers) => layers.extend(extra),
+        None => return Err(rejected(format!("{repo}:{tag} is not an image manifest"))),
+    }
+    let bytes = serde_json::to_vec(&manifest)
+        .map_err(|e| rejected(format!("cannot write the manifest {repo}:{tag}: {e}")))?;
+    let manifest = Manifest {
+        digest: Digest::sha256_of(&bytes),
+        bytes,
+        media_type,
+    };
+    registry
+        .put_manifest(repo, &Reference::Tag(tag.clone()), &manifest)
+        .await
+        .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn evidence_tags_are_cosign_s() {
+        let d = Digest::sha256_of(b"x");
+        let hex = d.as_str().trim_start_matches("sha256:");
+        assert_eq!(
+            tag(&d, "sig").unwrap().as_str(),
+            format!("sha256-{hex}.sig")
+        );
+        assert_eq!(
+            tag(&d, "att").unwrap().as_str(),
+            format!("sha256-{hex}.att")
+        );
+    }
+}
