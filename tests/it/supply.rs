@@ -918,3 +918,137 @@ gate = {{ within = "1h", require = [{require}] }}
         assert!(!stderr.contains("BEGIN"), "a key was quoted:\n{stderr}");
     }
 }
+
+/// A registry with the OCI 1.1 referrers API (faked: Docker Distribution 2.8 has
+/// none) holds the signature and an SBOM as referrers: the signature counts, and
+/// both are carried to a real registry by digest.
+#[tokio::test]
+async fn referrers_are_read_for_signatures_and_carried_by_digest() {
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    let keys = Keys::new();
+    let source = MockServer::start().await;
+    let prod = RegistryProc::start(RegistryOptions::default()).await;
+    let app = spawn_app(&config(&source.uri(), &prod.base, &keys, "30s")).await;
+    let serve = |at: String, body: Vec<u8>, media_type: &'static str| {
+        Mock::given(method("GET")).and(path(at)).respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("Content-Type", media_type)
+                .set_body_bytes(body),
+        )
+    };
+    let blob = |bytes: &[u8]| (digest_of(bytes), bytes.len(), bytes.to_vec());
+    let manifest = |config: &(String, usize, Vec<u8>), layers: Vec<Value>, extra: Value| {
+        let mut m = json!({
+            "schemaVersion": 2, "mediaType": IMAGE,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "size": config.1, "digest": config.0},
+            "layers": layers,
+        });
+        if let (Some(m), Some(extra)) = (m.as_object_mut(), extra.as_object()) {
+            m.extend(extra.clone());
+        }
+        serde_json::to_vec(&m).unwrap()
+    };
+    let config_blob = blob(br#"{"architecture":"amd64","os":"linux"}"#);
+    let image_layer = blob(format!("layer {}", ulid_like()).as_bytes());
+    let image = manifest(
+        &config_blob,
+        vec![
+            json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "size": image_layer.1, "digest": image_layer.0}),
+        ],
+        json!({}),
+    );
+    let digest = digest_of(&image);
+    let empty = blob(b"{}");
+    let signed = blob(&payload(&digest));
+    let signature = keys.sign(&keys.ci, &signed.2);
+    let subject = json!({"subject": {"mediaType": IMAGE, "digest": digest, "size": image.len()}});
+    let mut sig_extra = subject.clone();
+    sig_extra["artifactType"] = json!("application/vnd.dev.cosign.artifact.sig.v1+json");
+    let sig = manifest(
+        &empty,
+        vec![
+            json!({"mediaType": "application/vnd.dev.cosign.simplesigning.v1+json", "size": signed.1, "digest": signed.0,
+            "annotations": {"dev.cosignproject.cosign/signature": signature}}),
+        ],
+        sig_extra,
+    );
+    let sbom_blob = blob(br#"{"spdxVersion":"SPDX-2.3"}"#);
+    let mut sbom_extra = subject;
+    sbom_extra["artifactType"] = json!("application/spdx+json");
+    let sbom = manifest(
+        &empty,
+        vec![
+            json!({"mediaType": "application/spdx+json", "size": sbom_blob.1, "digest": sbom_blob.0}),
+        ],
+        sbom_extra,
+    );
+    let (sig_digest, sbom_digest) = (digest_of(&sig), digest_of(&sbom));
+    let referrers = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": IMAGE, "digest": sig_digest, "size": sig.len(), "artifactType": "application/vnd.dev.cosign.artifact.sig.v1+json"},
+            {"mediaType": IMAGE, "digest": sbom_digest, "size": sbom.len(), "artifactType": "application/spdx+json"},
+        ]
+    }))
+    .unwrap();
+    let v2 = "/v2/dev/app";
+    for m in [
+        serve(format!("{v2}/manifests/1.0"), image.clone(), IMAGE),
+        serve(format!("{v2}/manifests/{digest}"), image.clone(), IMAGE),
+        serve(format!("{v2}/manifests/{sig_digest}"), sig, IMAGE),
+        serve(format!("{v2}/manifests/{sbom_digest}"), sbom, IMAGE),
+        serve(
+            format!("{v2}/referrers/{digest}"),
+            referrers,
+            "application/vnd.oci.image.index.v1+json",
+        ),
+    ] {
+        m.mount(&source).await;
+    }
+    for b in [&config_blob, &image_layer, &empty, &signed, &sbom_blob] {
+        serve(
+            format!("{v2}/blobs/{}", b.0),
+            b.2.clone(),
+            "application/octet-stream",
+        )
+        .mount(&source)
+        .await;
+    }
+    Mock::given(wiremock::matchers::any())
+        .respond_with(ResponseTemplate::new(404))
+        .mount(&source)
+        .await;
+
+    let job = ship(&app, "1.0", &digest).await;
+    let done = app.wait_final(&job).await;
+    assert_eq!(done["outcome"], "promoted", "{done:#}");
+    let verified = records(&app, &job, "signature.verified").await;
+    assert!(
+        verified[0]["message"].as_str().unwrap().contains(&signed.0),
+        "{verified:#?}"
+    );
+    assert_eq!(
+        prod.manifest_digest("prod/app", "1.0", None).await,
+        Some(digest)
+    );
+    for referrer in [&sig_digest, &sbom_digest] {
+        assert_eq!(
+            prod.manifest_digest("prod/app", referrer, None)
+                .await
+                .as_ref(),
+            Some(referrer)
+        );
+    }
+    let carried = records(&app, &job, "evidence.copied").await;
+    let message = carried[0]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("referrer {sig_digest}")),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("referrer {sbom_digest}")),
+        "{message}"
+    );
+}

@@ -25,6 +25,8 @@ pub const MAX_SIGNATURE_BYTES: usize = 64 << 10;
 /// attestation can be larger).
 pub const MAX_ENVELOPE_BYTES: usize = 1 << 20;
 const SIGNATURE_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
+/// The artifact type of a cosign signature stored as an OCI 1.1 referrer.
+const SIGNATURE_ARTIFACT: &str = "application/vnd.dev.cosign.artifact.sig.v1+json";
 /// Names the job whose attestation a layer is, so a retried attestation is found.
 const JOB_ANNOTATION: &str = "dev.gantry.job";
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -48,17 +50,15 @@ fn rejected(message: String) -> TargetError {
     TargetError::permanent(JobErrorCode::UpstreamRejected, message)
 }
 
-/// The layers of the evidence manifest tagged `tag`, at most [`MAX_LAYERS`]; `None`
-/// when there is no such tag.
+/// The evidence manifest `tag` (a tag, or a referrer's digest) with at most
+/// [`MAX_LAYERS`] layers; `None` when there is no such manifest.
 async fn layers(
     registry: &Registry,
     repo: &RepositoryName,
-    tag: &Tag,
+    tag: impl Into<Reference>,
 ) -> Result<Option<(Manifest, Value)>, TargetError> {
-    let Some(manifest) = registry
-        .manifest(repo, &Reference::Tag(tag.clone()))
-        .await?
-    else {
+    let tag = tag.into();
+    let Some(manifest) = registry.manifest(repo, &tag).await? else {
         return Ok(None);
     };
     let parsed: Value = serde_json::from_slice(&manifest.bytes)
@@ -120,36 +120,63 @@ pub async fn signatures(
     repo: &RepositoryName,
     digest: &Digest,
 ) -> Result<Vec<Signed>, TargetError> {
-    let Some((_, parsed)) = layers(registry, repo, &tag(digest, "sig")?).await? else {
-        return Ok(Vec::new());
-    };
+    let mut manifests = Vec::new();
+    if let Some((_, parsed)) = layers(registry, repo, tag(digest, "sig")?).await? {
+        manifests.push(parsed);
+    }
+    for (referrer, _) in referrers(registry, repo, digest, Some(SIGNATURE_ARTIFACT)).await? {
+        if let Some((_, parsed)) = layers(registry, repo, referrer).await? {
+            manifests.push(parsed);
+        }
+    }
     let mut found = Vec::new();
-    for (layer, size, descriptor) in descriptors(&parsed)? {
-        let Some(signature) = descriptor
-            .pointer(&format!(
-                "/annotations/{}",
-                SIGNATURE_ANNOTATION.replace('/', "~1")
-            ))
-            .and_then(Value::as_str)
-        else {
-            continue;
-        };
-        let payload = small_blob(
-            registry,
-            repo,
-            &layer,
-            size,
-            MAX_SIGNATURE_BYTES,
-            "signature layer",
-        )
-        .await?;
-        found.push(Signed {
-            payload,
-            signature: signature.to_string(),
-            layer: layer.to_string(),
-        });
+    for parsed in &manifests {
+        for (layer, size, descriptor) in descriptors(parsed)? {
+            let Some(signature) = descriptor
+                .pointer(&format!(
+                    "/annotations/{}",
+                    SIGNATURE_ANNOTATION.replace('/', "~1")
+                ))
+                .and_then(Value::as_str)
+            else {
+                continue;
+            };
+            let payload = small_blob(
+                registry,
+                repo,
+                &layer,
+                size,
+                MAX_SIGNATURE_BYTES,
+                "signature layer",
+            )
+            .await?;
+            found.push(Signed {
+                payload,
+                signature: signature.to_string(),
+                layer: layer.to_string(),
+            });
+        }
     }
     Ok(found)
+}
+
+/// The referrers of `digest` (of `artifact_type`, when given) where the registry has
+/// the referrers API; none where it has not. At most [`MAX_LAYERS`].
+async fn referrers(
+    registry: &Registry,
+    repo: &RepositoryName,
+    digest: &Digest,
+    artifact_type: Option<&str>,
+) -> Result<Vec<(Digest, String)>, TargetError> {
+    let mut listed = registry.referrers(repo, digest).await?.unwrap_or_default();
+    listed.retain(|(_, kind)| artifact_type.is_none_or(|t| t == kind));
+    if listed.len() > MAX_LAYERS {
+        return Err(too_large(format!(
+            "{repo}@{digest} has {} referrers; gantry reads at most {MAX_LAYERS}",
+            listed.len()
+        )));
+    }
+    Ok(listed)
 }
 
 /// The DSSE envelopes attached to `digest` in `repo` (its `.att` layers), bounded.
@@ -158,7 +185,7 @@ pub async fn envelopes(
     repo: &RepositoryName,
     digest: &Digest,
 ) -> Result<Vec<Vec<u8>>, TargetError> {
-    let Some((_, parsed)) = layers(registry, repo, &tag(digest, "att")?).await? else {
+    let Some((_, parsed)) = layers(registry, repo, tag(digest, "att")?).await? else {
         return Ok(Vec::new());
     };
     let mut found = Vec::new();
@@ -182,7 +209,8 @@ pub async fn envelopes(
 }
 
 /// Carries the evidence of `digest` from the copy's source to its destination: each
-/// `.sig`, `.att` and `.sbom` the source has and the destination lacks. Where the
+/// `.sig`, `.att` and `.sbom` the source has and the destination lacks, and each of
+/// its OCI 1.1 referrers where the source lists them. Where the
 /// destination has evidence of its own under the tag, the source's layers it lacks
 /// are appended (cosign's own way of adding a signature), so nothing there is lost.
 /// The tags changed; none when everything was there already (a retry).
@@ -190,11 +218,11 @@ pub(super) async fn carry(op: &Copy<'_>, digest: &Digest) -> Result<Vec<String>,
     let mut carried = Vec::new();
     for suffix in SUFFIXES {
         let tag = tag(digest, suffix)?;
-        let Some((source, parsed)) = layers(op.src, &op.src_repo, &tag).await? else {
+        let Some((source, parsed)) = layers(op.src, &op.src_repo, tag.clone()).await? else {
             continue;
         };
         let reference = Reference::Tag(tag.clone());
-        match layers(op.dst, &op.dst_repo, &tag).await? {
+        match layers(op.dst, &op.dst_repo, tag.clone()).await? {
             None => {
                 op.tree(&source, &reference).await?;
             }
@@ -216,6 +244,19 @@ pub(super) async fn carry(op: &Copy<'_>, digest: &Digest) -> Result<Vec<String>,
         }
         carried.push(tag.to_string());
     }
+    // OCI 1.1 referrers (signatures, attestations, SBOMs pushed with a `subject`),
+    // where the source lists them: each is pushed to the destination by digest.
+    for (referrer, _) in referrers(op.src, &op.src_repo, digest, None).await? {
+        let reference = Reference::Digest(referrer.clone());
+        if op.dst.digest(&op.dst_repo, &reference).await?.is_some() {
+            continue;
+        }
+        let Some(manifest) = op.src.manifest(&op.src_repo, &reference).await? else {
+            continue;
+        };
+        op.tree(&manifest, &reference).await?;
+        carried.push(format!("referrer {referrer}"));
+    }
     Ok(carried)
 }
 
@@ -230,7 +271,7 @@ pub async fn attach(
     job_id: &str,
 ) -> Result<bool, TargetError> {
     let tag = tag(digest, "att")?;
-    let there = layers(registry, repo, &tag)
+    let there = layers(registry, repo, tag.clone())
         .await?
         .map(|(_, parsed)| parsed);
     let ours = |l: &Value| {

@@ -342,6 +342,53 @@ impl Registry {
         }))
     }
 
+    /// The referrers of `digest` (OCI 1.1: manifests whose `subject` is it) as the
+    /// registry lists them, each `(digest, artifactType)`; `None` when the registry
+    /// has no referrers API (404).
+    pub async fn referrers(
+        &self,
+        repository: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<Option<Vec<(Digest, String)>>, TargetError> {
+        let url = self.url(repository, &["referrers", digest.as_str()]);
+        let scope = scope_for(repository, false);
+        let response = self
+            .send(&scope, false, &url, &|u| {
+                self.client
+                    .get(u)
+                    .header(ACCEPT, "application/vnd.oci.image.index.v1+json")
+            })
+            .await?;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let response = Registry::check(response).await?;
+        let what = format!("the referrers of {repository}@{digest}");
+        let bytes = body::read_within(response, MANIFEST_LIMIT, &what)
+            .await
+            .map_err(|e| e.into_target_error(false))?;
+        let index: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+            TargetError::permanent(
+                JobErrorCode::UpstreamRejected,
+                format!("{what} is not JSON: {e}"),
+            )
+        })?;
+        let listed = index
+            .get("manifests")
+            .and_then(serde_json::Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|m| {
+                let digest = m.get("digest")?.as_str()?;
+                let kind = m.get("artifactType").and_then(serde_json::Value::as_str);
+                Some((digest, kind.unwrap_or_default().to_string()))
+            })
+            // Digests from upstream go into URLs: each is checked like an event's.
+            .map(|(d, kind)| Ok((Digest::parse(d)?, kind)))
+            .collect::<Result<Vec<_>, super::super::InvalidReference>>()?;
+        Ok(Some(listed))
+    }
+
     /// The digest a tag points at (HEAD), or `None`.
     pub async fn digest(
         &self,
