@@ -319,6 +319,36 @@ attest = {{ key = "file:{attest}" }}
     )
 }
 
+/// gantry promoting from one real registry (`dev`) to another (`prod`) under
+/// [`config`], with its keys.
+struct World {
+    keys: Keys,
+    dev: RegistryProc,
+    prod: RegistryProc,
+    app: TestApp,
+}
+
+impl World {
+    async fn start(within: &str) -> World {
+        let keys = Keys::new();
+        let dev = RegistryProc::start(RegistryOptions::default()).await;
+        let prod = RegistryProc::start(RegistryOptions::default()).await;
+        let app = spawn_app(&config(&dev.base, &prod.base, &keys, within)).await;
+        World {
+            keys,
+            dev,
+            prod,
+            app,
+        }
+    }
+}
+
+/// A new image (a layer no other test has) at `dev/app:tag`; its digest.
+async fn fresh_image(dev: &RegistryProc, tag: &str) -> String {
+    let layer = format!("layer {tag} {}", ulid_like()).into_bytes();
+    dev.push_image("dev/app", tag, &[layer], None).await
+}
+
 async fn ship(app: &TestApp, tag: &str, digest: &str) -> String {
     ship_from(app, "dev", tag, digest).await
 }
@@ -370,17 +400,14 @@ fn verify_promotion(reference: &str, key: &str) -> std::process::Output {
 
 #[tokio::test]
 async fn a_signed_digest_is_promoted_with_its_evidence_and_an_attestation_anyone_can_verify() {
-    let keys = Keys::new();
-    let dev = RegistryProc::start(RegistryOptions::default()).await;
-    let prod = RegistryProc::start(RegistryOptions::default()).await;
-    let app = spawn_app(&config(&dev.base, &prod.base, &keys, "30s")).await;
+    let world = World::start("30s").await;
+    let (keys, dev, prod, app) = (&world.keys, &world.dev, &world.prod, &world.app);
 
-    let layer = format!("layer {}", ulid_like()).into_bytes();
-    let digest = dev.push_image("dev/app", "1.4.2", &[layer], None).await;
+    let digest = fresh_image(dev, "1.4.2").await;
     let signed = payload(&digest);
     let signature = keys.sign(&keys.ci, &signed);
     push_signatures(
-        &dev,
+        dev,
         "dev/app",
         &digest,
         &[(signed.clone(), signature.clone())],
@@ -393,7 +420,7 @@ async fn a_signed_digest_is_promoted_with_its_evidence_and_an_attestation_anyone
     let theirs_digest = dev.push_blob("dev/app", theirs.to_vec(), None).await;
     let layer = json!({"mediaType": "application/vnd.dsse.envelope.v1+json", "size": theirs.len(), "digest": theirs_digest});
     push_evidence(
-        &dev,
+        dev,
         "dev/app",
         &digest,
         "att",
@@ -403,7 +430,7 @@ async fn a_signed_digest_is_promoted_with_its_evidence_and_an_attestation_anyone
     )
     .await;
 
-    let job = ship(&app, "1.4.2", &digest).await;
+    let job = ship(app, "1.4.2", &digest).await;
     let done = app.wait_final(&job).await;
     assert_eq!(
         (done["state"].as_str(), done["outcome"].as_str()),
@@ -414,7 +441,7 @@ async fn a_signed_digest_is_promoted_with_its_evidence_and_an_attestation_anyone
         prod.manifest_digest("prod/app", "1.4.2", None).await,
         Some(digest.clone())
     );
-    let verified = records(&app, &job, "signature.verified").await;
+    let verified = records(app, &job, "signature.verified").await;
     assert_eq!(verified.len(), 1, "{verified:#?}");
     assert_eq!(verified[0]["digest"], digest.as_str());
     assert!(
@@ -423,12 +450,12 @@ async fn a_signed_digest_is_promoted_with_its_evidence_and_an_attestation_anyone
             .unwrap()
             .contains("condition signed-by-ci met")
     );
-    let carried = records(&app, &job, "evidence.copied").await;
+    let carried = records(app, &job, "evidence.copied").await;
     assert_eq!(carried.len(), 1);
     let message = carried[0]["message"].as_str().unwrap();
     assert!(message.contains(&evidence_tag(&digest, "sig")), "{message}");
     assert!(message.contains(&evidence_tag(&digest, "att")), "{message}");
-    assert_eq!(records(&app, &job, "promotion.attested").await.len(), 1);
+    assert_eq!(records(app, &job, "promotion.attested").await.len(), 1);
 
     // The signature travelled byte for byte, and a verifier at the destination
     // (openssl, not gantry) finds it valid for the promoted digest.
@@ -437,22 +464,22 @@ async fn a_signed_digest_is_promoted_with_its_evidence_and_an_attestation_anyone
         prod.manifest_digest("prod/app", &sig_tag, None).await,
         dev.manifest_digest("dev/app", &sig_tag, None).await
     );
-    let there = manifest(&prod, "prod/app", &sig_tag).await.unwrap();
+    let there = manifest(prod, "prod/app", &sig_tag).await.unwrap();
     let layer = &there["layers"][0];
-    let carried_payload = blob(&prod, "prod/app", layer["digest"].as_str().unwrap()).await;
+    let carried_payload = blob(prod, "prod/app", layer["digest"].as_str().unwrap()).await;
     assert_eq!(carried_payload, signed);
     let annotation = layer["annotations"]["dev.cosignproject.cosign/signature"]
         .as_str()
         .unwrap();
     assert!(openssl_verifies(
-        &keys,
+        keys,
         "ci.pub",
         &carried_payload,
         annotation
     ));
 
     // The destination's attestations: theirs, carried, and gantry's, appended.
-    let att = manifest(&prod, "prod/app", &evidence_tag(&digest, "att"))
+    let att = manifest(prod, "prod/app", &evidence_tag(&digest, "att"))
         .await
         .unwrap();
     let layers = att["layers"].as_array().unwrap();
@@ -471,7 +498,7 @@ async fn a_signed_digest_is_promoted_with_its_evidence_and_an_attestation_anyone
     // The envelope checked independently: the DSSE pre-authentication encoding
     // built here, the signature checked by openssl.
     let envelope: Value = serde_json::from_slice(
-        &blob(&prod, "prod/app", layers[1]["digest"].as_str().unwrap()).await,
+        &blob(prod, "prod/app", layers[1]["digest"].as_str().unwrap()).await,
     )
     .unwrap();
     let b64 = base64::engine::general_purpose::STANDARD;
@@ -486,8 +513,8 @@ async fn a_signed_digest_is_promoted_with_its_evidence_and_an_attestation_anyone
     .into_bytes();
     pae.extend_from_slice(&statement);
     let sig = envelope["signatures"][0]["sig"].as_str().unwrap();
-    assert!(openssl_verifies(&keys, "attest.pub", &pae, sig));
-    assert!(!openssl_verifies(&keys, "ci.pub", &pae, sig));
+    assert!(openssl_verifies(keys, "attest.pub", &pae, sig));
+    assert!(!openssl_verifies(keys, "ci.pub", &pae, sig));
     let statement: Value = serde_json::from_slice(&statement).unwrap();
     assert_eq!(statement["_type"], "https://in-toto.io/Statement/v1");
     assert_eq!(statement["predicateType"], "urn:gantry:promotion:v1");
@@ -531,11 +558,11 @@ async fn a_signed_digest_is_promoted_with_its_evidence_and_an_attestation_anyone
 
     // Promoted again (another job): the evidence is there, nothing is carried;
     // the new job's attestation joins the others.
-    let again = ship(&app, "1.4.2", &digest).await;
+    let again = ship(app, "1.4.2", &digest).await;
     let done = app.wait_final(&again).await;
     assert_eq!(done["outcome"], "noop", "{done:#}");
-    assert!(records(&app, &again, "evidence.copied").await.is_empty());
-    let att = manifest(&prod, "prod/app", &evidence_tag(&digest, "att"))
+    assert!(records(app, &again, "evidence.copied").await.is_empty());
+    let att = manifest(prod, "prod/app", &evidence_tag(&digest, "att"))
         .await
         .unwrap();
     assert_eq!(att["layers"].as_array().unwrap().len(), 3);
@@ -544,23 +571,16 @@ async fn a_signed_digest_is_promoted_with_its_evidence_and_an_attestation_anyone
 #[tokio::test]
 async fn unsigned_foreign_or_tampered_signatures_never_count_and_the_job_fails_when_the_window_ends()
  {
-    let keys = Keys::new();
-    let dev = RegistryProc::start(RegistryOptions::default()).await;
-    let prod = RegistryProc::start(RegistryOptions::default()).await;
-    let app = spawn_app(&config(&dev.base, &prod.base, &keys, "3s")).await;
-    let image = |tag: &str| {
-        let layer = format!("layer {tag} {}", ulid_like()).into_bytes();
-        let dev = &dev;
-        let tag = tag.to_string();
-        async move { dev.push_image("dev/app", &tag, &[layer], None).await }
-    };
+    let world = World::start("3s").await;
+    let (keys, dev, prod, app) = (&world.keys, &world.dev, &world.prod, &world.app);
+    let image = |tag: &'static str| fresh_image(dev, tag);
     let unsigned = image("unsigned").await;
     let foreign = image("foreign").await;
     let tampered = image("tampered").await;
     // By a key nobody listed; and by the right key, but for another image.
     let other = digest_of(b"another image");
     push_signatures(
-        &dev,
+        dev,
         "dev/app",
         &foreign,
         &[
@@ -576,7 +596,7 @@ async fn unsigned_foreign_or_tampered_signatures_never_count_and_the_job_fails_w
     let original = payload(&other);
     let signature = keys.sign(&keys.ci, &original);
     push_signatures(
-        &dev,
+        dev,
         "dev/app",
         &tampered,
         &[(payload(&tampered), signature)],
@@ -584,9 +604,9 @@ async fn unsigned_foreign_or_tampered_signatures_never_count_and_the_job_fails_w
     .await;
 
     let jobs = [
-        ship(&app, "unsigned", &unsigned).await,
-        ship(&app, "foreign", &foreign).await,
-        ship(&app, "tampered", &tampered).await,
+        ship(app, "unsigned", &unsigned).await,
+        ship(app, "foreign", &foreign).await,
+        ship(app, "tampered", &tampered).await,
     ];
     for (job, invalid) in jobs.iter().zip([0, 2, 1]) {
         let done = app.wait_final(job).await;
@@ -594,13 +614,13 @@ async fn unsigned_foreign_or_tampered_signatures_never_count_and_the_job_fails_w
         assert_eq!(done["last_error"]["code"], "signature_invalid", "{done:#}");
         let message = done["last_error"]["message"].as_str().unwrap();
         assert!(message.contains("signed-by-ci"), "{message}");
-        let recorded = records(&app, job, "signature.invalid").await;
+        let recorded = records(app, job, "signature.invalid").await;
         assert_eq!(recorded.len(), invalid, "{recorded:#?}");
-        assert!(records(&app, job, "signature.verified").await.is_empty());
+        assert!(records(app, job, "signature.verified").await.is_empty());
         // Checked again while waiting, without spending attempts.
         assert_eq!(done["attempts"].as_array().unwrap().len(), 1, "{done:#}");
     }
-    let foreign_reasons: Vec<String> = records(&app, &jobs[1], "signature.invalid")
+    let foreign_reasons: Vec<String> = records(app, &jobs[1], "signature.invalid")
         .await
         .iter()
         .map(|r| r["message"].as_str().unwrap().to_string())
@@ -622,13 +642,10 @@ async fn unsigned_foreign_or_tampered_signatures_never_count_and_the_job_fails_w
 
 #[tokio::test]
 async fn a_job_waits_for_a_signature_that_comes_later() {
-    let keys = Keys::new();
-    let dev = RegistryProc::start(RegistryOptions::default()).await;
-    let prod = RegistryProc::start(RegistryOptions::default()).await;
-    let app = spawn_app(&config(&dev.base, &prod.base, &keys, "60s")).await;
-    let layer = format!("layer {}", ulid_like()).into_bytes();
-    let digest = dev.push_image("dev/app", "late", &[layer], None).await;
-    let job = ship(&app, "late", &digest).await;
+    let world = World::start("60s").await;
+    let (keys, dev, prod, app) = (&world.keys, &world.dev, &world.prod, &world.app);
+    let digest = fresh_image(dev, "late").await;
+    let job = ship(app, "late", &digest).await;
     // Checked once and given back: queued again, not promoted.
     let waiting = app
         .wait_for(&job, |j| {
@@ -642,7 +659,7 @@ async fn a_job_waits_for_a_signature_that_comes_later() {
     assert_eq!(prod.manifest_digest("prod/app", "late", None).await, None);
     let signed = payload(&digest);
     let signature = keys.sign(&keys.ci, &signed);
-    push_signatures(&dev, "dev/app", &digest, &[(signed, signature)]).await;
+    push_signatures(dev, "dev/app", &digest, &[(signed, signature)]).await;
     let done = app.wait_final(&job).await;
     assert_eq!(done["outcome"], "promoted", "{done:#}");
     assert_eq!(
@@ -653,16 +670,9 @@ async fn a_job_waits_for_a_signature_that_comes_later() {
 
 #[tokio::test]
 async fn signature_manifests_past_the_bounds_are_refused_unread() {
-    let keys = Keys::new();
-    let dev = RegistryProc::start(RegistryOptions::default()).await;
-    let prod = RegistryProc::start(RegistryOptions::default()).await;
-    let app = spawn_app(&config(&dev.base, &prod.base, &keys, "30s")).await;
-    let image = |tag: &str| {
-        let layer = format!("layer {tag} {}", ulid_like()).into_bytes();
-        let dev = &dev;
-        let tag = tag.to_string();
-        async move { dev.push_image("dev/app", &tag, &[layer], None).await }
-    };
+    let world = World::start("30s").await;
+    let (keys, dev, prod, app) = (&world.keys, &world.dev, &world.prod, &world.app);
+    let image = |tag: &'static str| fresh_image(dev, tag);
     let config_digest = dev.push_blob("dev/app", b"{}".to_vec(), None).await;
 
     // Thousands of signature layers.
@@ -677,7 +687,7 @@ async fn signature_manifests_past_the_bounds_are_refused_unread() {
             "annotations": {"dev.cosignproject.cosign/signature": signature}})
         })
         .collect();
-    push_evidence(&dev, "dev/app", &many, "sig", &config_digest, 2, layers).await;
+    push_evidence(dev, "dev/app", &many, "sig", &config_digest, 2, layers).await;
 
     // A 50 MB "signature".
     let huge = image("huge").await;
@@ -688,9 +698,9 @@ async fn signature_manifests_past_the_bounds_are_refused_unread() {
         "size": 50 << 20, "digest": big_digest,
         "annotations": {"dev.cosignproject.cosign/signature": signature}}),
     ];
-    push_evidence(&dev, "dev/app", &huge, "sig", &config_digest, 2, layers).await;
+    push_evidence(dev, "dev/app", &huge, "sig", &config_digest, 2, layers).await;
 
-    let job = ship(&app, "many", &many).await;
+    let job = ship(app, "many", &many).await;
     let done = app.wait_final(&job).await;
     assert_eq!(done["last_error"]["code"], "response_too_large", "{done:#}");
     let message = done["last_error"]["message"].as_str().unwrap();
@@ -698,7 +708,7 @@ async fn signature_manifests_past_the_bounds_are_refused_unread() {
         message.contains("lists 3000 layers; gantry reads at most 64"),
         "{message}"
     );
-    let job = ship(&app, "huge", &huge).await;
+    let job = ship(app, "huge", &huge).await;
     let done = app.wait_final(&job).await;
     assert_eq!(done["last_error"]["code"], "response_too_large", "{done:#}");
     let message = done["last_error"]["message"].as_str().unwrap();
