@@ -207,6 +207,15 @@ impl Keys {
             dir.path(),
             &["pkey", "-in", "attest.key", "-pubout", "-out", "attest.pub"],
         );
+        // The protection's own attestation key: Ed25519.
+        openssl(
+            dir.path(),
+            &["genpkey", "-algorithm", "ed25519", "-out", "guard.key"],
+        );
+        openssl(
+            dir.path(),
+            &["pkey", "-in", "guard.key", "-pubout", "-out", "guard.pub"],
+        );
         Keys { dir, ci, stranger }
     }
 
@@ -313,9 +322,15 @@ gate = {{ within = "{within}", require = [
   {{ name = "signed-by-ci", signature = {{ keys = ["file:{ci}"] }} }},
 ] }}
 attest = {{ key = "file:{attest}" }}
+
+[[protections]]
+name = "prod"
+to_repos = ["prod"]
+attest = {{ key = "file:{guard}" }}
 "#,
         ci = keys.path("ci.pub"),
         attest = keys.path("attest.key"),
+        guard = keys.path("guard.key"),
     )
 }
 
@@ -455,7 +470,10 @@ async fn a_signed_digest_is_promoted_with_its_evidence_and_an_attestation_anyone
     let message = carried[0]["message"].as_str().unwrap();
     assert!(message.contains(&evidence_tag(&digest, "sig")), "{message}");
     assert!(message.contains(&evidence_tag(&digest, "att")), "{message}");
-    assert_eq!(records(app, &job, "promotion.attested").await.len(), 1);
+    let attested = records(app, &job, "promotion.attested").await;
+    assert_eq!(attested.len(), 1);
+    let message = attested[0]["message"].as_str().unwrap();
+    assert!(message.contains("signed by 2 key(s)"), "{message}");
 
     // The signature travelled byte for byte, and a verifier at the destination
     // (openssl, not gantry) finds it valid for the promoted digest.
@@ -512,6 +530,8 @@ async fn a_signed_digest_is_promoted_with_its_evidence_and_an_attestation_anyone
     )
     .into_bytes();
     pae.extend_from_slice(&statement);
+    // Signed by the rule's key and by the protection's, one signature each.
+    assert_eq!(envelope["signatures"].as_array().unwrap().len(), 2);
     let sig = envelope["signatures"][0]["sig"].as_str().unwrap();
     assert!(openssl_verifies(keys, "attest.pub", &pae, sig));
     assert!(!openssl_verifies(keys, "ci.pub", &pae, sig));
@@ -545,6 +565,12 @@ async fn a_signed_digest_is_promoted_with_its_evidence_and_an_attestation_anyone
     );
     let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(&shown, predicate);
+    let out = verify_promotion(&reference, &keys.path("guard.pub"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = verify_promotion(&reference, &keys.path("ci.pub"));
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no gantry attestation"));

@@ -215,10 +215,23 @@ pub async fn envelopes(
 /// are appended (cosign's own way of adding a signature), so nothing there is lost.
 /// The tags changed; none when everything was there already (a retry).
 pub(super) async fn carry(op: &Copy<'_>, digest: &Digest) -> Result<Vec<String>, TargetError> {
+    // What the source has, asked side by side: most images have no evidence, and
+    // four lookups one after another would add four round trips to every promotion.
+    let tags = SUFFIXES
+        .iter()
+        .map(|suffix| tag(digest, suffix))
+        .collect::<Result<Vec<Tag>, _>>()?;
+    let (found, listed) = tokio::try_join!(
+        futures_util::future::try_join_all(tags.iter().map(|t| layers(
+            op.src,
+            &op.src_repo,
+            t.clone()
+        ))),
+        referrers(op.src, &op.src_repo, digest, None),
+    )?;
     let mut carried = Vec::new();
-    for suffix in SUFFIXES {
-        let tag = tag(digest, suffix)?;
-        let Some((source, parsed)) = layers(op.src, &op.src_repo, tag.clone()).await? else {
+    for (tag, found) in tags.into_iter().zip(found) {
+        let Some((source, parsed)) = found else {
             continue;
         };
         let reference = Reference::Tag(tag.clone());
@@ -246,7 +259,7 @@ pub(super) async fn carry(op: &Copy<'_>, digest: &Digest) -> Result<Vec<String>,
     }
     // OCI 1.1 referrers (signatures, attestations, SBOMs pushed with a `subject`),
     // where the source lists them: each is pushed to the destination by digest.
-    for (referrer, _) in referrers(op.src, &op.src_repo, digest, None).await? {
+    for (referrer, _) in listed {
         let reference = Reference::Digest(referrer.clone());
         if op.dst.digest(&op.dst_repo, &reference).await?.is_some() {
             continue;
