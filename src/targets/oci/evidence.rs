@@ -208,20 +208,35 @@ pub async fn envelopes(
     Ok(found)
 }
 
-/// Carries the evidence of `digest` from the copy's source to its destination: each
+/// Carries the evidence [`lookup`] found from the copy's source to its destination: each
 /// `.sig`, `.att` and `.sbom` the source has and the destination lacks, and each of
 /// its OCI 1.1 referrers where the source lists them. Where the
 /// destination has evidence of its own under the tag, the source's layers it lacks
 /// are appended (cosign's own way of adding a signature), so nothing there is lost.
 /// The tags changed; none when everything was there already (a retry).
-pub(super) async fn carry(op: &Copy<'_>, digest: &Digest) -> Result<Vec<String>, TargetError> {
-    // What the source has, asked side by side: most images have no evidence, and
-    // four lookups one after another would add four round trips to every promotion.
+/// The evidence of a digest its source holds, looked up before it is carried.
+pub(super) struct Found {
+    tags: Vec<(Tag, Option<(Manifest, Value)>)>,
+    referrers: Vec<(Digest, String)>,
+}
+
+impl Found {
+    /// Whether the source has no evidence at all (nothing to carry, no change).
+    pub(super) fn is_empty(&self) -> bool {
+        self.referrers.is_empty() && self.tags.iter().all(|(_, found)| found.is_none())
+    }
+}
+
+/// Looks up what evidence of `digest` the copy's source has: its three tags and its
+/// referrers, side by side (most images have none, and four lookups one after another
+/// would add four round trips to every promotion; `promote` runs this beside the
+/// image's copy, so it adds none).
+pub(super) async fn lookup(op: &Copy<'_>, digest: &Digest) -> Result<Found, TargetError> {
     let tags = SUFFIXES
         .iter()
         .map(|suffix| tag(digest, suffix))
         .collect::<Result<Vec<Tag>, _>>()?;
-    let (found, listed) = tokio::try_join!(
+    let (found, referrers) = tokio::try_join!(
         futures_util::future::try_join_all(tags.iter().map(|t| layers(
             op.src,
             &op.src_repo,
@@ -229,8 +244,15 @@ pub(super) async fn carry(op: &Copy<'_>, digest: &Digest) -> Result<Vec<String>,
         ))),
         referrers(op.src, &op.src_repo, digest, None),
     )?;
+    Ok(Found {
+        tags: tags.into_iter().zip(found).collect(),
+        referrers,
+    })
+}
+
+pub(super) async fn carry(op: &Copy<'_>, found: Found) -> Result<Vec<String>, TargetError> {
     let mut carried = Vec::new();
-    for (tag, found) in tags.into_iter().zip(found) {
+    for (tag, found) in found.tags {
         let Some((source, parsed)) = found else {
             continue;
         };
@@ -259,7 +281,7 @@ pub(super) async fn carry(op: &Copy<'_>, digest: &Digest) -> Result<Vec<String>,
     }
     // OCI 1.1 referrers (signatures, attestations, SBOMs pushed with a `subject`),
     // where the source lists them: each is pushed to the destination by digest.
-    for (referrer, _) in listed {
+    for (referrer, _) in found.referrers {
         let reference = Reference::Digest(referrer.clone());
         if op.dst.digest(&op.dst_repo, &reference).await?.is_some() {
             continue;

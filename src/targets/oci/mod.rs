@@ -242,21 +242,19 @@ impl OciTarget {
                 Outcome::DryRun
             }));
         }
-        if copied && copy {
+        let found = if copied {
             // The image is there; its evidence may not be, when the attempt that
             // copied it ended before carrying it.
-            fence.check().await?;
-            let evidence = evidence::carry(&op, &source.digest).await?;
-            return Ok(Effect {
-                evidence,
-                ..done(Outcome::Noop)
-            });
-        }
-        if !copied {
+            evidence::lookup(&op, &source.digest).await?
+        } else {
             // The registry's answer to the PUT names what it stored; asked again only
-            // when it does not.
+            // when it does not. The evidence is looked up meanwhile.
             fence.check().await?;
-            let now = match op.tree(&source, &to_tag).await? {
+            let (stored, found) = tokio::try_join!(
+                op.tree(&source, &to_tag),
+                evidence::lookup(&op, &source.digest)
+            )?;
+            let now = match stored {
                 Some(stored) => Some(stored),
                 None => dst.digest(&op.dst_repo, &to_tag).await?,
             };
@@ -270,17 +268,25 @@ impl OciTarget {
                     ))
                 });
             }
+            found
+        };
+        if !found.is_empty() {
+            fence.check().await?;
         }
-        fence.check().await?;
-        let evidence = evidence::carry(&op, &source.digest).await?;
+        let evidence = evidence::carry(&op, found).await?;
         if !copy {
             fence.check().await?;
             self.delete_source(&op.src_repo, &from_tag, &source.digest, from, to)
                 .await?;
         }
+        let outcome = if copied && copy {
+            Outcome::Noop
+        } else {
+            Outcome::Promoted
+        };
         Ok(Effect {
             evidence,
-            ..done(Outcome::Promoted)
+            ..done(outcome)
         })
     }
 
