@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, LINK, LOCATION, WWW_AUTHENTICATE};
@@ -57,6 +58,9 @@ pub struct Registry {
     auth: TargetAuth,
     /// Bearer tokens from the challenge flow, by scope.
     tokens: Mutex<HashMap<String, Token>>,
+    /// Set when the registry answered that it has no referrers API: asked once, not
+    /// on every promotion (a reload, which makes new registries, asks again).
+    no_referrers: AtomicBool,
 }
 
 /// A bearer challenge: where to get a token and for what.
@@ -135,6 +139,7 @@ impl Registry {
                 .build()?,
             auth: config.auth.clone(),
             tokens: Mutex::new(HashMap::new()),
+            no_referrers: AtomicBool::new(false),
         })
     }
 
@@ -344,12 +349,16 @@ impl Registry {
 
     /// The referrers of `digest` (OCI 1.1: manifests whose `subject` is it) as the
     /// registry lists them, each `(digest, artifactType)`; `None` when the registry
-    /// has no referrers API (404).
+    /// has no referrers API: it answers 404 for a digest it has (the caller read it
+    /// just before), remembered from then on.
     pub async fn referrers(
         &self,
         repository: &RepositoryName,
         digest: &Digest,
     ) -> Result<Option<Vec<(Digest, String)>>, TargetError> {
+        if self.no_referrers.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
         let url = self.url(repository, &["referrers", digest.as_str()]);
         let scope = scope_for(repository, false);
         let response = self
@@ -360,6 +369,7 @@ impl Registry {
             })
             .await?;
         if response.status() == StatusCode::NOT_FOUND {
+            self.no_referrers.store(true, Ordering::Relaxed);
             return Ok(None);
         }
         let response = Registry::check(response).await?;
