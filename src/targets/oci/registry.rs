@@ -842,13 +842,9 @@ mod tests {
 
     #[test]
     fn urls_are_built_from_checked_names_only() {
-        let registry = Registry {
-            name: "reg".into(),
-            base: Url::parse("https://registry.example/prefix/").expect("a URL"),
-            client: Client::new(),
-            auth: TargetAuth::Anonymous,
-            tokens: Mutex::new(HashMap::new()),
-        };
+        let url = Url::parse("https://registry.example/prefix/").expect("a URL");
+        let config = TargetConfig::anonymous(crate::config::TargetKind::Oci, url);
+        let registry = Registry::new(&config).expect("a client");
         let repo = RepositoryName::parse("dev/app").expect("valid");
         let tag = Reference::Tag(Tag::parse("1.0").expect("valid"));
         assert_eq!(
