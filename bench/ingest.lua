@@ -8,7 +8,8 @@ function setup(thread)
 end
 function init(args)
   n = 0
-  prefix = tostring(tid) .. "-" .. tostring(os.time()) .. "-"
+  -- WRK_ID tells apart wrk processes started in the same second (bench/pg.sh).
+  prefix = (os.getenv("WRK_ID") or "") .. tostring(tid) .. "-" .. tostring(os.time()) .. "-"
   body = os.getenv("BODY")
   headers = {
     ["Content-Type"] = "application/json",

@@ -2,7 +2,8 @@
 # SMOKE=1 shortens every run to a check that the benchmark still works.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-GANTRY="$ROOT/target/release/gantry"
+# GANTRY=path measures another build (bench/compare.sh-style before/after runs).
+GANTRY="${GANTRY:-$ROOT/target/release/gantry}"
 SMOKE="${SMOKE:-0}"
 WORK="$(mktemp -d)"
 PIDS=()

@@ -150,6 +150,7 @@ pub fn write_config_on(
 }
 
 /// An HTTP client for a running gantry.
+#[derive(Clone)]
 pub struct Client {
     pub base: String,
     http: reqwest::Client,

@@ -22,6 +22,7 @@ mod formats;
 mod freezes;
 mod gates;
 mod gates_replicas;
+mod group_commit;
 mod harness;
 mod hostile;
 mod ingest;

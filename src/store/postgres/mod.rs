@@ -24,6 +24,8 @@
 //! Tables live in the connection's current schema (the first of its `search_path`
 //! that exists), so one database can hold several independent installations.
 
+mod group;
+
 use std::collections::{HashMap, HashSet};
 use std::pin::pin;
 use std::sync::{Arc, LazyLock};
@@ -254,10 +256,19 @@ ALTER TABLE jobs ADD COLUMN freeze_override TEXT;
 /// The store on a PostgreSQL database that several replicas share.
 pub struct PostgresStore {
     pool: Pool,
+    /// What every commit of this instance does besides committing.
+    committing: Arc<Committing>,
+    _listener: Listener,
+    /// Concurrent ingests, committed together (SPEC §14).
+    groups: group::Committer,
+}
+
+/// What every write transaction of one store instance does at its commit: its
+/// wake-up and its notifications.
+struct Committing {
     signal: Arc<Notify>,
     /// The payload of this instance's notifications: `{schema} {instance id}`.
     notice: String,
-    _listener: Listener,
     /// Where audit records are notified (SPEC §10), read at each commit.
     routes: ArcSwap<Routes>,
 }
@@ -401,12 +412,16 @@ impl PostgresStore {
         let signal = Arc::new(Notify::new());
         let notice = format!("{schema} {}", ulid::Ulid::generate());
         let listener = Listener::start(pg, tls, notice.clone(), signal.clone()).await?;
-        Ok(PostgresStore {
-            pool,
+        let committing = Arc::new(Committing {
             signal,
             notice,
-            _listener: listener,
             routes: ArcSwap::from_pointee(Routes::default()),
+        });
+        Ok(PostgresStore {
+            groups: group::Committer::start(pool.clone(), committing.clone()),
+            pool,
+            committing,
+            _listener: listener,
         })
     }
 
@@ -435,6 +450,12 @@ impl PostgresStore {
             .collect()
     }
 
+    async fn commit(&self, tx: Transaction<'_>, w: Writes) -> Result<(), StoreError> {
+        self.committing.commit(tx, w).await
+    }
+}
+
+impl Committing {
     /// Chains the transaction's audit records, adds the notifications they make to
     /// the outbox (SPEC §10), sends the wake-up, commits, and wakes this instance's
     /// own workers and deliverers at once.
@@ -1236,21 +1257,7 @@ impl Store for PostgresStore {
         batch: Vec<NewEvent>,
         policy: IngestPolicy,
     ) -> Result<Vec<IngestOutcome>, StoreError> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(unavailable)?;
-        // Every gate the batch touches is decided by one replica at a time: its
-        // rule and key are locked until the commit, always in the same order, so
-        // that two batches never wait on each other's locks.
-        for key in gate_locks(&batch) {
-            execute(&tx, "SELECT pg_advisory_xact_lock($1)", &[&key]).await?;
-        }
-        let mut w = Writes::default();
-        let mut outcomes = Vec::with_capacity(batch.len());
-        for new in &batch {
-            outcomes.push(ingest_one(&tx, new, policy, &mut w).await?);
-        }
-        self.commit(tx, w).await?;
-        Ok(outcomes)
+        self.groups.ingest(batch, policy).await
     }
 
     async fn append_audit(&self, entry: AuditEntry) -> Result<(), StoreError> {
@@ -1840,11 +1847,11 @@ impl Store for PostgresStore {
     }
 
     fn work_signal(&self) -> Arc<Notify> {
-        self.signal.clone()
+        self.committing.signal.clone()
     }
 
     fn set_routes(&self, routes: Arc<Routes>) {
-        self.routes.store(routes);
+        self.committing.routes.store(routes);
     }
 
     async fn start_session(&self, session: ConsoleSession) -> Result<(), StoreError> {
