@@ -65,7 +65,7 @@ for _ in $(seq "$ROUNDS"); do
   round=0
   for r in one two three; do
     errors_in "$WORK/wrk.$r" && { cat "$WORK/wrk.$r" >&2; echo "$r: errors under load" >&2; exit 1; }
-    round="$(python3 -c "print($round + $(rps_of "$WORK/wrk.$r"))")"
+    round="$(python3 -c "print(round($round + $(rps_of "$WORK/wrk.$r"), 1))")"
     TOTAL="$(( TOTAL + $(reqs_of "$WORK/wrk.$r") ))"
     WORST_P99="$WORST_P99$(p99_of "$WORK/wrk.$r") "
   done

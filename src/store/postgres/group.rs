@@ -20,8 +20,11 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use super::{Committing, Writes, execute, gate_locks, ingest_one, pool_error, unavailable};
 use crate::store::{IngestOutcome, IngestPolicy, NewEvent, StoreError};
 
-/// Lanes of one store instance: each holds a connection while it runs a group.
-const LANES: usize = 4;
+/// Lanes of one store instance: each holds a connection while it runs a group. Two
+/// measured best on 2 cores (bench/pg.sh, BENCHMARKS.md): one lane leaves the
+/// database idle while it commits; more make smaller groups, more commits, and more
+/// turns at the chain's head between replicas.
+const LANES: usize = 2;
 /// Most ingests in one group.
 const MAX_GROUP: usize = 256;
 /// Ingests waiting for a lane, at most; more wait to be queued.
