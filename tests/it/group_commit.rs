@@ -63,19 +63,21 @@ async fn one_failing_ingest_in_a_group_fails_alone(store: TestStore) {
         tokio::spawn(async move { client.send("ci", &body("slow")).await.status() })
     };
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    // One delivery twice among them (a sender's quick retry): the same body.
+    let twice = body("twice");
     let mut sent = Vec::new();
-    for i in 0..40 {
+    for i in 0..42 {
         let client = app.client.clone();
-        let tag = if i == 20 {
-            "poison".to_string()
-        } else {
-            format!("1.0.{i}")
+        let (tag, sent_body) = match i {
+            20 => ("poison".to_string(), body("poison")),
+            10 | 30 => ("twice".to_string(), twice.clone()),
+            _ => (format!("1.0.{i}"), body(&format!("1.0.{i}"))),
         };
         sent.push(tokio::spawn(async move {
-            (
-                tag.clone(),
-                client.send("ci", &body(&tag)).await.status().as_u16(),
-            )
+            let r = client.send("ci", &sent_body).await;
+            let status = r.status().as_u16();
+            let answer: Value = r.json().await.unwrap_or(Value::Null);
+            (tag, status, answer)
         }));
     }
     let mut answers = Vec::new();
@@ -83,10 +85,28 @@ async fn one_failing_ingest_in_a_group_fails_alone(store: TestStore) {
         answers.push(s.await.unwrap());
     }
     assert_eq!(slow.await.unwrap(), 202);
-    for (tag, status) in &answers {
-        let expected = if tag == "poison" { 503 } else { 202 };
-        assert_eq!(*status, expected, "{tag}: {answers:?}");
+    for (tag, status, _) in &answers {
+        let expected = match tag.as_str() {
+            "poison" => vec![503],
+            "twice" => vec![200, 202],
+            _ => vec![202],
+        };
+        assert!(expected.contains(status), "{tag}: {status}");
     }
+    // The delivery sent twice: stored once, both answers name its event and job.
+    let twice: Vec<&Value> = answers
+        .iter()
+        .filter(|(tag, ..)| tag == "twice")
+        .map(|(.., answer)| answer)
+        .collect();
+    assert_eq!(twice[0]["event_id"], twice[1]["event_id"]);
+    assert_eq!(twice[0]["jobs"], twice[1]["jobs"]);
+    assert_eq!(
+        twice[0]["jobs"].as_array().map(Vec::len),
+        Some(1),
+        "{twice:?}"
+    );
+    assert_ne!(twice[0]["duplicate"], twice[1]["duplicate"]);
     // Every accepted event is stored with its job, the refused one is not, and the
     // trail is one unbroken chain.
     let events: Value = app
@@ -101,10 +121,11 @@ async fn one_failing_ingest_in_a_group_fails_alone(store: TestStore) {
         .iter()
         .map(|e| e["tag"].as_str().unwrap_or_default())
         .collect();
-    assert_eq!(tags.len(), 40, "{tags:?}");
+    // 40 new events besides the slow one; the poisoned one is not stored.
+    assert_eq!(tags.len(), 41, "{tags:?}");
     assert!(!tags.contains(&"poison"));
     let created = app.audit("kind=job.created&limit=100").await;
-    assert_eq!(created.len(), 40);
+    assert_eq!(created.len(), 41);
     let verdict: Value = app
         .get("/api/v1/audit/verify", Some(VIEWER_TOKEN))
         .await

@@ -7,11 +7,13 @@
 //! ingests are waiting into a group and running it: while one lane commits (holding
 //! the chain head until its commit), the next is already writing its group's events
 //! and jobs. Gate locks are taken for the whole group at its start, in one order, as
-//! a single ingest's were. An ingest that fails rolls its group back, and the group's
+//! a single ingest's were. Ingests that touch no gate (and no two of which are one
+//! delivery) are pipelined on the lane's connection. An ingest that fails rolls its group back, and the group's
 //! ingests run again one by one, so each answers for itself alone: the SQLite
 //! writer's rule, without a savepoint per ingest (each would be a subtransaction,
 //! and more than 64 of them in one transaction slow every other session's snapshots).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use deadpool_postgres::Pool;
@@ -154,6 +156,15 @@ async fn together(
     let mut keys: Vec<i64> = batches.iter().flat_map(|(b, _)| gate_locks(b)).collect();
     keys.sort_unstable();
     keys.dedup();
+    // Side by side only when no gate is involved and no two events of the group are
+    // one delivery: a duplicate's answer reads its original's jobs, which must be
+    // written first.
+    let mut deliveries = HashSet::new();
+    let sequential = !keys.is_empty()
+        || !batches
+            .iter()
+            .flat_map(|(batch, _)| batch.iter())
+            .all(|n| deliveries.insert((&n.event.source, &n.event.delivery_id)));
     for key in keys {
         execute(&tx, "SELECT pg_advisory_xact_lock($1)", &[&key])
             .await
@@ -161,16 +172,40 @@ async fn together(
     }
     let mut w = Writes::default();
     let mut outcomes = Vec::with_capacity(batches.len());
-    for (batch, policy) in batches {
-        let mut each = Vec::with_capacity(batch.len());
-        for new in *batch {
-            each.push(
-                ingest_one(&tx, new, *policy, &mut w)
-                    .await
-                    .map_err(Unwound::Ingest)?,
-            );
+    if sequential {
+        for (batch, policy) in batches {
+            let mut each = Vec::with_capacity(batch.len());
+            for new in *batch {
+                each.push(
+                    ingest_one(&tx, new, *policy, &mut w)
+                        .await
+                        .map_err(Unwound::Ingest)?,
+                );
+            }
+            outcomes.push(each);
         }
-        outcomes.push(each);
+    } else {
+        // The group's ingests are sent side by side on the one connection
+        // (tokio-postgres pipelines them): the server still runs each statement
+        // whole, one after another, and the records are chained in the group's
+        // order; what the round trips cost is no longer waited for one by one.
+        let shared = &tx;
+        let runs = batches.iter().map(|(batch, policy)| async move {
+            let mut w = Writes::default();
+            let mut each = Vec::with_capacity(batch.len());
+            for new in *batch {
+                each.push(ingest_one(shared, new, *policy, &mut w).await?);
+            }
+            Ok::<_, StoreError>((each, w))
+        });
+        for (each, mut own) in futures_util::future::try_join_all(runs)
+            .await
+            .map_err(Unwound::Ingest)?
+        {
+            w.audit.append(&mut own.audit);
+            w.wake |= own.wake;
+            outcomes.push(each);
+        }
     }
     committing.commit(tx, w).await.map_err(Unwound::Tx)?;
     Ok(outcomes)
