@@ -156,6 +156,12 @@ async fn postgres_pooled_connections_closed_by_the_server_are_replaced() {
     for r in reads {
         r.await.unwrap().unwrap();
     }
+    // And the connections the group-commit lanes keep from ingest to ingest.
+    let ingest = |n: usize| {
+        let store = store.clone();
+        async move { store.ingest(vec![big_event(n, 10)], POLICY).await }
+    };
+    ingest(0).await.unwrap();
     let admin = schema.connect().await;
     let killed: i64 = admin
         .query_one(
@@ -176,6 +182,9 @@ async fn postgres_pooled_connections_closed_by_the_server_are_replaced() {
             })
             .await
             .unwrap_or_else(|e| panic!("request {i} after the sessions were closed: {e}"));
+        ingest(i + 1)
+            .await
+            .unwrap_or_else(|e| panic!("ingest {i} after the sessions were closed: {e}"));
     }
 }
 

@@ -16,7 +16,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use deadpool_postgres::Pool;
+use deadpool_postgres::{Client, Pool};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::{Committing, Writes, execute, gate_locks, ingest_one, pool_error, unavailable};
@@ -79,6 +79,9 @@ async fn lane(
     committing: Arc<Committing>,
     waiting: Arc<Mutex<mpsc::Receiver<Pending>>>,
 ) {
+    // The lane keeps its connection from group to group (checking one out of the
+    // pool costs a verifying round trip); one that failed is given up.
+    let mut held: Option<Client> = None;
     loop {
         let group = {
             let mut waiting = waiting.lock().await;
@@ -94,7 +97,7 @@ async fn lane(
             }
             group
         };
-        run(&pool, &committing, group).await;
+        run(&mut Connection::of(&pool, &mut held), &committing, group).await;
     }
 }
 
@@ -102,16 +105,48 @@ async fn lane(
 enum Unwound {
     /// One of its ingests failed: each is run again alone.
     Ingest(StoreError),
-    /// The transaction itself (connection, begin, locks, commit) failed.
+    /// The transaction itself (connection, locks, commit) failed.
     Tx(StoreError),
+    /// The transaction could not begin: nothing was sent.
+    Begin(StoreError),
 }
 
-async fn run(pool: &Pool, committing: &Committing, group: Vec<Pending>) {
+/// A lane's connection: the one it holds, else a new one from the pool.
+struct Connection<'a> {
+    pool: &'a Pool,
+    held: &'a mut Option<Client>,
+}
+
+impl<'a> Connection<'a> {
+    fn of(pool: &'a Pool, held: &'a mut Option<Client>) -> Self {
+        Connection { pool, held }
+    }
+
+    /// The held connection, unless the server closed it meanwhile (a restart, a
+    /// failover): then a new one, as the pool's own check would give.
+    async fn get(&mut self) -> Result<&mut Client, StoreError> {
+        if self.held.as_ref().is_none_or(|c| c.is_closed()) {
+            *self.held = Some(self.pool.get().await.map_err(pool_error)?);
+        }
+        self.held
+            .as_mut()
+            .ok_or_else(|| StoreError::Unavailable("no connection".into()))
+    }
+
+    /// Gives the connection up when its transaction failed or the server closed it.
+    fn settle(&mut self, failed: bool) {
+        if failed || self.held.as_ref().is_some_and(|c| c.is_closed()) {
+            *self.held = None;
+        }
+    }
+}
+
+async fn run(conn: &mut Connection<'_>, committing: &Committing, group: Vec<Pending>) {
     let batches: Vec<(&[NewEvent], IngestPolicy)> = group
         .iter()
         .map(|p| (p.batch.as_slice(), p.policy))
         .collect();
-    let answers: Vec<Answer> = match together(pool, committing, &batches).await {
+    let answers: Vec<Answer> = match together(conn, committing, &batches).await {
         Ok(outcomes) => {
             tracing::debug!(ingests = group.len(), "group committed");
             outcomes.into_iter().map(Ok).collect()
@@ -122,15 +157,15 @@ async fn run(pool: &Pool, committing: &Committing, group: Vec<Pending>) {
             let mut answers = Vec::with_capacity(group.len());
             for one in &batches {
                 answers.push(
-                    match together(pool, committing, std::slice::from_ref(one)).await {
+                    match together(conn, committing, std::slice::from_ref(one)).await {
                         Ok(mut outcomes) => Ok(outcomes.pop().unwrap_or_default()),
-                        Err(Unwound::Ingest(e) | Unwound::Tx(e)) => Err(e),
+                        Err(Unwound::Ingest(e) | Unwound::Tx(e) | Unwound::Begin(e)) => Err(e),
                     },
                 );
             }
             answers
         }
-        Err(Unwound::Tx(e)) => group.iter().map(|_| Err(e.clone())).collect(),
+        Err(Unwound::Tx(e) | Unwound::Begin(e)) => group.iter().map(|_| Err(e.clone())).collect(),
     };
     for (pending, answer) in group.into_iter().zip(answers) {
         // A request that stopped waiting (its client went away) needs no answer.
@@ -141,15 +176,31 @@ async fn run(pool: &Pool, committing: &Committing, group: Vec<Pending>) {
 /// Runs `batches` in one transaction and commits it: each batch's outcomes, or why
 /// it was rolled back.
 async fn together(
-    pool: &Pool,
+    conn: &mut Connection<'_>,
     committing: &Committing,
     batches: &[(&[NewEvent], IngestPolicy)],
 ) -> Result<Vec<Vec<IngestOutcome>>, Unwound> {
-    let mut client = pool.get().await.map_err(|e| Unwound::Tx(pool_error(e)))?;
+    let mut result = run_together(conn, committing, batches).await;
+    if let Err(Unwound::Begin(_)) = &result {
+        // Nothing was sent on a connection that could not even begin (the server
+        // closed it before the lane noticed): once more on a new one.
+        conn.settle(true);
+        result = run_together(conn, committing, batches).await;
+    }
+    conn.settle(matches!(result, Err(Unwound::Tx(_) | Unwound::Begin(_))));
+    result
+}
+
+async fn run_together(
+    conn: &mut Connection<'_>,
+    committing: &Committing,
+    batches: &[(&[NewEvent], IngestPolicy)],
+) -> Result<Vec<Vec<IngestOutcome>>, Unwound> {
+    let client = conn.get().await.map_err(Unwound::Tx)?;
     let tx = client
         .transaction()
         .await
-        .map_err(|e| Unwound::Tx(unavailable(e)))?;
+        .map_err(|e| Unwound::Begin(unavailable(e)))?;
     // Every gate the group touches is decided by one replica at a time: its rule and
     // key are locked until the commit, always in the same order, so that two groups
     // never wait on each other's locks.
