@@ -1384,15 +1384,7 @@ fn check_rules(
             }
             let gate = r.gate.as_ref().map(|g| check_gate(&loc, r, g, sources, problems));
             let signatures = supply::signature_conditions(&loc, r, env, problems);
-            let attest = r.attest.as_ref().and_then(|a| {
-                if r.action.kind != ActionKind::Promote {
-                    problems.push(Problem::error(
-                        format!("{loc}.attest"),
-                        "only promoted images are attested: the rule's action must be `promote`",
-                    ));
-                }
-                supply::attest_key(&loc, a, env, problems)
-            });
+            let attest = supply::rule_attest_key(&loc, r, env, problems);
             RuleConfig {
                 raw: r.clone(),
                 retry,

@@ -112,6 +112,24 @@ pub fn attest_key(
         .ok()
 }
 
+/// The signing key of `rule`'s `attest`, checked: only a `promote` (an image) is
+/// attested.
+pub fn rule_attest_key(
+    loc: &str,
+    rule: &RawRule,
+    env: Env<'_>,
+    problems: &mut Vec<Problem>,
+) -> Option<Arc<SigningKey>> {
+    let attest = rule.attest.as_ref()?;
+    if rule.action.kind != ActionKind::Promote {
+        problems.push(Problem::error(
+            format!("{loc}.attest"),
+            "only promoted images are attested: the rule's action must be `promote`",
+        ));
+    }
+    attest_key(loc, attest, env, problems)
+}
+
 /// How `attest.key` shows in `GET /api/v1/rules`: the reference, unless it is the
 /// key itself.
 pub fn shown_reference<S: serde::Serializer>(key: &str, s: S) -> Result<S::Ok, S::Error> {

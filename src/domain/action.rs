@@ -114,6 +114,18 @@ pub struct Action {
     pub dry_run: bool,
 }
 
+impl ImageRef {
+    /// `{repo}/{image}`, or the image alone when the repo is empty (a repository at
+    /// a registry's root): the repository a registry knows the image by.
+    pub fn repository(&self) -> String {
+        if self.repo.is_empty() {
+            self.image.clone()
+        } else {
+            format!("{}/{}", self.repo, self.image)
+        }
+    }
+}
+
 impl std::fmt::Display for ImageRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}:{}", self.repo, self.image, self.tag)?;

@@ -320,6 +320,15 @@ impl RuleSet {
         &self.protections
     }
 
+    /// Whether a promotion by `rule` to `target`'s `repo` is attested (asked before
+    /// every promotion attempt: no keys are collected for it).
+    pub fn attests(&self, rule: &str, target: &str, repo: Option<&str>) -> bool {
+        self.get(rule).is_some_and(|r| r.attest.is_some())
+            || protection::attestors(&self.protections, target, repo)
+                .next()
+                .is_some()
+    }
+
     /// Every key a promotion by `rule` to `target`'s `repo` is attested with: the
     /// rule's, then the covering protections' (each key once).
     pub fn attestors<'a>(

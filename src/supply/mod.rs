@@ -11,10 +11,28 @@ mod statement;
 
 use std::sync::Arc;
 
+use crate::domain::Millis;
+
 pub use cosign::{Rejected, verify};
 pub use dsse::{Envelope, IN_TOTO, SigningKey, SigningKeyError, pae};
 pub use keys::{KeyError, PublicKey};
 pub use statement::{Approved, AuditRef, EventRef, PREDICATE_TYPE, Promotion, Statement, Subject};
+
+/// The first and the longest wait between two checks of a missing signature.
+const FIRST_RECHECK: Millis = 1_000;
+const LONGEST_RECHECK: Millis = 300_000;
+
+/// When a job created at `created_at` whose signatures do not count yet is checked
+/// again: after half the time it has waited so far (1 s at first, at most 5 min),
+/// never past its gate's `deadline`; `None` once the deadline has passed (the job
+/// fails `signature_invalid`).
+pub fn next_check(created_at: Millis, deadline: Millis, now: Millis) -> Option<Millis> {
+    if now >= deadline {
+        return None;
+    }
+    let wait = ((now - created_at) / 2).clamp(FIRST_RECHECK, LONGEST_RECHECK);
+    Some(now.saturating_add(wait).min(deadline))
+}
 
 /// The media type of an attestation layer (cosign's `.att` layout).
 pub const DSSE_MEDIA_TYPE: &str = "application/vnd.dsse.envelope.v1+json";
@@ -87,4 +105,18 @@ pub fn judge(conditions: &[SignatureCondition], found: &[Signed], digest: &str) 
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_check;
+
+    #[test]
+    fn a_missing_signature_is_checked_again_ever_later_until_the_deadline() {
+        assert_eq!(next_check(0, 60_000, 0), Some(1_000));
+        assert_eq!(next_check(0, 60_000, 10_000), Some(15_000));
+        assert_eq!(next_check(0, 10_000_000, 5_000_000), Some(5_300_000));
+        assert_eq!(next_check(0, 60_000, 59_500), Some(60_000));
+        assert_eq!(next_check(0, 60_000, 60_000), None);
+    }
 }

@@ -8,7 +8,6 @@
 //! stage puts the two together and says where the attempt goes.
 
 use std::borrow::Cow;
-use std::time::Duration;
 
 use crate::audit::{AuditEntry, AuditKind};
 use crate::domain::approval::Verdict;
@@ -21,9 +20,6 @@ use crate::targets::{Effect, Fence, Handle, TargetError};
 /// Signatures that did not count, recorded per check at most: a registry holding
 /// hundreds fills no trail.
 const MAX_INVALID_RECORDS: usize = 8;
-/// The first and the longest wait between two checks of a missing signature.
-const FIRST_RECHECK: Duration = Duration::from_secs(1);
-const LONGEST_RECHECK: Duration = Duration::from_secs(300);
 
 /// Where the check before the effect sends the attempt.
 pub enum Before<'a> {
@@ -51,10 +47,7 @@ pub async fn before<'a>(
         .rules
         .get(&job.rule)
         .map_or(&[][..], |r| r.signatures.as_slice());
-    let attested = !live
-        .rules
-        .attestors(&job.rule, &job.target, Some(&to.repo))
-        .is_empty();
+    let attested = live.rules.attests(&job.rule, &job.target, Some(&to.repo));
     if conditions.is_empty() && (!attested || from.digest.is_some()) {
         return Before::Proceed(Cow::Borrowed(action));
     }
@@ -85,9 +78,8 @@ pub async fn before<'a>(
         }
         return Before::Proceed(Cow::Owned(pinned));
     }
-    let now = now_millis();
     let deadline = job.gate.as_ref().map_or(job.created_at, |g| g.expires_at);
-    if now >= deadline {
+    let Some(next) = supply::next_check(job.created_at, deadline, now_millis()) else {
         let mut message = format!(
             "no signature of {digest} by a key of {} came within the gate's window",
             judgement.missing.join(", ")
@@ -102,12 +94,9 @@ pub async fn before<'a>(
             JobErrorCode::SignatureInvalid,
             message,
         ));
-    }
+    };
     tracing::info!(missing = ?judgement.missing, %digest, "no valid signature yet; checking again later");
-    let waited = u64::try_from(now - job.created_at).unwrap_or(0);
-    let wait = Duration::from_millis(waited / 2).clamp(FIRST_RECHECK, LONGEST_RECHECK);
-    let wait = Millis::try_from(wait.as_millis()).unwrap_or(Millis::MAX);
-    Before::RecheckAt(now.saturating_add(wait).min(deadline))
+    Before::RecheckAt(next)
 }
 
 /// Records the signatures that did not count, each layer once per job (a check
@@ -271,8 +260,7 @@ fn statement(
 ) -> Statement {
     let (from, to) = action.describe();
     let subject = match &action.op {
-        Op::Promote { to, .. } if !to.repo.is_empty() => format!("{}/{}", to.repo, to.image),
-        Op::Promote { to, .. } => to.image.clone(),
+        Op::Promote { to, .. } => to.repository(),
         _ => to.clone(),
     };
     let mut events = vec![supply::EventRef {

@@ -18,7 +18,7 @@ pub fn registry(a: &Artifactory, repo_key: &str) -> Result<Registry, TargetError
         Part::Fixed("docker"),
         Part::Name("the repo key", repo_key),
     ])?;
-    Registry::at(&a.config, base.url.clone()).map_err(|e| transport_error(e, false))
+    Ok(Registry::at(&a.config, base.url.clone(), a.client.clone()))
 }
 
 /// Every manifest type a tag can point at, so the digest read is the one stored.

@@ -7,9 +7,9 @@
 
 use serde_json::{Value, json};
 
-use super::Copy;
 use super::reference::{Digest, Reference, RepositoryName, Tag};
 use super::registry::{Manifest, Registry};
+use super::{Copy, Descriptor, descriptors, rejected};
 use crate::domain::JobErrorCode;
 use crate::supply::{DSSE_MEDIA_TYPE, PREDICATE_TYPE, Signed};
 use crate::targets::TargetError;
@@ -46,10 +46,6 @@ fn too_large(message: String) -> TargetError {
     TargetError::permanent(JobErrorCode::ResponseTooLarge, message)
 }
 
-fn rejected(message: String) -> TargetError {
-    TargetError::permanent(JobErrorCode::UpstreamRejected, message)
-}
-
 /// The evidence manifest `tag` (a tag, or a referrer's digest) with at most
 /// [`MAX_LAYERS`] layers; `None` when there is no such manifest.
 async fn layers(
@@ -75,33 +71,20 @@ async fn layers(
     Ok(Some((manifest, parsed)))
 }
 
-/// Each layer of `parsed` as (digest, declared size, the whole descriptor).
-fn descriptors(parsed: &Value) -> Result<Vec<(Digest, u64, &Value)>, TargetError> {
-    parsed
-        .get("layers")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .map(|l| {
-            let digest = l
-                .get("digest")
-                .and_then(Value::as_str)
-                .ok_or_else(|| rejected("a layer without a digest".into()))?;
-            let size = l.get("size").and_then(Value::as_u64).unwrap_or(0);
-            Ok((Digest::parse(digest)?, size, l))
-        })
-        .collect()
+/// The layers of an evidence manifest.
+fn layers_of(parsed: &Value) -> Result<Vec<Descriptor<'_>>, TargetError> {
+    descriptors(parsed.get("layers"))
 }
 
 /// Reads a layer no larger than `limit`, refusing by its declared size first.
 async fn small_blob(
     registry: &Registry,
     repo: &RepositoryName,
-    digest: &Digest,
-    size: u64,
+    layer: &Descriptor<'_>,
     limit: usize,
     what: &str,
 ) -> Result<Vec<u8>, TargetError> {
+    let (digest, size) = (&layer.digest, layer.size.unwrap_or(0));
     if size > limit as u64 {
         return Err(too_large(format!(
             "{what} {digest} in {repo} is {size} bytes; gantry reads at most {limit}"
@@ -131,8 +114,9 @@ pub async fn signatures(
     }
     let mut found = Vec::new();
     for parsed in &manifests {
-        for (layer, size, descriptor) in descriptors(parsed)? {
-            let Some(signature) = descriptor
+        for layer in layers_of(parsed)? {
+            let Some(signature) = layer
+                .raw
                 .pointer(&format!(
                     "/annotations/{}",
                     SIGNATURE_ANNOTATION.replace('/', "~1")
@@ -145,7 +129,6 @@ pub async fn signatures(
                 registry,
                 repo,
                 &layer,
-                size,
                 MAX_SIGNATURE_BYTES,
                 "signature layer",
             )
@@ -153,7 +136,7 @@ pub async fn signatures(
             found.push(Signed {
                 payload,
                 signature: signature.to_string(),
-                layer: layer.to_string(),
+                layer: layer.digest.to_string(),
             });
         }
     }
@@ -189,8 +172,8 @@ pub async fn envelopes(
         return Ok(Vec::new());
     };
     let mut found = Vec::new();
-    for (layer, size, descriptor) in descriptors(&parsed)? {
-        if descriptor.get("mediaType").and_then(Value::as_str) != Some(DSSE_MEDIA_TYPE) {
+    for layer in layers_of(&parsed)? {
+        if layer.raw.get("mediaType").and_then(Value::as_str) != Some(DSSE_MEDIA_TYPE) {
             continue;
         }
         found.push(
@@ -198,7 +181,6 @@ pub async fn envelopes(
                 registry,
                 repo,
                 &layer,
-                size,
                 MAX_ENVELOPE_BYTES,
                 "attestation layer",
             )
@@ -208,12 +190,6 @@ pub async fn envelopes(
     Ok(found)
 }
 
-/// Carries the evidence [`lookup`] found from the copy's source to its destination: each
-/// `.sig`, `.att` and `.sbom` the source has and the destination lacks, and each of
-/// its OCI 1.1 referrers where the source lists them. Where the
-/// destination has evidence of its own under the tag, the source's layers it lacks
-/// are appended (cosign's own way of adding a signature), so nothing there is lost.
-/// The tags changed; none when everything was there already (a retry).
 /// The evidence of a digest its source holds, looked up before it is carried.
 pub(super) struct Found {
     tags: Vec<(Tag, Option<(Manifest, Value)>)>,
@@ -250,6 +226,11 @@ pub(super) async fn lookup(op: &Copy<'_>, digest: &Digest) -> Result<Found, Targ
     })
 }
 
+/// Carries the evidence [`lookup`] found from the copy's source to its destination:
+/// each `.sig`, `.att` and `.sbom` the source has and the destination lacks, and each
+/// of its OCI 1.1 referrers where the source lists them. Where the destination has evidence of its own under the tag, the source's layers it lacks
+/// are appended (cosign's own way of adding a signature), so nothing there is lost.
+/// The tags changed; none when everything was there already (a retry).
 pub(super) async fn carry(op: &Copy<'_>, found: Found) -> Result<Vec<String>, TargetError> {
     let mut carried = Vec::new();
     for (tag, found) in found.tags {
@@ -263,12 +244,12 @@ pub(super) async fn carry(op: &Copy<'_>, found: Found) -> Result<Vec<String>, Ta
             }
             Some((there, _)) if there.digest == source.digest => continue,
             Some((_, there)) => {
-                let have: Vec<Digest> = descriptors(&there)?.into_iter().map(|d| d.0).collect();
+                let have: Vec<Digest> = layers_of(&there)?.into_iter().map(|d| d.digest).collect();
                 let mut missing = Vec::new();
-                for (layer, size, descriptor) in descriptors(&parsed)? {
-                    if !have.contains(&layer) {
-                        op.blob(&layer, Some(size)).await?;
-                        missing.push(descriptor.clone());
+                for layer in layers_of(&parsed)? {
+                    if !have.contains(&layer.digest) {
+                        op.blob(&layer.digest, layer.size).await?;
+                        missing.push(layer.raw.clone());
                     }
                 }
                 if missing.is_empty() {

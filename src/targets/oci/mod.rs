@@ -43,17 +43,7 @@ impl OciTarget {
     }
 }
 
-/// `{repo}/{image}`, or the image alone when the repo is empty (a repository at
-/// the registry's root).
-fn repository(image: &ImageRef) -> String {
-    if image.repo.is_empty() {
-        image.image.clone()
-    } else {
-        format!("{}/{}", image.repo, image.image)
-    }
-}
-
-fn rejected(message: String) -> TargetError {
+pub(super) fn rejected(message: String) -> TargetError {
     TargetError::permanent(JobErrorCode::UpstreamRejected, message)
 }
 
@@ -62,19 +52,28 @@ fn is_index(m: &Manifest, parsed: &Value) -> bool {
         || (parsed.get("manifests").is_some() && parsed.get("layers").is_none())
 }
 
-/// `(digest, size)` of each descriptor in `list`. The digests come from upstream
+/// One entry of a manifest's `config`, `layers` or `manifests`.
+struct Descriptor<'a> {
+    digest: Digest,
+    size: Option<u64>,
+    /// The whole entry (its media type, its annotations).
+    raw: &'a Value,
+}
+
+/// Each descriptor in `list` that names a digest. The digests come from upstream
 /// and go into URLs: each is checked like an event's.
-fn descriptors(list: Option<&Value>) -> Result<Vec<(Digest, Option<u64>)>, TargetError> {
+fn descriptors(list: Option<&Value>) -> Result<Vec<Descriptor<'_>>, TargetError> {
     list.and_then(Value::as_array)
         .into_iter()
         .flatten()
-        .filter_map(|d| {
-            Some((
-                d.get("digest")?.as_str()?,
-                d.get("size").and_then(Value::as_u64),
-            ))
+        .filter_map(|raw| Some((raw.get("digest")?.as_str()?, raw)))
+        .map(|(digest, raw)| {
+            Ok(Descriptor {
+                digest: Digest::parse(digest)?,
+                size: raw.get("size").and_then(Value::as_u64),
+                raw,
+            })
         })
-        .map(|(digest, size)| Ok((Digest::parse(digest)?, size)))
         .collect()
 }
 
@@ -141,13 +140,14 @@ impl Copy<'_> {
         let config = parsed
             .get("config")
             .map(|c| std::slice::from_ref(c).to_vec());
-        let blobs = descriptors(config.map(Value::Array).as_ref())?
+        let config = config.map(Value::Array);
+        let blobs = descriptors(config.as_ref())?
             .into_iter()
             .chain(descriptors(parsed.get("layers"))?);
         // One after another. Copied side by side (tried), about one benchmark run in
         // ten against Docker Distribution took 31 s instead of 1.3 s, not understood.
-        for (digest, size) in blobs {
-            self.blob(&digest, size).await?;
+        for d in blobs {
+            self.blob(&d.digest, d.size).await?;
         }
         self.dst
             .put_manifest(&self.dst_repo, reference, manifest)
@@ -164,8 +164,8 @@ impl Copy<'_> {
         let parsed: Value = serde_json::from_slice(&manifest.bytes)
             .map_err(|e| rejected(format!("the source manifest is not JSON: {e}")))?;
         if is_index(manifest, &parsed) {
-            for (digest, _) in descriptors(parsed.get("manifests"))? {
-                let digest = Reference::Digest(digest);
+            for child in descriptors(parsed.get("manifests"))? {
+                let digest = Reference::Digest(child.digest);
                 if self.dst.digest(&self.dst_repo, &digest).await?.is_some() {
                     continue;
                 }
@@ -205,8 +205,8 @@ impl OciTarget {
         to_target: Option<&str>,
     ) -> Result<Effect, TargetError> {
         // Every name the event gave, checked before any request (SPEC §13).
-        let src_repo = RepositoryName::parse(&repository(from))?;
-        let dst_repo = RepositoryName::parse(&repository(to))?;
+        let src_repo = RepositoryName::parse(&from.repository())?;
+        let dst_repo = RepositoryName::parse(&to.repository())?;
         let from_tag = Tag::parse(&from.tag)?;
         let to_tag = Reference::Tag(Tag::parse(&to.tag)?);
         let named = from.digest.as_deref().map(Digest::parse).transpose()?;
@@ -416,7 +416,7 @@ impl Target for OciTarget {
     }
 
     async fn signatures(&self, image: &ImageRef) -> Result<(String, Vec<Signed>), TargetError> {
-        signatures_in(&self.registry, &repository(image), image).await
+        signatures_in(&self.registry, &image.repository(), image).await
     }
 
     async fn attach(
@@ -427,11 +427,11 @@ impl Target for OciTarget {
         job_id: &str,
     ) -> Result<bool, TargetError> {
         let registry = self.destination(to_target)?;
-        attach_in(&registry, &repository(image), image, envelope, job_id).await
+        attach_in(&registry, &image.repository(), image, envelope, job_id).await
     }
 
     async fn attestations(&self, image: &ImageRef) -> Result<Vec<Vec<u8>>, TargetError> {
-        attestations_in(&self.registry, &repository(image), image).await
+        attestations_in(&self.registry, &image.repository(), image).await
     }
 }
 
@@ -502,7 +502,7 @@ mod tests {
         let list = serde_json::json!([{"digest": ok, "size": 2}]);
         let read = descriptors(Some(&list)).map(|d| {
             d.into_iter()
-                .map(|(d, s)| (d.to_string(), s))
+                .map(|d| (d.digest.to_string(), d.size))
                 .collect::<Vec<_>>()
         });
         assert_eq!(read, Ok(vec![(ok.clone(), Some(2))]));
@@ -522,8 +522,8 @@ mod tests {
             tag: "1".into(),
             digest: None,
         };
-        assert_eq!(repository(&img("dev")), "dev/app");
-        assert_eq!(repository(&img("")), "app");
+        assert_eq!(img("dev").repository(), "dev/app");
+        assert_eq!(img("").repository(), "app");
         let m = |t: &str| Manifest {
             bytes: vec![],
             media_type: t.into(),

@@ -124,23 +124,25 @@ fn scope_for(repository: &RepositoryName, write: bool) -> String {
 
 impl Registry {
     pub fn new(config: &TargetConfig) -> Result<Self, reqwest::Error> {
-        Registry::at(config, config.url.clone())
+        let client = Client::builder()
+            .timeout(config.timeout)
+            .user_agent(concat!("gantry/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Registry::at(config, config.url.clone(), client))
     }
 
-    /// The registry API under `base`, with `config`'s name, credentials and timeout:
-    /// Artifactory serves each Docker repository's v2 API under its own path.
-    pub fn at(config: &TargetConfig, base: Url) -> Result<Self, reqwest::Error> {
-        Ok(Registry {
+    /// The registry API under `base`, with `config`'s name and credentials, over
+    /// `client`: Artifactory serves each Docker repository's v2 API under its own
+    /// path, reached with the Artifactory target's own client.
+    pub fn at(config: &TargetConfig, base: Url, client: Client) -> Self {
+        Registry {
             name: config.name.clone(),
             base,
-            client: Client::builder()
-                .timeout(config.timeout)
-                .user_agent(concat!("gantry/", env!("CARGO_PKG_VERSION")))
-                .build()?,
+            client,
             auth: config.auth.clone(),
             tokens: Mutex::new(HashMap::new()),
             no_referrers: AtomicBool::new(false),
-        })
+        }
     }
 
     /// Whether `other` is the same registry (blobs can be mounted across its
