@@ -19,7 +19,8 @@ use std::sync::Arc;
 use deadpool_postgres::{Client, Pool};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use super::{Committing, Writes, execute, gate_locks, ingest_one, pool_error, unavailable};
+use super::ingest::{Item, ingest};
+use super::{Committing, Writes, execute, gate_locks, pool_error, unavailable};
 use crate::store::{IngestOutcome, IngestPolicy, NewEvent, StoreError};
 
 /// Lanes of one store instance: each holds a connection while it runs a group. Two
@@ -222,42 +223,29 @@ async fn run_together(
             .map_err(Unwound::Tx)?;
     }
     let mut w = Writes::default();
-    let mut outcomes = Vec::with_capacity(batches.len());
+    let items: Vec<Item<'_>> = batches
+        .iter()
+        .flat_map(|(batch, policy)| batch.iter().map(move |new| (new, *policy)))
+        .collect();
+    let mut stored = Vec::with_capacity(items.len());
     if sequential {
-        for (batch, policy) in batches {
-            let mut each = Vec::with_capacity(batch.len());
-            for new in *batch {
-                each.push(
-                    ingest_one(&tx, new, *policy, &mut w)
-                        .await
-                        .map_err(Unwound::Ingest)?,
-                );
-            }
-            outcomes.push(each);
+        // One by one: each sees what the ones before it wrote.
+        for item in &items {
+            stored.extend(
+                ingest(&tx, std::slice::from_ref(item), &mut w)
+                    .await
+                    .map_err(Unwound::Ingest)?,
+            );
         }
     } else {
-        // The group's ingests are sent side by side on the one connection
-        // (tokio-postgres pipelines them): the server still runs each statement
-        // whole, one after another, and the records are chained in the group's
-        // order; what the round trips cost is no longer waited for one by one.
-        let shared = &tx;
-        let runs = batches.iter().map(|(batch, policy)| async move {
-            let mut w = Writes::default();
-            let mut each = Vec::with_capacity(batch.len());
-            for new in *batch {
-                each.push(ingest_one(shared, new, *policy, &mut w).await?);
-            }
-            Ok::<_, StoreError>((each, w))
-        });
-        for (each, mut own) in futures_util::future::try_join_all(runs)
-            .await
-            .map_err(Unwound::Ingest)?
-        {
-            w.audit.append(&mut own.audit);
-            w.wake |= own.wake;
-            outcomes.push(each);
-        }
+        // All together: one statement per step for the whole group.
+        stored = ingest(&tx, &items, &mut w).await.map_err(Unwound::Ingest)?;
     }
+    let mut stored = stored.into_iter();
+    let outcomes = batches
+        .iter()
+        .map(|(batch, _)| stored.by_ref().take(batch.len()).collect())
+        .collect();
     committing.commit(tx, w).await.map_err(Unwound::Tx)?;
     Ok(outcomes)
 }

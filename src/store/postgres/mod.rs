@@ -25,8 +25,9 @@
 //! that exists), so one database can hold several independent installations.
 
 mod group;
+mod ingest;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::pin::pin;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
@@ -52,14 +53,13 @@ use super::outbox::{
 };
 use super::rows::{
     APPROVAL_COLUMNS, ATTEMPT_COLUMNS, AUDIT_COLUMNS, Arg, BallotLanding, CHILDREN_MIGRATION,
-    CLAIMS_MIGRATION, Columns, EMITTED, EVENT_COLUMNS, EVENTS_PAGE_BYTES_COLUMN, EchoProbe,
-    FREEZE_COLUMNS, FROZEN_DUE_NOW, GATES_MIGRATION, GateLanding, JOB_COLUMN_COUNT, JOB_COLUMNS,
-    JobInsert, Landing, Listing, Opened, SEEN_COLUMNS, SYSTEM_ACTOR, TRACE_MIGRATION,
-    attempt_values, audit_listing, chain_sql, checkpoints_sql, claims_text, events_listing,
+    CLAIMS_MIGRATION, Columns, EMITTED, EVENT_COLUMNS, EVENTS_PAGE_BYTES_COLUMN, FREEZE_COLUMNS,
+    FROZEN_DUE_NOW, GATES_MIGRATION, JOB_COLUMN_COUNT, JOB_COLUMNS, Landing, Listing, SYSTEM_ACTOR,
+    TRACE_MIGRATION, attempt_values, audit_listing, chain_sql, checkpoints_sql, events_listing,
     events_page, expiry, freeze_scope, gate_locks, gate_revival, gate_text, job_state,
     jobs_listing, lease_expired, leased_move, millis, narrow, notifications_listing, operator_move,
-    page, payload_text, read_approval, read_attempt, read_audit, read_event, read_freeze, read_job,
-    read_seen, revival, rule_removed, sql_limit, start_freeze_sql, stored_count,
+    page, read_approval, read_attempt, read_audit, read_event, read_freeze, read_job, revival,
+    rule_removed, sql_limit, start_freeze_sql, stored_count,
 };
 use super::rows::{
     OverrideLanding, SET_FREEZE_OVERRIDE, SET_FROZEN, SET_PROTECTED, frozen_names, policy_text,
@@ -69,17 +69,16 @@ use super::sessions::{
     read_session, role_text,
 };
 use super::{
-    ApprovalOutcome, AttemptReport, AuditFilter, ChainLink, ChainRow, EventFilter, IngestOutcome,
-    IngestPolicy, JobFilter, JobRef, JobSummary, LeasedJob, NewEvent, OperatorAction,
-    OperatorOutcome, Page, Pruned, QueueStats, Release, Store, StoreError, StoredEvent, Transition,
+    ApprovalOutcome, AttemptReport, AuditFilter, ChainRow, EventFilter, IngestOutcome,
+    IngestPolicy, JobFilter, JobSummary, LeasedJob, NewEvent, OperatorAction, OperatorOutcome,
+    Page, Pruned, QueueStats, Release, Store, StoreError, StoredEvent, Transition,
 };
 use super::{ConsoleSession, DisabledSink, NotificationFilter, NotificationRetry, SinksSettled};
 use crate::audit::{Anchor, AuditEntry, AuditRecord, GENESIS, HASH_VERSION, chain_hash};
 use crate::config::PostgresUrl;
 use crate::domain::approval::{Approval, Ballot};
 use crate::domain::freeze::{OverrideRequest, RuntimeFreeze};
-use crate::domain::gate::Evidence;
-use crate::domain::{AttemptRecord, Event, Job, JobState, Millis, NewJob, now_millis};
+use crate::domain::{AttemptRecord, Event, Job, JobState, Millis, now_millis};
 use crate::notify::{
     DeliveryReport, Leased, Letter, Notification, NotificationState, Routes, Verdict,
 };
@@ -688,350 +687,6 @@ struct AuditColumns<'a> {
     hash_version: Vec<i64>,
 }
 
-/// The most recent job whose promotion produced what `probe` names.
-async fn promotion_of(
-    tx: &Transaction<'_>,
-    probe: &EchoProbe<'_>,
-) -> Result<Option<ChainLink>, StoreError> {
-    let row = query_opt(
-        tx,
-        "SELECT id, chain_depth FROM jobs
-         WHERE target_ref = $1 AND created_at >= $2
-           AND state NOT IN ('failed', 'cancelled')
-           AND ($3::text IS NULL OR target_digest IS NULL OR target_digest = $3)
-         ORDER BY created_at DESC LIMIT 1",
-        &[&probe.key, &probe.since, &probe.digest],
-    )
-    .await?;
-    row.map(|r| {
-        Ok(ChainLink {
-            job_id: r.text(0)?,
-            chain_depth: narrow("job chain depth", r.int(1)?)?,
-        })
-    })
-    .transpose()
-}
-
-/// Stores one event with its jobs, unless its delivery was seen within the window.
-async fn ingest_one(
-    tx: &Transaction<'_>,
-    new: &NewEvent,
-    policy: IngestPolicy,
-    w: &mut Writes,
-) -> Result<IngestOutcome, StoreError> {
-    let window = policy.dedupe_window;
-    let ev = &new.event;
-    // Claims the delivery, or takes it over when the one seen is older than the window.
-    let claimed = query_opt(
-        tx,
-        "INSERT INTO deliveries (source, delivery_id, event_id, received_at)
-         VALUES ($1, $2, $3, $4)
-         ON CONFLICT (source, delivery_id) DO UPDATE
-         SET event_id = EXCLUDED.event_id, received_at = EXCLUDED.received_at
-         WHERE deliveries.received_at < EXCLUDED.received_at - $5
-         RETURNING event_id",
-        &[
-            &ev.source,
-            &ev.delivery_id,
-            &ev.id,
-            &ev.received_at,
-            &millis(window),
-        ],
-    )
-    .await?;
-    if claimed.is_none() {
-        return duplicate(tx, ev, w).await;
-    }
-    let link = match EchoProbe::of(ev, window) {
-        Some(probe) => promotion_of(tx, &probe).await?,
-        None => None,
-    };
-    let new = new.joined(link, policy.max_chain_depth);
-    let ev = &new.event;
-
-    // Gates: the batch holds the locks on every rule and key involved (`ingest`),
-    // so what is read here about them is not changing underneath.
-    for evidence in &new.evidence {
-        arrive_on(tx, ev, evidence, w).await?;
-    }
-    let mut gated: Vec<(&NewJob, Option<Opened>)> = Vec::with_capacity(new.jobs.len());
-    for job in &new.jobs {
-        let Some(start) = &job.gate else {
-            gated.push((job, None));
-            continue;
-        };
-        if let Some(existing) = waiting_on(tx, &job.rule, &start.key).await? {
-            w.audit.push(AuditEntry::duplicate_wait(ev, job, &existing));
-            continue;
-        }
-        let since = start.evidence_since();
-        let sql = format!(
-            "SELECT {SEEN_COLUMNS} FROM evidence
-             WHERE rule = $1 AND gate_key = $2 AND received_at >= $3 ORDER BY received_at"
-        );
-        let seen = query(tx, &sql, &[&job.rule, &start.key, &since])
-            .await?
-            .iter()
-            .map(read_seen)
-            .collect::<Result<Vec<_>, _>>()?;
-        gated.push((job, Some(Opened::of(start, &seen))));
-    }
-
-    let s = &ev.subject;
-    let payload = payload_text(ev);
-    let claims = claims_text(ev);
-    let depth = i64::from(ev.chain_depth);
-    let insert_event = format!(
-        "INSERT INTO events ({EVENT_COLUMNS})
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
-    );
-    let planned: Vec<JobInsert<'_>> = gated
-        .iter()
-        .map(|(j, opened)| JobInsert::of(j, ev.received_at, opened.as_ref()))
-        .collect();
-    let ids: Vec<&str> = gated.iter().map(|(j, _)| j.id.as_str()).collect();
-    let rules: Vec<&str> = gated.iter().map(|(j, _)| j.rule.as_str()).collect();
-    let targets: Vec<&str> = gated.iter().map(|(j, _)| j.target.as_str()).collect();
-    let actions: Vec<Option<&str>> = planned.iter().map(|p| p.action.as_deref()).collect();
-    let states: Vec<&str> = planned.iter().map(|p| p.state.as_str()).collect();
-    let codes: Vec<Option<&str>> = planned.iter().map(|p| p.error_code).collect();
-    let messages: Vec<Option<&str>> = planned.iter().map(|p| p.error_message.as_deref()).collect();
-    let target_refs: Vec<Option<&str>> = planned.iter().map(|p| p.target_ref.as_deref()).collect();
-    let digests: Vec<Option<&str>> = planned.iter().map(|p| p.target_digest.as_deref()).collect();
-    let approvals: Vec<Option<&str>> = planned.iter().map(|p| p.approval.as_deref()).collect();
-    let deadlines: Vec<Option<Millis>> = planned.iter().map(|p| p.approval_expires_at).collect();
-    let initiators: Vec<Option<&str>> = gated.iter().map(|(j, _)| j.initiator.as_deref()).collect();
-    let gates: Vec<Option<&str>> = planned.iter().map(|p| p.gate.as_deref()).collect();
-    let gate_keys: Vec<Option<&str>> = planned.iter().map(|p| p.gate_key).collect();
-    let gate_deadlines: Vec<Option<Millis>> = planned.iter().map(|p| p.gate_expires_at).collect();
-    let soaks: Vec<Option<Millis>> = gated.iter().map(|(j, _)| j.soak_until).collect();
-    let traces: Vec<Option<&str>> = gated
-        .iter()
-        .map(|(j, _)| j.trace_parent.as_deref())
-        .collect();
-    let due: Vec<Millis> = planned.iter().map(|p| p.next_attempt_at).collect();
-    // A rule acts once per parent promotion: a second job for the same parent is
-    // skipped by the unique index, even when another replica inserted the first.
-    let insert_jobs = "INSERT INTO jobs (id, event_id, rule, target, action, state,
-            next_attempt_at, last_error_code, last_error_message, parent_job_id, chain_depth,
-            created_at, updated_at, target_ref, target_digest, approval, approval_expires_at,
-            initiator, gate, gate_key, gate_expires_at, soak_until, trace_parent)
-         SELECT j.id, $1, j.rule, j.target, j.action, j.state, j.due, j.code, j.message, $3, $4,
-            $2, $2, j.target_ref, j.target_digest, j.approval, j.deadline, j.initiator, j.gate,
-            j.gate_key, j.gate_deadline, j.soak, j.trace
-         FROM unnest($5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
-            $11::text[], $12::text[], $13::text[], $14::text[], $15::bigint[], $16::text[],
-            $17::text[], $18::text[], $19::bigint[], $20::bigint[], $21::bigint[], $22::text[])
-            AS j(id, rule, target, action, state, code, message, target_ref, target_digest,
-                approval, deadline, initiator, gate, gate_key, gate_deadline, soak, due, trace)
-         ON CONFLICT (rule, parent_job_id) WHERE parent_job_id IS NOT NULL DO NOTHING
-         RETURNING id";
-    // Both prepared first, so that the two inserts go out in order in one round trip.
-    let (event_stmt, jobs_stmt) = tokio::try_join!(
-        tx.prepare_cached(&insert_event),
-        tx.prepare_cached(insert_jobs)
-    )
-    .map_err(unavailable)?;
-    let event_params: [&(dyn ToSql + Sync); 16] = [
-        &ev.id,
-        &ev.source,
-        &ev.kind,
-        &ev.delivery_id,
-        &ev.received_at,
-        &s.repo,
-        &s.image,
-        &s.tag,
-        &s.digest,
-        &s.path,
-        &s.build_name,
-        &s.build_number,
-        &payload,
-        &ev.parent_job_id,
-        &depth,
-        &claims,
-    ];
-    let job_params: [&(dyn ToSql + Sync); 22] = [
-        &ev.id,
-        &ev.received_at,
-        &ev.parent_job_id,
-        &depth,
-        &ids,
-        &rules,
-        &targets,
-        &actions,
-        &states,
-        &codes,
-        &messages,
-        &target_refs,
-        &digests,
-        &approvals,
-        &deadlines,
-        &initiators,
-        &gates,
-        &gate_keys,
-        &gate_deadlines,
-        &soaks,
-        &due,
-        &traces,
-    ];
-    let jobs = async {
-        if gated.is_empty() {
-            Ok(Vec::new())
-        } else {
-            tx.query(&jobs_stmt, &job_params).await
-        }
-    };
-    let (_, inserted) =
-        tokio::try_join!(tx.execute(&event_stmt, &event_params), jobs).map_err(unavailable)?;
-    let inserted: HashSet<String> = inserted
-        .iter()
-        .map(|r| r.text(0))
-        .collect::<Result<_, _>>()?;
-
-    w.audit.push(AuditEntry::received(ev));
-    w.audit.extend(new.notes.iter().cloned());
-    let mut refs = Vec::with_capacity(gated.len());
-    for ((job, opened), plan) in gated.iter().zip(&planned) {
-        if !inserted.contains(&job.id) {
-            let existing = query_opt(
-                tx,
-                "SELECT id FROM jobs WHERE rule = $1 AND parent_job_id = $2",
-                &[&job.rule, &ev.parent_job_id],
-            )
-            .await?
-            .ok_or_else(|| StoreError::Corrupt(format!("job {} was not stored", job.id)))?;
-            w.audit
-                .push(AuditEntry::duplicate_job(ev, job, &existing.text(0)?));
-            continue;
-        }
-        let opening = opened.as_ref().map(|o| &o.opening);
-        w.audit.push(AuditEntry::job_created(ev, job, opening));
-        // Negative evidence marks nothing met, so a blocked job has none of these.
-        if let Some(o) = opened {
-            w.audit.extend(AuditEntry::met_at_start(ev, job, &o.gate));
-        }
-        w.wake |= plan.state == JobState::Queued;
-        refs.push(JobRef {
-            id: job.id.clone(),
-            rule: job.rule.clone(),
-        });
-    }
-    Ok(IngestOutcome {
-        event_id: ev.id.clone(),
-        jobs: refs,
-        duplicate: false,
-    })
-}
-
-/// The job of `rule` waiting on the artifact `key` names, if there is one (at most
-/// one is: a second trigger is a duplicate).
-async fn waiting_on(
-    tx: &Transaction<'_>,
-    rule: &str,
-    key: &str,
-) -> Result<Option<String>, StoreError> {
-    let sql = "SELECT id FROM jobs WHERE rule = $1 AND gate_key = $2 AND state = 'waiting' LIMIT 1";
-    query_opt(tx, sql, &[&rule, &key])
-        .await?
-        .map(|r| r.text(0))
-        .transpose()
-}
-
-/// Keeps `evidence` carried by `ev`, and applies it to the job waiting on it, if any.
-async fn arrive_on(
-    tx: &Transaction<'_>,
-    ev: &Event,
-    evidence: &Evidence,
-    w: &mut Writes,
-) -> Result<(), StoreError> {
-    execute(
-        tx,
-        "INSERT INTO evidence (rule, gate_key, condition, event_id, block, received_at, expires_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        &[
-            &evidence.rule,
-            &evidence.key,
-            &evidence.condition,
-            &ev.id,
-            &i64::from(evidence.block),
-            &ev.received_at,
-            &ev.received_at.saturating_add(evidence.within_ms),
-        ],
-    )
-    .await?;
-    let Some(id) = waiting_on(tx, &evidence.rule, &evidence.key).await? else {
-        return Ok(());
-    };
-    // Locked: an operator's cancel or the expiry pass at another replica waits for
-    // this move, or this one sees theirs (and the job no longer waiting).
-    let Some(job) = load_job(tx, &id, true).await? else {
-        return Ok(());
-    };
-    let Some(landing) = GateLanding::arrival(&job, evidence, ev)? else {
-        return Ok(());
-    };
-    let error = landing.error.as_ref();
-    execute(
-        tx,
-        "UPDATE jobs SET state = $2, gate = $3,
-            approval_expires_at = COALESCE($4, approval_expires_at),
-            last_error_code = COALESCE($5, last_error_code),
-            last_error_message = COALESCE($6, last_error_message),
-            next_attempt_at = GREATEST($7, COALESCE(soak_until, 0)), updated_at = $7
-         WHERE id = $1",
-        &[
-            &id,
-            &landing.state.as_str(),
-            &landing.gate,
-            &landing.approval_expires_at,
-            &error.map(|e| e.code.as_str()),
-            &error.map(|e| e.message.as_str()),
-            &ev.received_at,
-        ],
-    )
-    .await?;
-    w.audit.extend(landing.audit);
-    w.wake |= landing.state == JobState::Queued;
-    Ok(())
-}
-
-/// The answer for a delivery already stored within the window: its first event.
-async fn duplicate(
-    tx: &Transaction<'_>,
-    ev: &Event,
-    w: &mut Writes,
-) -> Result<IngestOutcome, StoreError> {
-    let rows = query(
-        tx,
-        "SELECT d.event_id, j.id, j.rule FROM deliveries d
-         LEFT JOIN jobs j ON j.event_id = d.event_id
-         WHERE d.source = $1 AND d.delivery_id = $2 ORDER BY j.id",
-        &[&ev.source, &ev.delivery_id],
-    )
-    .await?;
-    let Some(first) = rows.first() else {
-        return Err(StoreError::Unavailable(
-            "the delivery was removed while being deduplicated; send it again".into(),
-        ));
-    };
-    let original = first.text(0)?;
-    let mut jobs = Vec::new();
-    for r in &rows {
-        if let Some(id) = r.text_opt(1)? {
-            jobs.push(JobRef {
-                id,
-                rule: r.text(2)?,
-            });
-        }
-    }
-    w.audit.push(AuditEntry::duplicate(ev, &original));
-    Ok(IngestOutcome {
-        event_id: original,
-        jobs,
-        duplicate: true,
-    })
-}
-
 async fn insert_attempt<C: GenericClient>(
     c: &C,
     job_id: &str,
@@ -1353,7 +1008,7 @@ impl Store for PostgresStore {
         }
         let mut w = Writes::default();
         if let Some(emitted) = &report.emit {
-            ingest_one(&tx, emitted, EMITTED, &mut w).await?;
+            ingest::ingest(&tx, &[(emitted, EMITTED)], &mut w).await?;
         }
         insert_attempt(&tx, &report.job_id, &report.attempt).await?;
         w.audit.extend(report.audit.iter().cloned());
