@@ -35,6 +35,15 @@ pub fn chain_hash(prev_hash: &str, seq: i64, entry: &AuditEntry) -> String {
     digest(prev_hash, seq, &canonical(entry))
 }
 
+/// What the hash of a record written now covers after its framing (the previous
+/// hash, `"\n"`, the sequence in decimal, `"\n"`): for a store that chains records
+/// where the head is — PostgreSQL does it in the statement that takes the head
+/// (`store/postgres`), so that no round trip to gantry holds the chain. The same
+/// bytes [`chain_hash`] hashes.
+pub fn chain_form(entry: &AuditEntry) -> Vec<u8> {
+    canonical(entry)
+}
+
 /// SHA-256 over the previous hash, the sequence and the record's form; the same
 /// framing in every version.
 fn digest(prev_hash: &str, seq: i64, form: &[u8]) -> String {
@@ -400,6 +409,17 @@ impl ChainCheck {
 mod tests {
     use super::*;
     use crate::audit::AuditEntry;
+
+    /// The framing a store that hashes where the head is (PostgreSQL's append)
+    /// writes out by hand: this pins it.
+    #[test]
+    fn a_hash_is_sha256_of_the_previous_hash_the_sequence_and_the_form() {
+        let entry = AuditEntry::rejections("src", "reason", 1);
+        let mut framed = format!("{GENESIS}\n42\n").into_bytes();
+        framed.extend(chain_form(&entry));
+        let expected = hex::encode(Sha256::digest(&framed));
+        assert_eq!(chain_hash(GENESIS, 42, &entry), expected);
+    }
 
     fn trail(n: i64) -> Vec<AuditRecord> {
         let mut prev = GENESIS.to_string();

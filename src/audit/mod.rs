@@ -6,7 +6,7 @@ mod chain;
 
 use serde::Serialize;
 
-pub use chain::{Anchor, ChainCheck, HASH_VERSION, Verdict, chain_hash};
+pub use chain::{Anchor, ChainCheck, HASH_VERSION, Verdict, chain_form, chain_hash};
 
 use crate::domain::gate::{self, JobGate, Opening, Seen};
 use crate::domain::{

@@ -82,10 +82,7 @@ pub(super) async fn ingest(
 /// item's window: the ids of the events whose delivery was claimed. Claimed in
 /// (source, delivery) order, so two groups claiming the same deliveries take their
 /// index entries in one order and never wait on each other.
-async fn claim(
-    tx: &Transaction<'_>,
-    items: &[Item<'_>],
-) -> Result<HashSet<String>, StoreError> {
+async fn claim(tx: &Transaction<'_>, items: &[Item<'_>]) -> Result<HashSet<String>, StoreError> {
     let mut order: Vec<&Item<'_>> = items.iter().collect();
     order.sort_by(|(a, _), (b, _)| {
         (&a.event.source, &a.event.delivery_id).cmp(&(&b.event.source, &b.event.delivery_id))

@@ -74,7 +74,7 @@ use super::{
     Page, Pruned, QueueStats, Release, Store, StoreError, StoredEvent, Transition,
 };
 use super::{ConsoleSession, DisabledSink, NotificationFilter, NotificationRetry, SinksSettled};
-use crate::audit::{Anchor, AuditEntry, AuditRecord, GENESIS, HASH_VERSION, chain_hash};
+use crate::audit::{Anchor, AuditEntry, AuditRecord, GENESIS, HASH_VERSION, chain_form};
 use crate::config::PostgresUrl;
 use crate::domain::approval::{Approval, Ballot};
 use crate::domain::freeze::{OverrideRequest, RuntimeFreeze};
@@ -553,83 +553,103 @@ async fn lock_head(tx: &Transaction<'_>) -> Result<(i64, String), StoreError> {
 
 /// Appends `entries` to the audit chain, in order, under the head's lock; the first
 /// one's sequence number.
-async fn append(tx: &Transaction<'_>, entries: &[AuditEntry]) -> Result<i64, StoreError> {
+///
+/// One statement takes the head, chains the records (each hash as
+/// [`crate::audit::chain_hash`] frames it, over the form gantry computed) and moves the head: no
+/// round trip to gantry happens while the head is held by this statement, which
+/// is what lets the commits of several replicas follow each other closely
+/// (SPEC §14, BENCHMARKS.md).
+async fn append<C: GenericClient>(c: &C, entries: &[AuditEntry]) -> Result<i64, StoreError> {
     if entries.is_empty() {
         return Ok(0);
     }
-    let (mut seq, mut prev) = lock_head(tx).await?;
-    let first = seq + 1;
-    let mut c = AuditColumns::default();
+    let mut a = AuditColumns::default();
     for e in entries {
-        seq += 1;
-        let hash = chain_hash(&prev, seq, e);
-        c.seq.push(seq);
-        c.at.push(e.at);
-        c.kind.push(e.kind.as_str());
-        c.actor.push(&e.actor);
-        c.event_id.push(e.event_id.as_deref());
-        c.job_id.push(e.job_id.as_deref());
-        c.rule.push(e.rule.as_deref());
-        c.target.push(e.target.as_deref());
-        c.repo.push(e.repo.as_deref());
-        c.image.push(e.image.as_deref());
-        c.tag.push(e.tag.as_deref());
-        c.digest.push(e.digest.as_deref());
-        c.from.push(e.from.as_deref());
-        c.to.push(e.to.as_deref());
-        c.outcome.push(e.outcome.as_deref());
-        c.upstream_status.push(e.upstream_status.map(i64::from));
-        c.message.push(e.message.as_deref());
-        c.prev_hash.push(std::mem::replace(&mut prev, hash.clone()));
-        c.hash.push(hash);
-        c.parent_job_id.push(e.parent_job_id.as_deref());
-        c.chain_depth.push(e.chain_depth.map(i64::from));
-        c.count.push(stored_count(e)?);
-        c.hash_version.push(i64::from(HASH_VERSION));
+        a.form.push(chain_form(e));
+        a.at.push(e.at);
+        a.kind.push(e.kind.as_str());
+        a.actor.push(&e.actor);
+        a.event_id.push(e.event_id.as_deref());
+        a.job_id.push(e.job_id.as_deref());
+        a.rule.push(e.rule.as_deref());
+        a.target.push(e.target.as_deref());
+        a.repo.push(e.repo.as_deref());
+        a.image.push(e.image.as_deref());
+        a.tag.push(e.tag.as_deref());
+        a.digest.push(e.digest.as_deref());
+        a.from.push(e.from.as_deref());
+        a.to.push(e.to.as_deref());
+        a.outcome.push(e.outcome.as_deref());
+        a.upstream_status.push(e.upstream_status.map(i64::from));
+        a.message.push(e.message.as_deref());
+        a.parent_job_id.push(e.parent_job_id.as_deref());
+        a.chain_depth.push(e.chain_depth.map(i64::from));
+        a.count.push(stored_count(e)?);
+        a.hash_version.push(i64::from(HASH_VERSION));
     }
+    // `chain` numbers the records from 1 (row 0 is the head): record n's hash covers
+    // record n - 1's. Recursive, as the chain is; each step reads its form by
+    // position.
     let sql = format!(
-        "WITH appended AS (
-            INSERT INTO audit ({AUDIT_COLUMNS})
-            SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[],
-                $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
-                $11::text[], $12::text[], $13::text[], $14::text[], $15::text[],
-                $16::bigint[], $17::text[], $18::text[], $19::text[], $20::text[],
-                $21::bigint[], $22::bigint[], $23::bigint[]))
-         UPDATE audit_head SET seq = $24, hash = $25"
+        "WITH RECURSIVE
+            head AS (SELECT seq, hash FROM audit_head FOR UPDATE),
+            chain (n, seq, hash) AS (
+                SELECT 0::bigint, seq, hash FROM head
+                UNION ALL
+                SELECT c.n + 1, c.seq + 1, encode(sha256(
+                    convert_to(c.hash || E'\\n' || (c.seq + 1)::text || E'\\n', 'UTF8')
+                    || ($1::bytea[])[c.n + 1]), 'hex')
+                FROM chain c WHERE c.n < cardinality($1::bytea[])),
+            appended AS (
+                INSERT INTO audit ({AUDIT_COLUMNS})
+                SELECT c.seq, r.at, r.kind, r.actor, r.event_id, r.job_id, r.rule, r.target,
+                    r.repo, r.image, r.tag, r.digest, r.from_ref, r.to_ref, r.outcome,
+                    r.upstream_status, r.message, p.hash, c.hash, r.parent_job_id,
+                    r.chain_depth, r.count, r.hash_version
+                FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],
+                    $7::text[], $8::text[], $9::text[], $10::text[], $11::text[],
+                    $12::text[], $13::text[], $14::text[], $15::text[], $16::bigint[],
+                    $17::text[], $18::text[], $19::bigint[], $20::bigint[], $21::bigint[])
+                    WITH ORDINALITY AS r(at, kind, actor, event_id, job_id, rule, target,
+                        repo, image, tag, digest, from_ref, to_ref, outcome, upstream_status,
+                        message, parent_job_id, chain_depth, count, hash_version, n)
+                JOIN chain c ON c.n = r.n JOIN chain p ON p.n = r.n - 1)
+         UPDATE audit_head SET seq = last.seq, hash = last.hash
+         FROM (SELECT seq, hash FROM chain ORDER BY n DESC LIMIT 1) AS last
+         RETURNING last.seq"
     );
-    execute(
-        tx,
+    let last = query_opt(
+        c,
         &sql,
         &[
-            &c.seq,
-            &c.at,
-            &c.kind,
-            &c.actor,
-            &c.event_id,
-            &c.job_id,
-            &c.rule,
-            &c.target,
-            &c.repo,
-            &c.image,
-            &c.tag,
-            &c.digest,
-            &c.from,
-            &c.to,
-            &c.outcome,
-            &c.upstream_status,
-            &c.message,
-            &c.prev_hash,
-            &c.hash,
-            &c.parent_job_id,
-            &c.chain_depth,
-            &c.count,
-            &c.hash_version,
-            &seq,
-            &prev,
+            &a.form,
+            &a.at,
+            &a.kind,
+            &a.actor,
+            &a.event_id,
+            &a.job_id,
+            &a.rule,
+            &a.target,
+            &a.repo,
+            &a.image,
+            &a.tag,
+            &a.digest,
+            &a.from,
+            &a.to,
+            &a.outcome,
+            &a.upstream_status,
+            &a.message,
+            &a.parent_job_id,
+            &a.chain_depth,
+            &a.count,
+            &a.hash_version,
         ],
     )
-    .await?;
-    Ok(first)
+    .await?
+    .ok_or_else(|| StoreError::Corrupt("the audit chain head is missing".into()))?
+    .int(0)?;
+    let n = i64::try_from(entries.len()).unwrap_or(i64::MAX);
+    Ok(last - n + 1)
 }
 
 /// Adds to the outbox the notifications `entries` make (the first numbered
@@ -659,10 +679,11 @@ async fn post_letters(
     Ok(())
 }
 
-/// Audit records column by column, for one multi-row insert.
+/// Audit records column by column, for one multi-row insert; `form` is what each
+/// one's hash covers.
 #[derive(Default)]
 struct AuditColumns<'a> {
-    seq: Vec<i64>,
+    form: Vec<Vec<u8>>,
     at: Vec<i64>,
     kind: Vec<&'static str>,
     actor: Vec<&'a str>,
@@ -679,8 +700,6 @@ struct AuditColumns<'a> {
     outcome: Vec<Option<&'a str>>,
     upstream_status: Vec<Option<i64>>,
     message: Vec<Option<&'a str>>,
-    prev_hash: Vec<String>,
-    hash: Vec<String>,
     parent_job_id: Vec<Option<&'a str>>,
     chain_depth: Vec<Option<i64>>,
     count: Vec<Option<i64>>,
