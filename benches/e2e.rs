@@ -8,7 +8,6 @@
 //! bench/e2e.sh runs it.
 
 use std::collections::HashMap;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use hmac::{KeyInit, Mac};
@@ -17,24 +16,11 @@ use tokio::sync::mpsc;
 #[allow(dead_code, reason = "the tests' fake; this bench uses a part of it")]
 #[path = "../tests/it/fake_artifactory.rs"]
 mod fake_artifactory;
+mod support;
+
+use support::{env_or, ms, percentile};
 
 const SECRET: &str = "bench-e2e-secret-0123456789";
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
-}
 
 #[tokio::main]
 async fn main() {
@@ -47,10 +33,7 @@ async fn main() {
         fake.put("docker-dev", "team-a/api", &format!("1.0.{i}"), "sha256:aa");
     }
     let dir = tempfile::tempdir().expect("temp dir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
+    let port = support::free_port();
     let config = dir.path().join("gantry.toml");
     std::fs::write(
         &config,
@@ -84,27 +67,8 @@ action = {{ type = "promote", target = "jfrog", to_repo = "docker-staging", copy
         ),
     )
     .expect("write config");
-    let mut gantry = tokio::process::Command::new(env!("CARGO_BIN_EXE_gantry"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("BENCH_SECRET", SECRET)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start gantry");
-    let base = format!("http://127.0.0.1:{port}");
+    let (mut gantry, base) = support::serve(&config, port, &[("BENCH_SECRET", SECRET)]).await;
     let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !client
-        .get(format!("{base}/readyz"))
-        .send()
-        .await
-        .is_ok_and(|r| r.status().is_success())
-    {
-        assert!(Instant::now() < deadline, "gantry did not become ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 
     // Open loop: a tick per event; each send runs on its own task.
     let (acks, mut acked) = mpsc::unbounded_channel();
