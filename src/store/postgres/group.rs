@@ -1,15 +1,17 @@
-//! Group commit on PostgreSQL (SPEC §14): the ingests one store instance receives
-//! at the same time share a transaction, so a burst of webhooks costs one commit
-//! (one WAL flush) and takes the audit chain's head once, instead of once each while
-//! the other requests queue behind its lock.
+//! Group commit on PostgreSQL (SPEC §14): the ingests and the workers' attempt
+//! reports one store instance receives at the same time share a transaction, so a
+//! burst of webhooks or of finished promotions costs one commit (one WAL flush) and
+//! takes the audit chain's head once, instead of once each while the others queue
+//! behind its lock.
 //!
 //! A few lanes, each with a connection of its own, take turns collecting whatever
 //! ingests are waiting into a group and running it: while one lane commits (holding
 //! the chain head until its commit), the next is already writing its group's events
 //! and jobs. Gate locks are taken for the whole group at its start, in one order, as
-//! a single ingest's were. Ingests that touch no gate (and no two of which are one
-//! delivery) are pipelined on the lane's connection. An ingest that fails rolls its group back, and the group's
-//! ingests run again one by one, so each answers for itself alone: the SQLite
+//! a single ingest's were. A group that touches no gate (and no two of whose events
+//! are one delivery) is written one statement per step for all of it. A write that
+//! fails rolls its group back, and the group's writes run again one by one, so each
+//! answers for itself alone: the SQLite
 //! writer's rule, without a savepoint per ingest (each would be a subtransaction,
 //! and more than 64 of them in one transaction slow every other session's snapshots).
 
@@ -19,30 +21,46 @@ use std::sync::Arc;
 use deadpool_postgres::{Client, Pool};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
+use super::attempts::record;
 use super::ingest::{Item, ingest};
 use super::{Committing, Writes, execute, gate_locks, pool_error, unavailable};
-use crate::store::{IngestOutcome, IngestPolicy, NewEvent, StoreError};
+use crate::store::rows::EMITTED;
+use crate::store::{AttemptReport, IngestOutcome, IngestPolicy, NewEvent, StoreError, Transition};
 
 /// Lanes of one store instance: each holds a connection while it runs a group. Two
 /// measured best on 2 cores (bench/pg.sh, BENCHMARKS.md): one lane leaves the
 /// database idle while it commits; more make smaller groups, more commits, and more
 /// turns at the chain's head between replicas.
 const LANES: usize = 2;
-/// Most ingests in one group.
+/// Most writes in one group.
 const MAX_GROUP: usize = 256;
-/// Ingests waiting for a lane, at most; more wait to be queued.
+/// Writes waiting for a lane, at most; more wait to be queued.
 const QUEUE: usize = 4096;
 
-/// One request's ingest, waiting for its group's commit.
-struct Pending {
-    batch: Vec<NewEvent>,
-    policy: IngestPolicy,
-    answer: oneshot::Sender<Result<Vec<IngestOutcome>, StoreError>>,
+/// A write a group commits.
+enum Work {
+    /// A request's events, with its policy.
+    Ingest(Vec<NewEvent>, IngestPolicy),
+    /// A worker's report of an attempt, written only while its lease holds.
+    Attempt(Box<AttemptReport>),
 }
 
-type Answer = Result<Vec<IngestOutcome>, StoreError>;
+/// What a write came to.
+enum Done {
+    Ingested(Vec<IngestOutcome>),
+    /// Whether the lease still held (else nothing was written).
+    Recorded(bool),
+}
 
-/// The queue of ingests and the lanes that commit them.
+/// One write, waiting for its group's commit.
+struct Pending {
+    work: Work,
+    answer: oneshot::Sender<Answer>,
+}
+
+type Answer = Result<Done, StoreError>;
+
+/// The queue of writes and the lanes that commit them.
 pub(super) struct Committer {
     queue: mpsc::Sender<Pending>,
 }
@@ -60,17 +78,36 @@ impl Committer {
     }
 
     /// Ingests `batch` in the next group; its outcomes once the group committed.
-    pub(super) async fn ingest(&self, batch: Vec<NewEvent>, policy: IngestPolicy) -> Answer {
+    pub(super) async fn ingest(
+        &self,
+        batch: Vec<NewEvent>,
+        policy: IngestPolicy,
+    ) -> Result<Vec<IngestOutcome>, StoreError> {
+        match self.submit(Work::Ingest(batch, policy)).await? {
+            Done::Ingested(outcomes) => Ok(outcomes),
+            Done::Recorded(_) => Err(mismatched()),
+        }
+    }
+
+    /// Records an attempt in the next group: whether its lease still held.
+    pub(super) async fn record(&self, report: AttemptReport) -> Result<bool, StoreError> {
+        match self.submit(Work::Attempt(Box::new(report))).await? {
+            Done::Recorded(held) => Ok(held),
+            Done::Ingested(_) => Err(mismatched()),
+        }
+    }
+
+    async fn submit(&self, work: Work) -> Answer {
         let (answer, answered) = oneshot::channel();
-        let pending = Pending {
-            batch,
-            policy,
-            answer,
-        };
         let stopped = || StoreError::Unavailable("the store is shutting down".into());
+        let pending = Pending { work, answer };
         self.queue.send(pending).await.map_err(|_| stopped())?;
         answered.await.map_err(|_| stopped())?
     }
+}
+
+fn mismatched() -> StoreError {
+    StoreError::Corrupt("a group answered a write with another's outcome".into())
 }
 
 /// Takes the next group when it is this lane's turn (the lock on `waiting` is the
@@ -104,8 +141,8 @@ async fn lane(
 
 /// Why a group was rolled back.
 enum Unwound {
-    /// One of its ingests failed: each is run again alone.
-    Ingest(StoreError),
+    /// One of its writes failed: each is run again alone.
+    Write(StoreError),
     /// The transaction itself (connection, locks, commit) failed.
     Tx(StoreError),
     /// The transaction could not begin: nothing was sent.
@@ -143,24 +180,21 @@ impl<'a> Connection<'a> {
 }
 
 async fn run(conn: &mut Connection<'_>, committing: &Committing, group: Vec<Pending>) {
-    let batches: Vec<(&[NewEvent], IngestPolicy)> = group
-        .iter()
-        .map(|p| (p.batch.as_slice(), p.policy))
-        .collect();
-    let answers: Vec<Answer> = match together(conn, committing, &batches).await {
-        Ok(outcomes) => {
-            tracing::debug!(ingests = group.len(), "group committed");
-            outcomes.into_iter().map(Ok).collect()
+    let works: Vec<&Work> = group.iter().map(|p| &p.work).collect();
+    let answers: Vec<Answer> = match together(conn, committing, &works).await {
+        Ok(done) => {
+            tracing::debug!(writes = group.len(), "group committed");
+            done.into_iter().map(Ok).collect()
         }
-        Err(Unwound::Ingest(e)) if group.len() == 1 => vec![Err(e)],
-        Err(Unwound::Ingest(e)) => {
-            tracing::warn!(ingests = group.len(), error = %e, "an ingest failed its group; each runs again alone");
+        Err(Unwound::Write(e)) if group.len() == 1 => vec![Err(e)],
+        Err(Unwound::Write(e)) => {
+            tracing::warn!(writes = group.len(), error = %e, "a write failed its group; each runs again alone");
             let mut answers = Vec::with_capacity(group.len());
-            for one in &batches {
+            for one in &works {
                 answers.push(
                     match together(conn, committing, std::slice::from_ref(one)).await {
-                        Ok(mut outcomes) => Ok(outcomes.pop().unwrap_or_default()),
-                        Err(Unwound::Ingest(e) | Unwound::Tx(e) | Unwound::Begin(e)) => Err(e),
+                        Ok(mut done) => done.pop().ok_or_else(mismatched),
+                        Err(Unwound::Write(e) | Unwound::Tx(e) | Unwound::Begin(e)) => Err(e),
                     },
                 );
             }
@@ -174,19 +208,19 @@ async fn run(conn: &mut Connection<'_>, committing: &Committing, group: Vec<Pend
     }
 }
 
-/// Runs `batches` in one transaction and commits it: each batch's outcomes, or why
-/// it was rolled back.
+/// Runs `works` in one transaction and commits it: what each came to, or why it
+/// was rolled back.
 async fn together(
     conn: &mut Connection<'_>,
     committing: &Committing,
-    batches: &[(&[NewEvent], IngestPolicy)],
-) -> Result<Vec<Vec<IngestOutcome>>, Unwound> {
-    let mut result = run_together(conn, committing, batches).await;
+    works: &[&Work],
+) -> Result<Vec<Done>, Unwound> {
+    let mut result = run_together(conn, committing, works).await;
     if let Err(Unwound::Begin(_)) = &result {
         // Nothing was sent on a connection that could not even begin (the server
         // closed it before the lane noticed): once more on a new one.
         conn.settle(true);
-        result = run_together(conn, committing, batches).await;
+        result = run_together(conn, committing, works).await;
     }
     conn.settle(matches!(result, Err(Unwound::Tx(_) | Unwound::Begin(_))));
     result
@@ -195,57 +229,134 @@ async fn together(
 async fn run_together(
     conn: &mut Connection<'_>,
     committing: &Committing,
-    batches: &[(&[NewEvent], IngestPolicy)],
-) -> Result<Vec<Vec<IngestOutcome>>, Unwound> {
+    works: &[&Work],
+) -> Result<Vec<Done>, Unwound> {
     let client = conn.get().await.map_err(Unwound::Tx)?;
     let tx = client
         .transaction()
         .await
         .map_err(|e| Unwound::Begin(unavailable(e)))?;
+    let mut items: Vec<Item<'_>> = Vec::new();
+    let mut reports: Vec<&AttemptReport> = Vec::new();
+    for work in works {
+        match work {
+            Work::Ingest(batch, policy) => items.extend(batch.iter().map(|new| (new, *policy))),
+            Work::Attempt(report) => reports.push(report),
+        }
+    }
+    let emitted = reports.iter().filter_map(|r| r.emit.as_ref());
     // Every gate the group touches is decided by one replica at a time: its rule and
     // key are locked until the commit, always in the same order, so that two groups
     // never wait on each other's locks.
-    let mut keys: Vec<i64> = batches.iter().flat_map(|(b, _)| gate_locks(b)).collect();
+    let mut keys: Vec<i64> = items
+        .iter()
+        .map(|(new, _)| *new)
+        .chain(emitted.clone())
+        .flat_map(|new| gate_locks(std::slice::from_ref(new)))
+        .collect();
     keys.sort_unstable();
     keys.dedup();
-    // Side by side only when no gate is involved and no two events of the group are
-    // one delivery: a duplicate's answer reads its original's jobs, which must be
-    // written first.
+    // All together only when no gate is involved, no two events of the group are
+    // one delivery (a duplicate's answer reads its original's jobs, which must be
+    // written first) and no job is reported twice.
     let mut deliveries = HashSet::new();
-    let sequential = !keys.is_empty()
-        || !batches
+    let mut jobs = HashSet::new();
+    let together = keys.is_empty()
+        && items
             .iter()
-            .flat_map(|(batch, _)| batch.iter())
-            .all(|n| deliveries.insert((&n.event.source, &n.event.delivery_id)));
+            .map(|(new, _)| *new)
+            .chain(emitted)
+            .all(|n| deliveries.insert((&n.event.source, &n.event.delivery_id)))
+        && reports.iter().all(|r| jobs.insert(&r.job_id));
     for key in keys {
         execute(&tx, "SELECT pg_advisory_xact_lock($1)", &[&key])
             .await
             .map_err(Unwound::Tx)?;
     }
     let mut w = Writes::default();
-    let items: Vec<Item<'_>> = batches
-        .iter()
-        .flat_map(|(batch, policy)| batch.iter().map(move |new| (new, *policy)))
-        .collect();
-    let mut stored = Vec::with_capacity(items.len());
-    if sequential {
-        // One by one: each sees what the ones before it wrote.
-        for item in &items {
-            stored.extend(
-                ingest(&tx, std::slice::from_ref(item), &mut w)
-                    .await
-                    .map_err(Unwound::Ingest)?,
-            );
-        }
+    let done = if together {
+        all_at_once(&tx, works, items, &reports, &mut w).await
     } else {
-        // All together: one statement per step for the whole group.
-        stored = ingest(&tx, &items, &mut w).await.map_err(Unwound::Ingest)?;
+        one_by_one(&tx, works, &mut w).await
     }
-    let mut stored = stored.into_iter();
-    let outcomes = batches
-        .iter()
-        .map(|(batch, _)| stored.by_ref().take(batch.len()).collect())
-        .collect();
+    .map_err(Unwound::Write)?;
     committing.commit(tx, w).await.map_err(Unwound::Tx)?;
-    Ok(outcomes)
+    Ok(done)
+}
+
+/// The group's writes one statement per step for all of them: the attempts (each
+/// written only while its lease holds), then the events, including those the held
+/// attempts emit.
+async fn all_at_once(
+    tx: &deadpool_postgres::Transaction<'_>,
+    works: &[&Work],
+    mut items: Vec<Item<'_>>,
+    reports: &[&AttemptReport],
+    w: &mut Writes,
+) -> Result<Vec<Done>, StoreError> {
+    let held = record(tx, reports).await?;
+    let ingests = items.len();
+    items.extend(
+        reports
+            .iter()
+            .zip(&held)
+            .filter(|(_, held)| **held)
+            .filter_map(|(r, _)| Some((r.emit.as_ref()?, EMITTED))),
+    );
+    let mut stored = ingest(tx, &items, w).await?.into_iter().take(ingests);
+    for (report, held) in reports.iter().zip(&held) {
+        if *held {
+            recorded(report, w);
+        }
+    }
+    let mut held = held.into_iter();
+    Ok(works
+        .iter()
+        .map(|work| match work {
+            Work::Ingest(batch, _) => Done::Ingested(stored.by_ref().take(batch.len()).collect()),
+            Work::Attempt(_) => Done::Recorded(held.next().unwrap_or(false)),
+        })
+        .collect())
+}
+
+/// The group's writes in order, each seeing what the ones before it wrote.
+async fn one_by_one(
+    tx: &deadpool_postgres::Transaction<'_>,
+    works: &[&Work],
+    w: &mut Writes,
+) -> Result<Vec<Done>, StoreError> {
+    let mut done = Vec::with_capacity(works.len());
+    for work in works {
+        done.push(match work {
+            Work::Ingest(batch, policy) => {
+                let mut outcomes = Vec::with_capacity(batch.len());
+                for new in batch {
+                    outcomes.extend(ingest(tx, &[(new, *policy)], w).await?);
+                }
+                Done::Ingested(outcomes)
+            }
+            Work::Attempt(report) => {
+                let held = record(tx, &[report])
+                    .await?
+                    .first()
+                    .copied()
+                    .unwrap_or(false);
+                if held {
+                    if let Some(emitted) = &report.emit {
+                        ingest(tx, &[(emitted, EMITTED)], w).await?;
+                    }
+                    recorded(report, w);
+                }
+                Done::Recorded(held)
+            }
+        });
+    }
+    Ok(done)
+}
+
+/// What a held attempt adds to its commit: its records, and a wake-up when the job
+/// is due again.
+fn recorded(report: &AttemptReport, w: &mut Writes) {
+    w.audit.extend(report.audit.iter().cloned());
+    w.wake |= matches!(report.transition, Transition::Retry { .. });
 }

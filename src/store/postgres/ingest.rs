@@ -31,6 +31,9 @@ pub(super) async fn ingest(
     items: &[Item<'_>],
     w: &mut Writes,
 ) -> Result<Vec<IngestOutcome>, StoreError> {
+    if items.is_empty() {
+        return Ok(Vec::new());
+    }
     // The probes go out with the claims; a duplicate's are not used.
     let (claimed, links) = tokio::try_join!(claim(tx, items), promotions_of(tx, items))?;
     let mut outcomes: Vec<Option<IngestOutcome>> = vec![None; items.len()];

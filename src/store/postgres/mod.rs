@@ -24,6 +24,7 @@
 //! Tables live in the connection's current schema (the first of its `search_path`
 //! that exists), so one database can hold several independent installations.
 
+mod attempts;
 mod group;
 mod ingest;
 
@@ -53,8 +54,8 @@ use super::outbox::{
 };
 use super::rows::{
     APPROVAL_COLUMNS, ATTEMPT_COLUMNS, AUDIT_COLUMNS, Arg, BallotLanding, CHILDREN_MIGRATION,
-    CLAIMS_MIGRATION, Columns, EMITTED, EVENT_COLUMNS, EVENTS_PAGE_BYTES_COLUMN, FREEZE_COLUMNS,
-    FROZEN_DUE_NOW, GATES_MIGRATION, JOB_COLUMN_COUNT, JOB_COLUMNS, Landing, Listing, SYSTEM_ACTOR,
+    CLAIMS_MIGRATION, Columns, EVENT_COLUMNS, EVENTS_PAGE_BYTES_COLUMN, FREEZE_COLUMNS,
+    FROZEN_DUE_NOW, GATES_MIGRATION, JOB_COLUMN_COUNT, JOB_COLUMNS, Listing, SYSTEM_ACTOR,
     TRACE_MIGRATION, attempt_values, audit_listing, chain_sql, checkpoints_sql, events_listing,
     events_page, expiry, freeze_scope, gate_locks, gate_revival, gate_text, job_state,
     jobs_listing, lease_expired, leased_move, millis, narrow, notifications_listing, operator_move,
@@ -71,7 +72,7 @@ use super::sessions::{
 use super::{
     ApprovalOutcome, AttemptReport, AuditFilter, ChainRow, EventFilter, IngestOutcome,
     IngestPolicy, JobFilter, JobSummary, LeasedJob, NewEvent, OperatorAction, OperatorOutcome,
-    Page, Pruned, QueueStats, Release, Store, StoreError, StoredEvent, Transition,
+    Page, Pruned, QueueStats, Release, Store, StoreError, StoredEvent,
 };
 use super::{ConsoleSession, DisabledSink, NotificationFilter, NotificationRetry, SinksSettled};
 use crate::audit::{Anchor, AuditEntry, AuditRecord, GENESIS, HASH_VERSION, chain_form};
@@ -997,43 +998,7 @@ impl Store for PostgresStore {
     }
 
     async fn record_attempt(&self, report: AttemptReport) -> Result<bool, StoreError> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(unavailable)?;
-        let now = now_millis();
-        let to = Landing::of(&report, now)?;
-        let n = i64::from(report.attempt.n);
-        let sql = format!(
-            "UPDATE jobs SET state = $4, outcome = $5, next_attempt_at = $6, lease_owner = NULL,
-                lease_expires_at = NULL, attempt_started_at = NULL,
-                last_error_code = COALESCE($7, last_error_code),
-                last_error_message = CASE WHEN $7::text IS NULL THEN last_error_message ELSE $8 END,
-                updated_at = $9
-             WHERE {HELD}"
-        );
-        let p: [&(dyn ToSql + Sync); 9] = [
-            &report.job_id,
-            &report.worker,
-            &n,
-            &to.state.as_str(),
-            &to.outcome,
-            &to.next_attempt_at,
-            &to.error_code,
-            &to.error_message,
-            &now,
-        ];
-        if execute(&tx, &sql, &p).await? == 0 {
-            // The lease was lost: nothing is written (the transaction rolls back).
-            return Ok(false);
-        }
-        let mut w = Writes::default();
-        if let Some(emitted) = &report.emit {
-            ingest::ingest(&tx, &[(emitted, EMITTED)], &mut w).await?;
-        }
-        insert_attempt(&tx, &report.job_id, &report.attempt).await?;
-        w.audit.extend(report.audit.iter().cloned());
-        w.wake |= matches!(report.transition, Transition::Retry { .. });
-        self.commit(tx, w).await?;
-        Ok(true)
+        self.groups.record(report).await
     }
 
     async fn release_job(&self, r: Release) -> Result<bool, StoreError> {
