@@ -119,6 +119,7 @@ contract!(
     ingest_commits_the_event_its_jobs_and_their_audit,
     a_delivery_seen_within_the_window_is_the_same_event_and_no_second_job,
     leases_renewals_attempts_and_releases_hold_only_under_the_lease,
+    attempts_reported_together_are_each_fenced_by_their_own_lease,
     an_expired_lease_is_taken_over_and_the_lost_attempt_recorded,
     concurrent_leasers_never_share_a_job,
     operator_actions_move_only_the_states_that_allow_them,
@@ -546,6 +547,62 @@ async fn leases_renewals_attempts_and_releases_hold_only_under_the_lease(b: Back
     assert!(store.lease_job("w1", LEASE).await.unwrap().is_none());
     assert!(store.next_wakeup().await.unwrap().is_none());
     assert!(kinds(store).await.contains(&AuditKind::JobInterrupted));
+    verified(store).await;
+}
+
+/// Reports arriving together share a commit on PostgreSQL (SPEC §14): each is
+/// still written only under its own lease, with the event its success emits.
+async fn attempts_reported_together_are_each_fenced_by_their_own_lease(b: Backend) {
+    let store = &*b.store;
+    for i in 0..20 {
+        one_job(store, &format!("2.0.{i}")).await;
+    }
+    let mut leased = Vec::new();
+    for _ in 0..20 {
+        leased.push(store.lease_job("w1", LEASE).await.unwrap().unwrap());
+    }
+    // Every third is reported by a worker that holds no lease on it.
+    let reports: Vec<(AttemptReport, String, bool)> = leased
+        .iter()
+        .enumerate()
+        .map(|(k, l)| {
+            let holder = k % 3 != 0;
+            let worker = if holder { "w1" } else { "w9" };
+            let mut r = report(l, worker, Transition::Succeeded(Outcome::Promoted));
+            let mut emitted = planned(&format!("job:{}", l.job.id), &format!("3.0.{k}"), &["next"]);
+            emitted.event.parent_job_id = Some(l.job.id.clone());
+            emitted.event.chain_depth = 1;
+            let event_id = emitted.event.id.clone();
+            r.emit = Some(emitted);
+            (r, event_id, holder)
+        })
+        .collect();
+    let answers = futures_util::future::join_all(reports.iter().enumerate().map(|(k, (r, ..))| {
+        let (instance, r) = (b.instance(k), r.clone());
+        async move { instance.record_attempt(r).await.unwrap() }
+    }))
+    .await;
+    for (((_, event_id, holder), held), l) in reports.iter().zip(&answers).zip(&leased) {
+        assert_eq!(held, holder, "job {}", l.job.id);
+        let job = store.job(&l.job.id).await.unwrap().unwrap();
+        let emitted = store.event(event_id).await.unwrap();
+        if *holder {
+            assert_eq!((job.state, job.attempts.len()), (JobState::Succeeded, 1));
+            assert!(emitted.is_some(), "the success's event is stored");
+        } else {
+            assert_eq!((job.state, job.attempts.len()), (JobState::Running, 0));
+            assert!(
+                emitted.is_none(),
+                "nothing of a lost lease's report is stored"
+            );
+        }
+    }
+    let attempt_records = records(store, Some(AuditKind::EventRejected), None).await;
+    let reported = attempt_records
+        .iter()
+        .filter(|r| r.entry.message.as_deref() == Some("an attempt's record"))
+        .count();
+    assert_eq!(reported, 13, "one record per held report");
     verified(store).await;
 }
 
