@@ -102,7 +102,7 @@ cpu() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 # the gantry at NAME_PORT (process NAME_PID), printing requests/s, p50 and p99,
 # gantry's CPU time per request, and the CPU other processes on the machine took
 # meanwhile (wrk and gantry share the two cores: a busy neighbour skews the figure);
-# adds to NAME_REQS, NAME_SECS and NAME_P99. Fails on any non-2xx answer. For
+# adds to NAME_REQS, NAME_SECS, NAME_P99 and NAME_BUSY (jiffies all CPUs were busy). Fails on any non-2xx answer. For
 # bench/gates.lua: GATE_EVERY=0 sends the plain body only.
 turn() {
   local out port pid b0 c0 b1 c1 w rps p50 p99 reqs secs
@@ -128,5 +128,6 @@ turn() {
   reqs="$(( $(eval echo "\$${1}_REQS") + reqs ))"
   secs="$(python3 -c "print($(eval echo "\$${1}_SECS") + $secs)")"
   eval "${1}_REQS=$reqs; ${1}_SECS=$secs; ${1}_P99=\"\${${1}_P99:-}${p99} \""
+  eval "${1}_BUSY=\$(( \${${1}_BUSY:-0} + b1 - b0 ))"
 }
 
