@@ -44,13 +44,10 @@ p99_of() { awk '$1 == "99%" { print $2 }' "$1"; }
 reqs_of() { awk '/requests in/ { print $1 }' "$1"; }
 errors_in() { grep -q "Non-2xx\|Socket errors" "$1"; }
 
-# commits: transactions committed on the database so far. Around a phase, with the
-# jiffies the CPUs were busy while wrk ran, they tell how many ingests each commit
-# carried and whether the machine ran out of CPU or the writers waited on each other.
-commits() { psql "$PG_URL" -Atqc "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"; }
-# phase_note NAME REQUESTS COMMITS_BEFORE BUSY_JIFFIES SECONDS
+# phase_note NAME BUSY_JIFFIES SECONDS: how much of the machine's CPU was left idle
+# while wrk ran (did the load run out of CPU, or did the writers wait on each other?).
 phase_note() {
-  python3 -c "print(f'pg: $1: {$2 / max(1, $(commits) - $3):.1f} ingests per commit, machine idle {100 - $4 / ($5 * $(nproc)):.0f}% of its CPU while wrk ran')"
+  python3 -c "print(f'pg: $1: machine idle {100 - $2 / ($3 * $(nproc)):.0f}% of its CPU while wrk ran')"
 }
 
 count() { psql "$PG_URL" -Atqc "SELECT (SELECT count(*) FROM $SCHEMA.events), (SELECT count(*) FROM $SCHEMA.jobs)"; }
@@ -58,9 +55,8 @@ count() { psql "$PG_URL" -Atqc "SELECT (SELECT count(*) FROM $SCHEMA.events), (S
 echo "pg: wrk -c$CONNECTIONS, $ROUNDS rounds of $DURATION, one signed body, a new delivery each"
 start one
 one_REQS=0; one_SECS=0
-C0="$(commits)"
 for _ in $(seq "$ROUNDS"); do turn one; done
-ONE_NOTE="$(phase_note "one replica" "$one_REQS" "$C0" "$one_BUSY" "$one_SECS")"
+ONE_NOTE="$(phase_note "one replica" "$one_BUSY" "$one_SECS")"
 ONE_RSS="$(rss_kb "$one_PID" VmHWM)"
 one_RPS="$(python3 -c "print(round($one_REQS / $one_SECS, 1))")"
 PGB="$(pgbench_tps | python3 -c "print(round(float(input()), 1))")"
@@ -69,7 +65,6 @@ echo "pgbench -N -c$CONNECTIONS: $PGB tps"
 # Three replicas on the same schema, each with its own wrk, side by side.
 start two; start three
 TOTAL=0; WORST_P99=""; BUSY=0; SECS=0
-C0="$(commits)"
 for _ in $(seq "$ROUNDS"); do
   sync; sleep 0.5; WRK_PIDS=()
   for r in one two three; do wrk_on "$(eval echo "\$${r}_PORT")" "$DURATION" "$(( CONNECTIONS / 3 + 1 ))" "$WORK/wrk.$r"; done
@@ -86,7 +81,7 @@ for _ in $(seq "$ROUNDS"); do
   printf 'three  %10s req/s together (p99 by replica: %s)\n' "$round" "$(for r in one two three; do p99_of "$WORK/wrk.$r"; done | tr '\n' ' ')"
   THREE_ROUNDS="${THREE_ROUNDS:-} $round"
 done
-THREE_NOTE="$(phase_note "three replicas" "$TOTAL" "$C0" "$BUSY" "$SECS")"
+THREE_NOTE="$(phase_note "three replicas" "$BUSY" "$SECS")"
 three_RPS="$(python3 -c "import statistics; print(round(statistics.median(float(x) for x in '$THREE_ROUNDS'.split()), 1))")"
 
 read -r events jobs < <(count | tr '|' ' ')
