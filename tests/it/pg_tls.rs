@@ -103,7 +103,11 @@ async fn verify_full_with_the_right_ca_passes_the_store_contract_over_tls() {
     );
     drop(store);
     let ran = crate::store_contract::on_server(&cluster.admin_url(), &base).await;
-    assert_eq!(ran, 19, "every contract check ran over TLS");
+    assert_eq!(
+        ran,
+        crate::store_contract::CHECKS,
+        "every contract check ran over TLS"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

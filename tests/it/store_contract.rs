@@ -100,6 +100,9 @@ macro_rules! contract {
     ($($name:ident),+ $(,)?) => {
         on_each_store!(Backend: $($name),+);
 
+        /// How many contract checks there are.
+        pub(crate) const CHECKS: usize = [$(stringify!($name)),+].len();
+
         /// Every contract check in turn, each on a schema of its own on the server
         /// at `admin` (plain, for the checks' own connections), whose stores connect
         /// by `store_base`; how many ran.
