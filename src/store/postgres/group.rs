@@ -4,10 +4,12 @@
 //! takes the audit chain's head once, instead of once each while the others queue
 //! behind its lock.
 //!
-//! A few lanes, each with a connection of its own, take turns collecting whatever
-//! ingests are waiting into a group and running it: while one lane commits (holding
-//! the chain head until its commit), the next is already writing its group's events
-//! and jobs. Gate locks are taken for the whole group at its start, in one order, as
+//! Two lanes, each with a connection of its own, take turns: a lane collects whatever
+//! writes are waiting into a group and keeps the turn while it writes the group's
+//! rows and takes the chain's head; it hands the turn on once it holds the head, so
+//! the next lane collects everything that arrived meanwhile and writes it while the
+//! first commits. Handing the turn on earlier made groups of one or two, queued at
+//! the chain head behind each other and behind other replicas (BENCHMARKS.md). Gate locks are taken for the whole group at its start, in one order, as
 //! a single ingest's were. A group that touches no gate (and no two of whose events
 //! are one delivery) is written one statement per step for all of it. A write that
 //! fails rolls its group back, and the group's writes run again one by one, so each
@@ -19,7 +21,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use deadpool_postgres::{Client, Pool};
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{Mutex, OwnedMutexGuard, mpsc, oneshot};
 
 use super::attempts::record;
 use super::ingest::{Item, ingest};
@@ -110,6 +112,9 @@ fn mismatched() -> StoreError {
     StoreError::Corrupt("a group answered a write with another's outcome".into())
 }
 
+/// The turn to collect and write a group: the lock on the queue of waiting writes.
+type Turn = Option<OwnedMutexGuard<mpsc::Receiver<Pending>>>;
+
 /// Takes the next group when it is this lane's turn (the lock on `waiting` is the
 /// turn), and runs it.
 async fn lane(
@@ -121,21 +126,19 @@ async fn lane(
     // pool costs a verifying round trip); one that failed is given up.
     let mut held: Option<Client> = None;
     loop {
-        let group = {
-            let mut waiting = waiting.lock().await;
-            let Some(first) = waiting.recv().await else {
-                return;
-            };
-            let mut group = vec![first];
-            while group.len() < MAX_GROUP {
-                match waiting.try_recv() {
-                    Ok(p) => group.push(p),
-                    Err(_) => break,
-                }
-            }
-            group
+        let mut turn = waiting.clone().lock_owned().await;
+        let Some(first) = turn.recv().await else {
+            return;
         };
-        run(&mut Connection::of(&pool, &mut held), &committing, group).await;
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match turn.try_recv() {
+                Ok(p) => group.push(p),
+                Err(_) => break,
+            }
+        }
+        let conn = &mut Connection::of(&pool, &mut held);
+        run(conn, &committing, group, &mut Some(turn)).await;
     }
 }
 
@@ -179,9 +182,14 @@ impl<'a> Connection<'a> {
     }
 }
 
-async fn run(conn: &mut Connection<'_>, committing: &Committing, group: Vec<Pending>) {
+async fn run(
+    conn: &mut Connection<'_>,
+    committing: &Committing,
+    group: Vec<Pending>,
+    turn: &mut Turn,
+) {
     let works: Vec<&Work> = group.iter().map(|p| &p.work).collect();
-    let answers: Vec<Answer> = match together(conn, committing, &works).await {
+    let answers: Vec<Answer> = match together(conn, committing, &works, turn).await {
         Ok(done) => {
             tracing::debug!(writes = group.len(), "group committed");
             done.into_iter().map(Ok).collect()
@@ -192,7 +200,7 @@ async fn run(conn: &mut Connection<'_>, committing: &Committing, group: Vec<Pend
             let mut answers = Vec::with_capacity(group.len());
             for one in &works {
                 answers.push(
-                    match together(conn, committing, std::slice::from_ref(one)).await {
+                    match together(conn, committing, std::slice::from_ref(one), turn).await {
                         Ok(mut done) => done.pop().ok_or_else(mismatched),
                         Err(Unwound::Write(e) | Unwound::Tx(e) | Unwound::Begin(e)) => Err(e),
                     },
@@ -208,19 +216,20 @@ async fn run(conn: &mut Connection<'_>, committing: &Committing, group: Vec<Pend
     }
 }
 
-/// Runs `works` in one transaction and commits it: what each came to, or why it
-/// was rolled back.
+/// Runs `works` in one transaction and commits it, handing `turn` on as it
+/// commits: what each came to, or why it was rolled back.
 async fn together(
     conn: &mut Connection<'_>,
     committing: &Committing,
     works: &[&Work],
+    turn: &mut Turn,
 ) -> Result<Vec<Done>, Unwound> {
-    let mut result = run_together(conn, committing, works).await;
+    let mut result = run_together(conn, committing, works, turn).await;
     if let Err(Unwound::Begin(_)) = &result {
         // Nothing was sent on a connection that could not even begin (the server
         // closed it before the lane noticed): once more on a new one.
         conn.settle(true);
-        result = run_together(conn, committing, works).await;
+        result = run_together(conn, committing, works, turn).await;
     }
     conn.settle(matches!(result, Err(Unwound::Tx(_) | Unwound::Begin(_))));
     result
@@ -230,6 +239,7 @@ async fn run_together(
     conn: &mut Connection<'_>,
     committing: &Committing,
     works: &[&Work],
+    turn: &mut Turn,
 ) -> Result<Vec<Done>, Unwound> {
     let client = conn.get().await.map_err(Unwound::Tx)?;
     let tx = client
@@ -280,7 +290,11 @@ async fn run_together(
         one_by_one(&tx, works, &mut w).await
     }
     .map_err(Unwound::Write)?;
-    committing.commit(tx, w).await.map_err(Unwound::Tx)?;
+    let wake = committing.seal(&tx, &w).await.map_err(Unwound::Tx)?;
+    // This lane holds the chain's head now: the next one collects what arrived
+    // meanwhile, and writes it while this commits.
+    turn.take();
+    committing.finish(tx, wake).await.map_err(Unwound::Tx)?;
     Ok(done)
 }
 

@@ -460,20 +460,34 @@ impl Committing {
     /// the outbox (SPEC §10), sends the wake-up, commits, and wakes this instance's
     /// own workers and deliverers at once.
     async fn commit(&self, tx: Transaction<'_>, w: Writes) -> Result<(), StoreError> {
+        let wake = self.seal(&tx, &w).await?;
+        self.finish(tx, wake).await
+    }
+
+    /// What a commit writes before COMMIT: the audit records chained (the head is
+    /// held from here to the commit), their notifications, the wake-up. Whether it
+    /// wakes workers.
+    async fn seal(&self, tx: &Transaction<'_>, w: &Writes) -> Result<bool, StoreError> {
         let routes = self.routes.load();
         let posting = !routes.is_empty() && w.audit.iter().any(|e| routes.wants(e));
         let wake = w.wake || posting;
         let notify = async {
             if wake {
                 let sql = "SELECT pg_notify($1, $2)";
-                execute(&tx, sql, &[&CHANNEL, &self.notice]).await?;
+                execute(tx, sql, &[&CHANNEL, &self.notice]).await?;
             }
             Ok(())
         };
-        let ((), first) = tokio::try_join!(notify, append(&tx, &w.audit))?;
+        let ((), first) = tokio::try_join!(notify, append(tx, &w.audit))?;
         if posting {
-            post_letters(&tx, &routes, first, &w.audit).await?;
+            post_letters(tx, &routes, first, &w.audit).await?;
         }
+        Ok(wake)
+    }
+
+    /// Commits a sealed transaction and wakes this instance's own workers and
+    /// deliverers at once when it queued work.
+    async fn finish(&self, tx: Transaction<'_>, wake: bool) -> Result<(), StoreError> {
         tx.commit().await.map_err(unavailable)?;
         if wake {
             self.signal.notify_waiters();
