@@ -47,7 +47,7 @@ const POLICY: IngestPolicy = IngestPolicy {
 };
 /// Leases timed per backlog size.
 const LEASES: usize = 200;
-/// The workers, and the target's `max_concurrency`, of the drain.
+/// The workers, and the target's `max_concurrency`, of the drain (`support::promote_config`).
 const CONCURRENCY: usize = 16;
 
 /// Where a store lives for one measurement: a SQLite file, or a PostgreSQL schema
@@ -221,38 +221,7 @@ async fn drain(engine: &str, n: usize) -> f64 {
     let fake = slow_fake(n).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let port = support::free_port();
-    let config = dir.path().join("gantry.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[server]
-listen = "127.0.0.1:{port}"
-[store]
-url = "{url}"
-[worker]
-concurrency = {CONCURRENCY}
-[[sources]]
-name = "ci"
-format = "generic"
-verify = {{ scheme = "hmac-sha256", header = "X-Signature", prefix = "sha256=", secrets = ["env:BENCH_SECRET"] }}
-[[targets]]
-name = "jfrog"
-kind = "artifactory"
-url = "{upstream}"
-token = "env:BENCH_SECRET"
-max_concurrency = {CONCURRENCY}
-[[rules]]
-name = "tested-to-staging"
-source = "ci"
-event = "test-passed"
-action = {{ type = "promote", target = "jfrog", to_repo = "docker-staging", copy = true }}
-"#,
-            url = db.url(),
-            upstream = fake.uri(),
-        ),
-    )
-    .expect("write config");
+    let config = support::promote_config(dir.path(), port, &db.url(), &fake.uri());
     let (mut gantry, _) = support::serve(&config, port, &[("BENCH_SECRET", SECRET)]).await;
     let deadline = Instant::now() + Duration::from_secs(300);
     while fake.promote_calls() < n {

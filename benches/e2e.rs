@@ -34,39 +34,8 @@ async fn main() {
     }
     let dir = tempfile::tempdir().expect("temp dir");
     let port = support::free_port();
-    let config = dir.path().join("gantry.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[server]
-listen = "127.0.0.1:{port}"
-[store]
-url = "sqlite://{db}"
-[worker]
-concurrency = 16
-[[sources]]
-name = "ci"
-format = "generic"
-verify = {{ scheme = "hmac-sha256", header = "X-Signature", prefix = "sha256=", secrets = ["env:BENCH_SECRET"] }}
-[[targets]]
-name = "jfrog"
-kind = "artifactory"
-url = "{upstream}"
-token = "env:BENCH_SECRET"
-max_concurrency = 16
-[[rules]]
-name = "tested-to-staging"
-source = "ci"
-event = "test-passed"
-match = {{ repo = "docker-dev", image = "team-a/*" }}
-action = {{ type = "promote", target = "jfrog", to_repo = "docker-staging", copy = true }}
-"#,
-            db = dir.path().join("gantry.db").display(),
-            upstream = fake.uri(),
-        ),
-    )
-    .expect("write config");
+    let db = format!("sqlite://{}", dir.path().join("gantry.db").display());
+    let config = support::promote_config(dir.path(), port, &db, &fake.uri());
     let (mut gantry, base) = support::serve(&config, port, &[("BENCH_SECRET", SECRET)]).await;
     let client = reqwest::Client::new();
 

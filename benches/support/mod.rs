@@ -1,7 +1,7 @@
 //! What the end-to-end benchmarks share: their knobs, their percentiles, and a
 //! release `gantry serve` started on a config and waited for.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -29,6 +29,44 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .expect("free port")
         .port()
+}
+
+/// The end-to-end benchmarks' gantry: a generic source `ci` verified by HMAC with
+/// `BENCH_SECRET`, a fake Artifactory `jfrog` at `upstream`, 16 workers and 16
+/// concurrent calls at most, and the ingest benchmark's rule; written in `dir`.
+pub fn promote_config(dir: &Path, port: u16, store_url: &str, upstream: &str) -> PathBuf {
+    let config = dir.join("gantry.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:{port}"
+[store]
+url = "{store_url}"
+[worker]
+concurrency = 16
+[[sources]]
+name = "ci"
+format = "generic"
+verify = {{ scheme = "hmac-sha256", header = "X-Signature", prefix = "sha256=", secrets = ["env:BENCH_SECRET"] }}
+[[targets]]
+name = "jfrog"
+kind = "artifactory"
+url = "{upstream}"
+token = "env:BENCH_SECRET"
+max_concurrency = 16
+[[rules]]
+name = "tested-to-staging"
+source = "ci"
+event = "test-passed"
+match = {{ repo = "docker-dev", image = "team-a/*" }}
+action = {{ type = "promote", target = "jfrog", to_repo = "docker-staging", copy = true }}
+"#
+        ),
+    )
+    .expect("write config");
+    config
 }
 
 /// Starts the release gantry on `config` with `env`, and waits until it is ready:
