@@ -885,11 +885,22 @@ fn build_lease_sql(pick: Pick) -> String {
             "lease_expires_at",
         ),
     };
+    // A due job's lease is committed without waiting for its WAL flush
+    // (`synchronous_commit` off for this statement's own transaction): lost in a
+    // server crash, the job is simply due again, and the worker that held it changes
+    // nothing, because every change is preceded by the lease's renewal (the fence,
+    // SPEC §13), a durable commit, which finds the lease gone — or, had it been
+    // kept, flushes it too (the WAL is flushed in order). A takeover records the
+    // lost attempt, so it is flushed as any record is.
+    let flush = match pick {
+        Pick::Due => ", (SELECT set_config('synchronous_commit', 'off', true)) AS unflushed",
+        Pick::Expired => "",
+    };
     format!(
         "UPDATE jobs SET state = 'running', lease_owner = $2, lease_expires_at = {STORE_NOW} + $3,
             attempts = attempts + 1, attempt_started_at = $1, updated_at = $1
          FROM (SELECT id AS picked, attempt_started_at AS was_started, state AS was_state FROM jobs
-               WHERE {condition} ORDER BY {order} LIMIT 1 FOR UPDATE SKIP LOCKED) p
+               WHERE {condition} ORDER BY {order} LIMIT 1 FOR UPDATE SKIP LOCKED) p{flush}
          WHERE id = p.picked
          RETURNING {JOB_COLUMNS}, attempts, retry_base, p.was_started, p.was_state"
     )
