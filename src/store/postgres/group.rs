@@ -20,7 +20,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use deadpool_postgres::{Client, Pool};
+use deadpool_postgres::{Client, Pool, Transaction};
 use tokio::sync::{Mutex, OwnedMutexGuard, mpsc, oneshot};
 
 use super::attempts::record;
@@ -302,7 +302,7 @@ async fn run_together(
 /// written only while its lease holds), then the events, including those the held
 /// attempts emit.
 async fn all_at_once(
-    tx: &deadpool_postgres::Transaction<'_>,
+    tx: &Transaction<'_>,
     works: &[&Work],
     mut items: Vec<Item<'_>>,
     reports: &[&AttemptReport],
@@ -335,7 +335,7 @@ async fn all_at_once(
 
 /// The group's writes in order, each seeing what the ones before it wrote.
 async fn one_by_one(
-    tx: &deadpool_postgres::Transaction<'_>,
+    tx: &Transaction<'_>,
     works: &[&Work],
     w: &mut Writes,
 ) -> Result<Vec<Done>, StoreError> {

@@ -1,7 +1,8 @@
 //! How events and their jobs are written on PostgreSQL: the claim of each delivery,
-//! the promotion each echoes, their gates, and the rows themselves. Each step is one
-//! statement for any number of events, so the ingests a group commit gathers cost a
-//! fixed number of statements, not a few each (SPEC §14, BENCHMARKS.md).
+//! the promotion each echoes, their gates, and the rows themselves. Each step but the
+//! gates (which come one event per call) is one statement for any number of events,
+//! so the ingests a group commit gathers cost a fixed number of statements, not a few
+//! each (SPEC §14, BENCHMARKS.md).
 
 use std::borrow::Cow;
 use std::collections::HashSet;
