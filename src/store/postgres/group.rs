@@ -124,7 +124,10 @@ async fn lane(
 ) {
     // The lane keeps its connection from group to group (checking one out of the
     // pool costs a verifying round trip); one that failed is given up.
-    let mut held: Option<Client> = None;
+    let mut conn = Connection {
+        pool: &pool,
+        held: None,
+    };
     loop {
         let mut turn = waiting.clone().lock_owned().await;
         let Some(first) = turn.recv().await else {
@@ -137,8 +140,7 @@ async fn lane(
                 Err(_) => break,
             }
         }
-        let conn = &mut Connection::of(&pool, &mut held);
-        run(conn, &committing, group, &mut Some(turn)).await;
+        run(&mut conn, &committing, group, &mut Some(turn)).await;
     }
 }
 
@@ -155,19 +157,15 @@ enum Unwound {
 /// A lane's connection: the one it holds, else a new one from the pool.
 struct Connection<'a> {
     pool: &'a Pool,
-    held: &'a mut Option<Client>,
+    held: Option<Client>,
 }
 
-impl<'a> Connection<'a> {
-    fn of(pool: &'a Pool, held: &'a mut Option<Client>) -> Self {
-        Connection { pool, held }
-    }
-
+impl Connection<'_> {
     /// The held connection, unless the server closed it meanwhile (a restart, a
     /// failover): then a new one, as the pool's own check would give.
     async fn get(&mut self) -> Result<&mut Client, StoreError> {
         if self.held.as_ref().is_none_or(|c| c.is_closed()) {
-            *self.held = Some(self.pool.get().await.map_err(pool_error)?);
+            self.held = Some(self.pool.get().await.map_err(pool_error)?);
         }
         self.held
             .as_mut()
@@ -177,7 +175,7 @@ impl<'a> Connection<'a> {
     /// Gives the connection up when its transaction failed or the server closed it.
     fn settle(&mut self, failed: bool) {
         if failed || self.held.as_ref().is_some_and(|c| c.is_closed()) {
-            *self.held = None;
+            self.held = None;
         }
     }
 }
